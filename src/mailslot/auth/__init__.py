@@ -1,0 +1,5 @@
+"""User authentication behind a small Protocol (see :mod:`mailslot.auth.base`)."""
+
+from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, User
+
+__all__ = ["AuthError", "AuthenticationFailed", "Authenticator", "User"]

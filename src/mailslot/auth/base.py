@@ -1,0 +1,49 @@
+"""The authentication interface used by USER/PASS (RFC 1939 section 7) and SASL (RFC 5034).
+
+Backends raise only the errors defined here. :class:`AuthenticationFailed` is the one reply for an
+unknown user, a wrong password and an invalid user name alike (answered ``-ERR [AUTH]``, RFC 3206
+section 4); a backend must spend the same time on each (it verifies against a dummy hash when
+the user does not exist).  :class:`TemporaryAuthFailure` (the database is unreachable) is
+answered ``-ERR [SYS/TEMP]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class AuthError(Exception):
+    """Base class of every error an authentication backend raises."""
+
+
+class AuthenticationFailed(AuthError):
+    """Unknown user, wrong password or invalid user name: deliberately indistinguishable."""
+
+
+class TemporaryAuthFailure(AuthError):
+    """The user database could not be consulted (RFC 3206 ``[SYS/TEMP]``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An authenticated user: the canonical name and the passwd-file's optional home."""
+
+    name: str
+    home: str | None = None
+
+
+class Authenticator(Protocol):
+    """Verifies a user name and password."""
+
+    async def authenticate(self, username: str, password: str) -> User:
+        """Return the user if ``password`` is right, else raise :class:`AuthenticationFailed`.
+
+        ``username`` is untrusted client input: backends validate it with
+        :func:`mailslot.auth.usernames.validate` before it reaches a path, query or log line.
+        """
+        ...
+
+    async def lookup(self, username: str) -> User | None:
+        """Return the user without checking a password (for delivery), or ``None``."""
+        ...

@@ -1,0 +1,105 @@
+"""The storage interface the POP3 transport drives.
+
+RFC 1939 section 3 and 8: once a client is authenticated, the server acquires an exclusive lock
+on the maildrop, takes a snapshot of its messages (numbered from 1, oldest first), serves message
+bytes and, only on QUIT in the TRANSACTION state, removes the messages marked as deleted.
+
+Backends raise only the errors defined here; the transport maps them to RFC 2449/3206 response
+codes: :class:`MaildropLocked` -> ``[IN-USE]``, :class:`TemporaryFailure` -> ``[SYS/TEMP]``,
+:class:`PermanentFailure` -> ``[SYS/PERM]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """Base class of every error a store backend raises."""
+
+
+class MaildropLocked(StoreError):
+    """Another session holds the maildrop's exclusive lock (RFC 2449 ``[IN-USE]``)."""
+
+
+class TemporaryFailure(StoreError):
+    """An I/O problem that may go away (RFC 3206 ``[SYS/TEMP]``)."""
+
+
+class PermanentFailure(StoreError):
+    """A problem that will not go away by retrying (RFC 3206 ``[SYS/PERM]``)."""
+
+
+class MessageGone(StoreError):
+    """A message of the snapshot no longer exists (removed behind the server's back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One message of a maildrop snapshot.
+
+    ``key`` is the backend's own stable name for the message (for Maildir, the base file name
+    without the ``:2,`` info part).  ``uid`` is the RFC 1939 section 7 unique-id: 1 to 70
+    characters in 0x21-0x7E, stable across sessions and never reused.  ``size`` is the exact
+    number of octets RETR sends with CRLF line endings, before dot-stuffing and without the
+    final CRLF that a message lacking one gets before the terminator.
+    """
+
+    key: str
+    uid: str
+    size: int
+
+
+class Maildrop(Protocol):
+    """One user's locked maildrop, open for a single POP3 session.
+
+    Obtained from :meth:`Store.open`; the exclusive lock is held until :meth:`close`.
+    """
+
+    @property
+    def messages(self) -> Sequence[MessageInfo]:
+        """The snapshot taken when the maildrop was opened, in delivery order, oldest first."""
+        ...
+
+    def read(self, message: MessageInfo, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        """Yield the stored bytes of ``message`` as they are on disk (LF or CRLF line ends).
+
+        Raises :class:`MessageGone` before the first chunk if the message has disappeared,
+        :class:`TemporaryFailure` on I/O errors.
+        """
+        ...
+
+    async def delete(self, messages: Sequence[MessageInfo]) -> None:
+        """Durably remove ``messages``: all of them or, after a crash, none until recovered.
+
+        Recovery of an interrupted deletion happens in the next :meth:`Store.open` of this
+        maildrop, so a crash at any point removes either every listed message or none, and
+        never a message that is not listed.  Returns only once the removal is durable.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release the lock. Idempotent."""
+        ...
+
+
+class Store(Protocol):
+    """A collection of maildrops, one per user."""
+
+    async def open(self, user: str, home: str | None = None) -> Maildrop:
+        """Lock ``user``'s maildrop and take its snapshot.
+
+        ``user`` has already been validated by :func:`mailslot.auth.usernames.validate`;
+        ``home`` is the home directory from the user database, if any (``{home}`` in path
+        templates).  Raises :class:`MaildropLocked` if another session holds it.
+        """
+        ...
+
+    async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
+        """Durably add one message (LF line ends) to ``user``'s maildrop; return its key.
+
+        Used by LMTP and ``mailslot deliver``; returns once the message is durable.
+        """
+        ...
