@@ -68,6 +68,24 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """``[delivery]``: LMTP and ``mailslot deliver`` (RFC 2033), issue 3.
+
+    ``recipient`` maps an envelope address to a user: ``"localpart"`` (the part before ``@``,
+    only for ``domains``, all domains when empty) or ``"address"`` (the full address is the user
+    name).
+    """
+
+    recipient: Literal["localpart", "address"] = "localpart"
+    domains: tuple[str, ...] = ()
+    max_message_size: int = 50 * 1024 * 1024
+    quota_bytes: int = 0  # 0 = no quota
+    quota_messages: int = 0
+    add_delivered_to: bool = True
+    add_return_path: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """``[log]``."""
 
@@ -93,5 +111,6 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     source: Path | None = None
