@@ -1,14 +1,25 @@
 """Configuration: one TOML file into frozen dataclasses, validated once (docs/configuration.md).
 
 Loading and validation live in :func:`load`; everything below it receives these frozen objects
-(the protocol core receives only :class:`mailslot.protocol.connection.CoreConfig`).
+(the protocol core receives only :class:`mailslot.protocol.connection.CoreConfig`).  Every
+problem in a file is collected and reported at once, each with its dotted key and line, so an
+administrator fixes a file in one pass instead of one error per restart.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from mailslot.tomllines import KeyLines
 
 TlsMode = Literal["implicit", "starttls", "none"]
 ListenerProtocol = Literal["pop3", "lmtp"]
@@ -114,3 +125,446 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     source: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a configuration: where it is and what would be allowed instead."""
+
+    key: str  # dotted, e.g. "listener[1].tls"; "" for the file as a whole
+    line: int | None
+    message: str
+
+    def format(self, source: Path | None = None) -> str:
+        where = str(source) if source is not None else "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; :attr:`problems` lists every reason, in file order."""
+
+    def __init__(self, problems: list[ConfigProblem], source: Path | None = None) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.line is None, p.line or 0))
+        self.source = source
+        super().__init__("\n".join(p.format(source) for p in self.problems))
+
+
+# Table name -> dataclass; ``listener`` is the array and handled on its own.
+_TABLES: dict[str, type[Any]] = {
+    "tls": TlsConfig,
+    "auth": AuthConfig,
+    "store": StoreConfig,
+    "limits": LimitsConfig,
+    "log": LogConfig,
+    "delivery": DeliveryConfig,
+    "server": ServerConfig,
+}
+_TOP_LEVEL = ("listener", *_TABLES)
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_MAILDIR_PLACEHOLDERS = ("user", "localpart", "domain", "home")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+# RFC 1939 section 3: the autologout timer MUST be at least 10 minutes.
+_MIN_IDLE_TIMEOUT = 600.0
+# RFC 2449 section 4: a client may send command lines of up to 255 octets including CRLF.
+_MIN_COMMAND_LINE = 255
+
+
+def load(path: Path, *, check_files: bool = True) -> Config:
+    """Read and validate the TOML file at ``path``; raise :class:`ConfigError` if unusable.
+
+    ``check_files=False`` skips checking that referenced files exist (``mailslot user`` uses
+    it: the passwd-file may be about to be created and certificates may not be in place yet).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            [ConfigProblem("", None, f"cannot read the file: {reason}")], path
+        ) from exc
+    return loads(text, path, check_files=check_files)
+
+
+def loads(text: str, source: Path | None = None, *, check_files: bool = True) -> Config:
+    """Validate TOML ``text``; relative paths are relative to ``source``'s directory (or cwd)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        line = None
+        if match := _TOML_POSITION.search(message):
+            line = int(match[1])
+            message = f"TOML syntax error at column {match[2]}: {message[: match.start()]}"
+        else:
+            message = f"TOML syntax error: {message}"
+        raise ConfigError([ConfigProblem("", line, message)], source) from exc
+    return _Loader(text, source, check_files).load(raw)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(f'"{v}"' for v in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "an array of strings"
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a file path (a string)",
+    }.get(hint, str(hint))
+
+
+def _toml_type(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    for kind, name in names.items():
+        if type(value) is kind:
+            return f"{name} ({value!r})"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _suggest(key: str, allowed: typing.Iterable[str]) -> str:
+    allowed = list(allowed)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f'did you mean "{close[0]}"?'
+    return "allowed keys are " + ", ".join(allowed)
+
+
+class _Loader:
+    """One validation pass: collects every problem, then builds the frozen :class:`Config`."""
+
+    def __init__(self, text: str, source: Path | None, check_files: bool) -> None:
+        self.lines = KeyLines(text)
+        self.source = source
+        self.base = source.parent if source is not None else Path.cwd()
+        self.check_files = check_files
+        self.problems: list[ConfigProblem] = []
+
+    def problem(
+        self, table: str | None, key: str | None, message: str, index: int | None = None
+    ) -> None:
+        dotted = table or ""
+        if index is not None:
+            dotted += f"[{index}]"
+        if key:
+            dotted = f"{dotted}.{key}" if dotted else key
+        self.problems.append(ConfigProblem(dotted, self.lines.find(table, key, index), message))
+
+    # -- building ----------------------------------------------------------------------------
+
+    def load(self, raw: dict[str, Any]) -> Config:
+        for key in raw:
+            if key not in _TOP_LEVEL:
+                self.problem(None, key, f'unknown table "{key}"; {_suggest(key, _TOP_LEVEL)}')
+        tables: dict[str, Any] = {}
+        for name, cls in _TABLES.items():
+            value = raw.get(name, {})
+            if not isinstance(value, dict):
+                self.problem(None, name, f"must be a table ([{name}]), not {_toml_type(value)}")
+                value = {}
+            tables[name] = self.build(cls, value, name)
+        listeners = self.listeners(raw.get("listener", []))
+        tables["store"] = self.store(tables["store"])
+        config = Config(listeners=listeners, source=self.source, **tables)
+        self.check(config)
+        if self.problems:
+            raise ConfigError(self.problems, self.source)
+        return config
+
+    def convert(self, hint: Any, value: object, table: str, key: str, index: int | None) -> Any:
+        """Return ``value`` as ``hint`` wants it, or record a problem and return ``None``."""
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        ok: bool
+        if typing.get_origin(hint) is Literal:
+            ok = isinstance(value, str) and value in typing.get_args(hint)
+        elif hint is bool:
+            ok = isinstance(value, bool)
+        elif hint is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif hint is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if ok:
+                value = float(value)  # type: ignore[arg-type]
+        elif typing.get_origin(hint) is tuple:
+            ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+            if ok:
+                return tuple(value)  # type: ignore[arg-type]
+        elif hint is Path:
+            ok = isinstance(value, str) and value != ""
+            if ok:
+                return self.path(str(value))
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            got = f'"{value}"' if isinstance(value, str) else _toml_type(value)
+            self.problem(table, key, f"must be {_describe(hint)}, not {got}", index)
+            return None
+        return value
+
+    def path(self, value: str) -> Path:
+        return self.base / Path(value).expanduser()
+
+    def values(
+        self, cls: type[Any], raw: dict[str, Any], table: str, index: int | None = None
+    ) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in fields(cls)]
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key not in names:
+                where = f"[[{table}]]" if index is not None else f"[{table}]"
+                self.problem(table, key, f"unknown key in {where}; {_suggest(key, names)}", index)
+                continue
+            converted = self.convert(hints[key], value, table, key, index)
+            if converted is not None:
+                values[key] = converted
+        return values
+
+    def build(self, cls: type[Any], raw: dict[str, Any], table: str) -> Any:
+        return cls(**self.values(cls, raw, table))
+
+    def listeners(self, raw: object) -> tuple[ListenerConfig, ...]:
+        if isinstance(raw, dict):
+            self.problem(
+                None, "listener", "must be an array of tables: write [[listener]], not [listener]"
+            )
+            return ()
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            self.problem(
+                None,
+                "listener",
+                f"must be an array of tables ([[listener]]), not {_toml_type(raw)}",
+            )
+            return ()
+        return tuple(self.listener(item, index) for index, item in enumerate(raw))
+
+    def listener(self, raw: dict[str, Any], index: int) -> ListenerConfig:
+        values = self.values(ListenerConfig, raw, "listener", index)
+        protocol = values.get("protocol", "pop3")
+        if "path" in raw:
+            if protocol != "lmtp":
+                self.problem(
+                    "listener",
+                    "path",
+                    'a Unix socket path is only allowed with protocol = "lmtp"',
+                    index,
+                )
+            for key in ("address", "port"):
+                if key in raw:
+                    self.problem(
+                        "listener",
+                        key,
+                        "give either address and port or path (a Unix socket), not both",
+                        index,
+                    )
+        elif protocol == "lmtp" and "port" not in raw:
+            self.problem(
+                "listener",
+                None,
+                "an LMTP listener needs a port (e.g. 24) or a path (a Unix socket)",
+                index,
+            )
+        # Defaults that follow from the other keys: LMTP is local and plain; POP3S is on 995.
+        values.setdefault("tls", "none" if protocol == "lmtp" else "starttls")
+        values.setdefault("port", 995 if values["tls"] == "implicit" else 110)
+        if "address" in values and not _is_address(values["address"]):
+            self.problem(
+                "listener",
+                "address",
+                f'"{values["address"]}" is not an IPv4 or IPv6 address; use a literal such as '
+                '"127.0.0.1", "0.0.0.0", "::1" or "::", or "localhost"',
+                index,
+            )
+        if isinstance(values.get("port"), int) and not 1 <= values["port"] <= 65535:
+            self.problem(
+                "listener", "port", f"must be between 1 and 65535, not {values['port']}", index
+            )
+        return ListenerConfig(**values)
+
+    def store(self, store: StoreConfig) -> StoreConfig:
+        template = store.maildir
+        bad = [name for name in _PLACEHOLDER.findall(template) if name not in _MAILDIR_PLACEHOLDERS]
+        if bad:
+            allowed = ", ".join("{%s}" % n for n in _MAILDIR_PLACEHOLDERS)  # noqa: UP031
+            self.problem(
+                "store",
+                "maildir",
+                f"unknown placeholder {{{bad[0]}}}; allowed are {allowed} and a leading ~/",
+            )
+        if template.startswith("~/"):
+            template = "{home}/" + template[2:]
+        if not bad and not any(f"{{{n}}}" in template for n in ("user", "localpart", "home")):
+            self.problem(
+                "store",
+                "maildir",
+                "must contain {user}, {localpart} or {home} (or start with ~/): "
+                "otherwise every user would share one maildrop",
+            )
+        if not template.startswith(("/", "{home}")):
+            template = os.path.join(self.base, template)
+        return StoreConfig(maildir=template)
+
+    # -- cross-checks ------------------------------------------------------------------------
+
+    def check(self, config: Config) -> None:
+        if not config.listeners and not any(p.key.startswith("listener") for p in self.problems):
+            self.problem(
+                None,
+                None,
+                "no [[listener]]: add at least one, for example "
+                '[[listener]] with address = "0.0.0.0", port = 995, tls = "implicit"',
+            )
+        self.check_duplicates(config.listeners)
+        tls_users = [i for i, lst in enumerate(config.listeners) if lst.tls != "none"]
+        if tls_users:
+            first = config.listeners[tls_users[0]]
+            why = f'listener[{tls_users[0]}] has tls = "{first.tls}"'
+            self.required_file(
+                "tls", "certificate", config.tls.certificate, why, "the certificate chain (PEM)"
+            )
+            self.required_file(
+                "tls", "private_key", config.tls.private_key, why, "the private key (PEM)"
+            )
+        if config.listeners:
+            self.required_file(
+                "auth",
+                "passwd_file",
+                config.auth.passwd_file,
+                "users must be able to log in",
+                "the user database",
+            )
+        self.check_numbers(config)
+        if config.log.level not in _LOG_LEVELS:
+            self.problem(
+                "log", "level", f'must be one of {", ".join(_LOG_LEVELS)}, not "{config.log.level}"'
+            )
+        if not config.server.hostname:
+            self.problem(
+                "server", "hostname", "must not be empty: it names this server in greetings"
+            )
+
+    def check_duplicates(self, listeners: tuple[ListenerConfig, ...]) -> None:
+        seen: dict[object, int] = {}
+        for index, lst in enumerate(listeners):
+            if lst.path is not None:
+                where: object = lst.path
+                shown = str(lst.path)
+                key = "path"
+            else:
+                where = (_normalise_address(lst.address), lst.port)
+                shown = f"{lst.address} port {lst.port}"
+                key = "port"
+            if where in seen:
+                self.problem(
+                    "listener", key, f"{shown} is already used by listener[{seen[where]}]", index
+                )
+            else:
+                seen[where] = index
+
+    def required_file(self, table: str, key: str, path: Path | None, why: str, what: str) -> None:
+        if path is None:
+            self.problem(table, key, f"is required because {why}: name the file holding {what}")
+        elif self.check_files:
+            if not path.is_file():
+                self.problem(
+                    table, key, f"{path} does not exist or is not a file; it should hold {what}"
+                )
+            elif not os.access(path, os.R_OK):
+                self.problem(table, key, f"{path} is not readable by this user (uid {os.getuid()})")
+
+    def check_numbers(self, config: Config) -> None:
+        limits = config.limits
+        for f in fields(LimitsConfig):
+            value = getattr(limits, f.name)
+            if isinstance(value, int) and value < 1:
+                self.problem("limits", f.name, f"must be a positive integer, not {value}")
+        if limits.command_line_length >= 1 and limits.command_line_length < _MIN_COMMAND_LINE:
+            self.problem(
+                "limits",
+                "command_line_length",
+                f"must be at least {_MIN_COMMAND_LINE} (RFC 2449 section 4 lets clients "
+                f"send lines that long), not {limits.command_line_length}",
+            )
+        if limits.login_timeout <= 0:
+            self.problem(
+                "limits",
+                "login_timeout",
+                f"must be more than 0 seconds, not {limits.login_timeout:g}",
+            )
+        if limits.idle_timeout < _MIN_IDLE_TIMEOUT:
+            self.problem(
+                "limits",
+                "idle_timeout",
+                f"must be at least {_MIN_IDLE_TIMEOUT:g} seconds (RFC 1939 section 3: the "
+                f"autologout timer is at least 10 minutes), not {limits.idle_timeout:g}",
+            )
+        if config.tls.handshake_timeout <= 0:
+            self.problem(
+                "tls",
+                "handshake_timeout",
+                f"must be more than 0 seconds, not {config.tls.handshake_timeout:g}",
+            )
+        if config.auth.failure_delay < 0:
+            self.problem(
+                "auth",
+                "failure_delay",
+                f"must be 0 or more seconds, not {config.auth.failure_delay:g}",
+            )
+        if config.auth.failure_delay_max < config.auth.failure_delay:
+            self.problem(
+                "auth",
+                "failure_delay_max",
+                f"must be at least failure_delay ({config.auth.failure_delay:g}), "
+                f"not {config.auth.failure_delay_max:g}",
+            )
+        delivery = config.delivery
+        if delivery.max_message_size < 1:
+            self.problem(
+                "delivery",
+                "max_message_size",
+                f"must be a positive number of bytes, not {delivery.max_message_size}",
+            )
+        for key in ("quota_bytes", "quota_messages"):
+            if getattr(delivery, key) < 0:
+                self.problem(
+                    "delivery", key, f"must be 0 (no quota) or more, not {getattr(delivery, key)}"
+                )
+        if config.server.workers < 1:
+            self.problem("server", "workers", f"must be at least 1, not {config.server.workers}")
+        if config.server.shutdown_timeout < 0:
+            self.problem(
+                "server",
+                "shutdown_timeout",
+                f"must be 0 or more seconds, not {config.server.shutdown_timeout:g}",
+            )
+
+
+def _is_address(value: str) -> bool:
+    if value == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _normalise_address(value: str) -> str:
+    # "::0" and "::" are the same socket; "localhost" is compared as written.
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value
