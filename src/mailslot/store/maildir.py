@@ -1,0 +1,422 @@
+"""The Maildir backend: one Maildir per user (cr.yp.to/proto/maildir.html), as Dovecot lays it out.
+
+RFC 1939 section 3 and 8 ask for an exclusive lock and a stable snapshot for the session:
+``open`` takes ``flock`` on ``<maildir>/.mailslot.lock`` (it conflicts even within one process
+and vanishes with a dead process), finishes an interrupted deletion
+(:mod:`mailslot.store.expunge`), moves new/ into cur/ as ``<base>:2,`` as Dovecot does, and lists
+cur/ in delivery order.  Unique-ids (RFC 1939 section 7) and keys are derived from the immutable
+base name only, so they survive the loss of every file of ours.  Sizes are RFC 1939 wire sizes:
+``,W=`` in the name, else the size cache (:mod:`mailslot.store.sizecache`), else computed once.
+
+Only regular files whose names do not start with ``.`` are ever listed or opened; symlinks,
+FIFOs, directories and tmp/ are not.  All directory scans, renames and fsyncs run in a worker
+thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
+
+from mailslot.store import expunge, fsutil, sizecache
+from mailslot.store.base import (
+    MaildropLocked,
+    MessageGone,
+    MessageInfo,
+    PermanentFailure,
+    StoreError,
+    TemporaryFailure,
+)
+from mailslot.store.fsutil import Fsync
+from mailslot.store.maildirnames import (
+    UniqueNames,
+    base_of,
+    sort_key,
+    uid_of,
+    wire_size_from_name,
+)
+from mailslot.store.paths import expand
+from mailslot.store.wiresize import WireSizeCounter, wire_size
+
+LOCK_FILE = ".mailslot.lock"
+SIZE_CACHE = ".mailslot-sizes"
+READ_SIZE = 256 * 1024
+
+_OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_MESSAGE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Errors an administrator has to fix; everything else (ENOSPC, EDQUOT, EIO, ...) may pass.
+_PERMANENT_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ELOOP, errno.EROFS, errno.ENAMETOOLONG}
+)
+
+_T = TypeVar("_T")
+
+
+def store_error(exc: OSError) -> StoreError:
+    """Translate an OSError into the store's own error, keeping only the errno's name."""
+    name = errno.errorcode.get(exc.errno or 0, "unknown error")
+    if exc.errno in _PERMANENT_ERRNOS:
+        return PermanentFailure(f"maildir: {name}")
+    return TemporaryFailure(f"maildir: {name}")
+
+
+def _makedirs(path: str) -> None:
+    # os.makedirs gives only the leaf our mode; every level we create is private.
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        _makedirs(parent)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+
+
+def ensure_maildir(maildir: str) -> None:
+    """Create the Maildir and its cur/ new/ tmp/ (mode 0700) if missing."""
+    for sub in ("cur", "new", "tmp"):
+        _makedirs(os.path.join(maildir, sub))
+
+
+def _lock(maildir: str) -> int:
+    fd = os.open(
+        os.path.join(maildir, LOCK_FILE),
+        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MaildropLocked("maildrop is in use") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _measure(path: str) -> tuple[int, int] | None:
+    """Read a message once for its (physical, wire) sizes; None if it is gone or not regular."""
+    try:
+        fd = os.open(path, _OPEN_MESSAGE)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        counter = WireSizeCounter()
+        while chunk := os.read(fd, READ_SIZE):
+            counter.feed(chunk)
+        return counter.physical, counter.wire
+    finally:
+        os.close(fd)
+
+
+class _Found:
+    """A message file seen during the scan: where it is and its directory entry."""
+
+    __slots__ = ("entry", "relative")
+
+    def __init__(self, relative: str, entry: os.DirEntry[str]) -> None:
+        self.relative = relative
+        self.entry = entry
+
+
+def _scan(directory: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return [
+                entry
+                for entry in entries
+                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
+            ]
+    except FileNotFoundError:
+        return []
+
+
+def take_snapshot(maildir: str) -> tuple[list[MessageInfo], dict[str, str]]:
+    """List the maildrop: messages in delivery order and each key's path in the maildir."""
+    found: dict[str, _Found] = {}
+    new_dir = os.path.join(maildir, "new")
+    cur_dir = os.path.join(maildir, "cur")
+    for entry in _scan(new_dir):
+        target = entry.name if ":" in entry.name else entry.name + ":2,"
+        target_path = os.path.join(cur_dir, target)
+        # Never rename over a file of the same name: both would be lost but one.
+        if not os.path.lexists(target_path):
+            try:
+                os.rename(entry.path, target_path)
+                continue
+            except FileNotFoundError:
+                continue
+            except OSError:
+                pass
+        found.setdefault(base_of(entry.name), _Found("new/" + entry.name, entry))
+    for entry in _scan(cur_dir):
+        base = base_of(entry.name)
+        previous = found.get(base)
+        # Two files with one base (a copy left in new/, or flags set twice): serve one, stably.
+        if previous is None or ("cur/" + entry.name) < previous.relative:
+            found[base] = _Found("cur/" + entry.name, entry)
+
+    cache_path = os.path.join(maildir, SIZE_CACHE)
+    old_cache: sizecache.CacheEntries | None = None
+    new_cache: sizecache.CacheEntries = {}
+    sized: list[tuple[str, int]] = []
+    for base, item in found.items():
+        wire = wire_size_from_name(base)
+        if wire is None:
+            if old_cache is None:
+                old_cache = sizecache.load(cache_path)
+            physical = item.entry.stat(follow_symlinks=False).st_size
+            cached = old_cache.get(base)
+            if cached is not None and cached[0] == physical:
+                wire = cached[1]
+            else:
+                measured = _measure(item.entry.path)
+                if measured is None:
+                    continue
+                physical, wire = measured
+            if sizecache.cacheable(base):
+                new_cache[base] = (physical, wire)
+        sized.append((base, wire))
+
+    if old_cache is None and os.path.lexists(cache_path):
+        # No message needed the cache now; empty it of entries for messages now gone.
+        old_cache = sizecache.load(cache_path)
+    if old_cache is not None and old_cache != new_cache:
+        # The cache only saves time: a full disk must not stop the login.
+        with contextlib.suppress(OSError):
+            sizecache.save(cache_path, new_cache)
+
+    sized.sort(key=lambda pair: sort_key(pair[0]))
+    messages: list[MessageInfo] = []
+    seen_uids: set[str] = set()
+    for base, wire in sized:
+        uid = uid_of(base)
+        if uid in seen_uids:  # only a forged "H<digest>" name can collide with a digest
+            uid = uid_of("\n" + base)
+        seen_uids.add(uid)
+        messages.append(MessageInfo(key=base, uid=uid, size=wire))
+    return messages, {base: item.relative for base, item in found.items()}
+
+
+async def _in_thread(function: Callable[[], _T], cleanup: Callable[[_T], None]) -> _T:
+    """Run ``function`` in a worker thread; if we are cancelled, ``cleanup`` its result.
+
+    A worker thread cannot be interrupted, so a cancelled open() would otherwise leave its
+    lock held forever.
+    """
+    task = asyncio.ensure_future(asyncio.to_thread(function))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def done(finished: asyncio.Future[_T]) -> None:
+            if not finished.cancelled() and finished.exception() is None:
+                cleanup(finished.result())
+
+        task.add_done_callback(done)
+        raise
+
+
+class MaildirMaildrop:
+    """One locked Maildir, open for one POP3 session."""
+
+    def __init__(
+        self,
+        maildir: str,
+        lock_fd: int,
+        messages: Sequence[MessageInfo],
+        locations: dict[str, str],
+        fsync: Fsync,
+    ) -> None:
+        self._maildir = maildir
+        self._lock_fd: int | None = lock_fd
+        self._messages = tuple(messages)
+        self._locations = locations
+        self._fsync = fsync
+
+    @property
+    def path(self) -> str:
+        return self._maildir
+
+    @property
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._messages
+
+    def _open_at(self, relative: str) -> int | None:
+        """Open a message file safely; None if it is gone or is not a regular file."""
+        try:
+            fd = os.open(os.path.join(self._maildir, relative), _OPEN_MESSAGE)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # replaced by a symlink: never follow it
+                raise MessageGone("message is no longer a regular file") from None
+            raise store_error(exc) from None
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError as exc:
+            os.close(fd)
+            raise store_error(exc) from None
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise MessageGone("message is no longer a regular file")
+        return fd
+
+    def _relocate(self, key: str) -> str | None:
+        # Another program (a flag change, a second client) may have renamed the file.
+        for sub in ("cur", "new"):
+            try:
+                names = os.listdir(os.path.join(self._maildir, sub))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise store_error(exc) from None
+            for name in names:
+                if not name.startswith(".") and base_of(name) == key:
+                    return f"{sub}/{name}"
+        return None
+
+    async def read(self, message: MessageInfo, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        if self._lock_fd is None:
+            raise TemporaryFailure("maildrop is closed")
+        relative = self._locations.get(message.key)
+        if relative is None:
+            raise MessageGone("message is not in this maildrop")
+        fd = self._open_at(relative)
+        if fd is None:
+            moved = await asyncio.to_thread(self._relocate, message.key)
+            fd = None if moved is None else self._open_at(moved)
+            if moved is None or fd is None:
+                raise MessageGone("message has been removed")
+            self._locations[message.key] = moved
+        try:
+            while True:
+                try:
+                    # Small sequential reads from the page cache; not worth a thread hop.
+                    data = os.read(fd, READ_SIZE)
+                except OSError as exc:
+                    raise store_error(exc) from None
+                if not data:
+                    return
+                for start in range(0, len(data), chunk_size):
+                    yield data[start : start + chunk_size]
+        finally:
+            os.close(fd)
+
+    def _delete(self, keys: list[str]) -> None:
+        try:
+            expunge.write(self._maildir, keys, self._fsync)
+        except OSError as exc:
+            raise store_error(exc) from None
+        known = {key: self._locations[key] for key in keys}
+        try:
+            expunge.apply(self._maildir, keys, self._fsync, known)
+        except OSError as exc:
+            # The journal is durable: the next open() finishes what was started here.
+            raise store_error(exc) from None
+
+    async def delete(self, messages: Sequence[MessageInfo]) -> None:
+        if self._lock_fd is None:
+            raise TemporaryFailure("maildrop is closed")
+        # Only keys of this snapshot: a stray MessageInfo must never remove another file.
+        keys = list(dict.fromkeys(m.key for m in messages if m.key in self._locations))
+        if keys:
+            await asyncio.to_thread(self._delete, keys)
+
+    def close_now(self) -> None:
+        """Release the lock without awaiting (for cleanup paths). Idempotent."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    async def close(self) -> None:
+        self.close_now()
+
+
+class MaildirStore:
+    """Maildrops at ``template`` (``{user}``, ``{localpart}``, ``{domain}``, ``{home}``, ``~/``).
+
+    ``fsync`` is the one call that makes data durable; tests inject a failing one to play a
+    full disk.
+    """
+
+    def __init__(
+        self,
+        template: str,
+        *,
+        fsync: Fsync = os.fsync,
+        hostname: str | None = None,
+    ) -> None:
+        self._template = template
+        self._fsync = fsync
+        self._names = UniqueNames(hostname)
+
+    def path_for(self, user: str, home: str | None = None) -> str:
+        """The Maildir directory of ``user`` (raises :class:`PermanentFailure` if unsafe)."""
+        return expand(self._template, user, home)
+
+    def _open(self, user: str, home: str | None) -> MaildirMaildrop:
+        maildir = self.path_for(user, home)
+        try:
+            ensure_maildir(maildir)
+            lock_fd = _lock(maildir)
+        except OSError as exc:
+            raise store_error(exc) from None
+        try:
+            expunge.recover(maildir, self._fsync)
+            messages, locations = take_snapshot(maildir)
+        except OSError as exc:
+            os.close(lock_fd)
+            raise store_error(exc) from None
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return MaildirMaildrop(maildir, lock_fd, messages, locations, self._fsync)
+
+    async def open(self, user: str, home: str | None = None) -> MaildirMaildrop:
+        return await _in_thread(lambda: self._open(user, home), MaildirMaildrop.close_now)
+
+    def _deliver(self, user: str, data: bytes, home: str | None) -> str:
+        maildir = self.path_for(user, home)
+        name = self._names.make(len(data), wire_size(data))
+        tmp_path = os.path.join(maildir, "tmp", name)
+        new_path = os.path.join(maildir, "new", name)
+        try:
+            ensure_maildir(maildir)
+            fd = os.open(tmp_path, _CREATE_MESSAGE, 0o600)
+        except OSError as exc:
+            raise store_error(exc) from None
+        try:
+            try:
+                fsutil.write_all(fd, data)
+                self._fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp_path, new_path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_path)
+            raise store_error(exc) from None
+        try:
+            fsutil.fsync_directory(os.path.join(maildir, "new"), self._fsync)
+        except OSError as exc:
+            # Not known to be durable, so the sender will retry: do not leave a duplicate.
+            with contextlib.suppress(OSError):
+                os.unlink(new_path)
+            raise store_error(exc) from None
+        return name
+
+    async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
+        return await asyncio.to_thread(self._deliver, user, data, home)

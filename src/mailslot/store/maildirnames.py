@@ -1,0 +1,94 @@
+"""Maildir file names: base names, delivery order, RFC 1939 unique-ids and new unique names.
+
+A Maildir file name is ``<base>[:<info>]`` (cr.yp.to/proto/maildir.html); the info part
+(``:2,`` and flags) changes as flags change, the base never does.  Dovecot adds
+``,S=<physical size>`` and ``,W=<RFC 822 wire size>`` to the base (Dovecot wiki, maildir
+format), and we write the same.  Base names usually begin ``<seconds>.M<usec>P<pid>...``,
+which gives delivery order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import socket
+import threading
+import time
+
+_LEADING = re.compile(r"(\d+)(?:\.([^.]*))?")
+_USEC = re.compile(r"M(\d+)")
+_WIRE = re.compile(r",W=(\d+)")
+_UIDL_SAFE = re.compile(r"[\x21-\x7e]{1,70}")
+
+SortKey = tuple[int, int, int, str]
+
+
+def base_of(name: str) -> str:
+    """The base name: everything before the first ``:``."""
+    return name.partition(":")[0]
+
+
+def sort_key(base: str) -> SortKey:
+    """Delivery order, oldest first: seconds, then microseconds, then the name itself.
+
+    Names without leading seconds (not written by a Maildir MDA) sort last, by name.
+    """
+    match = _LEADING.match(base)
+    if match is None:
+        return (1, 0, 0, base)
+    usec = 0
+    second_field = match.group(2)
+    if second_field:
+        found = _USEC.search(second_field)
+        if found is not None:
+            usec = int(found.group(1))
+    return (0, int(match.group(1)), usec, base)
+
+
+def uid_of(base: str) -> str:
+    """RFC 1939 section 7 unique-id, derived from the base name alone.
+
+    Deriving it from the immutable base name (not from our own metadata) keeps it stable even
+    if every mailslot file is lost.  Names that are not valid unique-ids are hashed; the
+    ``H`` prefix and 40 hex digits cannot be produced by our own deliveries.
+    """
+    if _UIDL_SAFE.fullmatch(base):
+        return base
+    digest = hashlib.sha256(os.fsencode(base)).hexdigest()[:40]
+    return "H" + digest
+
+
+def wire_size_from_name(base: str) -> int | None:
+    """The ``,W=<n>`` size Dovecot and mailslot write into base names, if present."""
+    found = _WIRE.search(base)
+    return int(found.group(1)) if found is not None else None
+
+
+def escape_hostname(hostname: str) -> str:
+    """Escape ``/`` and ``:`` as the Maildir specification says (``\\057``, ``\\072``).
+
+    ``,`` is escaped too (``\\054``) so a host name can never forge a ``,W=`` size field.
+    """
+    return hostname.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+class UniqueNames:
+    """Generates ``<secs>.M<usec>P<pid>Q<counter>.<host>,S=<n>,W=<n>`` delivery names.
+
+    The per-process counter makes names unique even when the clock does not advance; the
+    pid separates processes; the host separates machines sharing the Maildir.
+    """
+
+    def __init__(self, hostname: str | None = None) -> None:
+        self._hostname = escape_hostname(hostname or socket.gethostname() or "localhost")
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def make(self, physical: int, wire: int) -> str:
+        with self._lock:
+            counter = next(self._counter)
+        now = time.time_ns() // 1000
+        secs, usec = divmod(now, 1_000_000)
+        return f"{secs}.M{usec}P{os.getpid()}Q{counter}.{self._hostname},S={physical},W={wire}"
