@@ -1,0 +1,67 @@
+"""In-memory user table: the verified fake of :class:`mailslot.auth.base.Authenticator`.
+
+It passes the same contract suite as the passwd-file backend and follows the same rules:
+names are validated with :mod:`mailslot.auth.usernames`, every failure is one
+:class:`AuthenticationFailed`, and an unknown user is verified against a dummy hash.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+
+from mailslot.auth import schemes, usernames
+from mailslot.auth.base import AuthenticationFailed, User
+from mailslot.auth.verification import Verifier, choose_dummy, verify_or_dummy
+
+__all__ = ["MemoryAuthenticator"]
+
+_SCHEME_PREFIX = re.compile(r"\{[A-Za-z0-9.-]+\}")
+
+
+class MemoryAuthenticator:
+    """Users from a mapping of name to password.
+
+    A value that starts with a ``{SCHEME}`` prefix is a stored hash (one whose scheme is
+    unknown or refused never matches, as in a passwd-file); anything else is the plaintext
+    password itself.  Names that
+    :func:`mailslot.auth.usernames.validate` refuses raise ValueError here, as a passwd-file
+    would skip them.
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, str],
+        *,
+        homes: Mapping[str, str] | None = None,
+        allow_md5: bool = False,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self._verify: Verifier = verifier or functools.partial(schemes.verify, allow_md5=allow_md5)
+        self._stored: dict[str, str] = {}
+        self._usable: set[str] = set()
+        for name, value in users.items():
+            usernames.validate(name)
+            stored = value if _SCHEME_PREFIX.match(value) else "{PLAIN}" + value
+            self._stored[name] = stored
+            if schemes.identify(stored, allow_md5=allow_md5) is not None:
+                self._usable.add(name)
+        self._homes = dict(homes or {})
+        self._dummy = choose_dummy(
+            (self._stored[name] for name in self._stored if name in self._usable),
+            allow_md5=allow_md5,
+        )
+
+    async def authenticate(self, username: str, password: str) -> User:
+        usable = usernames.is_valid(username) and username in self._usable
+        stored = self._stored[username] if usable else None
+        matched = await verify_or_dummy(self._verify, password, stored, self._dummy)
+        if not matched:
+            raise AuthenticationFailed
+        return User(name=username, home=self._homes.get(username))
+
+    async def lookup(self, username: str) -> User | None:
+        if not usernames.is_valid(username) or username not in self._stored:
+            return None
+        return User(name=username, home=self._homes.get(username))

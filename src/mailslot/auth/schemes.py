@@ -1,0 +1,297 @@
+"""Dovecot password schemes: ``{SCHEME}data`` strings, verified and made with libpass.
+
+The stored form and scheme names follow Dovecot's "Password schemes" documentation
+(https://doc.dovecot.org/configuration_manual/authentication/password_schemes/), so a
+Dovecot passwd-file works unchanged and a hash made here is accepted by ``doveadm pw -t``.
+
+Supported: ARGON2ID, ARGON2I, BLF-CRYPT (alias BCRYPT), SHA512-CRYPT, SHA256-CRYPT, SSHA,
+SSHA256, SSHA512, SHA (alias SHA1), SHA256, SHA512, PLAIN / CLEARTEXT / CLEAR, and CRYPT or no
+prefix at all for a modular crypt string (``$argon2id$``, ``$argon2i$``, ``$2y$``/``$2b$``/
+``$2a$``, ``$6$``, ``$5$``).  Binary schemes take Dovecot's ``.HEX`` / ``.B64`` suffix, and, as
+Dovecot does, a base64 scheme whose data has exactly twice the digest length is read as hex.
+
+MD5-based schemes (PLAIN-MD5, LDAP-MD5, SMD5, MD5-CRYPT and its alias MD5, and ``$1$`` under
+CRYPT) are refused unless ``allow_md5=True``.  CRAM-MD5 and DIGEST-MD5 are never verifiable
+here: the first stores MD5's internal state, which no library exposes, and the second needs
+the SASL realm.  Every password scheme itself comes from libpass (import name ``passlib``);
+nothing here implements a hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from passlib.hash import (
+    argon2,
+    bcrypt,
+    hex_md5,
+    hex_sha1,
+    hex_sha256,
+    hex_sha512,
+    ldap_salted_md5,
+    ldap_salted_sha1,
+    ldap_salted_sha256,
+    ldap_salted_sha512,
+    md5_crypt,
+    sha256_crypt,
+    sha512_crypt,
+)
+
+__all__ = [
+    "HASH_SCHEMES",
+    "hash_password",
+    "identify",
+    "is_plaintext",
+    "is_slow",
+    "verify",
+]
+
+# crypt_blowfish (which Dovecot uses) reads at most 72 octets; bcrypt 5 raises instead of
+# truncating, so truncate ourselves to accept what Dovecot accepts.
+_BCRYPT_MAX_OCTETS = 72
+
+# Dovecot's own argon2 defaults (m=64 MiB, t=3, p=1), so a hash made here costs on a Dovecot
+# server what one made by ``doveadm pw`` costs.
+_ARGON2_PARAMS = {"memory_cost": 65536, "rounds": 3, "parallelism": 1, "salt_size": 16}
+
+
+@dataclass(frozen=True, slots=True)
+class _Scheme:
+    name: str
+    check: Callable[[bytes, str], bool]  # (UTF-8 password, data after the prefix)
+    slow: bool = False
+    md5: bool = False
+
+
+def _argon2(password: bytes, data: str) -> bool:
+    if not data.startswith(("$argon2id$", "$argon2i$")):
+        return False
+    return bool(argon2.verify(password, data))
+
+
+def _bcrypt(password: bytes, data: str) -> bool:
+    if not data.startswith(("$2y$", "$2b$", "$2a$")):
+        return False
+    return bool(bcrypt.verify(password[:_BCRYPT_MAX_OCTETS], data))
+
+
+def _sha_crypt(prefix: str, handler: object) -> Callable[[bytes, str], bool]:
+    def check(password: bytes, data: str) -> bool:
+        if not data.startswith(prefix):
+            return False
+        return bool(handler.verify(password, data))  # type: ignore[attr-defined]
+
+    return check
+
+
+def _md5_crypt(password: bytes, data: str) -> bool:
+    if not data.startswith("$1$"):
+        return False
+    return bool(md5_crypt.verify(password, data))
+
+
+def _plain(password: bytes, data: str) -> bool:
+    return hmac.compare_digest(password, data.encode("utf-8"))
+
+
+def _decode_binary(data: str, encoding: str, default: str, fixed_size: int = 0) -> bytes | None:
+    """Dovecot's binary-field decoding: explicit ``.HEX``/``.B64``, else the scheme's default.
+
+    For a fixed-size digest, a default-base64 value exactly ``2 * fixed_size`` characters
+    long is hex, as in Dovecot's ``password_decode()``: a digest of that size can never be that
+    long in base64.  Salted schemes have no fixed size, so no guess.
+    """
+    chosen = encoding or default
+    if not encoding and default == "B64" and fixed_size and len(data) == 2 * fixed_size:
+        chosen = "HEX"
+    try:
+        if chosen == "HEX":
+            return bytes.fromhex(data)
+        return base64.b64decode(data, validate=True)
+    except (ValueError, binascii.Error):
+        return None
+
+
+def _unsalted(size: int, hex_handler: object, default: str) -> Callable[[bytes, str, str], bool]:
+    def check(password: bytes, data: str, encoding: str) -> bool:
+        raw = _decode_binary(data, encoding, default, size)
+        if raw is None or len(raw) != size:
+            return False
+        return bool(hex_handler.verify(password, raw.hex()))  # type: ignore[attr-defined]
+
+    return check
+
+
+def _salted(size: int, ldap_handler: object, ldap_prefix: str) -> Callable[[bytes, str, str], bool]:
+    def check(password: bytes, data: str, encoding: str) -> bool:
+        raw = _decode_binary(data, encoding, "B64")
+        if raw is None or len(raw) <= size:
+            return False
+        # libpass's LDAP handlers parse the RFC 2307 form: digest then salt, base64.
+        ldap = ldap_prefix + base64.b64encode(raw).decode("ascii")
+        return bool(ldap_handler.verify(password, ldap))  # type: ignore[attr-defined]
+
+    return check
+
+
+# Schemes whose data is a binary digest, so Dovecot's encoding suffix applies.
+_BINARY: dict[str, tuple[Callable[[bytes, str, str], bool], bool]] = {
+    "SHA": (_unsalted(20, hex_sha1, "B64"), False),
+    "SHA1": (_unsalted(20, hex_sha1, "B64"), False),
+    "SHA256": (_unsalted(32, hex_sha256, "B64"), False),
+    "SHA512": (_unsalted(64, hex_sha512, "B64"), False),
+    "SSHA": (_salted(20, ldap_salted_sha1, "{SSHA}"), False),
+    "SSHA256": (_salted(32, ldap_salted_sha256, "{SSHA256}"), False),
+    "SSHA512": (_salted(64, ldap_salted_sha512, "{SSHA512}"), False),
+    "PLAIN-MD5": (_unsalted(16, hex_md5, "HEX"), True),
+    "LDAP-MD5": (_unsalted(16, hex_md5, "B64"), True),
+    "SMD5": (_salted(16, ldap_salted_md5, "{SMD5}"), True),
+}
+
+_TEXT: dict[str, _Scheme] = {
+    s.name: s
+    for s in (
+        _Scheme("ARGON2ID", _argon2, slow=True),
+        _Scheme("ARGON2I", _argon2, slow=True),
+        _Scheme("BLF-CRYPT", _bcrypt, slow=True),
+        _Scheme("BCRYPT", _bcrypt, slow=True),
+        _Scheme("SHA512-CRYPT", _sha_crypt("$6$", sha512_crypt), slow=True),
+        _Scheme("SHA256-CRYPT", _sha_crypt("$5$", sha256_crypt), slow=True),
+        _Scheme("MD5-CRYPT", _md5_crypt, slow=True, md5=True),
+        _Scheme("MD5", _md5_crypt, slow=True, md5=True),  # Dovecot's alias of MD5-CRYPT
+        _Scheme("PLAIN", _plain),
+        _Scheme("CLEARTEXT", _plain),
+        _Scheme("CLEAR", _plain),
+    )
+}
+
+_PLAINTEXT = frozenset({"PLAIN", "CLEARTEXT", "CLEAR"})
+
+# Modular crypt prefixes recognised under {CRYPT} or with no prefix, longest first.
+_MODULAR: tuple[tuple[str, str], ...] = (
+    ("$argon2id$", "ARGON2ID"),
+    ("$argon2i$", "ARGON2I"),
+    ("$2y$", "BLF-CRYPT"),
+    ("$2b$", "BLF-CRYPT"),
+    ("$2a$", "BLF-CRYPT"),
+    ("$6$", "SHA512-CRYPT"),
+    ("$5$", "SHA256-CRYPT"),
+    ("$1$", "MD5-CRYPT"),
+)
+
+
+def _split(stored: str) -> tuple[str, str, str]:
+    """Return (SCHEME, encoding suffix or "", data); a bare value is a crypt(3) string."""
+    scheme, encoding, data = "CRYPT", "", stored
+    if stored.startswith("{"):
+        end = stored.find("}")
+        if end > 1:
+            scheme, data = stored[1:end].upper(), stored[end + 1 :]
+            base, dot, suffix = scheme.partition(".")
+            if dot:
+                scheme = base
+                encoding = {"HEX": "HEX", "B64": "B64", "BASE64": "B64"}.get(suffix, "?")
+    if scheme == "CRYPT":
+        for prefix, name in _MODULAR:
+            if data.startswith(prefix):
+                return name, encoding, data
+    return scheme, encoding, data
+
+
+def identify(stored: str, *, allow_md5: bool = False) -> str | None:
+    """The canonical scheme name :func:`verify` would use for ``stored``, or ``None``.
+
+    ``None`` means verify() can never succeed: unknown, refused or unverifiable scheme.
+    The data itself is not parsed; a malformed hash of a known scheme is still named.
+    """
+    scheme, encoding, _ = _split(stored)
+    if encoding == "?":
+        return None
+    if scheme in _BINARY:
+        return scheme if allow_md5 or not _BINARY[scheme][1] else None
+    found = _TEXT.get(scheme)
+    if found is None or encoding or (found.md5 and not allow_md5):
+        return None
+    return found.name
+
+
+def is_plaintext(stored: str) -> bool:
+    """Whether ``stored`` keeps the password itself (PLAIN, CLEARTEXT, CLEAR)."""
+    return identify(stored) in _PLAINTEXT
+
+
+def is_slow(stored: str) -> bool:
+    """Whether verifying ``stored`` is deliberately costly, so belongs off the event loop."""
+    scheme, _, _ = _split(stored)
+    found = _TEXT.get(scheme)
+    return found is not None and found.slow
+
+
+def verify(password: str, stored: str, *, allow_md5: bool = False) -> bool:
+    """Whether ``password`` matches ``stored``; False, never an exception, for a bad hash.
+
+    A caller that needs to tell a malformed or refused hash from a wrong password asks
+    :func:`identify` (at load time, not per attempt).
+    """
+    name = identify(stored, allow_md5=allow_md5)
+    if name is None:
+        return False
+    _, encoding, data = _split(stored)
+    try:
+        secret = password.encode("utf-8")
+        if name in _BINARY:
+            return _BINARY[name][0](secret, data, encoding)
+        return _TEXT[name].check(secret, data)
+    except Exception:
+        # libpass raises ValueError/TypeError subclasses and argon2-cffi its own errors for
+        # malformed hashes or unacceptable secrets (NUL in bcrypt); none is a match.
+        return False
+
+
+HASH_SCHEMES = (
+    "ARGON2ID",
+    "ARGON2I",
+    "BLF-CRYPT",
+    "SHA512-CRYPT",
+    "SHA256-CRYPT",
+    "SSHA",
+    "SSHA256",
+    "SSHA512",
+)
+
+
+def hash_password(password: str, scheme: str = "ARGON2ID") -> str:
+    """Hash ``password`` as Dovecot would store it: ``{SCHEME}data``.
+
+    Only salted, deliberately slow or salted-digest schemes are offered (plaintext and
+    unsalted digests are accepted by :func:`verify` for existing files but never written).
+    ``BCRYPT`` is written as ``{BLF-CRYPT}``, the name Dovecot knows.  Raises ValueError for
+    any other scheme, or a password longer than bcrypt's 72 octets.
+    """
+    name = scheme.upper()
+    secret = password.encode("utf-8")
+    if name == "ARGON2ID":
+        data = argon2.using(type="ID", **_ARGON2_PARAMS).hash(secret)
+    elif name == "ARGON2I":
+        data = argon2.using(type="I", **_ARGON2_PARAMS).hash(secret)
+    elif name in ("BLF-CRYPT", "BCRYPT"):
+        if len(secret) > _BCRYPT_MAX_OCTETS:
+            raise ValueError("bcrypt uses only the first 72 octets of a password")
+        name, data = "BLF-CRYPT", bcrypt.using(ident="2y").hash(secret)
+    elif name == "SHA512-CRYPT":
+        data = sha512_crypt.hash(secret)
+    elif name == "SHA256-CRYPT":
+        data = sha256_crypt.hash(secret)
+    elif name in ("SSHA", "SSHA256", "SSHA512"):
+        handler = {"SSHA": ldap_salted_sha1, "SSHA256": ldap_salted_sha256}.get(
+            name, ldap_salted_sha512
+        )
+        # libpass already writes the RFC 2307 "{SSHA}base64" form Dovecot reads.
+        return str(handler.using(salt_size=8).hash(secret))
+    else:
+        raise ValueError(f"cannot write passwords with scheme {scheme!r}")
+    return f"{{{name}}}{data}"
