@@ -1,0 +1,407 @@
+"""The ``mailslot`` command: parse, load the configuration, hand over (docs/cli.md).
+
+One small ``add_<command>`` function per subcommand registers its parser and handler, so adding
+a command is a few lines.  Exit codes follow BSD sysexits(3), which service managers and mail
+transfer agents understand: 64 usage, 67 unknown user, 69 unavailable, 73 cannot create,
+78 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mailslot import __version__
+from mailslot.config import Config, ConfigError, load
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 64
+EX_NOUSER = 67
+EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
+EX_CONFIG = 78
+
+Handler = Callable[[argparse.Namespace], int]
+SubParsers = Any  # argparse._SubParsersAction is private; its type parameters are not public
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr, with the exit code to return."""
+
+    def __init__(self, message: str, code: int = EX_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _subparser(
+    subparsers: SubParsers,
+    name: str,
+    summary: str,
+    description: str,
+    examples: str,
+    handler: Handler | None,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
+def _print_problems(error: ConfigError) -> None:
+    for problem in error.problems:
+        print(problem.format(error.source), file=sys.stderr)
+    count = len(error.problems)
+    print(f"{count} problem{'s' if count != 1 else ''} in the configuration", file=sys.stderr)
+
+
+def _load(path: Path, *, check_files: bool = True) -> Config:
+    try:
+        return load(path, check_files=check_files)
+    except ConfigError as error:
+        _print_problems(error)
+        raise CommandError("", EX_CONFIG) from error
+
+
+# -- serve -----------------------------------------------------------------------------------
+
+
+def add_serve(subparsers: SubParsers) -> None:
+    parser = _subparser(
+        subparsers,
+        "serve",
+        "run the POP3 server",
+        "Run the server until SIGTERM or SIGINT.\n\n"
+        "With --config, serve that configuration. Without it, use a quick-start data\n"
+        "directory: on first run it is filled with a private CA, a localhost certificate,\n"
+        "a user 'demo' with a random password (printed once), a Maildir with a welcome\n"
+        "message and a mailslot.toml listening on 127.0.0.1 ports 1110 (STLS) and 1995\n"
+        "(POP3S). Later runs reuse it.",
+        "  mailslot serve                                  # quick start in ./mailslot-data\n"
+        "  mailslot serve --data-dir /tmp/try-mailslot     # quick start elsewhere\n"
+        "  mailslot serve --config /etc/mailslot/mailslot.toml\n",
+        _serve,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, metavar="FILE", help="configuration file (TOML)")
+    source.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="quick-start data directory (default: $MAILSLOT_DATA_DIR or ./mailslot-data)",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args.config) if args.config is not None else _quick_start(args.data_dir)
+    # Imported late: `mailslot user` and `check-config` need none of the server's imports.
+    runner = importlib.import_module("mailslot.server.runner")
+    run: Callable[[Config], int] = runner.run
+    return run(config)
+
+
+def _quick_start(data_dir: Path | None) -> Config:
+    from mailslot import quickstart
+
+    directory = data_dir if data_dir is not None else quickstart.default_data_dir()
+    try:
+        start = quickstart.prepare(directory)
+    except (OSError, ValueError) as exc:
+        raise CommandError(
+            f"cannot set up the quick start in {directory}: {exc}", EX_CANTCREAT
+        ) from exc
+    config = _load(start.config_path)
+    quickstart.report(start, config, sys.stdout)
+    busy = quickstart.busy_ports(config.listeners)
+    if busy:
+        for line in busy:
+            print(f"mailslot: {line}", file=sys.stderr)
+        raise CommandError(
+            f"stop the program using the port, or change the ports in {start.config_path}",
+            EX_UNAVAILABLE,
+        )
+    return config
+
+
+# -- check-config ----------------------------------------------------------------------------
+
+
+def add_check_config(subparsers: SubParsers) -> None:
+    parser = _subparser(
+        subparsers,
+        "check-config",
+        "validate a configuration file",
+        "Validate a configuration file: TOML syntax, every key and value, and that the\n"
+        "certificate, key and passwd-file it names are readable. Prints OK and a summary,\n"
+        "or every problem with its key and line. Exit status 0 when valid, 78 otherwise.",
+        "  mailslot check-config --config /etc/mailslot/mailslot.toml\n",
+        _check_config,
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE", required=True, help="file to check")
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"OK: {args.config}: {describe_listeners(config)}")
+    return EX_OK
+
+
+def describe_listeners(config: Config) -> str:
+    parts = []
+    for lst in config.listeners:
+        where = str(lst.path) if lst.path is not None else _host_port(lst.address, lst.port)
+        extra = ", PROXY protocol" if lst.proxy_protocol else ""
+        parts.append(f"{lst.protocol} on {where} (tls {lst.tls}{extra})")
+    count = len(parts)
+    return f"{count} listener{'s' if count != 1 else ''}: " + "; ".join(parts)
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+# -- user ------------------------------------------------------------------------------------
+
+
+def add_user(subparsers: SubParsers) -> None:
+    from mailslot.auth.schemes import HASH_SCHEMES
+
+    database = argparse.ArgumentParser(add_help=False)
+    group = database.add_argument_group("user database (one is required)")
+    which = group.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", type=Path, metavar="FILE", help="use [auth] passwd_file of FILE")
+    which.add_argument("--passwd-file", type=Path, metavar="FILE", help="use this passwd-file")
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password as one line from stdin (implied when stdin is not a terminal)",
+    )
+
+    user = _subparser(
+        subparsers,
+        "user",
+        "manage users in a passwd-file",
+        "Add, change, delete and list users of a Dovecot-compatible passwd-file.\n"
+        "Passwords are never taken from the command line (it is visible to other users):\n"
+        "they are asked twice on a terminal, or read as one line from standard input.",
+        "  mailslot user add --config /etc/mailslot/mailslot.toml alice\n"
+        "  printf '%s\\n' \"$PW\" | mailslot user passwd --passwd-file users alice\n"
+        "  mailslot user list --passwd-file users\n",
+        None,
+    )
+    actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = _subparser(
+        actions,
+        "add",
+        "add a user",
+        "Add a user with a new password, hashed with --scheme.",
+        "  mailslot user add --config mailslot.toml alice\n"
+        "  mailslot user add --passwd-file users --home /home/bob bob < password.txt\n",
+        _user_add,
+        parents=[database, password],
+    )
+    add.add_argument(
+        "--scheme",
+        type=str.upper,
+        default="ARGON2ID",
+        choices=HASH_SCHEMES,
+        help="password hash scheme (default: ARGON2ID)",
+    )
+    add.add_argument(
+        "--home", metavar="DIR", help="home directory ({home} and ~/ in [store] maildir)"
+    )
+    add.add_argument("name", metavar="NAME")
+    passwd = _subparser(
+        actions,
+        "passwd",
+        "set a user's password",
+        "Replace a user's password (the scheme of the new hash is ARGON2ID).",
+        "  mailslot user passwd --config mailslot.toml demo\n",
+        _user_passwd,
+        parents=[database, password],
+    )
+    passwd.add_argument("name", metavar="NAME")
+    delete = _subparser(
+        actions,
+        "delete",
+        "delete a user",
+        "Delete a user from the passwd-file. Their mail is left in place.",
+        "  mailslot user delete --config mailslot.toml alice\n",
+        _user_delete,
+        parents=[database],
+    )
+    delete.add_argument("name", metavar="NAME")
+    _subparser(
+        actions,
+        "list",
+        "list users",
+        "Print the user names of the passwd-file, one per line.",
+        "  mailslot user list --config mailslot.toml\n",
+        _user_list,
+        parents=[database],
+    )
+
+
+def _passwd_file(args: argparse.Namespace) -> Path:
+    if args.passwd_file is not None:
+        return Path(args.passwd_file)
+    # The passwd-file may not exist yet when the first user is added.
+    config = _load(args.config, check_files=False)
+    if config.auth.passwd_file is None:
+        raise CommandError(f"{args.config} has no [auth] passwd_file", EX_CONFIG)
+    return config.auth.passwd_file
+
+
+def _valid_name(name: str) -> str:
+    from mailslot.auth.usernames import InvalidUsername, validate
+
+    try:
+        return validate(name)
+    except InvalidUsername as exc:
+        raise CommandError(f"invalid user name: {exc}") from exc
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            raise CommandError("no password on standard input (expected one line)")
+        # Only the line ending is removed: leading and trailing spaces may be part of it.
+        password = line.rstrip("\r\n")
+    else:
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Repeat the password: ") != password:
+            raise CommandError("the passwords do not match")
+    if not password:
+        raise CommandError("the password is empty")
+    return password
+
+
+def _admin_call(action: Callable[[], object], name: str) -> None:
+    from mailslot.auth import admin
+
+    try:
+        action()
+    except admin.UserExists as exc:
+        raise CommandError(f"user {name!r} already exists") from exc
+    except admin.NoSuchUser as exc:
+        raise CommandError(f"no user {name!r}", EX_NOUSER) from exc
+    except OSError as exc:
+        raise CommandError(f"{exc.filename or 'passwd-file'}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    from mailslot.auth import admin
+
+    path, name = _passwd_file(args), _valid_name(args.name)
+    password = _read_password(args)
+    _admin_call(
+        lambda: admin.add_user(path, name, password, scheme=args.scheme, home=args.home), name
+    )
+    print(f"added {name!r} to {path}", file=sys.stderr)
+    return EX_OK
+
+
+def _user_passwd(args: argparse.Namespace) -> int:
+    from mailslot.auth import admin
+
+    path, name = _passwd_file(args), _valid_name(args.name)
+    password = _read_password(args)
+    _admin_call(lambda: admin.set_password(path, name, password), name)
+    print(f"changed the password of {name!r} in {path}", file=sys.stderr)
+    return EX_OK
+
+
+def _user_delete(args: argparse.Namespace) -> int:
+    from mailslot.auth import admin
+
+    path, name = _passwd_file(args), _valid_name(args.name)
+    _admin_call(lambda: admin.delete_user(path, name), name)
+    print(f"deleted {name!r} from {path}", file=sys.stderr)
+    return EX_OK
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    from mailslot.auth import admin
+
+    path = _passwd_file(args)
+    names: list[str] = []
+    _admin_call(lambda: names.extend(admin.list_users(path)), "")
+    for name in names:
+        print(name)
+    return EX_OK
+
+
+# -- deliver ---------------------------------------------------------------------------------
+
+
+def add_deliver(subparsers: SubParsers) -> None:
+    """``mailslot deliver`` lives with the delivery code; it registers itself when present.
+
+    Contract: ``mailslot.delivery.command.register(subparsers)`` adds its parser and sets
+    ``handler`` (``(argparse.Namespace) -> int``) with ``set_defaults``.
+    """
+    try:
+        command = importlib.import_module("mailslot.delivery.command")
+    except ModuleNotFoundError as exc:
+        if exc.name != "mailslot.delivery.command":
+            raise
+        return
+    register: Callable[[SubParsers], None] = command.register
+    register(subparsers)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
+    add_serve,
+    add_check_config,
+    add_user,
+    add_deliver,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailslot",
+        description="mailslot: a POP3 server with POP3S (RFC 8314) and STLS (RFC 2595) "
+        "over Maildir.",
+        epilog="Run 'mailslot COMMAND --help' for a command's options and examples.\n"
+        "Start with 'mailslot serve' for a working server on 127.0.0.1.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mailslot {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``mailslot`` command; return its exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except CommandError as error:
+        if str(error):
+            print(f"mailslot: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        return 130
