@@ -1,0 +1,1 @@
+"""Store tests: the shared contract suite and Maildir-specific behaviour."""

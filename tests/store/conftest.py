@@ -1,0 +1,70 @@
+"""Store fixtures: every contract test runs against each backend (as aioftp's tests/conftest.py
+parametrises its path-io backends), plus tiny helpers to drive coroutines without pytest-asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from mailslot.store.base import Maildrop, MessageInfo, Store
+from mailslot.store.maildir import MaildirStore
+from mailslot.store.maildirnames import base_of
+from mailslot.store.memory import MemoryStore
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+async def read_all(maildrop: Maildrop, message: MessageInfo, chunk_size: int = 65536) -> bytes:
+    return b"".join([chunk async for chunk in maildrop.read(message, chunk_size)])
+
+
+@dataclass
+class Backend:
+    """A store under test and the one thing only a backend can do: lose a message behind
+    the server's back (another program removing the file)."""
+
+    name: str
+    store: Store
+    remove_behind_back: Callable[[str, str], None]
+
+
+def _maildir_backend(root: Path) -> Backend:
+    store = MaildirStore(str(root / "{user}" / "Maildir"))
+
+    def remove(user: str, key: str) -> None:
+        for sub in ("cur", "new"):
+            directory = root / user / "Maildir" / sub
+            for name in os.listdir(directory):
+                if base_of(name) == key:
+                    os.unlink(directory / name)
+
+    return Backend("maildir", store, remove)
+
+
+def _memory_backend() -> Backend:
+    store = MemoryStore()
+    return Backend("memory", store, lambda user, key: store._remove(user, {key}))
+
+
+@pytest.fixture(params=["maildir", "memory"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "maildir":
+        yield _maildir_backend(tmp_path)
+    else:
+        yield _memory_backend()
+
+
+@pytest.fixture
+def maildir_store(tmp_path: Path) -> MaildirStore:
+    return MaildirStore(str(tmp_path / "{user}" / "Maildir"))

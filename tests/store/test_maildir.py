@@ -1,0 +1,469 @@
+"""Maildir-only behaviour: paths, what is (never) listed, sizes and their cache, crash safety."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mailslot.store import expunge, maildir, sizecache
+from mailslot.store.base import (
+    MaildropLocked,
+    MessageGone,
+    PermanentFailure,
+    TemporaryFailure,
+)
+from mailslot.store.maildir import MaildirStore
+from mailslot.store.paths import expand
+
+from .conftest import read_all, run
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def put(directory: Path, name: str, data: bytes) -> Path:
+    path = directory / name
+    path.write_bytes(data)
+    return path
+
+
+def snapshot(store: MaildirStore, user: str = "alice") -> list[tuple[str, str, int]]:
+    async def scenario() -> list[tuple[str, str, int]]:
+        maildrop = await store.open(user)
+        try:
+            return [(m.key, m.uid, m.size) for m in maildrop.messages]
+        finally:
+            await maildrop.close()
+
+    return run(scenario())
+
+
+def child(script: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+
+
+# -- paths -----------------------------------------------------------------------------------
+
+
+def test_template_expands_user_parts_and_home() -> None:
+    template = "/srv/{domain}/{localpart}/{user}"
+    assert expand(template, "bob@example.org", None) == "/srv/example.org/bob/bob@example.org"
+    assert expand(template, "bob", None) == "/srv//bob/bob"
+    assert expand("/m/{localpart}", "a@b@c", None) == "/m/a@b"
+    assert expand("~/Maildir", "bob", "/home/bob") == "/home/bob/Maildir"
+    assert expand("{home}/mail/{user}", "bob", "/home/bob") == "/home/bob/mail/bob"
+
+
+@pytest.mark.parametrize(
+    ("template", "user", "home"),
+    [
+        ("~/Maildir", "bob", None),  # needs a home, has none
+        ("{home}/Maildir", "bob", None),
+        ("/m/{user}", "..", None),
+        ("/m/{user}", ".", None),
+        ("/m/{user}", "a/../../etc", None),
+        ("/m/{user}", "a\x00b", None),
+        ("/m/{localpart}", "..@example.org", None),
+        ("/m/{domain}/{localpart}", "bob@..", None),
+        ("~/Maildir", "bob", "/home/../etc"),
+        ("~/Maildir", "bob", "relative/home"),
+        ("m/{user}", "bob", None),
+    ],
+)
+def test_unsafe_expansions_are_refused(template: str, user: str, home: str | None) -> None:
+    with pytest.raises(PermanentFailure):
+        expand(template, user, home)
+
+
+def test_open_refuses_an_unsafe_path_without_creating_anything(tmp_path: Path) -> None:
+    store = MaildirStore(str(tmp_path / "{user}" / "Maildir"))
+    with pytest.raises(PermanentFailure):
+        run(store.open(".."))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_creates_a_private_maildir_under_home(tmp_path: Path) -> None:
+    store = MaildirStore("~/Mail/box")
+
+    async def scenario() -> None:
+        maildrop = await store.open("bob", str(tmp_path / "home" / "bob"))
+        await maildrop.close()
+
+    run(scenario())
+    box = tmp_path / "home" / "bob" / "Mail" / "box"
+    for path in (box / "cur", box / "new", box / "tmp", box, box.parent):
+        assert path.is_dir()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+
+
+# -- what is listed ------------------------------------------------------------------------------
+
+
+def test_only_regular_non_dot_files_in_cur_and_new_are_listed(tmp_path: Path) -> None:
+    store = MaildirStore(str(tmp_path / "{user}"))
+    box = tmp_path / "alice"
+    run(store.deliver("alice", b"real\n"))
+    secret = put(tmp_path, "secret", b"not yours\n")
+    for sub in ("cur", "new"):
+        os.symlink(secret, box / sub / f"1000.{sub}link")
+        os.mkfifo(box / sub / f"1000.{sub}fifo")
+        (box / sub / f"1000.{sub}dir").mkdir()
+        put(box / sub, f".1000.{sub}dot", b"hidden\n")
+    put(box / "tmp", "1000.intmp", b"half-written\n")
+
+    async def scenario() -> None:
+        maildrop = await store.open("alice")
+        assert len(maildrop.messages) == 1
+        assert await read_all(maildrop, maildrop.messages[0]) == b"real\n"
+        await maildrop.close()
+
+    run(scenario())
+    # The odd entries stay where they were: nothing but regular files is moved to cur/.
+    assert sorted(os.listdir(box / "new")) == [
+        ".1000.newdot",
+        "1000.newdir",
+        "1000.newfifo",
+        "1000.newlink",
+    ]
+    assert (box / "tmp" / "1000.intmp").exists()
+
+
+def test_a_message_replaced_by_a_symlink_or_fifo_is_never_served(tmp_path: Path) -> None:
+    store = MaildirStore(str(tmp_path / "{user}"))
+    secret = put(tmp_path, "secret", b"not yours\n")
+    for n in range(2):
+        run(store.deliver("alice", b"mine %d\n" % n))
+
+    async def scenario() -> None:
+        maildrop = await store.open("alice")
+        cur = tmp_path / "alice" / "cur"
+        first, second = sorted(os.listdir(cur))
+        os.unlink(cur / first)
+        os.symlink(secret, cur / first)
+        os.unlink(cur / second)
+        os.mkfifo(cur / second)  # O_NONBLOCK: opening it must not hang
+        for message in maildrop.messages:
+            with pytest.raises(MessageGone):
+                await read_all(maildrop, message)
+        await maildrop.close()
+
+    run(scenario())
+
+
+def test_new_moves_to_cur_with_empty_info(maildir_store: MaildirStore, tmp_path: Path) -> None:
+    key = run(maildir_store.deliver("alice", b"hello\n"))
+    box = tmp_path / "alice" / "Maildir"
+    assert os.listdir(box / "new") == [key]
+    assert snapshot(maildir_store)[0][0] == key
+    assert os.listdir(box / "new") == []
+    assert os.listdir(box / "cur") == [key + ":2,"]
+
+
+def test_read_finds_a_message_whose_flags_changed_after_open(
+    maildir_store: MaildirStore, tmp_path: Path
+) -> None:
+    key = run(maildir_store.deliver("alice", b"flagged later\n"))
+    cur = tmp_path / "alice" / "Maildir" / "cur"
+
+    async def scenario() -> None:
+        maildrop = await maildir_store.open("alice")
+        os.rename(cur / (key + ":2,"), cur / (key + ":2,FS"))
+        assert await read_all(maildrop, maildrop.messages[0]) == b"flagged later\n"
+        await maildrop.delete(maildrop.messages)
+        await maildrop.close()
+
+    run(scenario())
+    assert os.listdir(cur) == []
+
+
+def test_delivered_file_is_named_with_its_sizes_and_private(
+    maildir_store: MaildirStore, tmp_path: Path
+) -> None:
+    data = b"a\nb\r\nc"
+    key = run(maildir_store.deliver("alice", data))
+    assert key.endswith(f",S={len(data)},W={len(data) + 1}")
+    path = tmp_path / "alice" / "Maildir" / "new" / key
+    assert path.read_bytes() == data
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# -- sizes and the size cache ------------------------------------------------------------------
+
+FOREIGN = {
+    "1500000000.1234_0.oldhost:2,S": b"line one\nline two\n",
+    "1500000001.M5P9.host:2,": b"crlf\r\nmixed\n",
+    "1500000002.weird name with spaces:2,": b"x\n" * 1000,
+    "1500000003.M1P1.host": b"no final newline",
+}
+
+
+def _foreign(tmp_path: Path) -> Path:
+    box = tmp_path / "alice" / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True, exist_ok=True)
+    for name, data in FOREIGN.items():
+        put(box / ("new" if ":" not in name else "cur"), name, data)
+    return box
+
+
+def _expected() -> list[int]:
+    return [len(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")) for data in FOREIGN.values()]
+
+
+def test_foreign_files_get_wire_sizes_and_populate_the_cache(
+    maildir_store: MaildirStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box = _foreign(tmp_path)
+    first = snapshot(maildir_store)
+    assert [size for _, _, size in first] == _expected()
+    cached = sizecache.load(str(box / maildir.SIZE_CACHE))
+    assert set(cached) == {name.partition(":")[0] for name in FOREIGN}
+
+    def no_reading(path: str) -> tuple[int, int] | None:
+        raise AssertionError(f"read {path} although its size is cached")
+
+    monkeypatch.setattr(maildir, "_measure", no_reading)
+    assert snapshot(maildir_store) == first
+
+
+def test_a_changed_file_is_measured_again(maildir_store: MaildirStore, tmp_path: Path) -> None:
+    box = _foreign(tmp_path)
+    snapshot(maildir_store)
+    # Maildir messages are immutable; a rewrite is noticed by its new length.
+    (box / "cur" / "1500000001.M5P9.host:2,").write_bytes(b"now\nlonger\n\n\n")
+    sizes = {key: size for key, _, size in snapshot(maildir_store)}
+    assert sizes["1500000001.M5P9.host"] == len(b"now\r\nlonger\r\n\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"",
+        lambda data: data[: len(data) // 2],
+        lambda data: data.replace(b" 18 20\n", b" 18 999\n"),  # plausible but wrong: checksum
+        lambda data: b"garbage\x00\xff\n" * 3,
+        None,  # missing altogether
+    ],
+)
+def test_damaged_or_missing_cache_gives_the_same_sizes_and_uids(
+    maildir_store: MaildirStore, tmp_path: Path, damage: object
+) -> None:
+    box = _foreign(tmp_path)
+    first = snapshot(maildir_store)
+    cache = box / maildir.SIZE_CACHE
+    if damage is None:
+        cache.unlink()
+    else:
+        cache.write_bytes(damage(cache.read_bytes()))  # type: ignore[operator]
+    assert snapshot(maildir_store) == first
+    assert sizecache.load(str(cache)) != {}  # and it was rebuilt
+
+
+def test_cache_forgets_removed_messages(maildir_store: MaildirStore, tmp_path: Path) -> None:
+    box = _foreign(tmp_path)
+    snapshot(maildir_store)
+    os.unlink(box / "cur" / "1500000000.1234_0.oldhost:2,S")
+    snapshot(maildir_store)
+    assert "1500000000.1234_0.oldhost" not in sizecache.load(str(box / maildir.SIZE_CACHE))
+
+
+def test_a_cr_at_the_read_boundary_is_not_counted_twice(
+    maildir_store: MaildirStore, tmp_path: Path
+) -> None:
+    box = _foreign(tmp_path)
+    data = b"a" * (maildir.READ_SIZE - 1) + b"\r\n" + b"b\n"
+    put(box / "cur", "1600000000.big:2,", data)
+    sizes = {key: size for key, _, size in snapshot(maildir_store)}
+    assert sizes["1600000000.big"] == len(data) + 1
+
+
+def test_uid_of_a_long_foreign_name_is_a_stable_digest(
+    maildir_store: MaildirStore, tmp_path: Path
+) -> None:
+    box = _foreign(tmp_path)
+    put(box / "cur", "1600000000." + "x" * 80 + ":2,", b"long\n")
+    first = snapshot(maildir_store)
+    uids = {key: uid for key, uid, _ in first}
+    assert uids["1600000000." + "x" * 80].startswith("H")
+    assert uids["1500000002.weird name with spaces"].startswith("H")
+    os.unlink(box / maildir.SIZE_CACHE)
+    assert snapshot(maildir_store) == first
+
+
+# -- deletion and its crash safety ----------------------------------------------------------------
+
+
+def _deliver_many(store: MaildirStore, count: int) -> list[str]:
+    return [run(store.deliver("alice", b"message %d\n" % n)) for n in range(count)]
+
+
+def _keys_on_disk(box: Path) -> set[str]:
+    return {name.partition(":")[0] for sub in ("cur", "new") for name in os.listdir(box / sub)}
+
+
+def test_journal_left_by_a_crash_is_finished_at_next_open(
+    maildir_store: MaildirStore, tmp_path: Path
+) -> None:
+    keys = _deliver_many(maildir_store, 5)
+    box = tmp_path / "alice" / "Maildir"
+    snapshot(maildir_store)  # move them to cur/ as a session would have
+    # The crash: the journal is durable, no file has been unlinked yet.
+    expunge.write(str(box), [keys[1], keys[3]], os.fsync)
+    assert [key for key, _, _ in snapshot(maildir_store)] == [keys[0], keys[2], keys[4]]
+    assert _keys_on_disk(box) == {keys[0], keys[2], keys[4]}
+    assert not (box / expunge.JOURNAL).exists()
+
+
+def test_crash_in_the_middle_of_unlinking_completes_at_next_open(
+    maildir_store: MaildirStore, tmp_path: Path
+) -> None:
+    keys = _deliver_many(maildir_store, 6)
+    box = tmp_path / "alice" / "Maildir"
+    marked = [keys[0], keys[2], keys[5]]
+    # The child process dies (os._exit, no cleanup at all) right after its first unlink.
+    process = child(
+        f"""
+        import asyncio, os
+        from mailslot.store.maildir import MaildirStore
+        real_unlink = os.unlink
+        def crash_after_one(path, *args, **kwargs):
+            real_unlink(path, *args, **kwargs)
+            os._exit(17)
+        async def main():
+            store = MaildirStore({str(tmp_path / "{user}" / "Maildir")!r})
+            maildrop = await store.open("alice")
+            marked = [m for m in maildrop.messages if m.key in {marked!r}]
+            os.unlink = crash_after_one
+            await maildrop.delete(marked)
+        asyncio.run(main())
+        """
+    )
+    assert process.wait() == 17
+    assert (box / expunge.JOURNAL).exists()
+    assert len(_keys_on_disk(box)) == 5  # the crash happened half-way
+    assert [key for key, _, _ in snapshot(maildir_store)] == [keys[1], keys[3], keys[4]]
+    assert _keys_on_disk(box) == {keys[1], keys[3], keys[4]}
+
+
+def test_crash_before_the_journal_is_in_place_deletes_nothing(
+    maildir_store: MaildirStore, tmp_path: Path
+) -> None:
+    keys = _deliver_many(maildir_store, 3)
+    box = tmp_path / "alice" / "Maildir"
+    # A journal written to its temporary name but never renamed: the commit did not happen.
+    (box / (expunge.JOURNAL + ".tmp")).write_text(json.dumps({"version": 1, "keys": keys}))
+    assert [key for key, _, _ in snapshot(maildir_store)] == keys
+    assert not (box / (expunge.JOURNAL + ".tmp")).exists()
+
+
+def test_a_damaged_journal_deletes_nothing(maildir_store: MaildirStore, tmp_path: Path) -> None:
+    keys = _deliver_many(maildir_store, 3)
+    box = tmp_path / "alice" / "Maildir"
+    (box / expunge.JOURNAL).write_bytes(b'{"version": 1, "keys": ["' + keys[0].encode())
+    assert [key for key, _, _ in snapshot(maildir_store)] == keys
+    assert (box / (expunge.JOURNAL + ".damaged")).exists()
+
+
+def _failing_fsync(after: int) -> Callable[[int], None]:
+    calls = {"n": 0}
+
+    def fsync(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.fsync(fd)
+
+    return fsync
+
+
+def test_delete_that_cannot_write_its_journal_deletes_nothing(tmp_path: Path) -> None:
+    template = str(tmp_path / "{user}")
+    keys = _deliver_many(MaildirStore(template), 3)
+    store = MaildirStore(template, fsync=_failing_fsync(0))
+
+    async def scenario() -> None:
+        maildrop = await store.open("alice")
+        with pytest.raises(TemporaryFailure):
+            await maildrop.delete(maildrop.messages[:2])
+        await maildrop.close()
+
+    run(scenario())
+    assert _keys_on_disk(tmp_path / "alice") == set(keys)
+    assert not (tmp_path / "alice" / expunge.JOURNAL).exists()
+    assert len(snapshot(MaildirStore(template))) == 3
+
+
+def test_delete_interrupted_after_its_journal_completes_at_next_open(tmp_path: Path) -> None:
+    template = str(tmp_path / "{user}")
+    keys = _deliver_many(MaildirStore(template), 3)
+    # fsyncs 1 and 2 write the journal durably; the third (of cur/) fails, as on EIO.
+    store = MaildirStore(template, fsync=_failing_fsync(2))
+
+    async def scenario() -> None:
+        maildrop = await store.open("alice")
+        with pytest.raises(TemporaryFailure):
+            await maildrop.delete(maildrop.messages[:2])
+        await maildrop.close()
+
+    run(scenario())
+    assert [key for key, _, _ in snapshot(MaildirStore(template))] == [keys[2]]
+
+
+# -- the lock ------------------------------------------------------------------------------
+
+
+def test_lock_of_a_killed_process_does_not_block(tmp_path: Path) -> None:
+    template = str(tmp_path / "{user}")
+    store = MaildirStore(template)
+    process = child(
+        f"""
+        import asyncio, sys
+        from mailslot.store.maildir import MaildirStore
+        async def main():
+            await MaildirStore({template!r}).open("alice")
+            print("locked", flush=True)
+            sys.stdin.readline()  # hold the lock until killed
+        asyncio.run(main())
+        """
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "locked"
+        with pytest.raises(MaildropLocked):
+            run(store.open("alice"))
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert snapshot(store) == []
+
+
+# -- delivery --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing_call", [0, 1], ids=["file-fsync", "directory-fsync"])
+def test_delivery_on_a_full_disk_fails_temporarily_and_leaves_nothing(
+    tmp_path: Path, failing_call: int
+) -> None:
+    store = MaildirStore(str(tmp_path / "{user}"), fsync=_failing_fsync(failing_call))
+    with pytest.raises(TemporaryFailure):
+        run(store.deliver("alice", b"will not fit\n"))
+    box = tmp_path / "alice"
+    assert os.listdir(box / "tmp") == []
+    assert os.listdir(box / "new") == []
+    assert os.listdir(box / "cur") == []
