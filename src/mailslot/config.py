@@ -169,7 +169,7 @@ _TOP_LEVEL = ("listener", *_TABLES)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _MAILDIR_PLACEHOLDERS = ("user", "localpart", "domain", "home")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 # RFC 1939 section 3: the autologout timer MUST be at least 10 minutes.
 _MIN_IDLE_TIMEOUT = 600.0
 # RFC 2449 section 4: a client may send command lines of up to 255 octets including CRLF.
@@ -200,8 +200,13 @@ def loads(text: str, source: Path | None = None, *, check_files: bool = True) ->
         message = str(exc)
         line = None
         if match := _TOML_POSITION.search(message):
-            line = int(match[1])
-            message = f"TOML syntax error at column {match[2]}: {message[: match.start()]}"
+            reason = message[: match.start()]
+            if match[1] is not None:
+                line = int(match[1])
+                message = f"TOML syntax error at column {match[2]}: {reason}"
+            else:
+                line = max(1, len(text.splitlines()))
+                message = f"TOML syntax error at the end of the file: {reason}"
         else:
             message = f"TOML syntax error: {message}"
         raise ConfigError([ConfigProblem("", line, message)], source) from exc

@@ -72,7 +72,12 @@ class KeyLines:
         """
         root = self._sections[0]
         if table is None:
-            return root.keys.get(key) if key is not None else None
+            if key is None:
+                return None
+            if key in root.keys:
+                return root.keys[key]
+            # An unknown or misplaced table: point at its first header.
+            return next((s.header_line for s in self._sections if s.name == key), None)
         matching = [
             s for s in self._sections if s.name == table and s.is_array == (index is not None)
         ]
