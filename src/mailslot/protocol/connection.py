@@ -98,6 +98,11 @@ class Connection:
         return self._close is not None
 
     @property
+    def pending_output(self) -> int:
+        """Octets queued for the client (the driver flushes at its own thresholds)."""
+        return len(self._out)
+
+    @property
     def buffered(self) -> int:
         """Received bytes not yet consumed as commands."""
         return len(self._lines)

@@ -1,0 +1,204 @@
+"""Build the server from a :class:`~mailslot.config.Config` and run it until told to stop.
+
+Signals: SIGTERM/SIGINT stop (stop accepting, let sessions finish until
+``server.shutdown_timeout``), SIGHUP reloads the TLS certificate and key without dropping
+sessions.  With ``server.workers`` > 1 the process forks that many workers, each with its own
+listening sockets bound with SO_REUSEPORT so the kernel spreads connections over the cores;
+the maildrop lock (flock) is shared by all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from mailslot import log
+from mailslot.auth.passwdfile import PasswdFileAuthenticator
+from mailslot.config import Config
+from mailslot.protocol.connection import CoreConfig
+from mailslot.server import tls
+from mailslot.server.limits import Limits
+from mailslot.server.listener import Pop3Listener, format_address
+from mailslot.server.penalty import FailurePenalty
+from mailslot.server.session import SessionContext
+from mailslot.store.maildir import MaildirStore
+
+logger = logging.getLogger("mailslot")
+
+
+class Application:
+    """Everything one worker process serves."""
+
+    def __init__(self, config: Config, *, worker: int = 0, reuse_port: bool = False) -> None:
+        self.config = config
+        self.worker = worker
+        self.reuse_port = reuse_port
+        self.tls_context: ssl.SSLContext | None = None
+        self.listeners: list[Pop3Listener] = []
+        self.lmtp_servers: list[asyncio.AbstractServer] = []
+        self.store = MaildirStore(config.store.maildir, hostname=config.server.hostname)
+        if config.auth.passwd_file is None:
+            raise ValueError("[auth] passwd_file is required")
+        self.users = PasswdFileAuthenticator(config.auth.passwd_file)
+
+    async def start(self) -> None:
+        config = self.config
+        self.users.load()
+        if config.tls.certificate is not None and config.tls.private_key is not None:
+            self.tls_context = tls.server_context(config.tls.certificate, config.tls.private_key)
+        limits = config.limits
+        base = CoreConfig(
+            allow_plaintext=config.auth.allow_plaintext_without_tls,
+            line_length=limits.command_line_length,
+            sasl_line_length=limits.sasl_line_length,
+            max_bad_commands_before_login=limits.max_bad_commands_before_login,
+            max_bad_commands=limits.max_bad_commands,
+        )
+        shared_limits = Limits(
+            limits.max_connections, limits.max_connections_per_ip, limits.max_sessions_per_user
+        )
+        penalty = FailurePenalty(config.auth.failure_delay, config.auth.failure_delay_max)
+        for listener in config.listeners:
+            if listener.protocol == "lmtp":
+                if self.worker == 0:
+                    await self._start_lmtp(listener)
+                continue
+            context = SessionContext(
+                core=Pop3Listener.core_config(listener, base),
+                store=self.store,
+                users=self.users,
+                penalty=penalty,
+                limits=shared_limits,
+                tls=self.tls_context,
+                login_timeout=limits.login_timeout,
+                idle_timeout=limits.idle_timeout,
+                handshake_timeout=config.tls.handshake_timeout,
+            )
+            pop3 = Pop3Listener(listener, context, reuse_port=self.reuse_port)
+            await pop3.start()
+            self.listeners.append(pop3)
+
+    async def _start_lmtp(self, listener: Any) -> None:
+        from mailslot.delivery.lmtp import start_lmtp_server
+
+        server = await start_lmtp_server(
+            listener, self.config.delivery, self.store, self.users, self.config.server.hostname
+        )
+        self.lmtp_servers.append(server)
+        where = listener.path or format_address((listener.address, listener.port))
+        logger.info("listening: lmtp %s", where)
+
+    def reload_tls(self) -> None:
+        config = self.config.tls
+        if self.tls_context is None or config.certificate is None or config.private_key is None:
+            return
+        try:
+            tls.reload(self.tls_context, config.certificate, config.private_key)
+        except (OSError, ssl.SSLError) as exc:
+            logger.error("TLS reload failed, keeping the old certificate: %s", exc)
+            return
+        logger.info("TLS certificate reloaded from %s", config.certificate)
+
+    async def stop(self) -> None:
+        deadline = self.config.server.shutdown_timeout
+        for server in self.lmtp_servers:
+            server.close()
+        await asyncio.gather(*(listener.close(deadline) for listener in self.listeners))
+
+
+async def serve(
+    config: Config,
+    *,
+    worker: int = 0,
+    reuse_port: bool = False,
+    ready: Callable[[Application], None] | None = None,
+) -> int:
+    """Run one worker until SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
+    app = Application(config, worker=worker, reuse_port=reuse_port)
+    try:
+        await app.start()
+    except OSError as exc:
+        logger.error("cannot start: %s", exc)
+        await app.stop()
+        return 75  # EX_TEMPFAIL: e.g. the port is taken
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_tls)
+    loop.set_exception_handler(_exception_handler)
+    if ready is not None:
+        ready(app)
+    await stop.wait()
+    logger.info("shutting down")
+    await app.stop()
+    return 0
+
+
+def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # Failed TLS handshakes on implicit-TLS listeners arrive here; one line each, not a trace.
+    exception = context.get("exception")
+    if isinstance(exception, (ssl.SSLError, ConnectionError, TimeoutError)):
+        logger.info("connection error: %s", log.escape(exception))
+        return
+    loop.default_exception_handler(context)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve(config, worker=worker, reuse_port=reuse_port))
+
+
+def run(config: Config) -> int:
+    """Serve ``config`` until SIGTERM/SIGINT; returns the exit code."""
+    log.setup(config.log.level)
+    workers = max(1, config.server.workers)
+    if workers == 1:
+        return _run_worker(config, 0, False)
+    return _prefork(config, workers)
+
+
+def _prefork(config: Config, workers: int) -> int:
+    children: list[int] = []
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run_worker(config, index, True)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = 0
+    for child in children:
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        code = max(code, os.waitstatus_to_exitcode(status))
+    return code

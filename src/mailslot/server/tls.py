@@ -1,0 +1,46 @@
+"""TLS for implicit-TLS listeners (RFC 8314 section 3.3) and STLS (RFC 2595 section 4).
+
+TLS 1.2 and 1.3 only, Mozilla's "intermediate" TLS 1.2 suites restricted to ECDHE (forward
+secrecy, AEAD), no compression, no renegotiation.  The certificate file holds the full chain
+(leaf first), which OpenSSL serves whole.  :func:`reload` swaps the certificate in place on
+SIGHUP: new handshakes use it, established sessions are not touched.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+# Mozilla Server Side TLS "intermediate" (v5.7), TLS 1.2 part, ECDHE suites only.  TLS 1.3
+# suites are OpenSSL's defaults, all of which are AEAD.
+INTERMEDIATE_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+
+def server_context(certificate: Path, private_key: Path) -> ssl.SSLContext:
+    """A server-side context with the policy above and the chain and key loaded."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.set_ciphers(INTERMEDIATE_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.load_cert_chain(certificate, private_key)
+    return context
+
+
+def reload(context: ssl.SSLContext, certificate: Path, private_key: Path) -> None:
+    """Load a new chain and key into ``context``; on any error the old ones stay.
+
+    The files are tried in a scratch context first, so a half-written certificate or a key
+    that does not match cannot leave the live context broken.
+    """
+    server_context(certificate, private_key)
+    context.load_cert_chain(certificate, private_key)
