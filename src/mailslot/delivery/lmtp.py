@@ -1,0 +1,209 @@
+"""The LMTP listener (RFC 2033) on aiosmtpd, delivering into the store.
+
+aiosmtpd parses the protocol (LHLO, MAIL, RCPT, DATA, dot-unstuffing per RFC 5321 section
+4.5.2); this module supplies the delivery decisions:
+
+* RCPT (RFC 2033 section 4.1): the address is mapped to a user at once, so an unknown user
+  gets ``550 5.1.1`` before any data is sent.
+* DATA (RFC 2033 section 4.2): one reply per accepted recipient, in RCPT order, each sent only
+  after :meth:`Store.deliver` has returned, i.e. once the message is durable.  A connection
+  that drops before a reply leaves the MTA holding the message, so no message is lost and
+  no ``250`` is sent without it.
+* SIZE (RFC 1870): ``max_message_size`` is announced and enforced with ``552 5.3.4``.  aiosmtpd
+  answers an over-size DATA with a single line; LMTP needs one per recipient, so
+  :class:`MailslotLMTP` repeats it.
+* PIPELINING (RFC 2920) and ENHANCEDSTATUSCODES (RFC 2034) are announced, as RFC 2033
+  section 5 asks: aiosmtpd reads commands from a stream, so pipelined commands just queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from typing import Any, AnyStr
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import Envelope, Session
+
+from mailslot.auth.base import Authenticator, User
+from mailslot.config import DeliveryConfig, ListenerConfig
+from mailslot.delivery.agent import DeliveryAgent
+from mailslot.delivery.message import to_lf
+from mailslot.delivery.quota import UsageProbe
+from mailslot.delivery.recipient import RecipientRejected
+from mailslot.delivery.status import LINE_TOO_LONG, RECIPIENT_OK, TEMPORARY, TOO_BIG, Status
+from mailslot.store.base import Store
+
+UNIX_SOCKET_MODE = 0o660
+IDENT = "mailslot LMTP"
+# aiosmtpd's own one-line DATA failures, which LMTP must repeat once per recipient.
+_DATA_FAILURES = {
+    "552 Error: Too much mail data": TOO_BIG,
+    "500 Line too long": LINE_TOO_LONG,
+}
+_MAIL_SIZE_FAILURE = "552 Error: message size exceeds fixed maximum message size"
+
+
+class DeliveryEnvelope(Envelope):
+    """aiosmtpd's envelope plus the user each accepted recipient maps to, in RCPT order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users: list[User] = []
+
+
+class MailslotLMTP(LMTP):
+    """aiosmtpd's LMTP with a per-recipient answer for every DATA failure it detects itself."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._data_recipients = 0
+
+    def _create_envelope(self) -> DeliveryEnvelope:
+        return DeliveryEnvelope()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        envelope = self.envelope
+        self._data_recipients = len(envelope.rcpt_tos) if envelope is not None else 0
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._data_recipients = 0
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            if self._data_recipients:
+                for prefix, outcome in _DATA_FAILURES.items():
+                    if status.startswith(prefix):
+                        status = "\r\n".join([outcome.reply] * self._data_recipients)
+                        break
+            elif status.startswith(_MAIL_SIZE_FAILURE):
+                status = TOO_BIG.reply
+        await super().push(status)
+
+
+class LMTPHandler:
+    """aiosmtpd handler hooks (``handle_EHLO``, ``handle_RCPT``, ``handle_DATA``)."""
+
+    def __init__(self, agent: DeliveryAgent) -> None:
+        self._agent = agent
+
+    async def handle_EHLO(
+        self,
+        server: MailslotLMTP,
+        session: Session,
+        envelope: DeliveryEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_RCPT(
+        self,
+        server: MailslotLMTP,
+        session: Session,
+        envelope: DeliveryEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        try:
+            user = await self._agent.resolve(address)
+        except RecipientRejected as rejected:
+            return rejected.status.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        envelope.users.append(user)
+        return RECIPIENT_OK.reply
+
+    async def handle_DATA(
+        self, server: MailslotLMTP, session: Session, envelope: DeliveryEnvelope
+    ) -> str:
+        content = envelope.original_content or b""
+        replies: list[str] = []
+        if self._agent.too_big(len(content)):
+            return "\r\n".join([TOO_BIG.reply] * len(envelope.rcpt_tos))
+        body = to_lf(content)
+        sender = "" if envelope.mail_from in ("<>", None) else envelope.mail_from
+        # The same recipient twice in one transaction gets one copy and the same answer twice.
+        done: dict[str, Status] = {}
+        for address, user in zip(envelope.rcpt_tos, envelope.users, strict=True):
+            status = done.get(address)
+            if status is None:
+                try:
+                    status = await self._agent.deliver(user, body, sender=sender, recipient=address)
+                except ValueError:
+                    # An address with a control character cannot become a header line.
+                    status = TEMPORARY
+                done[address] = status
+            replies.append(status.reply)
+        return "\r\n".join(replies)
+
+
+def make_protocol_factory(
+    agent: DeliveryAgent, hostname: str, loop: asyncio.AbstractEventLoop
+) -> Any:
+    """A factory of :class:`MailslotLMTP` protocols sharing one handler."""
+    handler = LMTPHandler(agent)
+    limit = agent.config.max_message_size or None
+
+    def factory() -> MailslotLMTP:
+        return MailslotLMTP(
+            handler,
+            data_size_limit=limit,
+            enable_SMTPUTF8=True,
+            hostname=hostname,
+            ident=IDENT,
+            loop=loop,
+        )
+
+    return factory
+
+
+def _bind_unix(path: str) -> socket.socket:
+    """Bind a listening Unix socket at ``path`` with mode 0660, never visible with another mode.
+
+    The socket is bound under a temporary name, chmod-ed, then renamed over ``path``, so there
+    is no moment where an MTA (or anyone) finds it with the process umask's mode.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        sock.bind(temporary)
+        os.chmod(temporary, UNIX_SOCKET_MODE)
+        sock.listen(socket.SOMAXCONN)
+        os.replace(temporary, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+async def start_lmtp_server(
+    listener: ListenerConfig,
+    delivery: DeliveryConfig,
+    store: Store,
+    users: Authenticator,
+    hostname: str,
+    *,
+    usage: UsageProbe | None = None,
+) -> asyncio.AbstractServer:
+    """Start serving LMTP on ``listener`` (TCP ``address:port`` or Unix socket ``path``).
+
+    ``usage`` overrides how maildrop usage is counted for the quota (tests; other backends).
+    """
+    loop = asyncio.get_running_loop()
+    agent = DeliveryAgent(delivery, store, users, usage)
+    factory = make_protocol_factory(agent, hostname, loop)
+    if listener.path is not None:
+        sock = _bind_unix(os.fspath(listener.path))
+        return await loop.create_unix_server(factory, sock=sock)
+    return await loop.create_server(factory, listener.address, listener.port, reuse_address=True)
