@@ -1,0 +1,61 @@
+"""Fixtures shared by every test directory: TLS files and ``mailslot serve`` subprocesses."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:  # so `tests.support` imports under a bare `pytest` too
+    sys.path.insert(0, str(_ROOT))
+
+from tests.support.server import MailslotServer  # noqa: E402
+from tests.support.tls import TlsFiles, make_tls_files  # noqa: E402
+
+ServerFactory = Callable[..., MailslotServer]
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A throwaway root CA, intermediate and localhost/127.0.0.1/::1 certificate."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def mailslot_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, tls_files: TlsFiles
+) -> Iterator[ServerFactory]:
+    """``mailslot_factory(**MailslotServer options, start=True)`` -> a running server.
+
+    Every server made is stopped at teardown, and its log is attached to a failing report.
+    """
+    servers: list[MailslotServer] = []
+    request.node.mailslot_servers = servers
+
+    def make(*, start: bool = True, **options: Any) -> MailslotServer:
+        server = MailslotServer(tmp_path / f"server{len(servers)}", tls_files, **options)
+        servers.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def mailslot(mailslot_factory: ServerFactory) -> MailslotServer:
+    """A server with the default config: one STLS listener and one implicit-TLS listener."""
+    return mailslot_factory()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for server in getattr(item, "mailslot_servers", ()):
+            report.sections.append((f"mailslot log {server.directory}", server.log()))
+    return report

@@ -1,0 +1,228 @@
+"""A throwaway Dovecot POP3 server, the reference implementation the parity tests compare to.
+
+It runs in the foreground (``dovecot -F -c FILE``) with its own base_dir, state_dir and log,
+POP3 listeners on 127.0.0.1 high ports (STLS and implicit TLS), a passwd-file passdb and
+userdb, and ``maildir:`` storage under a given root.  Dovecot 2.3 and 2.4 syntax are both
+written; ``dovecot --version`` picks one.  Benchmarks reuse it as the peer.
+
+As root, Dovecot refuses to give mail processes uid 0, so the Maildir copy it serves is chowned
+to an unprivileged system user (``dovenull`` or ``nobody``).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .passwd import PasswdUser, password_field
+from .programs import require_program
+from .server import STARTUP_DEADLINE, free_port, wait_for_greeting
+from .tls import TlsFiles
+
+_CONF_23 = """\
+base_dir = {base_dir}
+state_dir = {state_dir}
+log_path = {log_path}
+info_log_path = {log_path}
+protocols = pop3
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = 1
+default_internal_user = {internal_user}
+default_login_user = {login_user}
+pop3_uidl_format = %f
+mail_location = maildir:{mail_root}/%u/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {passwd}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {passwd}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = {pop3s_port}
+    ssl = yes
+  }}
+}}
+service stats {{
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+"""
+
+_CONF_24 = """\
+dovecot_config_version = {version}
+dovecot_storage_version = {version}
+base_dir = {base_dir}
+state_dir = {state_dir}
+log_path = {log_path}
+info_log_path = {log_path}
+protocols = pop3
+listen = 127.0.0.1
+ssl = yes
+ssl_server_cert_file = {cert}
+ssl_server_key_file = {key}
+ssl_min_protocol = TLSv1.2
+auth_allow_cleartext = yes
+auth_mechanisms = plain
+first_valid_uid = 1
+default_internal_user = {internal_user}
+default_login_user = {login_user}
+pop3_uidl_format = %{{file_name}}
+mail_driver = maildir
+mail_path = {mail_root}/%{{user}}/Maildir
+passdb passwd-file {{
+  passwd_file_path = {passwd}
+  default_password_scheme = PLAIN
+}}
+userdb passwd-file {{
+  passwd_file_path = {passwd}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = {pop3s_port}
+    ssl = yes
+  }}
+}}
+"""
+
+
+def dovecot_version() -> tuple[int, int, str]:
+    binary = require_program("dovecot")
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    text = out.stdout.split()[0]
+    major, minor = (int(part) for part in text.split(".")[:2])
+    return major, minor, text
+
+
+def _unprivileged_user() -> pwd.struct_passwd:
+    for name in ("dovenull", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise RuntimeError("no unprivileged user (dovenull, nobody) to own the Dovecot maildirs")
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for directory, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
+
+
+class DovecotServer:
+    """A foreground Dovecot; mail lives in ``mail_root/<user>/Maildir``."""
+
+    def __init__(self, directory: Path, tls_files: TlsFiles, users: Sequence[PasswdUser]) -> None:
+        self.binary = require_program("dovecot")
+        self.major, self.minor, self.version = dovecot_version()
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        # Dovecot's login processes must reach base_dir as an unprivileged user.
+        directory.chmod(0o755)
+        self.mail_root = directory / "mail"
+        self.mail_root.mkdir(exist_ok=True)
+        self.log_path = directory / "dovecot.log"
+        self.config_path = directory / "dovecot.conf"
+        self.pop3_port = free_port()
+        self.pop3s_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        if os.getuid() == 0:
+            owner = _unprivileged_user()
+            self.uid, self.gid = owner.pw_uid, owner.pw_gid
+        else:
+            self.uid, self.gid = os.getuid(), os.getgid()
+        passwd = directory / "users"
+        passwd.write_text(
+            "".join(f"{u.name}:{password_field(u)}:{self.uid}:{self.gid}::::\n" for u in users),
+            encoding="utf-8",
+        )
+        passwd.chmod(0o644)
+        for sub in ("run", "state"):
+            (directory / sub).mkdir(exist_ok=True)
+        template = _CONF_23 if (self.major, self.minor) < (2, 4) else _CONF_24
+        self.config_path.write_text(
+            template.format(
+                version=self.version,
+                base_dir=directory / "run",
+                state_dir=directory / "state",
+                log_path=self.log_path,
+                cert=tls_files.certificate,
+                key=tls_files.private_key,
+                mail_root=self.mail_root,
+                passwd=passwd,
+                pop3_port=self.pop3_port,
+                pop3s_port=self.pop3s_port,
+                internal_user="dovecot" if os.getuid() == 0 else pwd.getpwuid(os.getuid())[0],
+                login_user="dovenull" if os.getuid() == 0 else pwd.getpwuid(os.getuid())[0],
+            ),
+            encoding="utf-8",
+        )
+        self.tls_files = tls_files
+
+    def maildir(self, user: str) -> Path:
+        return self.mail_root / user / "Maildir"
+
+    def start(self) -> DovecotServer:
+        if os.getuid() == 0:
+            _chown_tree(self.mail_root, self.uid, self.gid)
+        with (self.directory / "dovecot.stderr").open("ab") as err:
+            self.process = subprocess.Popen(
+                [self.binary, "-F", "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        try:
+            wait_for_greeting("127.0.0.1", self.pop3_port, None, deadline)
+            wait_for_greeting(
+                "127.0.0.1", self.pop3s_port, self.tls_files.client_context(), deadline
+            )
+        except TimeoutError as exc:
+            self.stop()
+            raise RuntimeError(f"dovecot did not come up: {exc}\n{self.log()}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        parts = []
+        for path in (self.log_path, self.directory / "dovecot.stderr"):
+            if path.exists():
+                parts.append(path.read_text(encoding="utf-8", errors="replace"))
+        return "\n".join(parts)
+
+    def __enter__(self) -> DovecotServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

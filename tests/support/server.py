@@ -1,0 +1,247 @@
+"""Run ``python -m mailslot serve --config FILE`` as a subprocess on 127.0.0.1/::1 ports.
+
+The config file, passwd file and mail root live in one directory per server.  :meth:`start`
+returns once every POP3 listener accepts a connection and greets (TLS first on implicit-TLS
+listeners); :meth:`stop` sends SIGTERM and falls back to SIGKILL.  stdout and stderr go to
+``server.log`` in the directory, which the fixtures print when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .maildir import MaildirBuilder
+from .passwd import DEFAULT_USERS, PasswdUser, write_passwd
+from .tls import TlsFiles
+
+STARTUP_DEADLINE = 15.0  # seconds for the server to come up; polling, not a threshold
+STOP_DEADLINE = 15.0
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's choice for port 0)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Listener:
+    tls: str  # "implicit" | "starttls" | "none"
+    address: str = "127.0.0.1"
+    port: int = 0  # 0: a free port is chosen
+
+
+DEFAULT_LISTENERS: tuple[Listener, ...] = (Listener("starttls"), Listener("implicit"))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml_table(name: str, values: Mapping[str, Any], *, array: bool = False) -> str:
+    header = f"[[{name}]]" if array else f"[{name}]"
+    body = "".join(f"{key} = {_toml_value(value)}\n" for key, value in values.items())
+    return f"{header}\n{body}\n"
+
+
+def wait_for_greeting(
+    address: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    deadline: float,
+    process: subprocess.Popen[bytes] | None = None,
+) -> bytes:
+    """Poll until ``address:port`` accepts, (handshakes and) greets; return the greeting.
+
+    Gives up early if ``process`` exits.
+    """
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TimeoutError(f"the server exited with status {process.returncode}")
+        try:
+            with socket.create_connection((address, port), timeout=5.0) as raw:
+                sock: socket.socket = raw
+                if context is not None:
+                    sock = context.wrap_socket(raw, server_hostname="localhost")
+                greeting = sock.makefile("rb").readline()
+                if greeting.startswith(b"+OK"):
+                    sock.sendall(b"QUIT\r\n")
+                    return greeting
+                last_error = RuntimeError(f"greeting was {greeting!r}")
+        except OSError as exc:
+            last_error = exc
+        time.sleep(0.05)  # polling for the server to come up, the one allowed sleep
+    raise TimeoutError(f"{address}:{port} did not greet: {last_error!r}")
+
+
+class MailslotServer:
+    def __init__(
+        self,
+        directory: Path,
+        tls_files: TlsFiles,
+        *,
+        listeners: Sequence[Listener] = DEFAULT_LISTENERS,
+        users: Sequence[PasswdUser] = DEFAULT_USERS,
+        extra_users: Sequence[PasswdUser] = (),
+        allow_plaintext: bool = False,
+        failure_delay: float = 0.2,
+        failure_delay_max: float = 0.4,
+        limits: Mapping[str, Any] | None = None,
+        extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.tls_files = tls_files
+        directory.mkdir(parents=True, exist_ok=True)
+        self.listeners = [
+            Listener(lst.tls, lst.address, lst.port or free_port(lst.address)) for lst in listeners
+        ]
+        self.users = {u.name: u for u in (*users, *extra_users)}
+        self.mail_root = directory / "mail"
+        self.mail_root.mkdir(exist_ok=True)
+        self.passwd_path = write_passwd(directory / "users", list(self.users.values()))
+        self.config_path = directory / "mailslot.toml"
+        self.log_path = directory / "server.log"
+        self.env = dict(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        config = "".join(
+            toml_table(
+                "listener", {"address": lst.address, "port": lst.port, "tls": lst.tls}, array=True
+            )
+            for lst in self.listeners
+        )
+        config += toml_table(
+            "tls", {"certificate": tls_files.certificate, "private_key": tls_files.private_key}
+        )
+        config += toml_table(
+            "auth",
+            {
+                # relative to the config file, as an administrator would write it
+                "passwd_file": self.passwd_path.name,
+                "allow_plaintext_without_tls": allow_plaintext,
+                "failure_delay": failure_delay,
+                "failure_delay_max": failure_delay_max,
+            },
+        )
+        config += toml_table("store", {"maildir": f"{self.mail_root}/{{user}}/Maildir"})
+        if limits:
+            config += toml_table("limits", limits)
+        for name, values in (extra_sections or {}).items():
+            config += toml_table(name, values)
+        self.config_path.write_text(config, encoding="utf-8")
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    def listener(self, tls: str, address: str | None = None) -> tuple[str, int]:
+        for lst in self.listeners:
+            if lst.tls == tls and (address is None or lst.address == address):
+                return lst.address, lst.port
+        raise LookupError(f"no {tls} listener on {address or 'any address'}")
+
+    @property
+    def starttls(self) -> tuple[str, int]:
+        return self.listener("starttls")
+
+    @property
+    def implicit(self) -> tuple[str, int]:
+        return self.listener("implicit")
+
+    def maildir(self, user: str) -> Path:
+        return self.mail_root / user / "Maildir"
+
+    def builder(self, user: str = "alice", **kwargs: Any) -> MaildirBuilder:
+        return MaildirBuilder(self.maildir(user), **kwargs)
+
+    def password(self, user: str) -> str:
+        return self.users[user].password
+
+    # -- process -----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> MailslotServer:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailslot", "serve", "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                env=env,
+            )
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        context = self.tls_files.client_context()
+        try:
+            for lst in self.listeners:
+                wait_for_greeting(
+                    lst.address,
+                    lst.port,
+                    context if lst.tls == "implicit" else None,
+                    deadline,
+                    self.process,
+                )
+        except TimeoutError as exc:
+            self.kill()
+            raise RuntimeError(f"mailslot did not come up: {exc}\n{self.log()}") from None
+        return self
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after a deadline; return the exit status."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_DEADLINE)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> MailslotServer:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no server log)"
+
+    def __enter__(self) -> MailslotServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
