@@ -1,0 +1,486 @@
+"""The ``mailslot`` command through ``cli.main``: check-config, user, serve and the quick start."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import socket
+import ssl
+import stat
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from email.parser import BytesParser
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from mailslot import __version__, quickstart
+from mailslot.auth.base import AuthenticationFailed
+from mailslot.auth.passwdfile import PasswdFileAuthenticator
+from mailslot.cli import EX_CONFIG, EX_NOUSER, EX_UNAVAILABLE, main
+from mailslot.config import Config
+
+CONFIG = """\
+[[listener]]
+address = "127.0.0.1"
+port = 1110
+tls = "starttls"
+
+[[listener]]
+address = "127.0.0.1"
+port = 1995
+tls = "implicit"
+
+[tls]
+certificate = "cert.pem"
+private_key = "key.pem"
+
+[auth]
+passwd_file = "users"
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    for name in ("cert.pem", "key.pem", "users"):
+        (tmp_path / name).write_text("")
+    path = tmp_path / "mailslot.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def feed(monkeypatch: pytest.MonkeyPatch, text: str) -> io.StringIO:
+    stdin = io.StringIO(text)  # isatty() is False, as for a pipe
+    monkeypatch.setattr(sys, "stdin", stdin)
+    return stdin
+
+
+def authenticates(passwd_file: Path, name: str, password: str) -> bool:
+    async def attempt() -> bool:
+        try:
+            await PasswdFileAuthenticator(passwd_file).authenticate(name, password)
+        except AuthenticationFailed:
+            return False
+        return True
+
+    return asyncio.run(attempt())
+
+
+class FakeRunner:
+    """Stands in for mailslot.server.runner: records the config instead of serving it."""
+
+    def __init__(self) -> None:
+        self.configs: list[Config] = []
+
+    def run(self, config: Config) -> int:
+        self.configs.append(config)
+        return 0
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> FakeRunner:
+    fake = FakeRunner()
+    module = types.ModuleType("mailslot.server.runner")
+    module.run = fake.run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mailslot.server.runner", module)
+    return fake
+
+
+# -- general ---------------------------------------------------------------------------------
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mailslot {__version__}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve"],
+        ["check-config"],
+        ["user"],
+        ["user", "add"],
+        ["user", "passwd"],
+        ["user", "delete"],
+        ["user", "list"],
+    ],
+)
+def test_every_command_has_help_with_examples(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    assert f"mailslot {' '.join(command)}" in out
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+
+
+# -- check-config ----------------------------------------------------------------------------
+
+
+def test_check_config_ok(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        f"OK: {config_file}: 2 listeners: pop3 on 127.0.0.1:1110 (tls starttls); "
+        "pop3 on 127.0.0.1:1995 (tls implicit)\n"
+    )
+
+
+def test_check_config_reports_every_problem(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file.write_text(
+        CONFIG.replace('tls = "implicit"', 'tls = "ssl"') + "[limits]\nidle_timeout = 30\n"
+    )
+    assert main(["check-config", "--config", str(config_file)]) == EX_CONFIG
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert lines[0].startswith(f"{config_file}:9: listener[1].tls: must be one of")
+    assert lines[1].startswith(f"{config_file}:18: limits.idle_timeout: must be at least 600")
+    assert lines[2] == "2 problems in the configuration"
+
+
+def test_check_config_syntax_error(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config_file.write_text(CONFIG + "[limits\n")
+    assert main(["check-config", "--config", str(config_file)]) == EX_CONFIG
+    assert capsys.readouterr().err.startswith(f"{config_file}:17: TOML syntax error")
+
+
+def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(tmp_path / "nope.toml")]) == EX_CONFIG
+    assert "cannot read the file" in capsys.readouterr().err
+
+
+# -- user ------------------------------------------------------------------------------------
+
+
+def test_user_add_reads_password_from_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = tmp_path / "users"
+    feed(monkeypatch, " s3cret with spaces \n")
+    assert main(["user", "add", "--passwd-file", str(users), "alice"]) == 0
+    assert authenticates(users, "alice", " s3cret with spaces ")
+    assert not authenticates(users, "alice", "s3cret with spaces")
+    assert "{ARGON2ID}" in users.read_text()
+
+
+def test_user_add_with_scheme_and_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    users = tmp_path / "users"
+    feed(monkeypatch, "pw\n")
+    args = ["user", "add", "--passwd-file", str(users), "--scheme", "sha512-crypt"]
+    assert main([*args, "--home", "/home/bob", "bob"]) == 0
+    line = users.read_text().strip()
+    assert line.startswith("bob:{SHA512-CRYPT}")
+    assert line.endswith(":/home/bob")
+
+
+def test_user_add_via_config_creates_the_passwd_file(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (config_file.parent / "users").unlink()
+    feed(monkeypatch, "pw\n")
+    assert main(["user", "add", "--config", str(config_file), "carol"]) == 0
+    assert authenticates(config_file.parent / "users", "carol", "pw")
+
+
+def test_user_add_existing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = tmp_path / "users"
+    feed(monkeypatch, "one\n")
+    assert main(["user", "add", "--passwd-file", str(users), "alice"]) == 0
+    capsys.readouterr()
+    feed(monkeypatch, "two\n")
+    assert main(["user", "add", "--passwd-file", str(users), "alice"]) == 1
+    assert capsys.readouterr().err == "mailslot: user 'alice' already exists\n"
+    assert authenticates(users, "alice", "one")
+
+
+def test_invalid_name_is_refused_before_reading_a_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stdin = feed(monkeypatch, "pw\n")
+    assert main(["user", "add", "--passwd-file", str(tmp_path / "users"), "../root"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mailslot: invalid user name")
+    assert err.count("\n") == 1
+    assert stdin.read() == "pw\n"
+    assert not (tmp_path / "users").exists()
+
+
+@pytest.mark.parametrize("text", ["", "\n"])
+def test_missing_or_empty_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    feed(monkeypatch, text)
+    assert main(["user", "add", "--passwd-file", str(tmp_path / "users"), "alice"]) == 1
+    assert "password" in capsys.readouterr().err
+    assert not (tmp_path / "users").exists()
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_asks_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    answers = iter(["typed", "typed"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    users = tmp_path / "users"
+    assert main(["user", "add", "--passwd-file", str(users), "alice"]) == 0
+    assert authenticates(users, "alice", "typed")
+
+
+def test_terminal_mismatch_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    answers = iter(["typed", "tpyed"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(answers))
+    assert main(["user", "add", "--passwd-file", str(tmp_path / "users"), "alice"]) == 1
+    assert "do not match" in capsys.readouterr().err
+
+
+def test_user_passwd_list_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = str(tmp_path / "users")
+    for name in ("alice", "bob"):
+        feed(monkeypatch, "old\n")
+        assert main(["user", "add", "--passwd-file", users, name]) == 0
+    feed(monkeypatch, "new\n")
+    assert main(["user", "passwd", "--passwd-file", users, "alice"]) == 0
+    assert authenticates(Path(users), "alice", "new")
+    assert not authenticates(Path(users), "alice", "old")
+    capsys.readouterr()
+    assert main(["user", "list", "--passwd-file", users]) == 0
+    assert capsys.readouterr().out == "alice\nbob\n"
+    assert main(["user", "delete", "--passwd-file", users, "alice"]) == 0
+    assert main(["user", "list", "--passwd-file", users]) == 0
+    assert capsys.readouterr().out == "bob\n"
+
+
+def test_unknown_user_is_ex_nouser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = str(tmp_path / "users")
+    feed(monkeypatch, "pw\n")
+    assert main(["user", "passwd", "--passwd-file", users, "ghost"]) == EX_NOUSER
+    assert main(["user", "delete", "--passwd-file", users, "ghost"]) == EX_NOUSER
+    assert capsys.readouterr().err == "mailslot: no user 'ghost'\n" * 2
+
+
+def test_user_with_broken_config_is_ex_config(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file.write_text(CONFIG + "bogus = 1\n")
+    assert main(["user", "list", "--config", str(config_file)]) == EX_CONFIG
+    assert "bogus" in capsys.readouterr().err
+
+
+def test_user_requires_a_database(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["user", "list"])
+    assert info.value.code == 2
+    assert "--config" in capsys.readouterr().err
+
+
+# -- serve -----------------------------------------------------------------------------------
+
+
+def test_serve_runs_the_loaded_config(config_file: Path, runner: FakeRunner) -> None:
+    assert main(["serve", "--config", str(config_file)]) == 0
+    assert [c.source for c in runner.configs] == [config_file]
+    assert [lst.port for lst in runner.configs[0].listeners] == [1110, 1995]
+
+
+def test_serve_with_bad_config_does_not_run(
+    config_file: Path, runner: FakeRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file.write_text(CONFIG.replace("port = 1110", "port = 0"))
+    assert main(["serve", "--config", str(config_file)]) == EX_CONFIG
+    assert runner.configs == []
+    assert f"{config_file}:3: listener[0].port" in capsys.readouterr().err
+
+
+def test_serve_config_and_data_dir_exclude_each_other(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--config", "a.toml", "--data-dir", str(tmp_path)])
+    assert info.value.code == 2
+
+
+# -- quick start -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def ports(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, int]]:
+    # 1110/1995 may be taken on a shared test machine; the quick start writes these instead.
+    stls, pop3s = _free_port(), _free_port()
+    monkeypatch.setattr(quickstart, "STLS_PORT", stls)
+    monkeypatch.setattr(quickstart, "POP3S_PORT", pop3s)
+    yield stls, pop3s
+
+
+def _handshake(data: Path, server_hostname: str) -> x509.Certificate:
+    """A real TLS handshake: server with the quick start's chain, client trusting only ca.pem."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(data / "fullchain.pem", data / "privkey.pem")
+    client_ctx = ssl.create_default_context(cafile=str(data / "ca.pem"))
+    server_sock, client_sock = socket.socketpair()
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            with server_ctx.wrap_socket(server_sock, server_side=True) as tls:
+                tls.sendall(b"+OK\r\n")
+        except (OSError, ssl.SSLError) as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with client_ctx.wrap_socket(client_sock, server_hostname=server_hostname) as tls:
+            assert tls.recv(5) == b"+OK\r\n"
+            der = tls.getpeercert(binary_form=True)
+    finally:
+        thread.join()
+    assert errors == []
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def test_quick_start_first_and_second_run(
+    tmp_path: Path,
+    runner: FakeRunner,
+    ports: tuple[int, int],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = tmp_path / "data"
+    stls, pop3s = ports
+    assert main(["serve", "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+
+    # The password is printed once, with ready-to-paste client commands.
+    password = out.split("has the password: ", 1)[1].split()[0]
+    assert len(password) >= 16
+    assert f"curl --cacert {data}/ca.pem pop3s://127.0.0.1:{pop3s}/ -u demo:{password}" in out
+    assert (
+        f"curl --cacert {data}/ca.pem --ssl-reqd pop3://127.0.0.1:{stls}/1 -u demo:{password}"
+        in out
+    )
+
+    # The runner got the written config, loaded and validated.
+    (config,) = runner.configs
+    assert config.source == data / "mailslot.toml"
+    assert [(lst.address, lst.port, lst.tls) for lst in config.listeners] == [
+        ("127.0.0.1", stls, "starttls"),
+        ("127.0.0.1", pop3s, "implicit"),
+    ]
+    assert config.tls.certificate == data / "fullchain.pem"
+    assert config.store.maildir == f"{data}/mail/{{user}}/Maildir"
+
+    # Keys are private; the certificate verifies against the CA for every local name.
+    for key in ("ca-key.pem", "privkey.pem", "users"):
+        assert stat.S_IMODE((data / key).stat().st_mode) == 0o600, key
+    for name in ("localhost", "127.0.0.1", "::1"):
+        leaf = _handshake(data, name)
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= datetime.timedelta(days=825)
+    usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in usage
+
+    # demo logs in with the printed password, and only with it.
+    assert authenticates(data / "users", "demo", password)
+    assert not authenticates(data / "users", "demo", password + "x")
+
+    # The welcome message is in demo's Maildir with proper headers and LF line ends.
+    (welcome,) = (data / "mail" / "demo" / "Maildir" / "new").iterdir()
+    raw = welcome.read_bytes()
+    assert b"\r\n" not in raw
+    headers = BytesParser().parsebytes(raw, headersonly=True)
+    for header in ("Date", "From", "To", "Subject", "Message-ID"):
+        assert headers[header], header
+    assert "demo@localhost" in headers["To"]
+
+    # Second run: everything reused, no password, a hint how to reset it.
+    before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    assert main(["serve", "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert password not in out
+    assert "has the password" not in out
+    assert f"mailslot user passwd --config {data}/mailslot.toml demo" in out
+    after = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    assert after == before
+    assert len(list((data / "mail" / "demo" / "Maildir" / "new").iterdir())) == 1
+    assert runner.configs[1] == runner.configs[0]
+
+
+def test_quick_start_uses_environment_data_dir(
+    tmp_path: Path,
+    runner: FakeRunner,
+    ports: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MAILSLOT_DATA_DIR", str(tmp_path / "env-data"))
+    assert main(["serve"]) == 0
+    assert (tmp_path / "env-data" / "mailslot.toml").is_file()
+    assert runner.configs[0].source == tmp_path / "env-data" / "mailslot.toml"
+
+
+def test_quick_start_completes_an_interrupted_first_run(
+    tmp_path: Path, runner: FakeRunner, ports: tuple[int, int]
+) -> None:
+    data = tmp_path / "data"
+    quickstart.prepare(data)
+    (data / "fullchain.pem").unlink()
+    (data / "mailslot.toml").unlink()
+    ca_before = (data / "ca.pem").read_bytes()
+    assert main(["serve", "--data-dir", str(data)]) == 0
+    assert (data / "ca.pem").read_bytes() == ca_before
+    _handshake(data, "localhost")
+
+
+def test_quick_start_says_when_a_port_is_busy(
+    tmp_path: Path,
+    runner: FakeRunner,
+    ports: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setattr(quickstart, "POP3S_PORT", port)
+        assert main(["serve", "--data-dir", str(tmp_path / "data")]) == EX_UNAVAILABLE
+    captured = capsys.readouterr()
+    assert runner.configs == []
+    assert f"127.0.0.1 port {port} is already in use" in captured.err
+    assert "mailslot.toml" in captured.err
+    # The one-time password was still shown before giving up.
+    assert "has the password: " in captured.out
