@@ -1,0 +1,53 @@
+"""Auth fixtures: every contract test runs against each backend (as aioftp's tests/conftest.py
+parametrises its path-io backends), plus a helper to drive coroutines without pytest-asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from passlib.hash import bcrypt
+
+from mailslot.auth.base import Authenticator
+from mailslot.auth.memory import MemoryAuthenticator
+from mailslot.auth.passwdfile import PasswdFileAuthenticator
+
+T = TypeVar("T")
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+# Cheap but real hashes: bcrypt at its minimum cost still goes through the slow-scheme
+# (thread) path; SSHA256 and PLAIN go through the inline path.
+PASSWORDS = {"alice": "wonderland", "bob": "b0b-secret", "carol": "pässwörd"}
+STORED = {
+    "alice": "{BLF-CRYPT}" + bcrypt.using(rounds=4, ident="2y").hash("wonderland"),
+    "bob": "{SSHA256}4Ys6aPxMyOvypjBBgDoBGq90GnapMNQd+LzBMHH2soF8TWwg",  # doveadm pw
+    "carol": "{PLAIN}pässwörd",
+}
+HOMES = {"alice": "/home/alice"}
+
+
+def write_passwd(path: Path, stored: dict[str, str], homes: dict[str, str]) -> None:
+    lines = ["# mailslot test users", ""]
+    for name, value in stored.items():
+        home = homes.get(name)
+        lines.append(f"{name}:{value}:1000:1000::{home}::" if home else f"{name}:{value}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(params=["passwdfile", "memory"])
+def authenticator(request: pytest.FixtureRequest, tmp_path: Path) -> Authenticator:
+    if request.param == "memory":
+        # The fake takes plaintext for carol, as a test would write it.
+        users = dict(STORED, carol=PASSWORDS["carol"])
+        return MemoryAuthenticator(users, homes=HOMES)
+    path = tmp_path / "passwd"
+    write_passwd(path, STORED, HOMES)
+    return PasswdFileAuthenticator(path)
