@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import logging.handlers
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,9 +48,20 @@ _READ_SLACK = 64 * 1024
 class DeliverError(Exception):
     """A failure reported as one line on stderr with a sysexits status."""
 
-    def __init__(self, message: str, code: int) -> None:
+    @classmethod
+    def of(cls, status: st.Status) -> DeliverError:
+        return cls(status.text, status.sysexit, status.enhanced)
+
+    def __init__(self, message: str, code: int, enhanced: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.enhanced = enhanced
+
+    def line(self) -> str:
+        """The stderr line.  Postfix takes an RFC 3463 code at the start of a command's output
+        as the DSN status (pipe_command), so a known code comes first."""
+        prefix = f"{self.enhanced} " if self.enhanced else ""
+        return f"{prefix}mailslot deliver: {self}"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -98,14 +114,42 @@ def run(args: argparse.Namespace, stdin: BinaryIO | None = None) -> int:
     """Deliver the message on ``stdin``; print a reason on stderr unless delivered."""
     source = stdin if stdin is not None else sys.stdin.buffer
     try:
-        return asyncio.run(_deliver(args, source))
+        with _logs_to_syslog():
+            return asyncio.run(_deliver(args, source))
     except DeliverError as error:
-        print(f"mailslot deliver: {error}", file=sys.stderr)
+        print(error.line(), file=sys.stderr)
         return error.code
     except Exception as exc:
         # Never exit 1: Postfix bounces on a non-sysexits status, and a bug must not lose mail.
         print(f"mailslot deliver: internal error ({type(exc).__name__})", file=sys.stderr)
         return st.EX_TEMPFAIL
+
+
+@contextlib.contextmanager
+def _logs_to_syslog() -> Iterator[None]:
+    """Send mailslot's log lines to syslog (mail facility), as dovecot-lda does.
+
+    The MTA quotes our stderr in bounces and defer reasons, so stderr carries only the one-line
+    reason; warnings (a plaintext passwd-file, a deferred delivery) go to the mail log.
+    """
+    logger = logging.getLogger("mailslot")
+    handler: logging.Handler
+    if os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(
+            "/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
+        handler.setFormatter(logging.Formatter("mailslot-deliver[%(process)d]: %(message)s"))
+    else:
+        handler = logging.NullHandler()
+    saved = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = saved
+        handler.close()
 
 
 def _load_config(path: Path) -> Config:
@@ -142,11 +186,13 @@ async def _deliver(args: argparse.Namespace, source: BinaryIO) -> int:
     data, from_line_sender = split_mbox_from(raw)
     body = to_lf(data)
     if not body.strip():
-        raise DeliverError("empty message on standard input", st.EX_DATAERR)
+        raise DeliverError("empty message on standard input", st.EX_DATAERR, "5.6.0")
     if not looks_like_message(body):
-        raise DeliverError("standard input does not start with a header field", st.EX_DATAERR)
+        raise DeliverError(
+            "standard input does not start with a header field", st.EX_DATAERR, "5.6.0"
+        )
     if agent.too_big(len(body)):
-        raise DeliverError(st.TOO_BIG.text, st.TOO_BIG.sysexit)
+        raise DeliverError.of(st.TOO_BIG)
 
     user = await _user(args, agent, users)
     sender: str | None = args.sender if args.sender is not None else from_line_sender
@@ -161,7 +207,7 @@ async def _deliver(args: argparse.Namespace, source: BinaryIO) -> int:
     except UnsafeTraceValue as exc:
         raise DeliverError(str(exc), st.EX_USAGE) from None
     if not outcome.ok:
-        raise DeliverError(f"{outcome.enhanced} {outcome.text}", outcome.sysexit)
+        raise DeliverError.of(outcome)
     return st.EX_OK
 
 
@@ -170,17 +216,16 @@ async def _user(args: argparse.Namespace, agent: DeliveryAgent, users: Any) -> U
         try:
             return await agent.resolve(args.address)
         except RecipientRejected as rejected:
-            status = rejected.status
-            raise DeliverError(f"{status.enhanced} {status.text}", status.sysexit) from None
+            raise DeliverError.of(rejected.status) from None
     try:
         name = validate(args.user)
         found: User | None = await users.lookup(name)
     except InvalidUsername:
         found = None
     except AuthError as exc:
-        raise DeliverError(f"user database: {exc}", st.EX_TEMPFAIL) from None
+        raise DeliverError(f"user database: {exc}", st.EX_TEMPFAIL, "4.3.0") from None
     if found is None:
-        raise DeliverError(f"{st.NO_SUCH_USER.enhanced} {st.NO_SUCH_USER.text}", st.EX_NOUSER)
+        raise DeliverError.of(st.NO_SUCH_USER)
     return found
 
 
