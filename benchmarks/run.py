@@ -1,0 +1,232 @@
+"""``python -m benchmarks.run``: mailslot against a throwaway Dovecot, in one run.
+
+Everything lives under a temp dir (configs, Maildirs, certificates, logs) and every server
+is stopped on the way out, whatever happens. The exit status is non-zero when any reply was
+wrong or any server failed: such a run is not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import corpus, servers
+from benchmarks.loadgen import ClientPool, raise_nofile
+from benchmarks.report import Report
+from benchmarks.servers import Dovecot, Mailslot, Server
+from benchmarks.suites import Bench, Settings
+
+BENCHMARKS = ("login", "session", "retr", "idle", "bigbox")
+SERVERS = ("mailslot", "dovecot", "dovecot-sc0")
+MAIL_UID = 64123  # an unprivileged uid of our own: Dovecot refuses to serve mail as root
+LOAD_USERS = 64
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="smoke test: about 3 minutes")
+    p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmarks")
+    p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated servers")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
+    p.add_argument("--reps", type=int, default=3, help="runs per figure (median taken)")
+    p.add_argument("--clients", type=int, default=max(2, min(4, os.cpu_count() or 2)))
+    p.add_argument("--concurrency", type=int, help="concurrent connections (one user each)")
+    p.add_argument("--mailslot-workers", type=int, default=1)
+    p.add_argument("--no-pipeline", action="store_true", help="one command per round trip")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir for inspection")
+    args = p.parse_args(argv)
+    args.only = [b for b in args.only.split(",") if b]
+    args.servers = [s for s in args.servers.split(",") if s]
+    for name in args.only:
+        if name not in BENCHMARKS:
+            p.error(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    for name in args.servers:
+        if name not in SERVERS:
+            p.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=servers.REPO,
+        ).stdout.strip()
+    except OSError:
+        rev = ""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dovecot": servers.dovecot_version(),
+        "mailslot_commit": rev,
+    }
+
+
+def build(
+    tmp: Path,
+    names: list[str],
+    settings: Settings,
+    args: argparse.Namespace,
+    users: list[str],
+    data: corpus.Corpus,
+) -> list[Server]:
+    _ca, chain, key = corpus.make_certificate(tmp)
+    passwd = tmp / "users"
+    corpus.write_passwd(passwd, users, tmp / "home")
+    made: list[Server] = []
+    for name in names:
+        workdir = tmp / name
+        mail = tmp / f"mail-{name}"
+        for d in (workdir, mail):
+            d.mkdir()
+            d.chmod(0o755)
+        os.chown(mail, data.uid, data.gid)
+        for i, user in enumerate(users):
+            if user.startswith("l") or user.startswith("p"):
+                data.make_maildir(mail, user, corpus.load_idents(i))
+            elif user.startswith("i"):
+                data.make_maildir(mail, user, [1000 + i % corpus.TEMPLATES])
+        server: Server
+        if name == "mailslot":
+            server = Mailslot(
+                name,
+                workdir,
+                mail,
+                passwd=passwd,
+                cert=chain,
+                key=key,
+                workers=args.mailslot_workers,
+            )
+        else:
+            server = Dovecot(
+                name,
+                workdir,
+                mail,
+                passwd=passwd,
+                cert=chain,
+                key=key,
+                uid=data.uid,
+                gid=data.gid,
+                reuse_processes=name == "dovecot-sc0",
+                max_clients=max(settings.idle_sizes) + 300,
+            )
+        made.append(server)
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings.quick() if args.quick else Settings()
+    overrides: dict[str, Any] = {"reps": args.reps, "pipeline": not args.no_pipeline}
+    if args.concurrency:
+        overrides["concurrency"] = args.concurrency
+    settings = Settings(**{**settings.__dict__, **overrides})
+    if any(n.startswith("dovecot") for n in args.servers):
+        servers.ensure_dovecot()
+    nofile = raise_nofile()
+    if "idle" in args.only and max(settings.idle_sizes) + 1000 > nofile:
+        print(
+            f"warning: RLIMIT_NOFILE hard limit {nofile} is low for the idle benchmark",
+            file=sys.stderr,
+        )
+
+    tmp = Path(tempfile.mkdtemp(prefix="mailslot-bench-"))
+    tmp.chmod(0o755)  # the Dovecot mail uid must reach its Maildirs
+    started: list[Server] = []
+
+    def cleanup() -> None:
+        for s in started:
+            s.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    atexit.register(cleanup)
+    report = Report([])
+    t_start = time.monotonic()
+    pool: ClientPool | None = None
+    try:
+        print(f"setting up under {tmp} ...", flush=True)
+        data = corpus.Corpus(tmp, MAIL_UID, MAIL_UID)
+        idle_users = [f"i{n:05d}" for n in range(max(settings.idle_sizes))]
+        load_users = [f"l{n:03d}" for n in range(LOAD_USERS)]
+        big_users = [f"big{r}" for r in range(settings.reps)]
+        users = [*load_users, "p0", *idle_users, *big_users]
+        for server in build(tmp, args.servers, settings, args, users, data):
+            try:
+                server.start()
+            except Exception as exc:
+                report.errors.append(f"{server.name} did not start: {exc}")
+                print(f"{server.name} did not start: {exc}", file=sys.stderr)
+                server.stop()
+                continue
+            started.append(server)
+            print(f"{server.name}: plain/stls {server.plain_port}, tls {server.tls_port}")
+        report.servers = [s.name for s in started]
+        pool = ClientPool(args.clients)
+        bench = Bench(
+            settings, pool, data, report, str(tmp / "ca.pem"), load_users, idle_users, "p0"
+        )
+        for rep in range(settings.reps):
+            for name in args.only:
+                for server in started:
+                    t0 = time.monotonic()
+                    if name == "bigbox":
+                        bench.bigbox(server, rep)
+                    else:
+                        getattr(bench, name)(server)
+                    print(
+                        f"rep {rep + 1}/{settings.reps} {name:8} {server.name:12} "
+                        f"{time.monotonic() - t0:6.1f}s",
+                        flush=True,
+                    )
+    except KeyboardInterrupt:
+        report.errors.append("interrupted")
+    finally:
+        if pool is not None:
+            pool.close()
+        cleanup()
+
+    meta = {
+        "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
+        "machine": machine(),
+        "settings": settings.__dict__,
+        "clients": args.clients,
+        "elapsed_s": round(time.monotonic() - t_start, 1),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print()
+    print(report.table())
+    for note in report.notes:
+        print("note:", note)
+    report.write(args.out, meta)
+    report.chart(args.out.with_suffix(".png"))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
+    if report.errors:
+        print("\nNOT A RESULT, errors:", file=sys.stderr)
+        for err in report.errors:
+            print(" ", err, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,308 @@
+"""What one client connection does in each benchmark, and the checks on every reply.
+
+These coroutines run inside the load generator's worker processes (benchmarks.loadgen) and,
+for the single-connection measurements (idle probe, bigbox), in the runner itself.
+Every loop is bounded twice: by a deadline and by an operation count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from benchmarks.corpus import PASSWORD
+from benchmarks.pop3client import (
+    Pop3Client,
+    ReplyError,
+    TlsMode,
+    parse_listing,
+    parse_stat,
+)
+
+Kind = Literal["login", "session", "retr", "idle"]
+OP_TIMEOUT = 30.0  # a stuck server must not hang the run
+MAX_ERRORS = 50  # after this many, a connection loop stops: the run is void anyway
+
+
+@dataclass
+class Job:
+    kind: Kind
+    port: int
+    tls: TlsMode
+    ca_path: str
+    users: list[str]
+    expected: dict[int, tuple[int, int]]
+    duration: float = 5.0
+    max_ops: int = 1_000_000
+    start_at: float = 0.0  # time.time() at which every worker starts together
+    pipeline: bool = True
+    connect_concurrency: int = 64  # idle: simultaneous logins while ramping up
+    ramp_timeout: float = 120.0
+    min_mem_available: int = 3 << 30  # idle: stop opening connections below this
+
+
+@dataclass
+class Result:
+    ops: int = 0
+    bytes: int = 0
+    latencies: list[float] = field(default_factory=list)
+    greetings: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    refused: int = 0  # idle: connections the server did not take (capacity, not an error)
+    held: int = 0
+    stop_reason: str = ""
+    cpu: float = 0.0
+    wall: float = 0.0
+
+    def error(self, exc: BaseException) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(f"{type(exc).__name__}: {exc}")
+
+    def merge(self, other: Result) -> None:
+        self.ops += other.ops
+        self.bytes += other.bytes
+        self.latencies += other.latencies
+        self.greetings += other.greetings
+        self.errors += other.errors
+        self.error_samples += other.error_samples[: max(0, 5 - len(self.error_samples))]
+        self.refused += other.refused
+        self.held += other.held
+        self.cpu += other.cpu
+        self.wall = max(self.wall, other.wall)
+        self.stop_reason = self.stop_reason or other.stop_reason
+
+
+def client_context(ca_path: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca_path)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def check_message(body: bytes, listed: int, expected: dict[int, tuple[int, int]]) -> None:
+    """RETR bytes must match LIST's size and the corpus template, byte for byte (CRC-32)."""
+    import zlib
+
+    if len(body) != listed:
+        raise ReplyError(f"RETR returned {len(body)} octets, LIST said {listed}")
+    at = body.find(b"X-Bench-Id: ", 0, 4096)
+    if at < 0:
+        raise ReplyError("RETR body has no X-Bench-Id header")
+    ident = int(body[at + 12 : body.index(b"\r\n", at)])
+    size, crc = expected[ident]
+    if len(body) != size or zlib.crc32(body) != crc:
+        raise ReplyError(f"message {ident} differs from the corpus (dot-stuffing?)")
+
+
+async def open_login(job: Job, ctx: ssl.SSLContext, user: str) -> tuple[Pop3Client, float, float]:
+    """Connect, (TLS), USER/PASS; returns client, greeting latency, login latency."""
+    t0 = time.perf_counter()
+    client, greeting = await Pop3Client.open(job.port, job.tls, ctx)
+    try:
+        await client.login(user, PASSWORD)
+    except BaseException:
+        client.abort()
+        raise
+    return client, greeting, time.perf_counter() - t0
+
+
+async def scan(client: Pop3Client, pipeline: bool) -> tuple[int, list[int]]:
+    """STAT, UIDL, LIST (pipelined when allowed), cross-checked; returns (count, sizes)."""
+    if pipeline:
+        client.send(b"STAT", b"UIDL", b"LIST")
+    else:
+        client.send(b"STAT")
+    count, total = parse_stat(await client.read_status())
+    if not pipeline:
+        client.send(b"UIDL")
+    uids = parse_listing(await client.read_multiline(), count)
+    if len({uid for _, uid in uids}) != count:
+        raise ReplyError("UIDL values are not unique")
+    if not pipeline:
+        client.send(b"LIST")
+    sizes = [int(v) for _, v in parse_listing(await client.read_multiline(), count)]
+    if sum(sizes) != total:
+        raise ReplyError(f"LIST sizes sum to {sum(sizes)}, STAT said {total}")
+    return count, sizes
+
+
+async def _login_loop(job: Job, ctx: ssl.SSLContext, user: str, res: Result, end: float) -> None:
+    while time.perf_counter() < end and res.ops < job.max_ops and res.errors < MAX_ERRORS:
+        try:
+            async with asyncio.timeout(OP_TIMEOUT):
+                client, greeting, latency = await open_login(job, ctx, user)
+                await client.quit()
+        except Exception as exc:  # any failure voids the run; keep a sample
+            res.error(exc)
+            continue
+        res.ops += 1
+        res.latencies.append(latency)
+        res.greetings.append(greeting)
+
+
+async def _session_loop(job: Job, ctx: ssl.SSLContext, user: str, res: Result, end: float) -> None:
+    while time.perf_counter() < end and res.ops < job.max_ops and res.errors < MAX_ERRORS:
+        t0 = time.perf_counter()
+        client: Pop3Client | None = None
+        try:
+            async with asyncio.timeout(OP_TIMEOUT):
+                client, _, _ = await open_login(job, ctx, user)
+                count, sizes = await scan(client, job.pipeline)
+                retrs = [b"RETR %d" % n for n in range(1, count + 1)]
+                if job.pipeline:
+                    client.send(*retrs, b"QUIT")
+                for n, size in enumerate(sizes):
+                    if not job.pipeline:
+                        client.send(retrs[n])
+                    check_message(await client.read_multiline(), size, job.expected)
+                if not job.pipeline:
+                    client.send(b"QUIT")
+                await client.read_status()
+                client.close()
+        except Exception as exc:  # any failure voids the run; keep a sample
+            res.error(exc)
+            if client is not None:
+                client.abort()
+            continue
+        res.ops += 1
+        res.bytes += sum(sizes)
+        res.latencies.append(time.perf_counter() - t0)
+
+
+async def _retr_loop(job: Job, ctx: ssl.SSLContext, user: str, res: Result, end: float) -> None:
+    client: Pop3Client | None = None
+    try:
+        async with asyncio.timeout(OP_TIMEOUT):
+            client, _, _ = await open_login(job, ctx, user)
+            count, sizes = await scan(client, job.pipeline)
+        n = 0
+        while time.perf_counter() < end and res.ops < job.max_ops:
+            size = sizes[n % count]
+            t0 = time.perf_counter()
+            async with asyncio.timeout(OP_TIMEOUT):
+                client.send(b"RETR %d" % (n % count + 1))
+                check_message(await client.read_multiline(), size, job.expected)
+            res.latencies.append(time.perf_counter() - t0)
+            res.ops += 1
+            res.bytes += size
+            n += 1
+        async with asyncio.timeout(OP_TIMEOUT):
+            await client.quit()
+    except Exception as exc:  # any failure voids the run; keep a sample
+        res.error(exc)
+        if client is not None:
+            client.abort()
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def _idle(
+    job: Job, ctx: ssl.SSLContext, res: Result, wait_release: Callable[[int], Awaitable[None]]
+) -> None:
+    """Log every user in and keep the connections open until the runner releases them."""
+    held: list[Pop3Client] = []
+    gate = asyncio.Semaphore(job.connect_concurrency)
+    ramp_end = time.perf_counter() + job.ramp_timeout
+    stop = False
+
+    async def one(user: str) -> None:
+        nonlocal stop
+        async with gate:
+            if stop or time.perf_counter() > ramp_end:
+                res.refused += 1
+                return
+            try:
+                async with asyncio.timeout(OP_TIMEOUT):
+                    client, greeting, latency = await open_login(job, ctx, user)
+            except ReplyError as exc:
+                res.error(exc)
+                return
+            except (OSError, TimeoutError) as exc:
+                # The server not taking more connections is its capacity, not a wrong reply.
+                res.refused += 1
+                res.stop_reason = res.stop_reason or f"{type(exc).__name__}: {exc}"
+                return
+            held.append(client)
+            res.latencies.append(latency)
+            res.greetings.append(greeting)
+            if len(held) % 100 == 0 and _mem_available() < job.min_mem_available:
+                stop = True
+                res.stop_reason = "client stopped: MemAvailable below the safety floor"
+
+    await asyncio.gather(*(one(u) for u in job.users))
+    res.held = len(held)
+    res.ops = len(held)
+    await wait_release(len(held))
+    gate = asyncio.Semaphore(job.connect_concurrency)
+
+    async def bye(client: Pop3Client) -> None:
+        async with gate:
+            try:
+                async with asyncio.timeout(OP_TIMEOUT):
+                    await client.quit()
+            except (OSError, ReplyError, TimeoutError) as exc:
+                # A server may time out a connection held this long; count it, do not fail.
+                res.refused += 1
+                res.stop_reason = res.stop_reason or f"at QUIT: {type(exc).__name__}: {exc}"
+                client.abort()
+
+    await asyncio.gather(*(bye(c) for c in held))
+
+
+async def run_job(job: Job, wait_release: Callable[[int], Awaitable[None]]) -> Result:
+    res = Result()
+    ctx = client_context(job.ca_path)
+    delay = job.start_at - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    end = t0 + job.duration
+    if job.kind == "idle":
+        await _idle(job, ctx, res, wait_release)
+    else:
+        loop = {"login": _login_loop, "session": _session_loop, "retr": _retr_loop}[job.kind]
+        await asyncio.gather(*(loop(job, ctx, u, res, end) for u in job.users))
+    res.wall = time.perf_counter() - t0
+    res.cpu = time.process_time() - cpu0
+    return res
+
+
+async def probe(job: Job, user: str, count: int, duration: float) -> Result:
+    """Sequential fresh logins by one user: greeting and login latency while others idle."""
+    res = Result()
+    ctx = client_context(job.ca_path)
+    end = time.perf_counter() + duration
+    single = Job(**{**job.__dict__, "max_ops": count})
+    await _login_loop(single, ctx, user, res, end)
+    return res
+
+
+async def bigbox(job: Job, user: str, count: int, total: int) -> float:
+    """Login + UIDL + LIST on a large maildrop; returns the seconds until LIST completed."""
+    ctx = client_context(job.ca_path)
+    t0 = time.perf_counter()
+    async with asyncio.timeout(300):
+        client, _, _ = await open_login(job, ctx, user)
+        client.send(b"UIDL")
+        uids = await client.read_multiline()
+        client.send(b"LIST")
+        sizes = await client.read_multiline()
+        elapsed = time.perf_counter() - t0
+        await client.quit()
+    n_uids = len(parse_listing(uids, count))
+    listed = parse_listing(sizes, count)
+    if n_uids != count or sum(int(v) for _, v in listed) != total:
+        raise ReplyError("bigbox listing does not match the maildrop")
+    return elapsed

@@ -1,0 +1,247 @@
+"""The servers under test, each started under a temp dir with its own ports and Maildir tree.
+
+* ``mailslot``: ``python -m mailslot serve --config FILE``.
+* ``dovecot``: a throwaway Dovecot in stock mode (a login process per connection).
+* ``dovecot-sc0``: the same with ``service_count = 0`` for pop3-login and pop3, Dovecot's
+  documented high-performance mode (long-lived, reused processes).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_greeting(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Poll until the plain port answers +OK; fail early if the server exits."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(512).startswith(b"+OK"):
+                    return
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise RuntimeError(f"no greeting on port {port} within {timeout}s ({last}): {tail(log)}")
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+@dataclass
+class Server:
+    name: str
+    workdir: Path
+    mail_root: Path
+    plain_port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "server.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def start(self, timeout: float = 30.0) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                cwd=self.workdir,
+                start_new_session=True,  # our Ctrl-C must not reach it before we stop it
+            )
+        wait_greeting(self.plain_port, self.proc, self.log, timeout)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+
+
+@dataclass
+class Mailslot(Server):
+    passwd: Path = Path()
+    cert: Path = Path()
+    key: Path = Path()
+    workers: int = 1
+
+    def command(self) -> list[str]:
+        config = self.workdir / "mailslot.toml"
+        config.write_text(
+            f"""[server]
+workers = {self.workers}
+[[listener]]
+address = "127.0.0.1"
+port = {self.plain_port}
+tls = "starttls"
+[[listener]]
+address = "127.0.0.1"
+port = {self.tls_port}
+tls = "implicit"
+[tls]
+certificate = "{self.cert}"
+private_key = "{self.key}"
+[auth]
+passwd_file = "{self.passwd}"
+allow_plaintext_without_tls = true
+[store]
+maildir = "{self.mail_root}/{{user}}/Maildir"
+[limits]
+max_connections = 30000
+max_connections_per_ip = 30000
+"""
+        )
+        return [sys.executable, "-m", "mailslot", "serve", "--config", str(config)]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        src = str(REPO / "src")
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else "")
+        return env
+
+
+@dataclass
+class Dovecot(Server):
+    passwd: Path = Path()
+    cert: Path = Path()
+    key: Path = Path()
+    uid: int = 0
+    gid: int = 0
+    reuse_processes: bool = False  # service_count = 0
+    max_clients: int = 10300
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "dovecot.conf"
+
+    def write_config(self) -> None:
+        n = self.max_clients
+        login = "service_count = 1"
+        pop3 = "service_count = 1"
+        if self.reuse_processes:
+            cores = os.cpu_count() or 1
+            login = f"service_count = 0\n  process_min_avail = {cores}\n  vsz_limit = 1G"
+            pop3 = "service_count = 0"
+        run = self.workdir / "run"
+        state = self.workdir / "state"
+        for d in (run, state):
+            d.mkdir(exist_ok=True)
+        # Dovecot 2.3 syntax (2.4 renamed most of these settings).
+        self.config_path.write_text(
+            f"""base_dir = {run}
+state_dir = {state}
+log_path = {self.log}
+protocols = pop3
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{self.cert}
+ssl_key = <{self.key}
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = {self.uid}
+last_valid_uid = {self.uid}
+first_valid_gid = {self.gid}
+mail_location = maildir:{self.mail_root}/%u/Maildir
+default_process_limit = {n}
+default_client_limit = {n + 500}
+default_vsz_limit = 256M
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {self.passwd}
+}}
+userdb {{
+  driver = static
+  args = uid={self.uid} gid={self.gid} home={self.mail_root}/%u
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {self.plain_port}
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {self.tls_port}
+    ssl = yes
+  }}
+  process_limit = {n}
+  {login}
+}}
+service pop3 {{
+  process_limit = {n}
+  {pop3}
+}}
+service auth {{
+  client_limit = {n + 500}
+}}
+service anvil {{
+  client_limit = {n + 500}
+}}
+"""
+        )
+
+    def command(self) -> list[str]:
+        self.write_config()
+        check = subprocess.run(
+            ["doveconf", "-c", str(self.config_path), "-n"], capture_output=True, text=True
+        )
+        if check.returncode != 0:
+            raise RuntimeError(f"doveconf rejects {self.config_path}: {check.stderr}")
+        return ["dovecot", "-F", "-c", str(self.config_path)]
+
+
+def ensure_dovecot() -> None:
+    """Install dovecot-pop3d with apt-get when missing and we may (root)."""
+    if shutil.which("dovecot") and shutil.which("doveconf"):
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError("dovecot is not installed; install dovecot-pop3d (needs root)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "dovecot-pop3d"], check=True, env=env)
+
+
+def dovecot_version() -> str:
+    out = subprocess.run(["dovecot", "--version"], capture_output=True, text=True)
+    return out.stdout.strip()

@@ -1,0 +1,204 @@
+"""The five benchmarks, each measuring one server once and adding its figures to the report.
+
+The runner calls them alternately (rep 1: every benchmark on every server, rep 2, ...) so a
+slow drift of the machine hits all servers alike; figures are medians over the reps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks import proctree
+from benchmarks.corpus import Corpus, bigbox_idents
+from benchmarks.loadgen import ClientPool, _loop_factory
+from benchmarks.pop3client import TlsMode
+from benchmarks.report import Report, percentile
+from benchmarks.scenarios import Job, Kind, Result, bigbox, probe
+from benchmarks.servers import Server
+
+TLS_LABEL: dict[TlsMode, str] = {"none": "plain", "starttls": "stls", "implicit": "tls"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    reps: int = 3
+    duration: float = 4.0
+    concurrency: int = 16
+    idle_sizes: tuple[int, ...] = (1000, 10000)
+    probe_count: int = 200
+    probe_duration: float = 10.0
+    bigbox_messages: int = 100_000
+    ramp_timeout: float = 120.0
+    pipeline: bool = True
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(
+            duration=1.0,
+            concurrency=8,
+            idle_sizes=(200, 1000),
+            probe_count=30,
+            probe_duration=3.0,
+            bigbox_messages=5_000,
+            ramp_timeout=30.0,
+        )
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    pool: ClientPool
+    corpus: Corpus
+    report: Report
+    ca_path: str
+    load_users: list[str]
+    idle_users: list[str]
+    probe_user: str
+
+    def job(self, server: Server, kind: Kind, tls: TlsMode, users: list[str]) -> Job:
+        s = self.settings
+        return Job(
+            kind=kind,
+            port=server.tls_port if tls == "implicit" else server.plain_port,
+            tls=tls,
+            ca_path=self.ca_path,
+            users=users,
+            expected={k: (v.size, v.crc) for k, v in self.corpus.expected.items()},
+            duration=s.duration,
+            pipeline=s.pipeline,
+            ramp_timeout=s.ramp_timeout,
+        )
+
+    def _check(self, server: Server, label: str, res: Result) -> bool:
+        if res.errors:
+            self.report.errors.append(
+                f"{server.name} {label}: {res.errors} errors, e.g. {res.error_samples}"
+            )
+            return False
+        if res.ops == 0:
+            self.report.errors.append(f"{server.name} {label}: no operation completed")
+            return False
+        return True
+
+    def _load(self, server: Server, kind: Kind, tls: TlsMode, label: str) -> Result | None:
+        users = self.load_users[: self.settings.concurrency]
+        cpu0 = proctree.cpu_seconds(proctree.tree(server.pid))
+        res = self.pool.run(self.job(server, kind, tls, users))
+        cpu1 = proctree.cpu_seconds(proctree.tree(server.pid))
+        if not self._check(server, label, res):
+            return None
+        add = self.report.add
+        add(f"{label} server CPU/op", "ms", "lower", server.name, (cpu1 - cpu0) / res.ops * 1e3)
+        add(f"{label} client CPU", "% of a core", "lower", server.name, res.cpu / res.wall * 100)
+        return res
+
+    def login(self, server: Server) -> None:
+        for tls in ("none", "starttls", "implicit"):
+            label = f"login {TLS_LABEL[tls]}"
+            res = self._load(server, "login", tls, label)
+            if res is None:
+                continue
+            add = self.report.add
+            add(f"{label} rate", "logins/s", "higher", server.name, res.ops / res.wall)
+            add(f"{label} p50", "ms", "lower", server.name, percentile(res.latencies, 50) * 1e3)
+            add(f"{label} p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
+
+    def session(self, server: Server) -> None:
+        res = self._load(server, "session", "none", "session")
+        if res is None:
+            return
+        add = self.report.add
+        add("session rate", "sessions/s", "higher", server.name, res.ops / res.wall)
+        add("session throughput", "MB/s", "higher", server.name, res.bytes / res.wall / 1e6)
+        add("session p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
+
+    def retr(self, server: Server) -> None:
+        for tls in ("none", "implicit"):
+            label = f"retr {TLS_LABEL[tls]}"
+            res = self._load(server, "retr", tls, label)
+            if res is None:
+                continue
+            add = self.report.add
+            add(f"{label} throughput", "MB/s", "higher", server.name, res.bytes / res.wall / 1e6)
+            add(f"{label} p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
+
+    def idle(self, server: Server) -> None:
+        for size in self.settings.idle_sizes:
+            self._idle_one(server, size)
+
+    def _idle_one(self, server: Server, size: int) -> None:
+        label = f"idle {size}"
+        settle(server)
+        base = proctree.pss_bytes(proctree.tree(server.pid))
+        job = self.job(server, "idle", "none", self.idle_users[:size])
+        conns = self.pool.hold(job)
+        try:
+            held_pss = proctree.pss_bytes(proctree.tree(server.pid))
+            with asyncio.Runner(loop_factory=_loop_factory) as runner:
+                s = self.settings
+                pjob = self.job(server, "login", "none", [self.probe_user])
+                fresh = runner.run(probe(pjob, self.probe_user, s.probe_count, s.probe_duration))
+        finally:
+            res = self.pool.release(conns)
+        ok = self._check(server, label, res) & self._check(server, f"{label} probe", fresh)
+        add = self.report.add
+        add(f"{label} held", "connections", "higher", server.name, res.held)
+        if res.held < size:
+            self.report.notes.append(
+                f"{server.name} {label}: held {res.held}/{size}, {res.refused} not taken "
+                f"({res.stop_reason})"
+            )
+        if not ok or res.held == 0:
+            return
+        add(f"{label} PSS/conn", "KiB", "lower", server.name, (held_pss - base) / res.held / 1024)
+        add(
+            f"{label} fresh greeting p99",
+            "ms",
+            "lower",
+            server.name,
+            percentile(fresh.greetings, 99) * 1e3,
+        )
+        add(
+            f"{label} fresh login p99",
+            "ms",
+            "lower",
+            server.name,
+            percentile(fresh.latencies, 99) * 1e3,
+        )
+        settle(server)
+
+    def bigbox(self, server: Server, rep: int) -> None:
+        """A fresh 100,000-message maildrop per rep, so "first" is always a cold first."""
+        user = f"big{rep}"
+        count = self.settings.bigbox_messages
+        idents = bigbox_idents(count)
+        total = sum(self.corpus.expected[i].size for i in idents)
+        self.corpus.make_maildir(server.mail_root, user, idents)
+        job = self.job(server, "login", "none", [user])
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory) as runner:
+                first = runner.run(bigbox(job, user, count, total))
+                second = runner.run(bigbox(job, user, count, total))
+        except Exception as exc:
+            self.report.errors.append(f"{server.name} bigbox: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            shutil.rmtree(Path(server.mail_root) / user, ignore_errors=True)
+        self.report.add(f"bigbox {count} first", "s", "lower", server.name, first)
+        self.report.add(f"bigbox {count} second", "s", "lower", server.name, second)
+
+
+def settle(server: Server, timeout: float = 60.0) -> None:
+    """Wait for the sessions of the previous step to be gone (Dovecot reaps processes)."""
+    deadline = time.monotonic() + timeout
+    last = len(proctree.tree(server.pid))
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = len(proctree.tree(server.pid))
+        if now >= last:
+            return
+        last = now
