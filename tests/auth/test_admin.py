@@ -200,3 +200,14 @@ def test_running_server_sees_admin_changes(passwd: Path) -> None:
     assert run(auth.authenticate("alice", "uno")).name == "alice"
     delete_user(passwd, "alice")
     assert run(auth.lookup("alice")) is None
+
+
+def test_symlinked_file_is_rewritten_through_the_link(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "passwd").write_bytes(ORIGINAL)
+    link = tmp_path / "passwd"
+    link.symlink_to(real / "passwd")
+    add_user(link, "carol", "three", scheme=FAST)
+    assert link.is_symlink()
+    assert list_users(real / "passwd") == ["alice", "bob", "carol"]

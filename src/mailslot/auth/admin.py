@@ -172,8 +172,10 @@ def _find(lines: list[bytes], name: str) -> int | None:
 
 
 def _write(path: Path, lines: list[bytes], mode: int, owner: tuple[int, int] | None) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    # Replace the symlink's target, not the link: a symlinked passwd-file stays a symlink.
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.writelines(lines)
@@ -184,7 +186,7 @@ def _write(path: Path, lines: list[bytes], mode: int, owner: tuple[int, int] | N
                 with contextlib.suppress(PermissionError):
                     os.fchown(f.fileno(), *owner)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

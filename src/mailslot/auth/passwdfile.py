@@ -8,7 +8,7 @@ are those of :mod:`mailslot.auth.schemes`.
 The file is re-read when its (mtime_ns, size, inode) changes, checked with one ``os.stat`` per
 call, so ``mailslot user add`` (an atomic rename) takes effect on the next login without a
 signal.  If a later read fails the last good table stays in use; if the file was never read,
-:class:`TemporaryAuthFailure` is raised (``[SYS/TEMP]``, RFC 3206 section 5).
+:class:`TemporaryAuthFailure` is raised (``[SYS/TEMP]``, RFC 3206 section 4).
 
 Malformed lines are logged by line number only: a line may hold a password.
 """

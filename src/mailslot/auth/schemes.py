@@ -24,6 +24,7 @@ import binascii
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from passlib.hash import (
     argon2,
@@ -79,11 +80,11 @@ def _bcrypt(password: bytes, data: str) -> bool:
     return bool(bcrypt.verify(password[:_BCRYPT_MAX_OCTETS], data))
 
 
-def _sha_crypt(prefix: str, handler: object) -> Callable[[bytes, str], bool]:
+def _sha_crypt(prefix: str, handler: Any) -> Callable[[bytes, str], bool]:
     def check(password: bytes, data: str) -> bool:
         if not data.startswith(prefix):
             return False
-        return bool(handler.verify(password, data))  # type: ignore[attr-defined]
+        return bool(handler.verify(password, data))
 
     return check
 
@@ -116,24 +117,24 @@ def _decode_binary(data: str, encoding: str, default: str, fixed_size: int = 0) 
         return None
 
 
-def _unsalted(size: int, hex_handler: object, default: str) -> Callable[[bytes, str, str], bool]:
+def _unsalted(size: int, hex_handler: Any, default: str) -> Callable[[bytes, str, str], bool]:
     def check(password: bytes, data: str, encoding: str) -> bool:
         raw = _decode_binary(data, encoding, default, size)
         if raw is None or len(raw) != size:
             return False
-        return bool(hex_handler.verify(password, raw.hex()))  # type: ignore[attr-defined]
+        return bool(hex_handler.verify(password, raw.hex()))
 
     return check
 
 
-def _salted(size: int, ldap_handler: object, ldap_prefix: str) -> Callable[[bytes, str, str], bool]:
+def _salted(size: int, ldap_handler: Any, ldap_prefix: str) -> Callable[[bytes, str, str], bool]:
     def check(password: bytes, data: str, encoding: str) -> bool:
         raw = _decode_binary(data, encoding, "B64")
         if raw is None or len(raw) <= size:
             return False
-        # libpass's LDAP handlers parse the RFC 2307 form: digest then salt, base64.
+        # libpass's LDAP handlers parse the userPassword form (RFC 2307 syntax): digest, salt.
         ldap = ldap_prefix + base64.b64encode(raw).decode("ascii")
-        return bool(ldap_handler.verify(password, ldap))  # type: ignore[attr-defined]
+        return bool(ldap_handler.verify(password, ldap))
 
     return check
 
@@ -290,7 +291,7 @@ def hash_password(password: str, scheme: str = "ARGON2ID") -> str:
         handler = {"SSHA": ldap_salted_sha1, "SSHA256": ldap_salted_sha256}.get(
             name, ldap_salted_sha512
         )
-        # libpass already writes the RFC 2307 "{SSHA}base64" form Dovecot reads.
+        # libpass already writes the LDAP "{SSHA}base64" form Dovecot reads.
         return str(handler.using(salt_size=8).hash(secret))
     else:
         raise ValueError(f"cannot write passwords with scheme {scheme!r}")

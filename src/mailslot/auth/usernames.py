@@ -1,11 +1,11 @@
 """User names: the one check before a name reaches a path, a query or a log line.
 
-RFC 1939 section 7 leaves the USER argument's syntax to the server; RFC 6856 section 3 lets a
-POP3 server accept UTF-8 user names once ``UTF8`` is in effect.  A name is untrusted client
-input that later expands into Maildir path templates (``/var/mail/{user}``), so the rules here
-are deliberately narrower than any mail system needs: 1 to 255 UTF-8 octets, Unicode NFC, no
-control, format, surrogate, private-use, unassigned or whitespace characters, none of
-``/ \\ :``, no leading ``.`` and no ``..`` anywhere.
+RFC 1939 section 7 leaves the USER argument's syntax to the server; RFC 6856 (POP3 support
+for UTF-8) lets a server accept UTF-8 user names once ``UTF8`` is in effect.  A name is
+untrusted client input that later expands into Maildir path templates (``/var/mail/{user}``),
+so the rules here are deliberately narrower than any mail system needs: 1 to 255 UTF-8
+octets, Unicode NFC, no control, format, surrogate, private-use, unassigned or whitespace
+characters, none of ``/ \\ :``, no leading ``.`` and no ``..`` anywhere.
 
 Names that are not NFC are refused rather than normalised: normalising would let two different
 byte strings log in as the same user, and an account created under one spelling must not be

@@ -1,6 +1,6 @@
 """Password verification shared by the backends: same cost for unknown and known users.
 
-RFC 3206 section 4 gives one ``[AUTH]`` reply for every login failure, and the contract in
+RFC 3206 section 5 gives one ``[AUTH]`` reply for every login failure, and the contract in
 :mod:`mailslot.auth.base` asks that the time taken says no more than the reply does.  So an
 unknown user, an invalid name or an entry without a usable hash is verified against a *dummy*:
 a real hash of the scheme most entries use (a wrong password against it costs what a wrong
