@@ -256,3 +256,16 @@ def test_memory_backend_never_treats_a_refused_hash_as_plaintext() -> None:
 def test_memory_backend_refuses_invalid_names_up_front() -> None:
     with pytest.raises(ValueError):
         MemoryAuthenticator({"../x": "pw"})
+
+
+def test_passwords_never_reach_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "passwd"
+    write(path, "alice:{PLAIN}hunter2-stored\nbroken-line-hunter2\nbob:{NOPE}hunter2\n")
+    auth = PasswdFileAuthenticator(path)
+    with caplog.at_level(logging.DEBUG):
+        for name in ("alice", "mallory", "a\r\nb"):
+            with pytest.raises(AuthenticationFailed):
+                run(auth.authenticate(name, "hunter2-typed"))
+        run(auth.authenticate("alice", "hunter2-stored"))
+    assert caplog.records  # the malformed and refused lines were reported
+    assert not [r for r in caplog.records if "hunter2" in r.getMessage()]

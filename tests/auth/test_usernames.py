@@ -5,6 +5,8 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailslot.auth.usernames import InvalidUsername, for_log, is_valid, validate
 
@@ -103,3 +105,13 @@ def test_for_log_output_is_one_printable_line() -> None:
 def test_for_log_truncates_long_input() -> None:
     assert for_log("x" * 10, limit=4) == "xxxx..."
     assert for_log("x" * 4, limit=4) == "xxxx"
+
+
+@given(st.text(max_size=300))
+def test_any_accepted_name_is_safe_in_a_path_and_a_log_line(name: str) -> None:
+    if is_valid(name):
+        assert not set(name) & set("/\\:\x00\r\n\t ")
+        assert not name.startswith(".") and ".." not in name
+        assert 1 <= len(name.encode("utf-8")) <= 255
+    out = for_log(name, limit=300)
+    assert out.isprintable() and not any(c.isspace() for c in out)
