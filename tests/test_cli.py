@@ -110,6 +110,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         ["user", "passwd"],
         ["user", "delete"],
         ["user", "list"],
+        ["deliver"],  # registered by mailslot.delivery.command through cli.add_deliver
     ],
 )
 def test_every_command_has_help_with_examples(

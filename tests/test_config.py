@@ -169,6 +169,13 @@ def test_unknown_table(conf_dir: Path) -> None:
     assert 'did you mean "limits"' in problem.message
 
 
+def test_setting_outside_its_table_says_where_it_belongs(conf_dir: Path) -> None:
+    problem = only(conf_dir, 'hostname = "mail.example.org"\n' + BASE)
+    assert problem.key == "hostname"
+    assert problem.line == 1
+    assert "move it under [server]" in problem.message
+
+
 def test_second_listener_problem_points_at_its_own_line(conf_dir: Path) -> None:
     text = BASE + '\n[[listener]]\naddress = "127.0.0.1"\nport = 1110\ntls = "ssl"\n'
     problem = only(conf_dir, text)

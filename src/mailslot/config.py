@@ -270,8 +270,14 @@ class _Loader:
     # -- building ----------------------------------------------------------------------------
 
     def load(self, raw: dict[str, Any]) -> Config:
-        for key in raw:
-            if key not in _TOP_LEVEL:
+        for key, value in raw.items():
+            if key in _TOP_LEVEL:
+                continue
+            home = [name for name, cls in _TABLES.items() if key in {f.name for f in fields(cls)}]
+            if not isinstance(value, dict) and home:
+                # A setting written above every table header, e.g. `hostname = ...`.
+                self.problem(None, key, f"belongs in a table: move it under [{home[0]}]")
+            else:
                 self.problem(None, key, f'unknown table "{key}"; {_suggest(key, _TOP_LEVEL)}')
         tables: dict[str, Any] = {}
         for name, cls in _TABLES.items():
