@@ -1,5 +1,11 @@
 """User authentication behind a small Protocol (see :mod:`mailslot.auth.base`)."""
 
-from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, User
+from mailslot.auth.base import (
+    AuthenticationFailed,
+    Authenticator,
+    AuthError,
+    TemporaryAuthFailure,
+    User,
+)
 
-__all__ = ["AuthError", "AuthenticationFailed", "Authenticator", "User"]
+__all__ = ["AuthError", "AuthenticationFailed", "Authenticator", "TemporaryAuthFailure", "User"]

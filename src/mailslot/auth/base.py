@@ -2,9 +2,9 @@
 
 Backends raise only the errors defined here. :class:`AuthenticationFailed` is the one reply for an
 unknown user, a wrong password and an invalid user name alike (answered ``-ERR [AUTH]``, RFC 3206
-section 4); a backend must spend the same time on each (it verifies against a dummy hash when
+section 5); a backend must spend the same time on each (it verifies against a dummy hash when
 the user does not exist).  :class:`TemporaryAuthFailure` (the database is unreachable) is
-answered ``-ERR [SYS/TEMP]``.
+answered ``-ERR [SYS/TEMP]`` (RFC 3206 section 4).
 """
 
 from __future__ import annotations
