@@ -153,6 +153,7 @@ def lmtp_factory(tmp_path: Path, loop_thread: LoopThread) -> Iterator[Factory]:
         unix: bool = False,
         usage: UsageProbe | None = None,
         store: Store | None = None,
+        socket_path: Path | None = None,
     ) -> LmtpServer:
         mail_root = tmp_path / f"mail{len(servers)}"
         fsync = FaultyFsync()
@@ -160,7 +161,10 @@ def lmtp_factory(tmp_path: Path, loop_thread: LoopThread) -> Iterator[Factory]:
             store = MaildirStore(f"{mail_root}/{{user}}/Maildir", fsync=fsync)
         if users is None:
             users = MemoryAuthenticator({"alice": "a", "bob": "b", "carol": "c"})
-        path = str(tmp_path / f"lmtp{len(servers)}.sock") if unix else None
+        if socket_path is not None:
+            path: str | None = str(socket_path)
+        else:
+            path = str(tmp_path / f"lmtp{len(servers)}.sock") if unix else None
         listener = ListenerConfig(
             protocol="lmtp",
             address="127.0.0.1",
