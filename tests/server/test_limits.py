@@ -1,0 +1,72 @@
+"""Connection and session counters (server/limits.py): total, per source address, per user."""
+
+from __future__ import annotations
+
+from mailslot.server.limits import Limits
+
+
+def test_total_connections_are_capped() -> None:
+    limits = Limits(max_connections=3, per_ip=10, per_user=1)
+    addresses = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    assert [limits.acquire_connection(a) for a in addresses] == [None, None, None]
+    assert limits.acquire_connection("192.0.2.4") == "too many connections"
+    assert limits.connections == 3
+    limits.release_connection("192.0.2.2")
+    assert limits.acquire_connection("192.0.2.4") is None
+    assert limits.connections == 3
+
+
+def test_per_ip_cap_leaves_other_addresses_alone() -> None:
+    limits = Limits(max_connections=100, per_ip=2, per_user=1)
+    assert limits.acquire_connection("192.0.2.1") is None
+    assert limits.acquire_connection("192.0.2.1") is None
+    assert limits.acquire_connection("192.0.2.1") == "too many connections from your address"
+    assert limits.acquire_connection("192.0.2.2") is None
+    assert limits.connections == 3
+
+
+def test_refusal_takes_no_slot() -> None:
+    limits = Limits(max_connections=100, per_ip=1, per_user=1)
+    assert limits.acquire_connection("192.0.2.1") is None
+    for _ in range(5):
+        assert limits.acquire_connection("192.0.2.1") is not None
+    assert limits.connections == 1
+    limits.release_connection("192.0.2.1")
+    assert limits.connections == 0
+    assert limits.acquire_connection("192.0.2.1") is None
+
+
+def test_release_frees_the_per_ip_slot_and_forgets_the_address() -> None:
+    limits = Limits(max_connections=100, per_ip=1, per_user=1)
+    for _ in range(3):
+        assert limits.acquire_connection("192.0.2.1") is None
+        limits.release_connection("192.0.2.1")
+    assert limits.connections == 0
+    assert "192.0.2.1" not in limits._by_ip
+
+
+def test_per_user_sessions() -> None:
+    limits = Limits(max_connections=100, per_ip=100, per_user=2)
+    assert limits.acquire_user("alice")
+    assert limits.acquire_user("alice")
+    assert not limits.acquire_user("alice")
+    assert limits.acquire_user("bob")
+    limits.release_user("alice")
+    assert limits.acquire_user("alice")
+    assert not limits.acquire_user("alice")
+
+
+def test_release_user_forgets_the_user() -> None:
+    limits = Limits(max_connections=100, per_ip=100, per_user=1)
+    for _ in range(3):
+        assert limits.acquire_user("alice")
+        limits.release_user("alice")
+    assert "alice" not in limits._by_user
+
+
+def test_user_limit_is_independent_of_connection_limits() -> None:
+    limits = Limits(max_connections=1, per_ip=1, per_user=1)
+    assert limits.acquire_connection("192.0.2.1") is None
+    assert limits.acquire_user("alice")
+    assert limits.acquire_user("bob")
+    assert limits.acquire_connection("192.0.2.2") == "too many connections"

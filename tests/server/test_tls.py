@@ -1,0 +1,207 @@
+"""The TLS policy of server/tls.py over real 127.0.0.1 sockets (RFC 8314 section 3.3,
+RFC 2595 section 4): TLS 1.2+ only, ECDHE AEAD suites on 1.2, no compression, the full chain
+served, and a reload that cannot break the live context.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+from tests.server.tlsprobe import CertFiles, handshake, issue
+
+from mailslot.server import tls
+
+# RFC 7919 ffdhe2048, for the control server that must be able to do DHE.
+FFDHE2048 = """\
+-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+
+_KEY_TYPES = {"ecdsa": trustme.KeyType.ECDSA, "rsa": trustme.KeyType.RSA}
+
+
+@pytest.fixture(scope="module")
+def all_certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CertFiles]:
+    return {
+        name: issue(tmp_path_factory.mktemp(f"tls-{name}"), key_type=key_type)
+        for name, key_type in _KEY_TYPES.items()
+    }
+
+
+@pytest.fixture(params=list(_KEY_TYPES))
+def certs(request: pytest.FixtureRequest, all_certs: dict[str, CertFiles]) -> CertFiles:
+    """Each test runs with an ECDSA and with an RSA certificate."""
+    return all_certs[request.param]
+
+
+@pytest.fixture
+def context(certs: CertFiles) -> ssl.SSLContext:
+    return tls.server_context(certs.certificate, certs.private_key)
+
+
+def _permissive_client(certs: CertFiles, version: ssl.TLSVersion, ciphers: str) -> ssl.SSLContext:
+    """A verifying client pinned to ``version`` that is itself willing to use old things."""
+    client = certs.client_context()
+    client.minimum_version = version
+    client.maximum_version = version
+    client.set_ciphers(ciphers + ":@SECLEVEL=0")
+    return client
+
+
+def _permissive_server(certs: CertFiles) -> ssl.SSLContext:
+    """The control: a server that accepts anything, to show the client could connect."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    server.set_ciphers("ALL:@SECLEVEL=0")
+    server.load_cert_chain(certs.certificate, certs.private_key)
+    return server
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+def test_old_tls_versions_are_refused(
+    certs: CertFiles, context: ssl.SSLContext, version: ssl.TLSVersion
+) -> None:
+    client = _permissive_client(certs, version, "ALL")
+    # The control: this client does speak the old version to a server that allows it.
+    assert (
+        handshake(_permissive_server(certs), client).version
+        == {
+            ssl.TLSVersion.TLSv1: "TLSv1",
+            ssl.TLSVersion.TLSv1_1: "TLSv1.1",
+        }[version]
+    )
+    with pytest.raises(ssl.SSLError):
+        handshake(context, client)
+
+
+def test_tls12_negotiates_an_ecdhe_aead_suite(certs: CertFiles, context: ssl.SSLContext) -> None:
+    client = certs.client_context(
+        minimum_version=ssl.TLSVersion.TLSv1_2, maximum_version=ssl.TLSVersion.TLSv1_2
+    )
+    result = handshake(context, client)
+    assert result.version == "TLSv1.2"
+    assert result.cipher in tls.INTERMEDIATE_CIPHERS.split(":")
+    assert result.cipher is not None and result.cipher.startswith("ECDHE-")
+
+
+def test_tls13_succeeds(certs: CertFiles, context: ssl.SSLContext) -> None:
+    client = certs.client_context(minimum_version=ssl.TLSVersion.TLSv1_3)
+    result = handshake(context, client)
+    assert result.version == "TLSv1.3"
+    assert result.cipher in {
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    }
+
+
+def test_only_ecdhe_aead_suites_are_enabled_for_tls12(context: ssl.SSLContext) -> None:
+    for cipher in context.get_ciphers():
+        if cipher["protocol"] == "TLSv1.3":
+            assert cipher["aead"], cipher["name"]
+            continue
+        assert cipher["kea"] == "kx-ecdhe", cipher["name"]
+        assert cipher["aead"], cipher["name"]
+
+
+# Each suite works with some certificate key type; the control handshake shows which.
+_WEAK_SUITES = {
+    "rsa": [
+        "AES128-SHA256",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-SHA256",
+        "ECDHE-RSA-AES128-SHA",
+        "AES128-GCM-SHA256",
+    ],
+    "ecdsa": ["ECDHE-ECDSA-AES128-SHA256", "ECDHE-ECDSA-AES256-SHA"],
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "suite"), [(key, suite) for key, suites in _WEAK_SUITES.items() for suite in suites]
+)
+def test_non_ecdhe_or_non_aead_suites_are_refused(
+    tmp_path: Path, all_certs: dict[str, CertFiles], key: str, suite: str
+) -> None:
+    certs = all_certs[key]
+    context = tls.server_context(certs.certificate, certs.private_key)
+    client = _permissive_client(certs, ssl.TLSVersion.TLSv1_2, suite)
+    control = _permissive_server(certs)
+    if suite.startswith("DHE-"):
+        dh = tmp_path / "ffdhe2048.pem"
+        dh.write_text(FFDHE2048)
+        control.load_dh_params(str(dh))
+    assert handshake(control, client).cipher == suite
+    with pytest.raises(ssl.SSLError):
+        handshake(context, client)
+
+
+def test_compression_and_renegotiation_are_off(certs: CertFiles, context: ssl.SSLContext) -> None:
+    assert context.options & ssl.OP_NO_COMPRESSION
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        client = certs.client_context(minimum_version=version, maximum_version=version)
+        assert handshake(context, client).compression is None
+
+
+def test_the_served_chain_includes_the_intermediate(
+    certs: CertFiles, context: ssl.SSLContext
+) -> None:
+    # The client trusts only the root, so verification needs the intermediate from the server.
+    assert handshake(context, certs.client_context()).serial == certs.serial
+
+
+def test_a_leaf_only_file_fails_verification(tmp_path: Path, certs: CertFiles) -> None:
+    """The control for the chain test: without the intermediate the same client refuses."""
+    leaf_only = issue(tmp_path, certs.ca, chain=False)
+    context = tls.server_context(leaf_only.certificate, leaf_only.private_key)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(context, certs.client_context())
+
+
+def test_reload_swaps_the_certificate_for_new_handshakes(
+    tmp_path: Path, certs: CertFiles, context: ssl.SSLContext
+) -> None:
+    new = issue(tmp_path, certs.ca)
+    assert new.serial != certs.serial
+    tls.reload(context, new.certificate, new.private_key)
+    assert handshake(context, certs.client_context()).serial == new.serial
+
+
+def test_reload_with_a_mismatched_key_raises_and_keeps_the_old_certificate(
+    tmp_path: Path, certs: CertFiles, context: ssl.SSLContext
+) -> None:
+    new = issue(tmp_path, certs.ca)
+    with pytest.raises(ssl.SSLError):
+        tls.reload(context, new.certificate, certs.private_key)
+    assert handshake(context, certs.client_context()).serial == certs.serial
+
+
+def test_reload_with_a_truncated_certificate_keeps_the_old_one(
+    tmp_path: Path, certs: CertFiles, context: ssl.SSLContext
+) -> None:
+    new = issue(tmp_path, certs.ca)
+    data = new.certificate.read_bytes()
+    new.certificate.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ssl.SSLError):
+        tls.reload(context, new.certificate, new.private_key)
+    assert handshake(context, certs.client_context()).serial == certs.serial
+
+
+def test_reload_with_a_missing_file_keeps_the_old_one(
+    tmp_path: Path, certs: CertFiles, context: ssl.SSLContext
+) -> None:
+    with pytest.raises(OSError):
+        tls.reload(context, tmp_path / "missing.pem", certs.private_key)
+    assert handshake(context, certs.client_context()).serial == certs.serial
