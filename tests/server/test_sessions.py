@@ -1,0 +1,229 @@
+"""Sessions over real sockets against an in-process server whose Config the test builds:
+timers (RFC 1939 section 3), per-user and per-address limits, the failure penalty, IPv6.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+from tests.server.conftest import InProcessFactory
+from tests.server.inprocess import InProcessServer
+from tests.support.maildir import message_files
+from tests.support.wire import ConnectionClosed, Pop3Wire
+
+from mailslot.config import LimitsConfig, ListenerConfig
+
+MESSAGES = [b"Subject: one\n\nfirst\n", b"Subject: two\n\nsecond\n"]
+POLL_DEADLINE = 15.0
+
+
+def tls_wire(server: InProcessServer, mode: str = "starttls") -> Pop3Wire:
+    context = server.tls_files.client_context()
+    host, port = server.address(mode)
+    if mode == "implicit":
+        return Pop3Wire(host, port, tls_context=context)
+    wire = Pop3Wire(host, port)
+    assert wire.command("STLS").startswith(b"+OK")
+    wire.start_tls(context)
+    return wire
+
+
+def session_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, count: int = 1) -> list[str]:
+    deadline = time.monotonic() + POLL_DEADLINE
+    while len(found := session_lines(caplog, text)) < count:
+        assert time.monotonic() < deadline, f"no log line with {text!r}"
+        time.sleep(0.02)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_idle_timeout_after_login_closes_with_err_and_deletes_nothing(
+    inprocess: InProcessFactory, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailslot")
+    server = inprocess(limits=LimitsConfig(idle_timeout=0.5))
+    server.builder().add_all(MESSAGES)
+    before = message_files(server.maildir())
+    with tls_wire(server, mode) as wire:
+        wire.login("alice", server.password())
+        assert wire.command("DELE 1").startswith(b"+OK")
+        started = time.monotonic()
+        reply = wire.line()
+        waited = time.monotonic() - started
+        assert reply.startswith(b"-ERR"), reply
+        assert waited >= 0.5  # the configured timer, a lower bound
+        assert wire.read_until_eof() == b""
+    assert message_files(server.maildir()) == before
+    assert wait_for_log(caplog, "reason=idle timeout user=alice")
+
+
+def test_login_timeout_closes_with_err(
+    inprocess: InProcessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailslot")
+    server = inprocess(limits=LimitsConfig(login_timeout=0.3))
+    with tls_wire(server) as wire:
+        assert wire.line().startswith(b"-ERR")
+        assert wire.read_until_eof() == b""
+    assert wait_for_log(caplog, "reason=idle timeout user=-")
+
+
+def test_activity_keeps_the_session_alive_past_the_idle_timeout(
+    inprocess: InProcessFactory,
+) -> None:
+    server = inprocess(limits=LimitsConfig(idle_timeout=0.4))
+    server.builder().add_all(MESSAGES)
+    with tls_wire(server) as wire:
+        wire.login("alice", server.password())
+        started = time.monotonic()
+        # Commands more often than the timer fires, for longer than it: the timer restarts.
+        while time.monotonic() - started < 1.0:
+            assert wire.command("NOOP").startswith(b"+OK")
+        assert wire.command("DELE 1").startswith(b"+OK")
+        assert wire.command("QUIT").startswith(b"+OK")
+    assert len(message_files(server.maildir())) == 1
+
+
+def test_per_user_session_limit(
+    inprocess: InProcessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailslot")
+    server = inprocess(limits=LimitsConfig(max_sessions_per_user=1))
+    server.builder().add_all(MESSAGES)
+    with tls_wire(server) as first:
+        first.login("alice", server.password())
+        with tls_wire(server) as second:
+            assert second.command("USER alice").startswith(b"+OK")
+            reply = second.command(f"PASS {server.password()}")
+            assert reply.startswith(b"-ERR [IN-USE]"), reply
+            # The session goes on in AUTHORIZATION: another user may still log in.
+            second.login("carol@example.org", server.password("carol@example.org"))
+            assert second.command("QUIT").startswith(b"+OK")
+        assert session_lines(caplog, "too many sessions: user=alice")
+        assert first.command("STAT").startswith(b"+OK 2 ")
+        assert first.command("QUIT").startswith(b"+OK")
+    # The slot is free again once the first session has ended.
+    with tls_wire(server) as third:
+        third.login("alice", server.password())
+        assert third.command("QUIT").startswith(b"+OK")
+
+
+def test_a_dropped_session_frees_its_user_slot(inprocess: InProcessFactory) -> None:
+    server = inprocess(limits=LimitsConfig(max_sessions_per_user=1))
+    server.builder().add_all(MESSAGES)
+    first = tls_wire(server)
+    first.login("alice", server.password())
+    assert first.command("DELE 1").startswith(b"+OK")
+    first.close()  # no QUIT: the server must notice, release the slot and delete nothing
+    deadline = time.monotonic() + POLL_DEADLINE
+    while True:
+        with tls_wire(server) as again:
+            assert again.command("USER alice").startswith(b"+OK")
+            reply = again.command(f"PASS {server.password()}")
+            if reply.startswith(b"+OK"):
+                assert again.command("STAT").startswith(b"+OK 2 ")
+                assert again.command("QUIT").startswith(b"+OK")
+                break
+            assert b"[IN-USE]" in reply and time.monotonic() < deadline, reply
+        time.sleep(0.02)
+    assert len(message_files(server.maildir())) == 2
+
+
+def test_a_maildrop_lock_refusal_releases_the_user_slot(
+    inprocess: InProcessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With two sessions allowed per user the maildrop lock refuses the second; that refusal
+    must give its slot back, or the third attempt would be refused by the counter instead."""
+    caplog.set_level(logging.INFO, logger="mailslot")
+    server = inprocess(limits=LimitsConfig(max_sessions_per_user=2))
+    server.builder().add_all(MESSAGES)
+    with tls_wire(server) as holder:
+        holder.login("alice", server.password())
+        for _ in range(3):
+            with tls_wire(server) as other:
+                assert other.command("USER alice").startswith(b"+OK")
+                assert other.command(f"PASS {server.password()}").startswith(b"-ERR [IN-USE]")
+        assert len(session_lines(caplog, "maildrop in use: user=alice")) == 3
+        assert not session_lines(caplog, "too many sessions")
+        assert holder.command("QUIT").startswith(b"+OK")
+
+
+def test_per_address_connection_limit(inprocess: InProcessFactory) -> None:
+    server = inprocess(limits=LimitsConfig(max_connections_per_ip=2))
+    host, port = server.address()
+    with Pop3Wire(host, port) as one, Pop3Wire(host, port) as two:
+        assert one.greeting.startswith(b"+OK")
+        assert two.greeting.startswith(b"+OK")
+        with Pop3Wire(host, port) as three:
+            assert three.greeting.startswith(b"-ERR [SYS/TEMP]"), three.greeting
+            assert three.read_until_eof() == b""
+        assert one.command("QUIT").startswith(b"+OK")
+        assert one.read_until_eof() == b""
+    deadline = time.monotonic() + POLL_DEADLINE
+    while True:
+        with Pop3Wire(host, port) as later:
+            if later.greeting.startswith(b"+OK"):
+                break
+            assert time.monotonic() < deadline, later.greeting
+        time.sleep(0.02)
+
+
+def test_failed_login_waits_the_configured_delay(inprocess: InProcessFactory) -> None:
+    server = inprocess(auth={"failure_delay": 0.3, "failure_delay_max": 0.6})
+    with tls_wire(server) as wire:
+        assert wire.command("USER alice").startswith(b"+OK")
+        started = time.monotonic()
+        assert wire.command("PASS wrong").startswith(b"-ERR [AUTH]")
+        assert time.monotonic() - started >= 0.3
+        wire.login("alice", server.password())
+        assert wire.command("QUIT").startswith(b"+OK")
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_ipv6_listener_serves(
+    inprocess: InProcessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mailslot")
+    server = inprocess(
+        listeners=(
+            ListenerConfig(address="::1", port=0, tls="starttls"),
+            ListenerConfig(address="::1", port=0, tls="implicit"),
+        )
+    )
+    server.builder().add_all(MESSAGES)
+    for mode in ("starttls", "implicit"):
+        host, _ = server.address(mode)
+        assert host == "::1"
+        with tls_wire(server, mode) as wire:
+            assert wire.sock.family == socket.AF_INET6
+            wire.login("alice", server.password())
+            assert wire.command("STAT").startswith(b"+OK 2 ")
+            assert wire.command("QUIT").startswith(b"+OK")
+    assert wait_for_log(caplog, "peer=[::1]:", 2)
+
+
+def test_bytes_after_quit_are_not_needed(inprocess: InProcessFactory) -> None:
+    """QUIT in AUTHORIZATION closes at once, without waiting for the client."""
+    server = inprocess()
+    with tls_wire(server) as wire:
+        assert wire.command("QUIT").startswith(b"+OK")
+        with pytest.raises(ConnectionClosed):
+            wire.line()
