@@ -1,0 +1,57 @@
+"""Looking at a ``mailslot serve`` process tree through /proc: workers and who holds a socket."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``, found by scanning /proc/*/stat."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces; fields follow the last ")".
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _established(server_port: int) -> dict[int, int]:
+    """``{client port: server-side socket inode}`` for established IPv4 connections."""
+    found = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        local, remote, state, inode = parts[1], parts[2], parts[3], int(parts[9])
+        if state == "01" and int(local.split(":")[1], 16) == server_port:
+            found[int(remote.split(":")[1], 16)] = inode
+    return found
+
+
+def serving_pids(pids: list[int], server_port: int, client_ports: list[int]) -> dict[int, int]:
+    """``{client port: pid of the process holding the server side of that connection}``."""
+    owners = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    connections = _established(server_port)
+    return {
+        port: owners[connections[port]]
+        for port in client_ports
+        if port in connections and connections[port] in owners
+    }

@@ -1,0 +1,233 @@
+"""``mailslot serve`` as a process: signals (SIGHUP reload, SIGTERM drain), pre-fork
+workers sharing the maildrop lock, a busy port.  Real subprocesses, real sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.server.procutil import children, serving_pids
+from tests.server.tlsprobe import CertFiles, issue, serial_of_der
+from tests.support.maildir import message_files
+from tests.support.server import Listener, MailslotServer
+from tests.support.tls import TlsFiles
+from tests.support.wire import Pop3Wire
+
+MESSAGES = [b"Subject: one\n\nfirst\n", b"Subject: two\n\nsecond\n", b"Subject: 3\n\nthird\n"]
+POLL_DEADLINE = 15.0
+
+
+def poll(condition: Any, what: str, deadline: float = POLL_DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> CertFiles:
+    """This test's own certificate files: SIGHUP tests replace them on disk."""
+    return issue(tmp_path / "tls")
+
+
+@pytest.fixture
+def servers(tmp_path: Path, certs: CertFiles) -> Iterator[Any]:
+    """``servers(start=True, **MailslotServer options)`` with this test's own TLS files."""
+    made: list[MailslotServer] = []
+    tls_files = TlsFiles(certs.ca_pem, certs.certificate, certs.private_key)
+
+    def make(*, start: bool = True, **options: Any) -> MailslotServer:
+        server = MailslotServer(tmp_path / f"server{len(made)}", tls_files, **options)
+        made.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+def implicit_wire(server: MailslotServer) -> Pop3Wire:
+    host, port = server.implicit
+    return Pop3Wire(host, port, tls_context=server.tls_files.client_context())
+
+
+def served_serial(server: MailslotServer) -> int:
+    host, port = server.implicit
+    context = server.tls_files.client_context()
+    with (
+        socket.create_connection((host, port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        tls.sendall(b"QUIT\r\n")
+        return serial_of_der(der)
+
+
+def replace_certificate(target: CertFiles, new: CertFiles) -> None:
+    os.replace(new.certificate, target.certificate)
+    os.replace(new.private_key, target.private_key)
+
+
+def test_sighup_reloads_the_certificate_and_keeps_sessions(
+    servers: Any, certs: CertFiles, tmp_path: Path
+) -> None:
+    server = servers()
+    server.builder("alice").add_all(MESSAGES)
+    assert served_serial(server) == certs.serial
+    with implicit_wire(server) as old:
+        old.login("alice", server.password("alice"))
+        new = issue(tmp_path / "new", certs.ca)
+        replace_certificate(certs, new)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        poll(lambda: served_serial(server) == new.serial, "the new certificate")
+        assert "TLS certificate reloaded" in server.log()
+        # The session opened before the reload goes on over its old TLS state.
+        assert old.command("STAT").startswith(b"+OK 3 ")
+        assert old.command("RETR 1").startswith(b"+OK")
+        assert old.multiline().endswith(b"first\r\n.\r\n")
+        assert old.command("DELE 1").startswith(b"+OK")
+        assert old.command("QUIT").startswith(b"+OK")
+    assert len(message_files(server.maildir("alice"))) == 2
+    assert server.running
+
+
+def test_sighup_with_a_mismatched_key_keeps_the_old_certificate(
+    servers: Any, certs: CertFiles, tmp_path: Path
+) -> None:
+    server = servers()
+    new = issue(tmp_path / "new", certs.ca)
+    os.replace(new.certificate, certs.certificate)  # the key stays the old one
+    assert server.process is not None
+    server.process.send_signal(signal.SIGHUP)
+    poll(lambda: "TLS reload failed" in server.log(), "the reload failure in the log")
+    assert served_serial(server) == certs.serial
+    assert server.running
+
+
+def test_sigterm_drains_a_transaction_then_exits_zero(servers: Any) -> None:
+    server = servers(extra_sections={"server": {"shutdown_timeout": 30.0}})
+    server.builder("alice").add_all(MESSAGES)
+    host, port = server.implicit
+    with implicit_wire(server) as wire:
+        wire.login("alice", server.password("alice"))
+        assert wire.command("DELE 2").startswith(b"+OK")
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+
+        def refused() -> bool:
+            try:
+                socket.create_connection((host, port), timeout=5).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        poll(refused, "the listener to close")
+        assert server.running  # still serving the open session
+        assert wire.command("STAT").startswith(b"+OK 2 ")
+        assert wire.command("RETR 1").startswith(b"+OK")
+        assert wire.multiline().endswith(b"first\r\n.\r\n")
+        assert wire.command("QUIT").startswith(b"+OK")
+        assert wire.read_until_eof() == b""
+    assert server.process.wait(POLL_DEADLINE) == 0
+    remaining = message_files(server.maildir("alice"))
+    assert sorted(remaining.values()) == sorted([MESSAGES[0], MESSAGES[2]])
+
+
+def test_sigterm_cancels_a_session_past_the_deadline_and_deletes_nothing(
+    servers: Any,
+) -> None:
+    server = servers(extra_sections={"server": {"shutdown_timeout": 0.3}})
+    server.builder("alice").add_all(MESSAGES)
+    with implicit_wire(server) as wire:
+        wire.login("alice", server.password("alice"))
+        assert wire.command("DELE 1").startswith(b"+OK")
+        assert server.process is not None
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        # The client sends nothing more; past the deadline the server closes the session.
+        rest = wire.read_until_eof()
+        assert time.monotonic() - started >= 0.3  # it waited for the session first
+        assert not rest.startswith(b"+OK"), rest
+    assert server.process.wait(POLL_DEADLINE) == 0
+    assert len(message_files(server.maildir("alice"))) == 3
+
+
+def test_two_workers_both_serve_and_share_the_maildrop_lock(servers: Any) -> None:
+    server = servers(extra_sections={"server": {"workers": 2}})
+    server.builder("alice").add_all(MESSAGES)
+    assert server.process is not None
+    poll(lambda: len(children(server.process.pid)) == 2, "two worker processes")  # type: ignore[union-attr]
+    workers = children(server.process.pid)
+    host, port = server.starttls
+    # Hold many connections open at once; the kernel spreads them over both sockets.
+    wires = [Pop3Wire(host, port) for _ in range(24)]
+    try:
+        for wire in wires:
+            assert wire.greeting.startswith(b"+OK")
+        owners = serving_pids(workers, port, [w.sock.getsockname()[1] for w in wires])
+        assert len(owners) == len(wires)
+        assert set(owners.values()) == set(workers)
+
+        # alice logs in on one worker; every attempt on the other must meet the flock.
+        context = server.tls_files.client_context()
+        holder = wires[0]
+        assert holder.command("STLS").startswith(b"+OK")
+        holder.start_tls(context)
+        holder.login("alice", server.password("alice"))
+        holder_pid = owners[holder.sock.getsockname()[1]]
+        others = [w for w in wires[1:] if owners[w.sock.getsockname()[1]] != holder_pid]
+        assert others
+        for wire in others[:3]:
+            assert wire.command("STLS").startswith(b"+OK")
+            wire.start_tls(context)
+            assert wire.command("USER alice").startswith(b"+OK")
+            reply = wire.command(f"PASS {server.password('alice')}")
+            assert reply.startswith(b"-ERR [IN-USE]"), reply
+        assert "maildrop in use: user=alice" in server.log()
+        assert holder.command("QUIT").startswith(b"+OK")
+    finally:
+        for wire in wires:
+            wire.close()
+    assert server.stop() == 0
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def _serve_on_busy_port(server: MailslotServer) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailslot", "serve", "--config", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_busy_port_makes_serve_exit_non_zero_with_a_clear_line(
+    servers: Any, workers: int
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        server = servers(
+            start=False,
+            listeners=[Listener("implicit", "127.0.0.1", port)],
+            extra_sections={"server": {"workers": workers}},
+        )
+        result = _serve_on_busy_port(server)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert lines, result.stderr
+    assert all(str(port) in line and "in use" in line.lower() for line in lines), lines
+    assert "Traceback" not in result.stderr
