@@ -13,6 +13,7 @@ import contextlib
 import multiprocessing
 import resource
 import time
+import traceback
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -64,6 +65,7 @@ def _serve(conn: Connection) -> None:
         except Exception as exc:  # report, never hang the runner
             result = Result()
             result.error(exc)
+            result.error_samples.append(traceback.format_exc(limit=-3))
         conn.send(("done", result))
 
 
@@ -112,21 +114,31 @@ class ClientPool:
         conns = self._dispatch(job)
         return self._collect(conns, job.duration + 120)
 
-    def hold(self, job: Job) -> list[Connection]:
-        """Start an idle job; returns once every worker holds its connections."""
+    def hold(self, job: Job) -> tuple[list[Connection], Result]:
+        """Start an idle job; returns once every worker holds its connections.
+
+        Returns the workers now holding, to be given to :meth:`release`, and the merged
+        results of any worker that ended early (a failure: its errors say why).
+        """
         conns = self._dispatch(job)
+        holding: list[Connection] = []
+        early = Result()
         for conn in conns:
             if not conn.poll(job.ramp_timeout + 120):
                 raise RuntimeError("client worker did not finish ramping up")
-            tag, _ = conn.recv()
-            if tag == "done":  # failed before holding anything; leave it for release()
-                raise RuntimeError("client worker ended an idle job early")
-        return conns
+            tag, payload = conn.recv()
+            if tag == "held":
+                holding.append(conn)
+            else:
+                early.merge(payload)
+        return holding, early
 
-    def release(self, conns: list[Connection]) -> Result:
+    def release(self, conns: list[Connection], early: Result) -> Result:
         for conn in conns:
             conn.send("release")
-        return self._collect(conns, 180)
+        total = self._collect(conns, 180)
+        total.merge(early)
+        return total
 
     def close(self) -> None:
         for conn in self._conns:

@@ -189,10 +189,13 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.only:
                 for server in started:
                     t0 = time.monotonic()
-                    if name == "bigbox":
-                        bench.bigbox(server, rep)
-                    else:
-                        getattr(bench, name)(server)
+                    try:
+                        if name == "bigbox":
+                            bench.bigbox(server, rep)
+                        else:
+                            getattr(bench, name)(server)
+                    except Exception as exc:  # one broken step must not lose the others
+                        report.errors.append(f"{server.name} {name}: {type(exc).__name__}: {exc}")
                     print(
                         f"rep {rep + 1}/{settings.reps} {name:8} {server.name:12} "
                         f"{time.monotonic() - t0:6.1f}s",

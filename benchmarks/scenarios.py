@@ -55,6 +55,7 @@ class Result:
     error_samples: list[str] = field(default_factory=list)
     refused: int = 0  # idle: connections the server did not take (capacity, not an error)
     held: int = 0
+    ramp: float = 0.0  # idle: seconds until every connection was up (or given up)
     stop_reason: str = ""
     cpu: float = 0.0
     wall: float = 0.0
@@ -75,6 +76,7 @@ class Result:
         self.held += other.held
         self.cpu += other.cpu
         self.wall = max(self.wall, other.wall)
+        self.ramp = max(self.ramp, other.ramp)
         self.stop_reason = self.stop_reason or other.stop_reason
 
 
@@ -240,7 +242,9 @@ async def _idle(
                 stop = True
                 res.stop_reason = "client stopped: MemAvailable below the safety floor"
 
+    t0 = time.perf_counter()
     await asyncio.gather(*(one(u) for u in job.users))
+    res.ramp = time.perf_counter() - t0
     res.held = len(held)
     res.ops = len(held)
     await wait_release(len(held))

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks import proctree
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -97,6 +99,10 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
+        # Dovecot's children may outlive the master by a moment; ports must be free again.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(proctree.tree(self.proc.pid)) > 1:
+            time.sleep(0.1)
 
 
 @dataclass
