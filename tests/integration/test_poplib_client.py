@@ -77,7 +77,7 @@ def test_retr_of_unknown_message_numbers(corpus: Corpus) -> None:
     client = pop3_login(corpus.server, "implicit")
     count = len(corpus.messages)
     for bad in (str(count + 1), "0", "-1", "x", "99999999999999999999"):
-        with pytest.raises(poplib.error_proto, match=r"^-ERR"):
+        with pytest.raises(poplib.error_proto, match=r"-ERR"):
             client._shortcmd(f"RETR {bad}")
     assert client.noop().startswith(b"+OK")  # the session goes on after client mistakes
     client.quit()
@@ -90,9 +90,9 @@ def test_dele_takes_effect_only_at_quit(corpus: Corpus, mode: str) -> None:
     client = pop3_login(server, mode)
     client.dele(2)
     client.dele(4)
-    with pytest.raises(poplib.error_proto, match=r"^-ERR"):
+    with pytest.raises(poplib.error_proto, match=r"-ERR"):
         client.retr(2)
-    with pytest.raises(poplib.error_proto, match=r"^-ERR"):
+    with pytest.raises(poplib.error_proto, match=r"-ERR"):
         client.dele(2)  # already marked
     kept = [m for i, m in enumerate(messages, 1) if i not in (2, 4)]
     assert client.stat() == (len(kept), sum(m.size for m in kept))

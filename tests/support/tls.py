@@ -41,7 +41,8 @@ def make_tls_files(directory: Path) -> TlsFiles:
     directory.mkdir(parents=True, exist_ok=True)
     root = trustme.CA(organization_name="mailslot tests root")
     intermediate = root.create_child_ca()
-    leaf = intermediate.issue_cert("localhost", "127.0.0.1", "::1")
+    # A CN as well as the SANs: fetchmail 6.4 falls back to the CN when it matches no SAN.
+    leaf = intermediate.issue_cert("localhost", "127.0.0.1", "::1", common_name="localhost")
     ca_pem = directory / "ca.pem"
     root.cert_pem.write_to_path(str(ca_pem))
     certificate = directory / "fullchain.pem"
