@@ -34,13 +34,7 @@ from mailslot.store.base import (
     TemporaryFailure,
 )
 from mailslot.store.fsutil import Fsync
-from mailslot.store.maildirnames import (
-    UniqueNames,
-    base_of,
-    sort_key,
-    uid_of,
-    wire_size_from_name,
-)
+from mailslot.store.maildirnames import UniqueNames, base_of, parse, uid_of
 from mailslot.store.paths import expand
 from mailslot.store.wiresize import WireSizeCounter, wire_size
 
@@ -121,16 +115,6 @@ def _measure(path: str) -> tuple[int, int] | None:
         os.close(fd)
 
 
-class _Found:
-    """A message file seen during the scan: where it is and its directory entry."""
-
-    __slots__ = ("entry", "relative")
-
-    def __init__(self, relative: str, entry: os.DirEntry[str]) -> None:
-        self.relative = relative
-        self.entry = entry
-
-
 def _scan(directory: str) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(directory) as entries:
@@ -144,14 +128,21 @@ def _scan(directory: str) -> list[os.DirEntry[str]]:
 
 
 def take_snapshot(maildir: str) -> tuple[list[MessageInfo], dict[str, str]]:
-    """List the maildrop: messages in delivery order and each key's path in the maildir."""
-    found: dict[str, _Found] = {}
+    """List the maildrop: messages in delivery order and each key's path in the maildir.
+
+    This runs at every login on maildrops of 100,000 messages, hence one pass per directory
+    and no per-message work beyond a few string operations (no stat, no read) for names
+    that carry ``,W=``.
+    """
+    # base -> path relative to the maildir, and base -> its directory entry
+    locations: dict[str, str] = {}
+    entries: dict[str, os.DirEntry[str]] = {}
     new_dir = os.path.join(maildir, "new")
     cur_dir = os.path.join(maildir, "cur")
     for entry in _scan(new_dir):
         target = entry.name if ":" in entry.name else entry.name + ":2,"
         target_path = os.path.join(cur_dir, target)
-        # Never rename over a file of the same name: both would be lost but one.
+        # Never rename over a file of the same name: one of the two would be lost.
         if not os.path.lexists(target_path):
             try:
                 os.rename(entry.path, target_path)
@@ -160,35 +151,42 @@ def take_snapshot(maildir: str) -> tuple[list[MessageInfo], dict[str, str]]:
                 continue
             except OSError:
                 pass
-        found.setdefault(base_of(entry.name), _Found("new/" + entry.name, entry))
-    for entry in _scan(cur_dir):
         base = base_of(entry.name)
-        previous = found.get(base)
+        if base not in locations:
+            locations[base] = "new/" + entry.name
+            entries[base] = entry
+    for entry in _scan(cur_dir):
+        name = entry.name
+        base = name.partition(":")[0]
+        relative = "cur/" + name
+        previous = locations.get(base)
         # Two files with one base (a copy left in new/, or flags set twice): serve one, stably.
-        if previous is None or ("cur/" + entry.name) < previous.relative:
-            found[base] = _Found("cur/" + entry.name, entry)
+        if previous is None or relative < previous:
+            locations[base] = relative
+            entries[base] = entry
 
     cache_path = os.path.join(maildir, SIZE_CACHE)
     old_cache: sizecache.CacheEntries | None = None
     new_cache: sizecache.CacheEntries = {}
-    sized: list[tuple[str, int]] = []
-    for base, item in found.items():
-        wire = wire_size_from_name(base)
+    ordered: list[tuple[float, str, int]] = []
+    for base in locations:
+        order, wire = parse(base)
         if wire is None:
             if old_cache is None:
                 old_cache = sizecache.load(cache_path)
-            physical = item.entry.stat(follow_symlinks=False).st_size
+            entry = entries[base]
+            physical = entry.stat(follow_symlinks=False).st_size
             cached = old_cache.get(base)
             if cached is not None and cached[0] == physical:
                 wire = cached[1]
             else:
-                measured = _measure(item.entry.path)
+                measured = _measure(entry.path)
                 if measured is None:
                     continue
                 physical, wire = measured
             if sizecache.cacheable(base):
                 new_cache[base] = (physical, wire)
-        sized.append((base, wire))
+        ordered.append((order, base, wire))
 
     if old_cache is None and os.path.lexists(cache_path):
         # No message needed the cache now; empty it of entries for messages now gone.
@@ -198,16 +196,16 @@ def take_snapshot(maildir: str) -> tuple[list[MessageInfo], dict[str, str]]:
         with contextlib.suppress(OSError):
             sizecache.save(cache_path, new_cache)
 
-    sized.sort(key=lambda pair: sort_key(pair[0]))
+    ordered.sort()
     messages: list[MessageInfo] = []
     seen_uids: set[str] = set()
-    for base, wire in sized:
+    for _, base, wire in ordered:
         uid = uid_of(base)
         if uid in seen_uids:  # only a forged "H<digest>" name can collide with a digest
             uid = uid_of("\n" + base)
         seen_uids.add(uid)
-        messages.append(MessageInfo(key=base, uid=uid, size=wire))
-    return messages, {base: item.relative for base, item in found.items()}
+        messages.append(MessageInfo(base, uid, wire))
+    return messages, locations
 
 
 async def _in_thread(function: Callable[[], _T], cleanup: Callable[[_T], None]) -> _T:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 from mailslot.store import fsutil
 
 HEADER = b"mailslot-sizes 1\n"
+_LINE = re.compile(r"^(.+) (\d+) (\d+)$", re.MULTILINE)
 _TRAILER = b"end "
 
 CacheEntries = dict[str, tuple[int, int]]
@@ -37,13 +39,11 @@ def load(path: str) -> CacheEntries:
         return {}
     if trailer[len(_TRAILER) :].strip() != hashlib.sha256(body).hexdigest().encode():
         return {}
-    entries: CacheEntries = {}
-    for line in body.splitlines():
-        fields = line.rsplit(b" ", 2)
-        if len(fields) != 3 or not fields[1].isdigit() or not fields[2].isdigit():
-            return {}
-        entries[os.fsdecode(fields[0])] = (int(fields[1]), int(fields[2]))
-    return entries
+    text = os.fsdecode(body)
+    rows = _LINE.findall(text)
+    if len(rows) != text.count("\n"):
+        return {}
+    return {base: (int(physical), int(wire)) for base, physical, wire in rows}
 
 
 def save(path: str, entries: CacheEntries) -> None:
