@@ -9,7 +9,7 @@ import re
 import socket
 import ssl
 import time
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from tests.support.passwd import PasswdUser
@@ -56,7 +56,7 @@ def stls_wire(server: MailslotServer) -> Pop3Wire:
 
 
 @pytest.fixture
-def server(mailslot_factory: Any) -> MailslotServer:
+def server(mailslot_factory: Callable[..., MailslotServer]) -> MailslotServer:
     return mailslot_factory(extra_users=[DAVE], extra_sections={"log": {"level": "debug"}})
 
 
@@ -154,9 +154,9 @@ def test_failed_implicit_tls_handshakes_leave_no_trace_or_raw_bytes(
 @pytest.mark.xfail(
     strict=True,
     reason="server bug: a failed handshake on an implicit-TLS listener is not logged at all; "
-    "runner._exception_handler promises one line each, but neither uvloop (used by serve) nor "
-    "asyncio's SSLProtocol._fatal_error "
-    "never calls the loop's exception handler for an OSError such as ssl.SSLError",
+    "runner._exception_handler promises one line each, but neither uvloop (used by serve) "
+    "nor asyncio's SSLProtocol._fatal_error passes an OSError such as ssl.SSLError to the "
+    "loop's exception handler",
 )
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1:DeprecationWarning")
 def test_each_failed_implicit_tls_handshake_is_one_log_line(server: MailslotServer) -> None:

@@ -205,3 +205,31 @@ def test_reload_with_a_missing_file_keeps_the_old_one(
     with pytest.raises(OSError):
         tls.reload(context, tmp_path / "missing.pem", certs.private_key)
     assert handshake(context, certs.client_context()).serial == certs.serial
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: tls.reload loads the new chain into the live SSLContext, and OpenSSL "
+    "keeps one certificate per key type, so after a reload from an ECDSA to an RSA "
+    "certificate (or back) the old certificate is still served to clients that accept it",
+)
+@pytest.mark.parametrize(("old", "new"), [("ecdsa", "rsa"), ("rsa", "ecdsa")])
+def test_reload_to_another_key_type_never_serves_the_old_certificate(
+    tmp_path: Path, all_certs: dict[str, CertFiles], old: str, new: str
+) -> None:
+    current = all_certs[old]
+    context = tls.server_context(current.certificate, current.private_key)
+    replacement = issue(tmp_path, current.ca, key_type=_KEY_TYPES[new])
+    tls.reload(context, replacement.certificate, replacement.private_key)
+    # A default client, and a TLS 1.2 client that can only use the old key type.
+    default = current.client_context()
+    old_kind_only = current.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    old_kind_only.set_ciphers(f"ECDHE-{old.upper()}-AES128-GCM-SHA256")
+    served = []
+    for client in (default, old_kind_only):
+        try:
+            served.append(handshake(context, client).serial)
+        except ssl.SSLError:
+            continue  # refusing is fine; serving the replaced certificate is not
+    assert current.serial not in served
+    assert replacement.serial in served
