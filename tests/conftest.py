@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,8 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # so `tests.support` imports under a bare `pytest` too
     sys.path.insert(0, str(_ROOT))
 
-from tests.support.server import MailslotServer  # noqa: E402
+from tests.support.server import MailslotServer, ServerFactory  # noqa: E402
 from tests.support.tls import TlsFiles, make_tls_files  # noqa: E402
-
-ServerFactory = Callable[..., MailslotServer]
 
 
 @pytest.fixture(scope="session")

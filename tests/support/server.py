@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,3 +245,6 @@ class MailslotServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+ServerFactory = Callable[..., MailslotServer]
