@@ -5,6 +5,7 @@ POP3 listeners on 127.0.0.1 high ports (STLS and implicit TLS), a passwd-file pa
 userdb, and ``maildir:`` storage under a given root.  Dovecot 2.3 and 2.4 syntax are both
 written; ``dovecot --version`` picks one.  Benchmarks reuse it as the peer.
 
+Its files live in a fresh directory under the system temp dir (removed by ``stop()``).
 As root, Dovecot refuses to give mail processes uid 0, so the Maildir copy it serves is chowned
 to an unprivileged system user (``dovenull`` or ``nobody``).
 """
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,12 +136,22 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 class DovecotServer:
     """A foreground Dovecot; mail lives in ``mail_root/<user>/Maildir``."""
 
-    def __init__(self, directory: Path, tls_files: TlsFiles, users: Sequence[PasswdUser]) -> None:
+    def __init__(
+        self,
+        tls_files: TlsFiles,
+        users: Sequence[PasswdUser],
+        directory: Path | None = None,
+    ) -> None:
         self.binary = require_program("dovecot")
         self.major, self.minor, self.version = dovecot_version()
+        # Dovecot's unprivileged processes must traverse every ancestor of base_dir and the
+        # mail root, which pytest's 0700 tmp_path forbids: by default use a fresh directory
+        # in the system temp dir, removed by stop().
+        self._owns_directory = directory is None
+        if directory is None:
+            directory = Path(tempfile.mkdtemp(prefix="mailslot-dovecot-"))
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        # Dovecot's login processes must reach base_dir as an unprivileged user.
         directory.chmod(0o755)
         self.mail_root = directory / "mail"
         self.mail_root.mkdir(exist_ok=True)
@@ -205,16 +218,22 @@ class DovecotServer:
         return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._owns_directory and self.directory.exists():
+            self.final_log = self.log()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    final_log = ""
 
     def log(self) -> str:
+        if not self.directory.exists():
+            return self.final_log
         parts = []
         for path in (self.log_path, self.directory / "dovecot.stderr"):
             if path.exists():
