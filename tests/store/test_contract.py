@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailslot.store.base import MaildropLocked, MessageGone
+from mailslot.store.base import MaildropLocked, MessageGone, TemporaryFailure
 
 from .conftest import Backend, read_all, run
 
@@ -217,6 +217,22 @@ def test_message_removed_behind_our_back_is_gone(backend: Backend) -> None:
         with pytest.raises(MessageGone):
             await read_all(maildrop, maildrop.messages[0])
         await maildrop.delete(maildrop.messages)  # deleting what is gone is not an error
+        await maildrop.close()
+
+    run(scenario())
+
+
+def test_a_closed_maildrop_serves_and_deletes_nothing(backend: Backend) -> None:
+    async def scenario() -> None:
+        await backend.store.deliver("alice", b"kept\n")
+        maildrop = await backend.store.open("alice")
+        await maildrop.close()
+        with pytest.raises(TemporaryFailure):
+            await read_all(maildrop, maildrop.messages[0])
+        with pytest.raises(TemporaryFailure):
+            await maildrop.delete(maildrop.messages)
+        maildrop = await backend.store.open("alice")
+        assert len(maildrop.messages) == 1
         await maildrop.close()
 
     run(scenario())

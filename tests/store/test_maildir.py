@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailslot.store import expunge, maildir, sizecache
 from mailslot.store.base import (
@@ -467,3 +474,80 @@ def test_delivery_on_a_full_disk_fails_temporarily_and_leaves_nothing(
     assert os.listdir(box / "tmp") == []
     assert os.listdir(box / "new") == []
     assert os.listdir(box / "cur") == []
+
+
+# -- odd names, measured sizes, cancellation --------------------------------------------------
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    # A fresh Maildir per example; the fixtures only provide the temporary root.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"x", b"."])).map(b"".join))
+def test_measured_size_of_a_foreign_file_matches_for_any_chunking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes
+) -> None:
+    monkeypatch.setattr(maildir, "READ_SIZE", 3)  # CRs land on chunk boundaries
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    store = MaildirStore(str(root / "{user}"))
+    box = root / "alice"
+    maildir.ensure_maildir(str(box))
+    put(box / "cur", "1600000000.foreign:2,", data)
+    ((_, _, size),) = snapshot(store)
+    assert size == len(re.sub(rb"(?<!\r)\n", b"\r\n", data))
+
+
+def test_names_that_are_not_utf8_or_valid_uids_are_listed_and_deleted(
+    maildir_store: MaildirStore, tmp_path: Path
+) -> None:
+    box = _foreign(tmp_path)
+    odd = os.fsdecode(b"1600000000.caf\xe9 host:2,")
+    put(box / "cur", odd, b"latin-1 name\n")
+    first = snapshot(maildir_store)
+    key = odd.partition(":")[0]
+    uids = {k: uid for k, uid, _ in first}
+    assert uids[key].startswith("H")
+
+    async def scenario() -> None:
+        maildrop = await maildir_store.open("alice")
+        message = next(m for m in maildrop.messages if m.key == key)
+        assert await read_all(maildrop, message) == b"latin-1 name\n"
+        await maildrop.delete([message])
+        await maildrop.close()
+
+    run(scenario())
+    assert [k for k, _, _ in snapshot(maildir_store)] == [k for k, _, _ in first if k != key]
+
+
+def test_a_cancelled_open_does_not_keep_the_lock(tmp_path: Path) -> None:
+    template = str(tmp_path / "{user}")
+    keys = _deliver_many(MaildirStore(template), 2)
+    box = tmp_path / "alice"
+    # A pending journal makes open() fsync, which lets the test hold it inside the worker.
+    expunge.write(str(box), [keys[0]], os.fsync)
+    entered, release = threading.Event(), threading.Event()
+
+    def held_fsync(fd: int) -> None:
+        entered.set()
+        release.wait()
+        os.fsync(fd)
+
+    store = MaildirStore(template, fsync=held_fsync)
+
+    async def scenario() -> None:
+        # One worker thread: the second open below runs only once the first has finished.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        opening = asyncio.ensure_future(store.open("alice"))
+        with ThreadPoolExecutor(max_workers=1) as waiter:
+            await asyncio.get_running_loop().run_in_executor(waiter, entered.wait)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        release.set()
+        maildrop = await MaildirStore(template).open("alice")
+        assert [m.key for m in maildrop.messages] == [keys[1]]
+        await maildrop.close()
+
+    run(scenario())

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TypeVar
 
@@ -209,21 +210,32 @@ def take_snapshot(maildir: str) -> tuple[list[MessageInfo], dict[str, str]]:
 
 
 async def _in_thread(function: Callable[[], _T], cleanup: Callable[[_T], None]) -> _T:
-    """Run ``function`` in a worker thread; if we are cancelled, ``cleanup`` its result.
+    """Run ``function`` in a worker thread; if the caller is cancelled, ``cleanup`` its result.
 
     A worker thread cannot be interrupted, so a cancelled open() would otherwise leave its
-    lock held forever.
+    lock held by an object nobody has.  Whichever side comes second (the worker finishing
+    or the caller giving up) does the cleanup, under one lock.
     """
-    task = asyncio.ensure_future(asyncio.to_thread(function))
+    guard = threading.Lock()
+    abandoned = False
+    results: list[_T] = []
+
+    def work() -> _T:
+        result = function()
+        with guard:
+            if abandoned:
+                cleanup(result)
+            else:
+                results.append(result)
+        return result
+
     try:
-        return await asyncio.shield(task)
+        return await asyncio.to_thread(work)
     except asyncio.CancelledError:
-
-        def done(finished: asyncio.Future[_T]) -> None:
-            if not finished.cancelled() and finished.exception() is None:
-                cleanup(finished.result())
-
-        task.add_done_callback(done)
+        with guard:
+            abandoned = True
+            for result in results:
+                cleanup(result)
         raise
 
 
