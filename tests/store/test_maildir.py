@@ -399,10 +399,13 @@ def _failing_fsync(after: int) -> Callable[[int], None]:
     return fsync
 
 
-def test_delete_that_cannot_write_its_journal_deletes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("failing_call", [0, 1], ids=["journal-fsync", "directory-fsync"])
+def test_delete_that_cannot_write_its_journal_deletes_nothing(
+    tmp_path: Path, failing_call: int
+) -> None:
     template = str(tmp_path / "{user}")
     keys = _deliver_many(MaildirStore(template), 3)
-    store = MaildirStore(template, fsync=_failing_fsync(0))
+    store = MaildirStore(template, fsync=_failing_fsync(failing_call))
 
     async def scenario() -> None:
         maildrop = await store.open("alice")

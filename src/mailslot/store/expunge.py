@@ -27,8 +27,15 @@ def write(maildir: str, keys: Iterable[str], fsync: Fsync) -> None:
     """Durably record that ``keys`` are to be removed; nothing is removed yet."""
     # JSON escapes any character (even surrogate-escaped bytes of a file name) on one line.
     data = json.dumps({"version": _VERSION, "keys": list(keys)}).encode("ascii") + b"\n"
-    fsutil.replace_file(os.path.join(maildir, JOURNAL), data, fsync)
-    fsutil.fsync_directory(maildir, fsync)
+    path = os.path.join(maildir, JOURNAL)
+    fsutil.replace_file(path, data, fsync)
+    try:
+        fsutil.fsync_directory(maildir, fsync)
+    except OSError:
+        # The caller reports failure, so the deletion must not happen later either.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
 
 
 def pending(maildir: str) -> list[str] | None:

@@ -168,7 +168,8 @@ def take_snapshot(maildir: str) -> tuple[list[MessageInfo], dict[str, str]]:
 
     cache_path = os.path.join(maildir, SIZE_CACHE)
     old_cache: sizecache.CacheEntries | None = None
-    new_cache: sizecache.CacheEntries = {}
+    cache_hits: list[str] = []
+    measured: sizecache.CacheEntries = {}
     ordered: list[tuple[float, str, int]] = []
     for base in locations:
         order, wire = parse(base)
@@ -180,22 +181,26 @@ def take_snapshot(maildir: str) -> tuple[list[MessageInfo], dict[str, str]]:
             cached = old_cache.get(base)
             if cached is not None and cached[0] == physical:
                 wire = cached[1]
+                cache_hits.append(base)
             else:
-                measured = _measure(entry.path)
-                if measured is None:
+                sizes = _measure(entry.path)
+                if sizes is None:
                     continue
-                physical, wire = measured
-            if sizecache.cacheable(base):
-                new_cache[base] = (physical, wire)
+                wire = sizes[1]
+                if sizecache.cacheable(base):
+                    measured[base] = sizes
         ordered.append((order, base, wire))
 
     if old_cache is None and os.path.lexists(cache_path):
         # No message needed the cache now; empty it of entries for messages now gone.
         old_cache = sizecache.load(cache_path)
-    if old_cache is not None and old_cache != new_cache:
+    # Rewrite only if something was measured or some entry's message is gone.
+    if old_cache is not None and (measured or len(cache_hits) != len(old_cache)):
+        fresh = {base: old_cache[base] for base in cache_hits}
+        fresh.update(measured)
         # The cache only saves time: a full disk must not stop the login.
         with contextlib.suppress(OSError):
-            sizecache.save(cache_path, new_cache)
+            sizecache.save(cache_path, fresh)
 
     ordered.sort()
     messages: list[MessageInfo] = []
