@@ -713,11 +713,6 @@ def test_message_failed_after_start_closes() -> None:
     assert session.conn.closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: message_failed() after message_started() sets _close directly and "
-    "leaves state TRANSACTION; every other close goes through _closing() and sets CLOSED",
-)
 def test_message_failed_after_start_state_is_closed() -> None:
     session = logged_in()
     session.conn.receive_data(b"RETR 1\r\n")
@@ -845,11 +840,6 @@ def test_answering_the_wrong_event_raises() -> None:
         conn.commit_succeeded()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: message_started() checks only that a message is waiting, not that it "
-    "was not started already, so a second call queues a second +OK line",
-)
 def test_message_started_twice_raises() -> None:
     conn = fresh()
     conn.receive_data(b"USER alice\r\nPASS secret\r\n")

@@ -169,8 +169,8 @@ class Connection:
 
     def message_started(self) -> None:
         """The message is open: queue the ``+OK`` line; data follows."""
-        if self._waiting != _WAIT_MESSAGE or self._encoder is None:
-            raise LocalProtocolError("no message was asked for")
+        if self._waiting != _WAIT_MESSAGE or self._encoder is None or self._started:
+            raise LocalProtocolError("no message was asked for, or it has started already")
         if self._retrieving_top:
             self._out += r.ok("Top of message follows.")
         else:
@@ -200,7 +200,7 @@ class Connection:
         if started:
             # A multi-line response cannot be taken back: the client must see a broken
             # connection rather than a truncated message that looks complete.
-            self._close = Close("message could not be read completely")
+            self._closing("message could not be read completely")
         else:
             self._out += r.failure(reason)
 
