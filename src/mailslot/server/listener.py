@@ -9,15 +9,15 @@ completed QUIT commits).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 from mailslot.config import ListenerConfig
 from mailslot.log import escape
 from mailslot.protocol.connection import CoreConfig
-from mailslot.protocol.responses import Code, err
 from mailslot.server.session import Session, SessionContext
 
 logger = logging.getLogger("mailslot.listener")
@@ -50,18 +50,27 @@ class Pop3Listener:
         )
 
     async def start(self) -> None:
-        implicit = self.config.tls == "implicit"
-        self._server = await asyncio.start_server(
-            self._accept,
-            self.config.address,
-            self.config.port,
-            ssl=self._context.tls if implicit else None,
-            ssl_handshake_timeout=self._context.handshake_timeout if implicit else None,
-            reuse_address=True,
-            reuse_port=self._reuse_port or None,
-            backlog=1024,
-            limit=self._context.core.sasl_line_length * 2,
-        )
+        loop = asyncio.get_running_loop()
+        options: dict[str, Any] = {
+            "reuse_address": True,
+            "reuse_port": self._reuse_port or None,
+            "backlog": 1024,
+        }
+        if self.config.tls == "implicit":
+            self._server = await loop.create_server(
+                lambda: _AwaitingHandshake(self._handshake),
+                self.config.address,
+                self.config.port,
+                **options,
+            )
+        else:
+            self._server = await asyncio.start_server(
+                self._accept,
+                self.config.address,
+                self.config.port,
+                limit=self._stream_limit,
+                **options,
+            )
         for sock in self._server.sockets:
             logger.info(
                 "listening: pop3 %s tls=%s", format_address(sock.getsockname()), self.config.tls
@@ -70,6 +79,58 @@ class Pop3Listener:
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         return tuple(self._server.sockets) if self._server else ()
+
+    @property
+    def _stream_limit(self) -> int:
+        return self._context.core.sasl_line_length * 2
+
+    async def _handshake(
+        self, transport: asyncio.BaseTransport, waiting: _AwaitingHandshake
+    ) -> None:
+        """RFC 8314 section 3.3: TLS from the first byte, then the session as usual.
+
+        The handshake is run here rather than by the listening socket so that the context
+        can be swapped on reload and a failed handshake is logged as one line.
+        """
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None and self._context.tls is not None
+        self._sessions.add(task)
+        try:
+            reader = asyncio.StreamReader(limit=self._stream_limit, loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            handshake = asyncio.ensure_future(
+                loop.start_tls(
+                    cast(asyncio.WriteTransport, transport),
+                    protocol,
+                    self._context.tls.current,
+                    server_side=True,
+                    ssl_handshake_timeout=self._context.handshake_timeout,
+                )
+            )
+            try:
+                # start_tls() puts its TLS protocol on the transport and schedules its
+                # connection_made and resume_reading before its first await; early bytes are
+                # fed right after those, in the same batch of callbacks, so before any newer
+                # bytes can be read.
+                await asyncio.sleep(0)
+                if waiting.early:
+                    loop.call_soon(_feed_early_data, transport, bytes(waiting.early))
+                    waiting.early.clear()
+                tls_transport = await handshake
+            except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+                peer = format_address(transport.get_extra_info("peername"))
+                logger.info("peer=%s TLS handshake failed: %s", peer, escape(exc) or "timeout")
+                transport.abort()  # type: ignore[attr-defined]
+                return
+            if tls_transport is None:  # the peer went away during the handshake
+                return
+            # start_tls() leaves connection_made to the caller (as StreamWriter.start_tls does).
+            protocol.connection_made(tls_transport)
+            writer = asyncio.StreamWriter(tls_transport, protocol, reader, loop)
+            await self._accept(reader, writer)
+        finally:
+            self._sessions.discard(task)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -80,16 +141,12 @@ class Pop3Listener:
         limits = self._context.limits
         refusal = limits.acquire_connection(address)
         try:
+            session = Session(reader, writer, self._context, address, format_address(peer))
             if refusal is not None:
-                logger.info("refused %s: %s", escape(format_address(peer)), refusal)
-                writer.write(err(refusal.capitalize() + ".", Code.SYS_TEMP))
-                writer.close()
-                with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError, OSError):
-                    async with asyncio.timeout(5):
-                        await writer.wait_closed()
+                session.log.info("refused: %s", refusal)
+                await session.refuse(refusal.capitalize() + ".")
                 return
             try:
-                session = Session(reader, writer, self._context, address, format_address(peer))
                 session.log.info("connect: listener=%s", self.config.tls)
                 await session.run()
             finally:
@@ -109,6 +166,50 @@ class Pop3Listener:
                 await asyncio.wait(pending, timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
+
+
+class _AwaitingHandshake(asyncio.Protocol):
+    """Holds an accepted implicit-TLS connection until the TLS layer takes it over.
+
+    Bytes that arrive before then (the ClientHello, typically) are kept and handed to the TLS
+    layer first: uvloop starts reading right after ``connection_made``, so pausing there is
+    not enough, and a ClientHello read here and dropped would stall the handshake.
+    """
+
+    def __init__(
+        self,
+        handshake: Callable[[asyncio.BaseTransport, _AwaitingHandshake], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._handshake = handshake
+        self._transport: asyncio.ReadTransport | None = None
+        self.early = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.ReadTransport, transport)
+        self._transport.pause_reading()
+        asyncio.get_running_loop().create_task(self._handshake(transport, self))
+
+    def data_received(self, data: bytes) -> None:
+        self.early += data
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+
+def _feed_early_data(transport: asyncio.BaseTransport, data: bytes) -> None:
+    """Give bytes read before the TLS protocol existed to it, ahead of anything newer."""
+    protocol: Any = transport.get_protocol()
+    # Both asyncio's and uvloop's TLS protocols are buffered protocols; uvloop's does not
+    # inherit from asyncio.BufferedProtocol, hence the duck typing.
+    if hasattr(protocol, "get_buffer"):
+        view = memoryview(data)
+        while view:
+            buffer = memoryview(protocol.get_buffer(len(view)))
+            count = min(len(buffer), len(view))
+            buffer[:count] = view[:count]
+            protocol.buffer_updated(count)
+            view = view[count:]
+    else:
+        protocol.data_received(data)
 
 
 def format_address(address: object) -> str:

@@ -39,7 +39,7 @@ class Application:
         self.config = config
         self.worker = worker
         self.reuse_port = reuse_port
-        self.tls_context: ssl.SSLContext | None = None
+        self.tls: tls.TlsContexts | None = None
         self.listeners: list[Pop3Listener] = []
         self.lmtp_servers: list[asyncio.AbstractServer] = []
         self.store = MaildirStore(config.store.maildir, hostname=config.server.hostname)
@@ -51,7 +51,7 @@ class Application:
         config = self.config
         self.users.load()
         if config.tls.certificate is not None and config.tls.private_key is not None:
-            self.tls_context = tls.server_context(config.tls.certificate, config.tls.private_key)
+            self.tls = tls.TlsContexts(config.tls.certificate, config.tls.private_key)
         limits = config.limits
         base = CoreConfig(
             allow_plaintext=config.auth.allow_plaintext_without_tls,
@@ -75,7 +75,7 @@ class Application:
                 users=self.users,
                 penalty=penalty,
                 limits=shared_limits,
-                tls=self.tls_context,
+                tls=self.tls,
                 login_timeout=limits.login_timeout,
                 idle_timeout=limits.idle_timeout,
                 handshake_timeout=config.tls.handshake_timeout,
@@ -95,15 +95,14 @@ class Application:
         logger.info("listening: lmtp %s", where)
 
     def reload_tls(self) -> None:
-        config = self.config.tls
-        if self.tls_context is None or config.certificate is None or config.private_key is None:
+        if self.tls is None:
             return
         try:
-            tls.reload(self.tls_context, config.certificate, config.private_key)
+            self.tls.reload()
         except (OSError, ssl.SSLError) as exc:
             logger.error("TLS reload failed, keeping the old certificate: %s", exc)
             return
-        logger.info("TLS certificate reloaded from %s", config.certificate)
+        logger.info("TLS certificate reloaded from %s", self.config.tls.certificate)
 
     async def stop(self) -> None:
         deadline = self.config.server.shutdown_timeout

@@ -21,10 +21,11 @@ from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, U
 from mailslot.log import SessionLogger, escape
 from mailslot.protocol import events as ev
 from mailslot.protocol.connection import Connection, CoreConfig
-from mailslot.protocol.responses import Failure, err
+from mailslot.protocol.responses import Code, Failure, err
 from mailslot.protocol.state import State
 from mailslot.server.limits import Limits
 from mailslot.server.penalty import FailurePenalty
+from mailslot.server.tls import TlsContexts
 from mailslot.store.base import (
     Maildrop,
     MaildropLocked,
@@ -52,7 +53,7 @@ class SessionContext:
     users: Authenticator
     penalty: FailurePenalty
     limits: Limits
-    tls: ssl.SSLContext | None
+    tls: TlsContexts | None
     login_timeout: float
     idle_timeout: float
     handshake_timeout: float
@@ -93,8 +94,16 @@ class Session:
         finally:
             await self._finish(reason)
 
+    async def refuse(self, text: str) -> None:
+        """Answer a connection over a limit with ``-ERR [SYS/TEMP]`` and close it."""
+        self._conn.data_to_send()  # a refused client gets no greeting, only the refusal
+        self._writer.write(err(text, Code.SYS_TEMP))
+        await self._finish("refused")
+
     async def _loop(self) -> str:
         conn = self._conn
+        if conn.tls_active:
+            self.log.info("TLS: %s", tls_description(self._writer))
         while True:
             event = conn.next_event()
             if event is ev.NEED_DATA:
@@ -196,16 +205,21 @@ class Session:
         if self._reader._buffer:  # type: ignore[attr-defined]
             self.log.warning("data pipelined after STLS, closing")
             return False
-        assert self._context.tls is not None
-        try:
-            await self._writer.start_tls(
-                self._context.tls, ssl_handshake_timeout=self._context.handshake_timeout
-            )
-        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
-            self.log.info("STLS handshake failed: %s", escape(exc))
+        if not await self._handshake():
             return False
         self._conn.tls_started()
         self.log.info("STLS: %s", tls_description(self._writer))
+        return True
+
+    async def _handshake(self) -> bool:
+        assert self._context.tls is not None
+        try:
+            await self._writer.start_tls(
+                self._context.tls.current, ssl_handshake_timeout=self._context.handshake_timeout
+            )
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
+            self.log.info("TLS handshake failed: %s", escape(exc))
+            return False
         return True
 
     # ------------------------------------------------------------------ TRANSACTION

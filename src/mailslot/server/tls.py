@@ -2,8 +2,11 @@
 
 TLS 1.2 and 1.3 only, Mozilla's "intermediate" TLS 1.2 suites restricted to ECDHE (forward
 secrecy, AEAD), no compression, no renegotiation.  The certificate file holds the full chain
-(leaf first), which OpenSSL serves whole.  :func:`reload` swaps the certificate in place on
-SIGHUP: new handshakes use it, established sessions are not touched.
+(leaf first), which OpenSSL serves whole.  :class:`TlsContexts` holds the context new
+handshakes use; on SIGHUP it builds a fresh one from the files and swaps it in, so established
+sessions are not touched and nothing of the old certificate survives (an ``SSLContext`` keeps
+one certificate per key type, so loading an RSA chain into a context that had an ECDSA one
+would leave the old ECDSA certificate served to clients that prefer it).
 """
 
 from __future__ import annotations
@@ -36,11 +39,14 @@ def server_context(certificate: Path, private_key: Path) -> ssl.SSLContext:
     return context
 
 
-def reload(context: ssl.SSLContext, certificate: Path, private_key: Path) -> None:
-    """Load a new chain and key into ``context``; on any error the old ones stay.
+class TlsContexts:
+    """The server context for new handshakes, replaced whole on reload."""
 
-    The files are tried in a scratch context first, so a half-written certificate or a key
-    that does not match cannot leave the live context broken.
-    """
-    server_context(certificate, private_key)
-    context.load_cert_chain(certificate, private_key)
+    def __init__(self, certificate: Path, private_key: Path) -> None:
+        self._certificate = certificate
+        self._private_key = private_key
+        self.current = server_context(certificate, private_key)
+
+    def reload(self) -> None:
+        """Build a context from the files again; on any error the old one stays in use."""
+        self.current = server_context(self._certificate, self._private_key)
