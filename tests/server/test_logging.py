@@ -151,13 +151,6 @@ def test_failed_implicit_tls_handshakes_leave_no_trace_or_raw_bytes(
     assert_one_record_per_line(server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: a failed handshake on an implicit-TLS listener is not logged at all; "
-    "runner._exception_handler promises one line each, but neither uvloop (used by serve) "
-    "nor asyncio's SSLProtocol._fatal_error passes an OSError such as ssl.SSLError to the "
-    "loop's exception handler",
-)
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1:DeprecationWarning")
 def test_each_failed_implicit_tls_handshake_is_one_log_line(server: MailslotServer) -> None:
     _failed_handshakes(server)

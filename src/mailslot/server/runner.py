@@ -131,6 +131,8 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload_tls)
+    # A pre-forked worker starts with these blocked (see _prefork); now they have handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     loop.set_exception_handler(_exception_handler)
     if ready is not None:
         ready(app)
@@ -172,7 +174,13 @@ def run(config: Config) -> int:
     return _prefork(config, workers)
 
 
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 def _prefork(config: Config, workers: int) -> int:
+    # Signals stay pending, rather than killing a worker by their default action, until each
+    # process has installed its handlers.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     children: list[int] = []
     for index in range(workers):
         pid = os.fork()
@@ -189,8 +197,9 @@ def _prefork(config: Config, workers: int) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in _SIGNALS:
         signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     code = 0
     for child in children:
         while True:
