@@ -8,6 +8,7 @@ listeners); :meth:`stop` sends SIGTERM and falls back to SIGKILL.  stdout and st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -85,9 +86,16 @@ def wait_for_greeting(
                 sock: socket.socket = raw
                 if context is not None:
                     sock = context.wrap_socket(raw, server_hostname="localhost")
-                greeting = sock.makefile("rb").readline()
+                reader = sock.makefile("rb")
+                greeting = reader.readline()
                 if greeting.startswith(b"+OK"):
+                    # End the probe politely (QUIT, its reply, close_notify) so the server
+                    # does not hold a session open for it while the test runs.
                     sock.sendall(b"QUIT\r\n")
+                    reader.readline()
+                    if isinstance(sock, ssl.SSLSocket):
+                        with contextlib.suppress(OSError):
+                            sock.unwrap()
                     return greeting
                 last_error = RuntimeError(f"greeting was {greeting!r}")
         except OSError as exc:
