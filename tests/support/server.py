@@ -43,6 +43,7 @@ class Listener:
     tls: str  # "implicit" | "starttls" | "none"
     address: str = "127.0.0.1"
     port: int = 0  # 0: a free port is chosen
+    protocol: str = "pop3"  # or "lmtp" (greets with 220, probed with LHLO-free QUIT)
 
 
 DEFAULT_LISTENERS: tuple[Listener, ...] = (Listener("starttls"), Listener("implicit"))
@@ -72,6 +73,7 @@ def wait_for_greeting(
     context: ssl.SSLContext | None,
     deadline: float,
     process: subprocess.Popen[bytes] | None = None,
+    ready: bytes = b"+OK",
 ) -> bytes:
     """Poll until ``address:port`` accepts, (handshakes and) greets; return the greeting.
 
@@ -88,7 +90,7 @@ def wait_for_greeting(
                     sock = context.wrap_socket(raw, server_hostname="localhost")
                 reader = sock.makefile("rb")
                 greeting = reader.readline()
-                if greeting.startswith(b"+OK"):
+                if greeting.startswith(ready):
                     # End the probe politely (QUIT, its reply, close_notify) so the server
                     # does not hold a session open for it while the test runs.
                     sock.sendall(b"QUIT\r\n")
@@ -124,7 +126,8 @@ class MailslotServer:
         self.tls_files = tls_files
         directory.mkdir(parents=True, exist_ok=True)
         self.listeners = [
-            Listener(lst.tls, lst.address, lst.port or free_port(lst.address)) for lst in listeners
+            Listener(lst.tls, lst.address, lst.port or free_port(lst.address), lst.protocol)
+            for lst in listeners
         ]
         self.users = {u.name: u for u in (*users, *extra_users)}
         self.mail_root = directory / "mail"
@@ -136,7 +139,10 @@ class MailslotServer:
         self.process: subprocess.Popen[bytes] | None = None
         config = "".join(
             toml_table(
-                "listener", {"address": lst.address, "port": lst.port, "tls": lst.tls}, array=True
+                "listener",
+                {"address": lst.address, "port": lst.port, "tls": lst.tls}
+                | ({} if lst.protocol == "pop3" else {"protocol": lst.protocol}),
+                array=True,
             )
             for lst in self.listeners
         )
@@ -162,8 +168,12 @@ class MailslotServer:
 
     # -- addresses ---------------------------------------------------------------------------
 
-    def listener(self, tls: str, address: str | None = None) -> tuple[str, int]:
+    def listener(
+        self, tls: str, address: str | None = None, protocol: str = "pop3"
+    ) -> tuple[str, int]:
         for lst in self.listeners:
+            if lst.protocol != protocol:
+                continue
             if lst.tls == tls and (address is None or lst.address == address):
                 return lst.address, lst.port
         raise LookupError(f"no {tls} listener on {address or 'any address'}")
@@ -213,6 +223,7 @@ class MailslotServer:
                     context if lst.tls == "implicit" else None,
                     deadline,
                     self.process,
+                    b"+OK" if lst.protocol == "pop3" else b"220",
                 )
         except TimeoutError as exc:
             self.kill()
