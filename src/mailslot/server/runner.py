@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import ssl
 from collections.abc import Callable
@@ -165,9 +166,28 @@ def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
         return runner.run(serve(config, worker=worker, reuse_port=reuse_port))
 
 
+def raise_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one; return the limit now in force.
+
+    Each authenticated session holds two descriptors (its socket and its maildrop lock), so
+    the common soft limit of 1024 would cap a server at a few hundred sessions.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def run(config: Config) -> int:
     """Serve ``config`` until SIGTERM/SIGINT; returns the exit code."""
     log.setup(config.log.level)
+    limit = raise_file_limit()
+    logger.info("open file limit: %d per worker process", limit)
     workers = max(1, config.server.workers)
     if workers == 1:
         return _run_worker(config, 0, False)
