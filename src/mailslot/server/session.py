@@ -42,6 +42,7 @@ logger = logging.getLogger("mailslot.session")
 _FLUSH_AT = 256 * 1024
 _READ_SIZE = 65536
 _CHUNK = 256 * 1024
+_CLOSE_WAIT = 2.0
 
 
 @dataclass(slots=True)
@@ -288,9 +289,11 @@ class Session:
             data = self._conn.data_to_send()
             if data and not writer.is_closing():
                 writer.write(data)
-            # close() flushes, then ends TLS with close_notify before the TCP FIN.
+            # close() flushes, then ends TLS with close_notify before the TCP FIN.  Waiting
+            # for the peer's close_notify is a courtesy: a client that just drops the socket
+            # must not hold a connection slot for long.
             writer.close()
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(_CLOSE_WAIT):
                 await writer.wait_closed()
         except (ConnectionError, ssl.SSLError, TimeoutError, OSError):
             writer.transport.abort()
