@@ -67,6 +67,8 @@ def main() -> None:
         server = asyncio.run_coroutine_threadsafe(
             start_lmtp_server(listener, DeliveryConfig(), store, users, "bench.test"), loop
         ).result()
+        # start_lmtp_server is typed as returning the abstract server; it is a listening one.
+        assert isinstance(server, asyncio.Server)
         port = server.sockets[0].getsockname()[1]
         for size in sizes:
             rate = measure(port, size, args.count, args.clients)

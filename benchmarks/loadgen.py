@@ -14,12 +14,14 @@ import multiprocessing
 import resource
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from benchmarks.scenarios import Job, Result, run_job
 
+_loop_factory: Callable[[], asyncio.AbstractEventLoop]
 try:
     import uvloop
 

@@ -113,7 +113,7 @@ class Pop3Client:
             ssl=ctx if tls == "implicit" else None,
             server_hostname=SERVER_NAME if tls == "implicit" else None,
         )
-        client = cls(proto, cast(asyncio.Transport, transport))
+        client = cls(proto, transport)
         client.greeting = await client.read_status()
         greeting_latency = time.perf_counter() - t0
         if tls == "starttls":
@@ -124,7 +124,9 @@ class Pop3Client:
                 # RFC 2595 section 4: nothing may follow +OK before the handshake.
                 raise ReplyError("bytes after STLS +OK before the TLS handshake")
             new = await loop.start_tls(transport, proto, ctx, server_hostname=SERVER_NAME)
-            client._transport = proto.transport = cast(asyncio.Transport, new)
+            if new is None:  # only when the loop has no TLS support at all
+                raise RuntimeError("start_tls returned no transport")
+            client._transport = proto.transport = new
         return client, greeting_latency
 
     def send(self, *lines: bytes) -> None:

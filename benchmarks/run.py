@@ -40,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="runs per figure (median taken)")
     p.add_argument("--clients", type=int, default=max(2, min(4, os.cpu_count() or 2)))
     p.add_argument("--concurrency", type=int, help="concurrent connections (one user each)")
-    p.add_argument("--mailslot-workers", type=int, default=1)
+    # One worker per core, as mailslot is deployed: a single event loop would leave a core idle
+    # while Dovecot's processes use both.
+    p.add_argument("--mailslot-workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--no-pipeline", action="store_true", help="one command per round trip")
     p.add_argument("--keep", action="store_true", help="keep the temp dir for inspection")
     args = p.parse_args(argv)
