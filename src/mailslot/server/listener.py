@@ -1,9 +1,13 @@
 """Listening sockets for POP3: implicit TLS (RFC 8314 section 3.3), STLS (RFC 2595), plain.
 
 Each accepted connection first takes a slot from the connection limits, then becomes a
-:class:`~mailslot.server.session.Session`.  Shutdown stops accepting at once, lets running
-sessions finish until a deadline, then cancels the rest (which deletes nothing: only a
-completed QUIT commits).
+:class:`~mailslot.server.session.Session`.  With ``proxy_protocol``, a HAProxy PROXY header
+(:mod:`mailslot.server.proxy`) comes first, before the greeting or the TLS ClientHello, and
+the client address it carries stands for the peer in the limits, the failure penalty and
+the log; a connection without a valid header is closed with one log line and nothing sent.
+
+Shutdown stops accepting at once, lets running sessions finish until a deadline, then
+cancels the rest (which deletes nothing: only a completed QUIT commits).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, cast
 from mailslot.config import ListenerConfig
 from mailslot.log import escape
 from mailslot.protocol.connection import CoreConfig
+from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
 from mailslot.server.session import Session, SessionContext
 
 logger = logging.getLogger("mailslot.listener")
@@ -97,6 +102,15 @@ class Pop3Listener:
         assert task is not None and self._context.tls is not None
         self._sessions.add(task)
         try:
+            header: ProxyHeader | None = None
+            if self.config.proxy_protocol:
+                try:
+                    async with asyncio.timeout(self._context.handshake_timeout):
+                        header = await waiting.proxy_header()
+                except (ProxyProtocolError, TimeoutError) as exc:
+                    _proxy_refused(transport.get_extra_info("peername"), exc)
+                    transport.abort()  # type: ignore[attr-defined]
+                    return
             reader = asyncio.StreamReader(limit=self._stream_limit, loop=loop)
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
             handshake = asyncio.ensure_future(
@@ -128,15 +142,33 @@ class Pop3Listener:
             # start_tls() leaves connection_made to the caller (as StreamWriter.start_tls does).
             protocol.connection_made(tls_transport)
             writer = asyncio.StreamWriter(tls_transport, protocol, reader, loop)
-            await self._accept(reader, writer)
+            await self._accept(reader, writer, header)
         finally:
             self._sessions.discard(task)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        header: ProxyHeader | None = None,
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
         peer = writer.get_extra_info("peername")
+        via = ""
+        if self.config.proxy_protocol:
+            if header is None:  # plain and STLS listeners; implicit TLS took it in _handshake
+                try:
+                    async with asyncio.timeout(self._context.login_timeout):
+                        header = await read_proxy_header(reader)
+                except (ProxyProtocolError, TimeoutError, OSError) as exc:
+                    _proxy_refused(peer, exc)
+                    writer.transport.abort()
+                    self._sessions.discard(task)
+                    return
+            via = f" proxy={format_address(peer)} header=v{header.version}/{header.command}"
+            peer = header.source or peer
         address = str(peer[0]) if peer else "unknown"
         limits = self._context.limits
         refusal = limits.acquire_connection(address)
@@ -147,7 +179,7 @@ class Pop3Listener:
                 await session.refuse(refusal.capitalize() + ".")
                 return
             try:
-                session.log.info("connect: listener=%s", self.config.tls)
+                session.log.info("connect: listener=%s%s", self.config.tls, via)
                 await session.run()
             finally:
                 limits.release_connection(address)
@@ -183,6 +215,8 @@ class _AwaitingHandshake(asyncio.Protocol):
         self._handshake = handshake
         self._transport: asyncio.ReadTransport | None = None
         self.early = bytearray()
+        self._more: asyncio.Future[None] | None = None
+        self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.ReadTransport, transport)
@@ -193,6 +227,36 @@ class _AwaitingHandshake(asyncio.Protocol):
         self.early += data
         if self._transport is not None:
             self._transport.pause_reading()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._more is not None and not self._more.done():
+            self._more.set_result(None)
+
+    async def proxy_header(self) -> ProxyHeader:
+        """Take a PROXY header off the front of the early bytes, reading more while needed.
+
+        What follows the header (the ClientHello, or part of it) stays in :attr:`early`.
+        """
+        parser = ProxyParser()
+        while True:
+            header = parser.feed(bytes(self.early))
+            self.early.clear()
+            if header is not None:
+                self.early += parser.rest
+                return header
+            if self._lost or self._transport is None:
+                raise ProxyProtocolError("connection closed before a complete header")
+            self._more = asyncio.get_running_loop().create_future()
+            self._transport.resume_reading()
+            try:
+                await self._more
+            finally:
+                self._more = None
 
 
 def _feed_early_data(transport: asyncio.BaseTransport, data: bytes) -> None:
@@ -210,6 +274,28 @@ def _feed_early_data(transport: asyncio.BaseTransport, data: bytes) -> None:
             view = view[count:]
     else:
         protocol.data_received(data)
+
+
+async def read_proxy_header(reader: asyncio.StreamReader) -> ProxyHeader:
+    """Read a PROXY header off ``reader``, never reading past its end."""
+    parser = ProxyParser()
+    while True:
+        data = await reader.read(parser.wanted)
+        if not data:
+            raise ProxyProtocolError("connection closed before a complete header")
+        header = parser.feed(data)
+        if header is not None:
+            return header
+
+
+def _proxy_refused(peer: object, exc: Exception) -> None:
+    if isinstance(exc, ProxyProtocolError):
+        reason = escape(exc)
+    elif isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
+        reason = "no complete header in time"
+    else:
+        reason = f"connection lost: {type(exc).__name__}"
+    logger.info("peer=%s PROXY header refused, closing: %s", format_address(peer), reason)
 
 
 def format_address(address: object) -> str:
