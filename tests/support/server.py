@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Listener:
     address: str = "127.0.0.1"
     port: int = 0  # 0: a free port is chosen
     protocol: str = "pop3"  # or "lmtp" (greets with 220, probed with LHLO-free QUIT)
+    proxy_protocol: bool = False  # probed with a "PROXY UNKNOWN" header first
 
 
 DEFAULT_LISTENERS: tuple[Listener, ...] = (Listener("starttls"), Listener("implicit"))
@@ -74,10 +75,11 @@ def wait_for_greeting(
     deadline: float,
     process: subprocess.Popen[bytes] | None = None,
     ready: bytes = b"+OK",
+    preamble: bytes = b"",
 ) -> bytes:
     """Poll until ``address:port`` accepts, (handshakes and) greets; return the greeting.
 
-    Gives up early if ``process`` exits.
+    Gives up early if ``process`` exits.  ``preamble`` (a PROXY header) is sent first.
     """
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
@@ -86,6 +88,7 @@ def wait_for_greeting(
         try:
             with socket.create_connection((address, port), timeout=5.0) as raw:
                 sock: socket.socket = raw
+                raw.sendall(preamble)
                 if context is not None:
                     sock = context.wrap_socket(raw, server_hostname="localhost")
                 reader = sock.makefile("rb")
@@ -126,8 +129,7 @@ class MailslotServer:
         self.tls_files = tls_files
         directory.mkdir(parents=True, exist_ok=True)
         self.listeners = [
-            Listener(lst.tls, lst.address, lst.port or free_port(lst.address), lst.protocol)
-            for lst in listeners
+            replace(lst, port=lst.port or free_port(lst.address)) for lst in listeners
         ]
         self.users = {u.name: u for u in (*users, *extra_users)}
         self.mail_root = directory / "mail"
@@ -141,7 +143,8 @@ class MailslotServer:
             toml_table(
                 "listener",
                 {"address": lst.address, "port": lst.port, "tls": lst.tls}
-                | ({} if lst.protocol == "pop3" else {"protocol": lst.protocol}),
+                | ({} if lst.protocol == "pop3" else {"protocol": lst.protocol})
+                | ({"proxy_protocol": True} if lst.proxy_protocol else {}),
                 array=True,
             )
             for lst in self.listeners
@@ -224,6 +227,7 @@ class MailslotServer:
                     deadline,
                     self.process,
                     b"+OK" if lst.protocol == "pop3" else b"220",
+                    b"PROXY UNKNOWN\r\n" if lst.proxy_protocol else b"",
                 )
         except TimeoutError as exc:
             self.kill()
