@@ -549,8 +549,88 @@ def test_a_cancelled_open_does_not_keep_the_lock(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await opening
         release.set()
+        # A small maildrop is opened on the loop, not queued behind the worker: wait for the
+        # worker (the one thread) to finish the cancelled open before opening again.
+        await asyncio.to_thread(lambda: None)
         maildrop = await MaildirStore(template).open("alice")
         assert [m.key for m in maildrop.messages] == [keys[1]]
         await maildrop.close()
 
     run(scenario())
+
+
+# -- where open() runs ---------------------------------------------------------------------------
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        self.submitted += 1
+        return super().submit(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _open_counting(store: MaildirStore) -> tuple[int, list[tuple[str, int]]]:
+    """Open alice's maildrop; return how many jobs went to a thread, and (key, size) pairs."""
+
+    async def scenario() -> tuple[int, list[tuple[str, int]]]:
+        executor = _CountingExecutor()
+        asyncio.get_running_loop().set_default_executor(executor)
+        maildrop = await store.open("alice")
+        listed = [(m.key, m.size) for m in maildrop.messages]
+        await maildrop.close()
+        return executor.submitted, listed
+
+    return run(scenario())
+
+
+def test_a_small_settled_maildrop_opens_on_the_loop(tmp_path: Path) -> None:
+    store = MaildirStore(str(tmp_path / "{user}"))
+    keys = _deliver_many(store, 3)
+    # The first open moves new/ to cur/: that is work for a thread.
+    threads, first = _open_counting(store)
+    assert threads == 1
+    threads, second = _open_counting(store)
+    assert threads == 0
+    assert second == first and [key for key, _ in second] == keys
+
+
+@pytest.mark.parametrize(
+    "case", ["too many", "in new", "no W=", "journal", "journal.tmp", "no cur"]
+)
+def test_blocking_work_still_goes_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    store = MaildirStore(str(tmp_path / "{user}"))
+    keys = _deliver_many(store, 3)
+    box = tmp_path / "alice"
+    assert _open_counting(store)[0] == 1  # settles new/ into cur/
+    expected = [(key, len(b"message 0\r\n")) for key in keys]
+    if case == "too many":
+        monkeypatch.setattr(maildir, "INLINE_LIMIT", 2)
+    elif case == "in new":
+        expected.append((run(store.deliver("alice", b"message 3\n")), 11))
+    elif case == "no W=":
+        put(box / "cur", "1900000000.M1P1.foreign:2,", b"foreign\n")
+        expected.append(("1900000000.M1P1.foreign", 9))
+    elif case == "journal":
+        expunge.write(str(box), [keys[0]], os.fsync)
+        del expected[0]
+    elif case == "journal.tmp":
+        put(box, expunge.JOURNAL + ".tmp", b"half-written")
+    else:
+        for name in os.listdir(box / "cur"):
+            os.rename(box / "cur" / name, box / "new" / name)
+        os.rmdir(box / "cur")
+    threads, listed = _open_counting(store)
+    assert threads == 1
+    assert listed == expected
+    assert (box / "cur").is_dir() and not (box / (expunge.JOURNAL + ".tmp")).exists()
+
+
+def test_a_new_users_maildir_is_made_in_a_thread(tmp_path: Path) -> None:
+    store = MaildirStore(str(tmp_path / "{user}"))
+    assert _open_counting(store) == (1, [])
+    assert (tmp_path / "alice" / "tmp").is_dir()
