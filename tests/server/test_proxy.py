@@ -653,8 +653,10 @@ def test_garbage_header_closes_with_nothing_sent(
     assert f"peer={peer} " not in proxied.log().replace(line, "")
 
 
-def test_header_cut_short_closes_with_one_log_line(proxied: MailslotServer) -> None:
-    with Pop3Wire(*proxied.starttls, read_greeting=False) as wire:
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+def test_header_cut_short_closes_with_one_log_line(proxied: MailslotServer, tls: str) -> None:
+    # A half-close ends the wait at once (not after the login or handshake timeout).
+    with Pop3Wire(*proxied.listener(tls), read_greeting=False) as wire:
         wire.send(b"PROXY TCP4 192.0.2.1 ")
         wire.sock.shutdown(socket.SHUT_WR)
         assert wire.read_until_eof() == b""
