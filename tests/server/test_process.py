@@ -209,6 +209,20 @@ def test_sigterm_cancels_a_session_past_the_deadline_and_deletes_nothing(
     assert len(message_files(server.maildir("alice"))) == 3
 
 
+def test_a_probe_of_the_tls_port_neither_lingers_nor_holds_shutdown(servers: Any) -> None:
+    # When uvloop handed a probe's FIN to the protocol that holds the connection before the
+    # handshake, that protocol closed the transport under start_tls(), and shutdown waited the
+    # whole handshake timeout (10 s) for it.  The race is hit most often by the listener-closed
+    # poll of test_sigterm_drains_a_transaction_then_exits_zero; this is the plain case.
+    server = servers()  # handshake_timeout: 10 s, twice what either step below may take
+    for _ in range(20):  # whether the FIN beats start_tls() is a race: run it many times
+        socket.create_connection(server.implicit).close()
+    poll(lambda: server.log().count("TLS handshake failed") == 20, "the probes' log lines", 5.0)
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(5.0) == 0
+
+
 def test_two_workers_both_serve_and_share_the_maildrop_lock(servers: Any) -> None:
     server = servers(extra_sections={"server": {"workers": 2}})
     server.builder("alice").add_all(MESSAGES)

@@ -227,3 +227,19 @@ def test_bytes_after_quit_are_not_needed(inprocess: InProcessFactory) -> None:
         assert wire.command("QUIT").startswith(b"+OK")
         with pytest.raises(ConnectionClosed):
             wire.line()
+
+
+def test_a_peer_that_closes_before_the_tls_handshake_is_let_go_at_once(
+    inprocess: InProcessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A port probe: connect to the implicit-TLS port and close without a ClientHello.  Its
+    # connection must end now (one log line), not at the handshake timeout, which would also
+    # hold a shutdown that long.
+    caplog.set_level(logging.INFO, logger="mailslot")
+    server = inprocess()
+    started = time.monotonic()
+    for _ in range(3):
+        socket.create_connection(server.address("implicit")).close()
+    lines = wait_for_log(caplog, "TLS handshake failed", count=3)
+    assert time.monotonic() - started < server.config.tls.handshake_timeout / 2, lines
+    assert all("timeout" not in line for line in lines)

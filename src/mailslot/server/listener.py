@@ -128,13 +128,22 @@ class Pop3Listener:
                 # fed right after those, in the same batch of callbacks, so before any newer
                 # bytes can be read.
                 await asyncio.sleep(0)
+                if waiting.closed:
+                    # Until start_tls() took over, the peer's FIN went to `waiting`; the TLS
+                    # layer would wait the whole handshake timeout for bytes that never come
+                    # (and hold shutdown that long).
+                    handshake.cancel()
+                    raise ConnectionResetError("closed by the peer before the handshake")
                 if waiting.early:
                     loop.call_soon(_feed_early_data, transport, bytes(waiting.early))
                     waiting.early.clear()
                 tls_transport = await handshake
             except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
                 peer = format_address(transport.get_extra_info("peername"))
-                logger.info("peer=%s TLS handshake failed: %s", peer, escape(exc) or "timeout")
+                reason = escape(exc) or (
+                    "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+                )
+                logger.info("peer=%s TLS handshake failed: %s", peer, reason)
                 transport.abort()  # type: ignore[attr-defined]
                 return
             if tls_transport is None:  # the peer went away during the handshake
@@ -217,6 +226,7 @@ class _AwaitingHandshake(asyncio.Protocol):
         self.early = bytearray()
         self._more: asyncio.Future[None] | None = None
         self._lost = False
+        self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.ReadTransport, transport)
@@ -229,9 +239,20 @@ class _AwaitingHandshake(asyncio.Protocol):
             self._transport.pause_reading()
         self._wake()
 
+    def eof_received(self) -> bool:
+        # Keep the transport: the handshake task closes it with one log line.
+        self._eof = True
+        self._wake()
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._wake()
+
+    @property
+    def closed(self) -> bool:
+        """The peer closed or reset the connection before the TLS layer took it over."""
+        return self._eof or self._lost
 
     def _wake(self) -> None:
         if self._more is not None and not self._more.done():
