@@ -270,7 +270,7 @@ class _AwaitingHandshake(asyncio.Protocol):
             if header is not None:
                 self.early += parser.rest
                 return header
-            if self._lost or self._transport is None:
+            if self.closed or self._transport is None:
                 raise ProxyProtocolError("connection closed before a complete header")
             self._more = asyncio.get_running_loop().create_future()
             self._transport.resume_reading()
