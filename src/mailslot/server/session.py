@@ -10,11 +10,12 @@ way other than QUIT in TRANSACTION deletes nothing (RFC 1939 section 6).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import ssl
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import cast
 
 from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, User
@@ -45,6 +46,20 @@ _CHUNK = 256 * 1024
 _CLOSE_WAIT = 2.0
 
 
+def session_ids() -> Iterator[str]:
+    """Log ids for sessions: a random prefix per listener and worker, then a counter.
+
+    Made once per listener, after any fork, so pre-forked workers do not share a prefix.  A
+    counter costs no getrandom() per connection as a random id each would.
+    """
+    prefix = secrets.token_hex(3)
+    return (f"{prefix}{n:x}" for n in itertools.count(1))
+
+
+class _IdleTimeout(Exception):
+    """Set on the stream by the session's timer when a read has waited too long."""
+
+
 @dataclass(slots=True)
 class SessionContext:
     """What every session of one listener shares."""
@@ -58,10 +73,27 @@ class SessionContext:
     login_timeout: float
     idle_timeout: float
     handshake_timeout: float
+    ids: Iterator[str] = field(default_factory=session_ids)
 
 
 class Session:
     """Drives one :class:`Connection` over an asyncio stream pair."""
+
+    __slots__ = (
+        "_address",
+        "_conn",
+        "_context",
+        "_deadline",
+        "_maildrop",
+        "_octets",
+        "_reader",
+        "_reading",
+        "_retrieved",
+        "_timer",
+        "_user",
+        "_writer",
+        "log",
+    )
 
     def __init__(
         self,
@@ -78,9 +110,13 @@ class Session:
         self._conn = Connection(context.core)
         self._maildrop: Maildrop | None = None
         self._user: User | None = None
-        self.log = SessionLogger(logger, secrets.token_hex(4), peer)
+        self.log = SessionLogger(logger, next(context.ids), peer)
         self._retrieved = 0
         self._octets = 0
+        # One timer per session, moved forward lazily, rather than a timeout per read.
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._reading = False
 
     async def run(self) -> None:
         """Serve the connection until it closes; never raises for a client's doing."""
@@ -130,16 +166,38 @@ class Session:
                 return event.reason
 
     async def _read(self) -> bytes | None:
+        """The next bytes from the client; None if none came within the state's timeout."""
         timeout = (
             self._context.idle_timeout
             if self._conn.state == State.TRANSACTION
             else self._context.login_timeout
         )
+        loop = asyncio.get_running_loop()
+        self._deadline = deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._expire)
+        self._reading = True
         try:
-            async with asyncio.timeout(timeout):
-                return await self._reader.read(_READ_SIZE)
-        except TimeoutError:
+            return await self._reader.read(_READ_SIZE)
+        except _IdleTimeout:
             return None
+        finally:
+            self._reading = False
+
+    def _expire(self) -> None:
+        # A read started since this timer was set has moved the deadline: wait for that one.
+        # Outside a read (a login, a RETR waiting on the client's window) no timer applies.
+        self._timer = None
+        if not self._reading:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._expire)
+        else:
+            self._reader.set_exception(_IdleTimeout())
 
     async def _flush(self) -> None:
         data = self._conn.data_to_send()
@@ -277,6 +335,9 @@ class Session:
     # ------------------------------------------------------------------ the end
 
     async def _finish(self, reason: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._maildrop is not None:
             try:
                 await self._maildrop.close()
