@@ -15,7 +15,7 @@ import resource
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
@@ -38,115 +38,205 @@ def raise_nofile() -> int:
     return hard
 
 
-def run_coroutine_job(job: Job, conn: Connection | None) -> Result:
-    async def wait_release(held: int) -> None:
+# A worker holding idle connections waits this long for "release" before closing them by
+# itself, so a runner that died does not leave sockets open forever.
+RELEASE_TIMEOUT = 900.0
+# A worker that still owes an answer gets this long to give it before it is replaced.
+DRAIN_TIMEOUT = 5.0
+
+
+def run_coroutine_job(job: Job, conn: Connection | None, seq: int = 0) -> Result:
+    async def hold(snapshot: Result) -> bool:
+        """Report an idle stage and wait for the runner's "next" (go on) or "release"."""
         if conn is None:
-            return
-        conn.send(("held", held))
+            return True
+        conn.send(("held", seq, snapshot))
         loop = asyncio.get_running_loop()
-        # Bounded: a runner that died must not leave sockets open forever.
-        await loop.run_in_executor(None, conn.poll, 900.0)
-        if conn.poll():
-            conn.recv()
+        await loop.run_in_executor(None, conn.poll, RELEASE_TIMEOUT)
+        return conn.poll() and conn.recv() == "next"
 
     with asyncio.Runner(loop_factory=_loop_factory) as runner:
-        return runner.run(run_job(job, wait_release))
+        return runner.run(run_job(job, hold))
 
 
 def _serve(conn: Connection) -> None:
     raise_nofile()
     while True:
         try:
-            job = conn.recv()
+            message = conn.recv()
         except EOFError:
             return
-        if job is None:
+        if message is None:
             return
+        if not isinstance(message, tuple):
+            continue  # a "release" sent while this worker was busy with a non-idle job
+        seq, job = message
         try:
-            result = run_coroutine_job(job, conn)
+            result = run_coroutine_job(job, conn, seq)
         except Exception as exc:  # report, never hang the runner
             result = Result()
-            result.error(exc)
-            result.error_samples.append(traceback.format_exc(limit=-3))
-        conn.send(("done", result))
+            result.error(exc, "client worker failed: " + traceback.format_exc(limit=-3))
+        conn.send(("done", seq, result))
+
+
+@dataclass
+class Worker:
+    proc: BaseProcess
+    conn: Connection
+    owes: int = 0  # sequence number of the job it has not answered "done" to; 0: free
+
+
+@dataclass
+class IdleRun:
+    """An idle job in progress: which workers still hold connections, and their latest word."""
+
+    workers: list[Worker]
+    stage_timeout: float
+    holding: list[int] = field(default_factory=list)
+    latest: dict[int, Result] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.holding = list(range(len(self.workers)))
+
+    def snapshot(self) -> Result:
+        """Every worker's latest result merged: the whole idle job as of the last stage."""
+        total = Result()
+        for result in self.latest.values():
+            total.merge(result)
+        return total
 
 
 class ClientPool:
-    """``size`` forked client processes, reused for every job of a run."""
+    """``size`` forked client processes, reused for every job of a run.
+
+    Every job carries a sequence number that the worker echoes, and a worker still busy
+    with an earlier job (a step that failed or timed out) is drained or replaced before it
+    gets a new one: otherwise its late answer would be read as the next job's, and every
+    step after one failure would fail too.
+    """
 
     def __init__(self, size: int) -> None:
-        ctx = multiprocessing.get_context("fork")
-        self._conns: list[Connection] = []
-        self._procs: list[BaseProcess] = []
-        for _ in range(size):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child,), daemon=True)
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
+        self._ctx = multiprocessing.get_context("fork")
+        self._seq = 0
+        self._workers = [self._spawn() for _ in range(size)]
+
+    def _spawn(self) -> Worker:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_serve, args=(child,), daemon=True)
+        proc.start()
+        child.close()
+        return Worker(proc, parent)
 
     @property
     def size(self) -> int:
-        return len(self._conns)
+        return len(self._workers)
 
-    def _dispatch(self, job: Job) -> list[Connection]:
-        """Deal ``job.users`` round-robin over the workers; all start 0.3 s from now."""
+    def _ready(self, index: int) -> Worker:
+        """The worker at ``index``, free: drained of an old job's answer, or a new process."""
+        w = self._workers[index]
+        if w.owes and w.proc.is_alive():
+            with contextlib.suppress(RuntimeError):
+                # An idle job still holding gets its release; then its "done" is awaited.
+                with contextlib.suppress(OSError):
+                    w.conn.send("release")
+                self._receive(w, time.monotonic() + DRAIN_TIMEOUT, want="done")
+        if w.owes or not w.proc.is_alive():
+            w.proc.terminate()
+            w.proc.join(timeout=5)
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(timeout=5)
+            w.conn.close()
+            w = self._workers[index] = self._spawn()
+        return w
+
+    def _dispatch(self, job: Job) -> list[Worker]:
+        """Deal ``job.users`` round-robin over the workers; all start 0.3 s after dealing."""
+        n = self.size
+        chosen = [(i, job.users[i::n]) for i in range(n)]
+        ready = [(i, self._ready(i), users) for i, users in chosen if users]
         start_at = time.time() + 0.3
-        used = []
-        for i, conn in enumerate(self._conns):
-            users = job.users[i :: self.size]
-            if users:
-                conn.send(replace(job, users=users, start_at=start_at))
-                used.append(conn)
-        return used
+        for i, w, users in ready:
+            # This worker's share of each stage: its users among the first ``stage``.
+            stages = tuple(len(range(i, stage, n)) for stage in job.stages)
+            self._seq += 1
+            w.conn.send((self._seq, replace(job, users=users, start_at=start_at, stages=stages)))
+            w.owes = self._seq
+        return [w for _, w, _ in ready]
 
     @staticmethod
-    def _collect(conns: list[Connection], timeout: float) -> Result:
+    def _receive(w: Worker, deadline: float, want: str = "") -> tuple[str, Result | int]:
+        """The next message for the job ``w`` owes (``want``: of that tag), by ``deadline``."""
+        for _ in range(1000):  # stale messages are few; the bound only guards the loop
+            left = deadline - time.monotonic()
+            if left <= 0 or not w.conn.poll(left):
+                break
+            try:
+                tag, seq, payload = w.conn.recv()
+            except EOFError:
+                raise RuntimeError("client worker exited") from None
+            if seq != w.owes or (want and tag != want):
+                continue
+            if tag == "done":
+                w.owes = 0
+            return tag, payload
+        raise RuntimeError("client worker did not answer in time")
+
+    def _collect(self, workers: list[Worker], timeout: float) -> Result:
+        deadline = time.monotonic() + timeout
         total = Result()
-        for conn in conns:
-            if not conn.poll(timeout):
-                raise RuntimeError("client worker did not answer in time")
-            tag, result = conn.recv()
-            assert tag == "done", tag
+        for w in workers:
+            _, result = self._receive(w, deadline, want="done")
+            assert isinstance(result, Result)
             total.merge(result)
         return total
 
     def run(self, job: Job) -> Result:
-        conns = self._dispatch(job)
-        return self._collect(conns, job.duration + 120)
+        return self._collect(self._dispatch(job), job.duration + 120)
 
-    def hold(self, job: Job) -> tuple[list[Connection], Result]:
-        """Start an idle job; returns once every worker holds its connections.
+    def hold(self, job: Job) -> IdleRun:
+        """Start an idle job; returns once every worker holds its first stage."""
+        run = IdleRun(self._dispatch(job), job.ramp_timeout + 120)
+        self._await_stage(run)
+        return run
 
-        Returns the workers now holding, to be given to :meth:`release`, and the merged
-        results of any worker that ended early (a failure: its errors say why).
-        """
-        conns = self._dispatch(job)
-        holding: list[Connection] = []
-        early = Result()
-        for conn in conns:
-            if not conn.poll(job.ramp_timeout + 120):
-                raise RuntimeError("client worker did not finish ramping up")
-            tag, payload = conn.recv()
-            if tag == "held":
-                holding.append(conn)
-            else:
-                early.merge(payload)
-        return holding, early
+    def advance(self, run: IdleRun) -> None:
+        """Let the holding workers ramp up their next stage; returns once they hold it."""
+        for i in run.holding:
+            run.workers[i].conn.send("next")
+        self._await_stage(run)
 
-    def release(self, conns: list[Connection], early: Result) -> Result:
-        for conn in conns:
-            conn.send("release")
-        total = self._collect(conns, 180)
-        total.merge(early)
-        return total
+    def _await_stage(self, run: IdleRun) -> None:
+        deadline = time.monotonic() + run.stage_timeout
+        try:
+            for i in list(run.holding):
+                tag, payload = self._receive(run.workers[i], deadline)
+                assert isinstance(payload, Result)
+                run.latest[i] = payload
+                if tag == "done":  # ended early: a failure, its errors say why
+                    run.holding.remove(i)
+        except BaseException:
+            self.release(run)
+            raise
+
+    def release(self, run: IdleRun) -> Result:
+        """Let every holding worker QUIT its connections; returns the merged final results."""
+        for i in run.holding:
+            with contextlib.suppress(OSError):
+                run.workers[i].conn.send("release")
+        deadline = time.monotonic() + 180
+        holding, run.holding = run.holding, []
+        for i in holding:  # a worker that does not answer is drained or replaced by _ready
+            _, result = self._receive(run.workers[i], deadline, want="done")
+            assert isinstance(result, Result)
+            run.latest[i] = result
+        return run.snapshot()
 
     def close(self) -> None:
-        for conn in self._conns:
+        for w in self._workers:
             with contextlib.suppress(OSError):
-                conn.send(None)
-        for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
+                w.conn.send(None)
+        for w in self._workers:
+            w.proc.join(timeout=10)
+            if w.proc.is_alive():
+                w.proc.terminate()

@@ -106,27 +106,36 @@ class Pop3Client:
         """Connect, read the greeting (and upgrade with STLS); returns the greeting latency."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        transport, proto = await loop.create_connection(
-            _Buffer,
-            host,
-            port,
-            ssl=ctx if tls == "implicit" else None,
-            server_hostname=SERVER_NAME if tls == "implicit" else None,
-        )
-        client = cls(proto, transport)
-        client.greeting = await client.read_status()
-        greeting_latency = time.perf_counter() - t0
-        if tls == "starttls":
-            assert ctx is not None
-            client.send(b"STLS")
-            await client.read_status()
-            if proto.data:
-                # RFC 2595 section 4: nothing may follow +OK before the handshake.
-                raise ReplyError("bytes after STLS +OK before the TLS handshake")
-            new = await loop.start_tls(transport, proto, ctx, server_hostname=SERVER_NAME)
-            if new is None:  # only when the loop has no TLS support at all
-                raise RuntimeError("start_tls returned no transport")
-            client._transport = proto.transport = new
+        stage = "TLS connect" if tls == "implicit" else "connect"
+        try:
+            transport, proto = await loop.create_connection(
+                _Buffer,
+                host,
+                port,
+                ssl=ctx if tls == "implicit" else None,
+                server_hostname=SERVER_NAME if tls == "implicit" else None,
+            )
+            client = cls(proto, transport)
+            stage = "greeting"
+            client.greeting = await client.read_status()
+            greeting_latency = time.perf_counter() - t0
+            if tls == "starttls":
+                assert ctx is not None
+                stage = "STLS"
+                client.send(b"STLS")
+                await client.read_status()
+                if proto.data:
+                    # RFC 2595 section 4: nothing may follow +OK before the handshake.
+                    raise ReplyError("bytes after STLS +OK before the TLS handshake")
+                stage = "STLS handshake"
+                new = await loop.start_tls(transport, proto, ctx, server_hostname=SERVER_NAME)
+                if new is None:  # only when the loop has no TLS support at all
+                    raise RuntimeError("start_tls returned no transport")
+                client._transport = proto.transport = new
+        except BaseException as exc:
+            # Which step failed is what tells a refused accept from a failed handshake.
+            exc.add_note(f"during {stage}")
+            raise
         return client, greeting_latency
 
     def send(self, *lines: bytes) -> None:
@@ -155,8 +164,14 @@ class Pop3Client:
         return await self.read_status()
 
     async def login(self, user: str, password: str) -> None:
-        await self.command(b"USER " + user.encode())
-        await self.command(b"PASS " + password.encode())
+        stage = "USER"
+        try:
+            await self.command(b"USER " + user.encode())
+            stage = "PASS"
+            await self.command(b"PASS " + password.encode())
+        except BaseException as exc:
+            exc.add_note(f"during {stage}")
+            raise
 
     async def quit(self) -> None:
         try:

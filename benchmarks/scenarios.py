@@ -26,6 +26,7 @@ from benchmarks.pop3client import (
 Kind = Literal["login", "session", "retr", "idle"]
 OP_TIMEOUT = 30.0  # a stuck server must not hang the run
 MAX_ERRORS = 50  # after this many, a connection loop stops: the run is void anyway
+MAX_ERROR_KINDS = 12
 
 
 @dataclass
@@ -41,7 +42,8 @@ class Job:
     start_at: float = 0.0  # time.time() at which every worker starts together
     pipeline: bool = True
     connect_concurrency: int = 64  # idle: simultaneous logins while ramping up
-    ramp_timeout: float = 120.0
+    ramp_timeout: float = 120.0  # idle: for all stages together
+    stages: tuple[int, ...] = ()  # idle: hold after this many users (cumulative), then go on
     min_mem_available: int = 3 << 30  # idle: stop opening connections below this
 
 
@@ -52,7 +54,9 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     greetings: list[float] = field(default_factory=list)
     errors: int = 0
-    error_samples: list[str] = field(default_factory=list)
+    # Distinct errors and how often each happened: an exact account for the report, where
+    # a few samples once hid that a run had two different failures.
+    error_kinds: dict[str, int] = field(default_factory=dict)
     refused: int = 0  # idle: connections the server did not take (capacity, not an error)
     held: int = 0
     ramp: float = 0.0  # idle: seconds until every connection was up (or given up)
@@ -60,10 +64,20 @@ class Result:
     cpu: float = 0.0
     wall: float = 0.0
 
-    def error(self, exc: BaseException) -> None:
+    def error(self, exc: BaseException, detail: str = "") -> None:
         self.errors += 1
-        if len(self.error_samples) < 5:
-            self.error_samples.append(f"{type(exc).__name__}: {exc}")
+        notes = " ".join(getattr(exc, "__notes__", ()))
+        self._kind(detail or f"{type(exc).__name__}: {str(exc)[:160]} {notes}".rstrip(), 1)
+
+    def _kind(self, key: str, count: int) -> None:
+        # Bounded: a server failing in a new way per connection must not grow this forever.
+        if key not in self.error_kinds and len(self.error_kinds) >= MAX_ERROR_KINDS:
+            key = "(other errors)"
+        self.error_kinds[key] = self.error_kinds.get(key, 0) + count
+
+    def describe_errors(self) -> str:
+        ordered = sorted(self.error_kinds.items(), key=lambda kv: -kv[1])
+        return "; ".join(f"{n} x {key}" for key, n in ordered)
 
     def merge(self, other: Result) -> None:
         self.ops += other.ops
@@ -71,7 +85,8 @@ class Result:
         self.latencies += other.latencies
         self.greetings += other.greetings
         self.errors += other.errors
-        self.error_samples += other.error_samples[: max(0, 5 - len(self.error_samples))]
+        for key, count in other.error_kinds.items():
+            self._kind(key, count)
         self.refused += other.refused
         self.held += other.held
         self.cpu += other.cpu
@@ -209,13 +224,19 @@ def _mem_available() -> int:
     return 0
 
 
-async def _idle(
-    job: Job, ctx: ssl.SSLContext, res: Result, wait_release: Callable[[int], Awaitable[None]]
-) -> None:
-    """Log every user in and keep the connections open until the runner releases them."""
+HoldCallback = Callable[[Result], Awaitable[bool]]
+
+
+async def _idle(job: Job, ctx: ssl.SSLContext, res: Result, hold: HoldCallback) -> None:
+    """Log the users in stage by stage, holding every connection; QUIT them all at the end.
+
+    After each stage (``job.stages``: cumulative counts; default all users) ``hold`` reports
+    the result so far and waits for the runner: True to go on to the next stage, False to end.
+    One ramp thus serves every idle size, which halves the time the slowest peer needs.
+    """
     held: list[Pop3Client] = []
     gate = asyncio.Semaphore(job.connect_concurrency)
-    ramp_end = time.perf_counter() + job.ramp_timeout
+    ramp_end = 0.0
     stop = False
 
     async def one(user: str) -> None:
@@ -223,6 +244,8 @@ async def _idle(
         async with gate:
             if stop or time.perf_counter() > ramp_end:
                 res.refused += 1
+                if not stop:
+                    res.stop_reason = f"ramp-up budget of {job.ramp_timeout:g} s used up"
                 return
             try:
                 async with asyncio.timeout(OP_TIMEOUT):
@@ -242,12 +265,17 @@ async def _idle(
                 stop = True
                 res.stop_reason = "client stopped: MemAvailable below the safety floor"
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(u) for u in job.users))
-    res.ramp = time.perf_counter() - t0
-    res.held = len(held)
-    res.ops = len(held)
-    await wait_release(len(held))
+    start = 0
+    for upto in job.stages or (len(job.users),):
+        t0 = time.perf_counter()
+        # The ramp budget counts ramping only, not the runner's measurements in between.
+        ramp_end = t0 + max(0.0, job.ramp_timeout - res.ramp)
+        await asyncio.gather(*(one(u) for u in job.users[start:upto]))
+        start = upto
+        res.ramp += time.perf_counter() - t0
+        res.held = res.ops = len(held)
+        if not await hold(res):
+            break
     gate = asyncio.Semaphore(job.connect_concurrency)
 
     async def bye(client: Pop3Client) -> None:
@@ -256,15 +284,15 @@ async def _idle(
                 async with asyncio.timeout(OP_TIMEOUT):
                     await client.quit()
             except (OSError, ReplyError, TimeoutError) as exc:
-                # A server may time out a connection held this long; count it, do not fail.
-                res.refused += 1
-                res.stop_reason = res.stop_reason or f"at QUIT: {type(exc).__name__}: {exc}"
+                # Held for less than RFC 1939's 10-minute autologout: a drop is a failure.
+                exc.add_note("during QUIT after idling")
+                res.error(exc)
                 client.abort()
 
     await asyncio.gather(*(bye(c) for c in held))
 
 
-async def run_job(job: Job, wait_release: Callable[[int], Awaitable[None]]) -> Result:
+async def run_job(job: Job, hold: HoldCallback) -> Result:
     res = Result()
     ctx = client_context(job.ca_path)
     delay = job.start_at - time.time()
@@ -274,7 +302,7 @@ async def run_job(job: Job, wait_release: Callable[[int], Awaitable[None]]) -> R
     t0 = time.perf_counter()
     end = t0 + job.duration
     if job.kind == "idle":
-        await _idle(job, ctx, res, wait_release)
+        await _idle(job, ctx, res, hold)
     else:
         loop = {"login": _login_loop, "session": _session_loop, "retr": _retr_loop}[job.kind]
         await asyncio.gather(*(loop(job, ctx, u, res, end) for u in job.users))
