@@ -107,8 +107,11 @@ ANSWERS = st.builds(
     commit_ok=st.booleans(),
 )
 
-GOOD_NUMBERS = st.sampled_from(["1", "2", "3", "4", "5", "0", "007", "18446744073709551616"])
-BAD_NUMBERS = st.sampled_from(["-1", "abc", "99999999999999999999999", "1x", " ", "+2", "1 "])
+# Any run of digits is a number (the line cap bounds it): a huge one is "no such message".
+GOOD_NUMBERS = st.sampled_from(
+    ["1", "2", "3", "4", "5", "0", "007", "18446744073709551616", "99999999999999999999999"]
+)
+BAD_NUMBERS = st.sampled_from(["-1", "abc", "1x", " ", "+2", "1 "])
 
 
 def plain(authzid: bytes, authcid: bytes, password: bytes) -> bytes:
