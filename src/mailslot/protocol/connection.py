@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,9 @@ class CoreConfig:
 _Render = Callable[[int, SnapshotEntry], str]
 _RenderOne = Callable[[SnapshotEntry], str]
 
+# Shared by every session until its first DELE: an idle session holds no set of its own.
+_NONE_DELETED: frozenset[int] = frozenset()
+
 _WAIT_NONE = 0
 _WAIT_LOGIN = 1
 _WAIT_MESSAGE = 2
@@ -60,8 +64,45 @@ _WAIT_COMMIT = 3
 _WAIT_TLS = 4
 
 
+@functools.cache
+def _capability_list(plaintext: bool, stls: bool) -> tuple[bytes, ...]:
+    """CAPA's lines (RFC 2449 section 6); one shared tuple per combination, not one per session."""
+    caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+    if plaintext:
+        caps += [b"USER", b"SASL PLAIN", b"UTF8 USER"]
+    else:
+        caps.append(b"UTF8")
+    if stls:
+        caps.append(b"STLS")
+    return tuple(caps)
+
+
 class Connection:
     """One POP3 session, from greeting to close."""
+
+    # Tens of thousands of these may sit idle at once: no per-instance __dict__.
+    __slots__ = (
+        "_bad_commands",
+        "_capabilities_at_login",
+        "_close",
+        "_config",
+        "_deleted",
+        "_deleted_size",
+        "_encoder",
+        "_lines",
+        "_messages",
+        "_out",
+        "_retrieving_size",
+        "_retrieving_top",
+        "_sasl",
+        "_started",
+        "_state",
+        "_tls",
+        "_user",
+        "_waiting",
+        "username",
+        "utf8",
+    )
 
     def __init__(self, config: CoreConfig) -> None:
         self._config = config
@@ -74,11 +115,14 @@ class Connection:
         self._sasl: Mechanism | None = None
         self._bad_commands = 0
         self._close: Close | None = None
-        self._capabilities_at_login: list[bytes] | None = None
+        self._capabilities_at_login: tuple[bytes, ...] | None = None
         self._messages: Sequence[SnapshotEntry] = ()
-        self._deleted: set[int] = set()
+        self._deleted: set[int] | frozenset[int] = _NONE_DELETED
         self._deleted_size = 0
         self._encoder: MessageEncoder | None = None
+        self._retrieving_size = 0
+        self._retrieving_top = False
+        self._started = False
         self.username: str | None = None
         self.utf8 = False
 
@@ -229,10 +273,6 @@ class Connection:
 
     # ----------------------------------------------------------------- internals
 
-    _retrieving_size = 0
-    _retrieving_top = False
-    _started = False
-
     def _expect(self, waiting: int) -> None:
         if self._waiting != waiting:
             raise LocalProtocolError("answer to an event that was not asked")
@@ -268,18 +308,13 @@ class Connection:
     def _plaintext_ok(self) -> bool:
         return self._tls or self._config.allow_plaintext
 
-    def _capabilities(self) -> list[bytes]:
+    def _capabilities(self) -> tuple[bytes, ...]:
         if self._capabilities_at_login is not None:
             # RFC 2449 section 5: what was announced before login is announced after it.
             return self._capabilities_at_login
-        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
-        if self._plaintext_ok:
-            caps += [b"USER", b"SASL PLAIN", b"UTF8 USER"]
-        else:
-            caps.append(b"UTF8")
-        if self._config.starttls_available and not self._tls:
-            caps.append(b"STLS")
-        return caps
+        return _capability_list(
+            self._plaintext_ok, self._config.starttls_available and not self._tls
+        )
 
     def _command(self, line: bytes) -> Event | None:
         verb, rest = cmd.split_verb(line)
@@ -344,11 +379,13 @@ class Connection:
                 error = self._check_number(number)
                 if error is not None:
                     return error
+                if isinstance(self._deleted, frozenset):
+                    self._deleted = set()
                 self._deleted.add(number)
                 self._deleted_size += self._messages[number - 1].size
                 self._out += r.ok(f"Message {number} deleted.")
             case cmd.Rset():
-                self._deleted.clear()
+                self._deleted = _NONE_DELETED
                 self._deleted_size = 0
                 size = sum(m.size for m in self._messages)
                 self._out += r.ok(f"maildrop has {len(self._messages)} messages ({size} octets)")

@@ -10,6 +10,7 @@ built from numbers.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 
 class Code(enum.Enum):
@@ -57,7 +58,7 @@ def failure(reason: Failure) -> bytes:
     return err(text, code)
 
 
-def multiline(first: bytes, lines: list[bytes]) -> bytes:
+def multiline(first: bytes, lines: Sequence[bytes]) -> bytes:
     """A status line followed by lines and the terminator (lines must not start with '.')."""
     return first + b"".join(line + b"\r\n" for line in lines) + b".\r\n"
 

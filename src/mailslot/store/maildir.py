@@ -270,6 +270,9 @@ async def _in_thread(function: Callable[[], _T], cleanup: Callable[[_T], None]) 
 class MaildirMaildrop:
     """One locked Maildir, open for one POP3 session."""
 
+    # One per logged-in session, idle ones included: no per-instance __dict__.
+    __slots__ = ("_fsync", "_locations", "_lock_fd", "_maildir", "_messages")
+
     def __init__(
         self,
         maildir: str,
