@@ -269,3 +269,20 @@ def test_passwords_never_reach_the_log(tmp_path: Path, caplog: pytest.LogCapture
         run(auth.authenticate("alice", "hunter2-stored"))
     assert caplog.records  # the malformed and refused lines were reported
     assert not [r for r in caplog.records if "hunter2" in r.getMessage()]
+
+
+def test_with_recheck_the_file_is_looked_at_once_per_interval(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    write(path, "alice:{PLAIN}old\n")
+    now = [100.0]
+    auth = PasswdFileAuthenticator(path, recheck=1.0, clock=lambda: now[0])
+    assert run(auth.authenticate("alice", "old")).name == "alice"
+    new = tmp_path / "passwd.new"
+    write(new, "alice:{PLAIN}new\n")
+    os.replace(new, path)
+    now[0] += 0.5  # within the interval: the table read before still answers
+    assert run(auth.authenticate("alice", "old")).name == "alice"
+    now[0] += 0.5  # one interval after the last look: the change is seen
+    assert run(auth.authenticate("alice", "new")).name == "alice"
+    with pytest.raises(AuthenticationFailed):
+        run(auth.authenticate("alice", "old"))

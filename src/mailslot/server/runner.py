@@ -46,7 +46,8 @@ class Application:
         self.store = MaildirStore(config.store.maildir, hostname=config.server.hostname)
         if config.auth.passwd_file is None:
             raise ValueError("[auth] passwd_file is required")
-        self.users = PasswdFileAuthenticator(config.auth.passwd_file)
+        # At most one stat() of the passwd-file per second rather than one per login.
+        self.users = PasswdFileAuthenticator(config.auth.passwd_file, recheck=1.0)
 
     async def start(self) -> None:
         config = self.config
