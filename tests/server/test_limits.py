@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from mailslot.server.limits import Limits
 
 
@@ -70,3 +72,32 @@ def test_user_limit_is_independent_of_connection_limits() -> None:
     assert limits.acquire_user("alice")
     assert limits.acquire_user("bob")
     assert limits.acquire_connection("192.0.2.2") == "too many connections"
+
+
+def test_read_deadlines_fire_in_order_never_early_and_forget_discarded_sessions() -> None:
+    from typing import cast
+
+    from mailslot.server.session import ReadDeadlines, Session
+
+    fired: list[tuple[str, float]] = []
+
+    class Fake:
+        def __init__(self, name: str, deadline: float) -> None:
+            self.name, self.deadline = name, deadline
+
+        def _expire(self) -> None:
+            fired.append((self.name, asyncio.get_running_loop().time() - self.deadline))
+
+    async def scenario() -> None:
+        deadlines = ReadDeadlines(0.01)
+        now = asyncio.get_running_loop().time()
+        fakes = [Fake(n, now + d) for n, d in (("late", 0.05), ("early", 0.02), ("gone", 0.03))]
+        for fake in fakes:
+            deadlines.add(cast(Session, fake), deadlines.slot(fake.deadline))
+        gone = fakes[2]
+        deadlines.discard(cast(Session, gone), deadlines.slot(gone.deadline))
+        await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+    assert [name for name, _ in fired] == ["early", "late"]
+    assert all(lateness >= 0 for _, lateness in fired)
