@@ -64,6 +64,23 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dovecot": servers.dovecot_version(),
+        "mailslot_commit": source_revision(),
+    }
+
+
+def source_revision() -> str:
+    """HEAD of the work tree the server runs from, with "+dirty" when src/ has edits.
+
+    The server is started from the work tree several times per run (fresh before and after
+    idle), so a commit landing mid-run changes what is measured: the runner compares this
+    at the start and at the end.
+    """
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -71,16 +88,15 @@ def machine() -> dict[str, Any]:
             text=True,
             cwd=servers.REPO,
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            cwd=servers.REPO,
+        ).stdout.strip()
     except OSError:
-        rev = ""
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "dovecot": servers.dovecot_version(),
-        "mailslot_commit": rev,
-    }
+        return ""
+    return rev + ("+dirty" if dirty else "")
 
 
 def build(
@@ -164,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(cleanup)
     report = Report([])
     t_start = time.monotonic()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    rev_start = source_revision()
     pool: ClientPool | None = None
     try:
         print(f"setting up under {tmp} ...", flush=True)
@@ -216,8 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings.__dict__,
         "clients": args.clients,
         "elapsed_s": round(time.monotonic() - t_start, 1),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": started_at,
     }
+    if meta["machine"]["mailslot_commit"] != rev_start:
+        report.notes.append(
+            f"mailslot's source changed during the run: {rev_start} at the start, "
+            f"{meta['machine']['mailslot_commit']} at the end"
+        )
     print()
     print(report.table())
     for note in report.notes:
