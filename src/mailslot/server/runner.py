@@ -62,8 +62,19 @@ class Application:
             max_bad_commands_before_login=limits.max_bad_commands_before_login,
             max_bad_commands=limits.max_bad_commands,
         )
+        max_connections = limits.max_connections
+        affordable = connections_within(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        if affordable < max_connections:
+            # Refusing a connection with -ERR [SYS/TEMP] beats failing a login with EMFILE.
+            logger.warning(
+                "max_connections %d needs more open files than this process may have; "
+                "serving at most %d connections per worker",
+                max_connections,
+                affordable,
+            )
+            max_connections = affordable
         shared_limits = Limits(
-            limits.max_connections, limits.max_connections_per_ip, limits.max_sessions_per_user
+            max_connections, limits.max_connections_per_ip, limits.max_sessions_per_user
         )
         penalty = FailurePenalty(config.auth.failure_delay, config.auth.failure_delay_max)
         for listener in config.listeners:
@@ -182,6 +193,16 @@ def raise_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+# Descriptors kept for everything that is not a session: listening sockets, the event loop,
+# log files, the passwd-file and Maildir scans, worker threads.
+_RESERVED_FILES = 64
+
+
+def connections_within(file_limit: int) -> int:
+    """How many sessions fit in ``file_limit`` descriptors: a socket and a lock file each."""
+    return max(1, (file_limit - _RESERVED_FILES) // 2)
 
 
 def run(config: Config) -> int:
