@@ -39,22 +39,34 @@ def _deliver_all(port: int, accepted: list[int], errors: list[BaseException]) ->
         errors.append(exc)
 
 
-def _session(server: MailslotServer) -> tuple[dict[int, bytes], list[int]]:
-    """One POP3 session: fetch all, delete every other one; returns (fetched, deleted)."""
+def _login(server: MailslotServer) -> poplib.POP3:
     host, port = server.starttls
     client = poplib.POP3(host, port, timeout=30)
     client.stls(server.tls_files.client_context())
     client.user("carol")
     client.pass_(server.password("carol"))
-    fetched: dict[int, bytes] = {}
-    deleted: list[int] = []
+    return client
+
+
+def _retr_all(client: poplib.POP3) -> list[tuple[int, int, bytes]]:
+    """(message number, X-Seq, bytes as the client sees them) for every message."""
     count, _ = client.stat()
+    messages = []
     for number in range(1, count + 1):
         _, lines, _ = client.retr(number)
         data = b"".join(line + b"\r\n" for line in lines)
         match = MARKER.search(data)
         assert match is not None, data[:200]
-        seq = int(match.group(1))
+        messages.append((number, int(match.group(1)), data))
+    return messages
+
+
+def _session(server: MailslotServer) -> tuple[dict[int, bytes], list[int]]:
+    """One POP3 session: fetch all, delete every other one; returns (fetched, deleted)."""
+    client = _login(server)
+    fetched: dict[int, bytes] = {}
+    deleted: list[int] = []
+    for number, seq, data in _retr_all(client):
         fetched[seq] = data
         if number % 2 == 0:
             client.dele(number)
@@ -92,7 +104,7 @@ def test_lmtp_deliveries_during_pop3_sessions_lose_and_duplicate_nothing(
     assert not errors, errors
     assert sorted(accepted) == list(range(DELIVERIES))
 
-    remaining, _ = _last_look(server)
+    remaining = _last_look(server)
     assert max(deleted.values(), default=1) == 1
     assert not set(remaining) & set(deleted)
     assert set(remaining) | set(deleted) == set(accepted), "a delivered message went missing"
@@ -102,21 +114,11 @@ def test_lmtp_deliveries_during_pop3_sessions_lose_and_duplicate_nothing(
     assert sessions >= 2, "the deliveries never overlapped a session"
 
 
-def _last_look(server: MailslotServer) -> tuple[dict[int, bytes], int]:
-    host, port = server.starttls
-    client = poplib.POP3(host, port, timeout=30)
-    client.stls(server.tls_files.client_context())
-    client.user("carol")
-    client.pass_(server.password("carol"))
+def _last_look(server: MailslotServer) -> dict[int, bytes]:
+    client = _login(server)
     remaining: dict[int, bytes] = {}
-    count, _ = client.stat()
-    for number in range(1, count + 1):
-        _, lines, _ = client.retr(number)
-        data = b"".join(line + b"\r\n" for line in lines)
-        match = MARKER.search(data)
-        assert match is not None
-        seq = int(match.group(1))
+    for _, seq, data in _retr_all(client):
         assert seq not in remaining, f"message {seq} is in the maildrop twice"
         remaining[seq] = data
     client.quit()
-    return remaining, count
+    return remaining
