@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.external import crlf_to_lf, describe, run, strip_received
-from tests.support.maildir import SAMPLE_MESSAGES, StoredMessage, message_files, wire_body
+from tests.support.external import assert_delivered, describe, run
+from tests.support.maildir import SAMPLE_MESSAGES, message_files
 from tests.support.programs import require_program
 from tests.support.server import MailslotServer
 
@@ -58,19 +58,13 @@ def _fetchmail(server: MailslotServer, tmp_path: Path, mode: str, *, keep: bool)
     return [path.read_bytes() for path in sorted(out.iterdir())]
 
 
-def _assert_delivered(delivered: list[bytes], messages: list[StoredMessage]) -> None:
-    assert len(delivered) == len(messages)
-    for got, message in zip(delivered, messages, strict=True):
-        assert strip_received(got) == crlf_to_lf(wire_body(message.data)), message.base
-
-
 @pytest.mark.parametrize("mode", ["stls", "implicit"])
 def test_fetchmail_keep_then_delete(mailslot: MailslotServer, tmp_path: Path, mode: str) -> None:
     builder = mailslot.builder("alice")
     messages = [builder.add(SAMPLE_MESSAGES[name]) for name in WELL_FORMED]
 
-    _assert_delivered(_fetchmail(mailslot, tmp_path, mode, keep=True), messages)
+    assert_delivered(_fetchmail(mailslot, tmp_path, mode, keep=True), messages)
     assert message_files(mailslot.maildir("alice")) == {m.base: m.data for m in messages}
 
-    _assert_delivered(_fetchmail(mailslot, tmp_path, mode, keep=False), messages)
+    assert_delivered(_fetchmail(mailslot, tmp_path, mode, keep=False), messages)
     assert message_files(mailslot.maildir("alice")) == {}

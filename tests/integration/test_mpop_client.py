@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.support.external import crlf_to_lf, describe, run, strip_received
-from tests.support.maildir import SAMPLE_MESSAGES, StoredMessage, message_files, wire_body
+from tests.support.external import assert_delivered, describe, run
+from tests.support.maildir import SAMPLE_MESSAGES, message_files
 from tests.support.programs import require_program
 from tests.support.server import MailslotServer
 
@@ -57,19 +57,13 @@ def _mpop(server: MailslotServer, tmp_path: Path, mode: str, *, keep: bool) -> l
     return [path.read_bytes() for path in files]
 
 
-def _assert_delivered(delivered: list[bytes], messages: list[StoredMessage]) -> None:
-    assert len(delivered) == len(messages)
-    for got, message in zip(delivered, messages, strict=True):
-        assert strip_received(got) == crlf_to_lf(wire_body(message.data)), message.base
-
-
 @pytest.mark.parametrize("mode", ["stls", "implicit"])
 def test_mpop_keep_then_delete(mailslot: MailslotServer, tmp_path: Path, mode: str) -> None:
     builder = mailslot.builder("alice")
     messages = [builder.add(SAMPLE_MESSAGES[name]) for name in WELL_FORMED]
 
-    _assert_delivered(_mpop(mailslot, tmp_path, mode, keep=True), messages)
+    assert_delivered(_mpop(mailslot, tmp_path, mode, keep=True), messages)
     assert message_files(mailslot.maildir("alice")) == {m.base: m.data for m in messages}
 
-    _assert_delivered(_mpop(mailslot, tmp_path, mode, keep=False), messages)
+    assert_delivered(_mpop(mailslot, tmp_path, mode, keep=False), messages)
     assert message_files(mailslot.maildir("alice")) == {}

@@ -8,6 +8,8 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .maildir import StoredMessage, wire_body
+
 # A safety net so a hung client fails its test; not a performance threshold.
 CLIENT_TIMEOUT = 60.0
 
@@ -48,3 +50,10 @@ def strip_received(data: bytes) -> bytes:
 
 def crlf_to_lf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
+
+
+def assert_delivered(delivered: Sequence[bytes], messages: Sequence[StoredMessage]) -> None:
+    """A fetching client delivered each message, in order, as its LF form after a Received."""
+    assert len(delivered) == len(messages)
+    for got, message in zip(delivered, messages, strict=True):
+        assert strip_received(got) == crlf_to_lf(wire_body(message.data)), message.base
