@@ -156,7 +156,9 @@ async def serve(
 
 
 def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    # Failed TLS handshakes on implicit-TLS listeners arrive here; one line each, not a trace.
+    # Transport errors the loop reports outside any session (an SSL error while a closed
+    # connection is torn down, say): one line each, not a traceback.  Failed handshakes are
+    # logged by the listener and the session themselves.
     exception = context.get("exception")
     if isinstance(exception, (ssl.SSLError, ConnectionError, TimeoutError)):
         logger.info("connection error: %s", log.escape(exception))
