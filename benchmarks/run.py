@@ -25,7 +25,8 @@ from benchmarks.report import Report
 from benchmarks.servers import Dovecot, Mailslot, Server
 from benchmarks.suites import Bench, Settings
 
-BENCHMARKS = ("login", "session", "retr", "idle", "bigbox")
+# "idle" holds plain connections, "idle-tls" implicit-TLS ones (the method ``idle_tls``).
+BENCHMARKS = ("login", "session", "retr", "idle", "idle-tls", "bigbox")
 SERVERS = ("mailslot", "dovecot", "dovecot-sc0")
 MAIL_UID = 64123  # an unprivileged uid of our own: Dovecot refuses to serve mail as root
 LOAD_USERS = 64
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(n.startswith("dovecot") for n in args.servers):
         servers.ensure_dovecot()
     nofile = raise_nofile()
-    if "idle" in args.only and max(settings.idle_sizes) + 1000 > nofile:
+    idles = {"idle", "idle-tls"} & set(args.only)
+    if idles and max(settings.idle_sizes) + 1000 > nofile:
         print(
             f"warning: RLIMIT_NOFILE hard limit {nofile} is low for the idle benchmark",
             file=sys.stderr,
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                         if name == "bigbox":
                             bench.bigbox(server, rep)
                         else:
-                            getattr(bench, name)(server)
+                            getattr(bench, name.replace("-", "_"))(server)
                     except Exception as exc:  # one broken step must not lose the others
                         report.errors.append(f"{server.name} {name}: {type(exc).__name__}: {exc}")
                     print(

@@ -1,4 +1,4 @@
-"""The five benchmarks, each measuring one server once and adding its figures to the report.
+"""The benchmarks, each measuring one server once and adding its figures to the report.
 
 The runner calls them alternately (rep 1: every benchmark on every server, rep 2, ...) so a
 slow drift of the machine hits all servers alike; figures are medians over the reps.
@@ -125,8 +125,12 @@ class Bench:
             add(f"{label} throughput", "MB/s", "higher", server.name, res.bytes / res.wall / 1e6)
             add(f"{label} p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
 
-    def idle(self, server: Server) -> None:
-        """One ramp-up per rep, held and measured at each size on the way (1,000, then 10,000)."""
+    def idle(self, server: Server, tls: TlsMode = "none") -> None:
+        """One ramp-up per rep, held and measured at each size on the way (1,000, then 10,000).
+
+        ``tls`` is how the held connections and the fresh client's probe connect: plain
+        (``idle``, figures named "idle N ...") or implicit TLS (``idle-tls``, "idle tls N ...").
+        """
         sizes = sorted(self.settings.idle_sizes)
         # A fresh server: a Python heap never shrinks and Dovecot keeps reusable processes,
         # so a baseline taken after earlier steps would hide part of the per-connection cost.
@@ -134,8 +138,9 @@ class Bench:
         server.start()
         base = proctree.pss_bytes(proctree.tree(server.pid))
         job = replace(
-            self.job(server, "idle", "none", self.idle_users[: sizes[-1]]), stages=tuple(sizes)
+            self.job(server, "idle", tls, self.idle_users[: sizes[-1]]), stages=tuple(sizes)
         )
+        name = "idle" if tls == "none" else f"idle {TLS_LABEL[tls]}"
         run = self.pool.hold(job)
         errors_before = 0
         try:
@@ -143,7 +148,9 @@ class Bench:
                 if k:
                     self.pool.advance(run)
                 now = run.snapshot()
-                go_on = self._idle_stage(server, size, now, base, errors_before)
+                go_on = self._idle_stage(
+                    server, tls, f"{name} {size}", size, now, base, errors_before
+                )
                 errors_before = now.errors
                 if not go_on:
                     break
@@ -151,7 +158,7 @@ class Bench:
             final = self.pool.release(run)
         if final.errors > errors_before:
             self.report.errors.append(
-                f"{server.name} idle release: {final.errors - errors_before} more errors "
+                f"{server.name} {name} release: {final.errors - errors_before} more errors "
                 f"(all: {final.describe_errors()})"
             )
         # The next steps get a fresh server too: Dovecot with service_count = 0 keeps the
@@ -160,15 +167,25 @@ class Bench:
         server.stop()
         server.start()
 
+    def idle_tls(self, server: Server) -> None:
+        """``idle`` over implicit TLS (RFC 8314): what a held TLS session costs the server."""
+        self.idle(server, "implicit")
+
     def _idle_stage(
-        self, server: Server, size: int, res: Result, base: int, errors_before: int
+        self,
+        server: Server,
+        tls: TlsMode,
+        label: str,
+        size: int,
+        res: Result,
+        base: int,
+        errors_before: int,
     ) -> bool:
         """Figures for ``size`` held connections; False when the ramp cannot go on."""
-        label = f"idle {size}"
         held_pss = proctree.pss_bytes(proctree.tree(server.pid))
         with asyncio.Runner(loop_factory=_loop_factory) as runner:
             s = self.settings
-            pjob = self.job(server, "login", "none", [self.probe_user])
+            pjob = self.job(server, "login", tls, [self.probe_user])
             fresh = runner.run(probe(pjob, self.probe_user, s.probe_count, s.probe_duration))
         add = self.report.add
         add(f"{label} held", "connections", "higher", server.name, res.held)
