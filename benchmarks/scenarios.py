@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from benchmarks import proctree
 from benchmarks.corpus import PASSWORD
 from benchmarks.pop3client import (
     Pop3Client,
@@ -62,6 +64,7 @@ class Result:
     held: int = 0
     ramp: float = 0.0  # idle: seconds until every connection was up (or given up)
     stop_reason: str = ""
+    client_pss: int = 0  # idle: the client processes' own PSS (bytes), summed
     cpu: float = 0.0
     wall: float = 0.0
 
@@ -90,6 +93,7 @@ class Result:
             self._kind(key, count)
         self.refused += other.refused
         self.held += other.held
+        self.client_pss += other.client_pss
         self.cpu += other.cpu
         self.wall = max(self.wall, other.wall)
         self.ramp = max(self.ramp, other.ramp)
@@ -281,6 +285,8 @@ async def _idle(job: Job, ctx: ssl.SSLContext, res: Result, hold: HoldCallback) 
         start = upto
         res.ramp += time.perf_counter() - t0
         res.held = res.ops = len(held)
+        # Shown next to the server's: 10,000 TLS connections must not make the client the limit.
+        res.client_pss = proctree.pss_bytes([os.getpid()])
         if not await hold(res):
             break
     gate = asyncio.Semaphore(job.connect_concurrency)

@@ -207,6 +207,7 @@ class Bench:
         if not ok or res.held == 0:
             return False
         add(f"{label} PSS/conn", "KiB", "lower", server.name, (held_pss - base) / res.held / 1024)
+        add(f"{label} client PSS", "MiB", "lower", server.name, res.client_pss / 2**20)
         add(
             f"{label} fresh greeting p99",
             "ms",
