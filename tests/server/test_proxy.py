@@ -30,7 +30,7 @@ from tests.support.wire import ConnectionClosed, Pop3Wire
 
 from mailslot.config import ListenerConfig
 from mailslot.server import proxy
-from mailslot.server.listener import _AwaitingHandshake, read_proxy_header
+from mailslot.server.listener import _AwaitingHandshake
 from mailslot.server.proxy import Endpoint, ProxyHeader, ProxyParser, ProxyProtocolError, parse
 
 SIGNATURE = bytes([0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A])
@@ -342,34 +342,6 @@ def test_the_parser_module_is_pure() -> None:
 # -- the transport glue, without sockets ---------------------------------------------------------
 
 
-def test_read_proxy_header_leaves_the_session_bytes_in_the_stream() -> None:
-    async def scenario() -> tuple[ProxyHeader, bytes]:
-        reader = asyncio.StreamReader()
-        header = v1("192.0.2.9", 1234, "192.0.2.10", 110)
-        reader.feed_data(header[:7])
-        task = asyncio.ensure_future(read_proxy_header(reader))
-        await asyncio.sleep(0)
-        assert not task.done()
-        reader.feed_data(header[7:] + b"CAPA\r\n")
-        reader.feed_eof()
-        return await task, await reader.read()
-
-    header, rest = asyncio.run(scenario())
-    assert header.source == Endpoint("192.0.2.9", 1234)
-    assert rest == b"CAPA\r\n"
-
-
-def test_read_proxy_header_fails_at_end_of_stream() -> None:
-    async def scenario() -> None:
-        reader = asyncio.StreamReader()
-        reader.feed_data(b"PROXY TCP4 192.0.2.9")
-        reader.feed_eof()
-        await read_proxy_header(reader)
-
-    with pytest.raises(ProxyProtocolError, match="closed"):
-        asyncio.run(scenario())
-
-
 class FakeTransport:
     """Just what _AwaitingHandshake calls on a transport."""
 
@@ -525,9 +497,11 @@ def test_header_before_the_greeting_then_stls_and_login(
         assert wire.command("QUIT").startswith(b"+OK")
     (line,) = wait_for_log(proxied, "login: user=alice")
     assert f"peer={peer}" in line, line
+    assert " listener=starttls proxy=127.0.0.1:" in line, line
     session = line.split("session=")[1].split()[0]
-    connects = wait_for_log(proxied, f"session={session} peer={peer}")
-    assert "connect: listener=starttls proxy=127.0.0.1:" in connects[0], connects
+    lines = wait_for_log(proxied, f"session={session} ", 2)
+    assert "disconnect:" in lines[1], lines
+    assert " listener=starttls proxy=127.0.0.1:" in lines[1], lines
 
 
 @pytest.mark.parametrize("together", [False, True], ids=["apart", "with-client-hello"])
@@ -541,6 +515,27 @@ def test_header_before_the_client_hello_then_login(
         assert wire.command("QUIT").startswith(b"+OK")
     (line,) = wait_for_log(proxied, "login: user=alice")
     assert f"peer={peer}" in line, line
+
+
+@pytest.mark.parametrize("split", [3, None], ids=["header-in-two-parts", "header-with-commands"])
+def test_header_and_the_first_commands_in_any_segments(
+    proxied: MailslotServer, split: int | None
+) -> None:
+    """What follows the header in the same segment is the session's, never lost or re-read."""
+    header = v2_inet("198.51.100.40", 4000, "127.0.0.1", 110)
+    host, port = proxied.listener("starttls")
+    with Pop3Wire(host, port, read_greeting=False) as wire:
+        if split is None:
+            wire.send(header + b"CAPA\r\nNOOP\r\n")
+        else:
+            wire.send(header[:split])
+            time.sleep(0.05)
+            wire.send(header[split:] + b"CAPA\r\nNOOP\r\n")
+        assert wire.line().startswith(b"+OK")
+        capa = wire.multiline()
+        assert b"STLS" in capa, capa
+        assert wire.line().startswith(b"-ERR"), "NOOP before login is refused, and answered"
+    wait_for_log(proxied, "peer=198.51.100.40:4000 disconnect:")
 
 
 def _fail_login(wire: Pop3Wire) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 
 import pytest
@@ -243,3 +244,29 @@ def test_a_peer_that_closes_before_the_tls_handshake_is_let_go_at_once(
     lines = wait_for_log(caplog, "TLS handshake failed", count=3)
     assert time.monotonic() - started < server.config.tls.handshake_timeout / 2, lines
     assert all("timeout" not in line for line in lines)
+
+
+def test_commands_pipelined_far_past_the_read_ahead_are_all_answered_in_order(
+    inprocess: InProcessFactory,
+) -> None:
+    """While a RETR waits on the client's window, its next commands pile up; reading pauses
+    (the server keeps at most its read-ahead) and resumes, and every command is answered."""
+    server = inprocess(auth={"allow_plaintext_without_tls": True})
+    big = b"Subject: big\n\n" + b"x" * 1000 + b"\n"
+    server.builder().add_all([big * 4000])  # ~4 MB: far more than the socket buffers
+    count = 30_000  # 180 KB of NOOPs: well over the 64 KiB read-ahead
+    host, port = server.address("starttls")
+    with Pop3Wire(host, port) as wire:
+        wire.login("alice", server.password())
+        sender = threading.Thread(
+            target=wire.sock.sendall, args=(b"RETR 1\r\n" + b"NOOP\r\n" * count + b"QUIT\r\n",)
+        )
+        sender.start()
+        time.sleep(0.5)  # let the server fill the window and the NOOPs pile up
+        assert wire.line().startswith(b"+OK")
+        body = wire.multiline()
+        assert body.count(b"x" * 1000) == 4000
+        replies = [wire.line() for _ in range(count + 1)]
+        sender.join()
+    assert all(reply == b"+OK\r\n" for reply in replies[:count]), set(replies[:count])
+    assert replies[-1].startswith(b"+OK"), replies[-1]

@@ -13,7 +13,8 @@ cancels the rest (which deletes nothing: only a completed QUIT commits).
 from __future__ import annotations
 
 import asyncio
-import collections
+import dataclasses
+import functools
 import logging
 import socket
 import ssl
@@ -24,7 +25,7 @@ from mailslot.config import ListenerConfig
 from mailslot.log import escape
 from mailslot.protocol.connection import CoreConfig
 from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
-from mailslot.server.session import Session, SessionContext
+from mailslot.server.session import Session, SessionContext, format_address, proxy_refused
 
 logger = logging.getLogger("mailslot.listener")
 
@@ -36,10 +37,12 @@ class Pop3Listener:
         self, config: ListenerConfig, context: SessionContext, *, reuse_port: bool = False
     ) -> None:
         self.config = config
-        self._context = context
+        self._context = dataclasses.replace(
+            context, label=config.tls, proxy_protocol=config.proxy_protocol
+        )
         self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def core_config(config: ListenerConfig, base: CoreConfig) -> CoreConfig:
@@ -57,27 +60,19 @@ class Pop3Listener:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        options: dict[str, Any] = {
-            "reuse_address": True,
-            "reuse_port": self._reuse_port or None,
-            "backlog": 1024,
-        }
+        factory: Callable[[], asyncio.Protocol]
         if self.config.tls == "implicit":
-            self._server = await loop.create_server(
-                lambda: _AwaitingHandshake(self._handshake),
-                self.config.address,
-                self.config.port,
-                **options,
-            )
+            factory = functools.partial(_AwaitingHandshake, self._handshake)
         else:
-            # What asyncio.start_server() does, with the lighter protocol below.
-            def factory() -> asyncio.StreamReaderProtocol:
-                reader = asyncio.StreamReader(limit=self._stream_limit, loop=loop)
-                return _StreamProtocol(reader, self._accept, loop=loop)
-
-            self._server = await loop.create_server(
-                factory, self.config.address, self.config.port, **options
-            )
+            factory = functools.partial(Session, self._context)
+        self._server = await loop.create_server(
+            factory,
+            self.config.address,
+            self.config.port,
+            reuse_address=True,
+            reuse_port=self._reuse_port or None,
+            backlog=1024,
+        )
         for sock in self._server.sockets:
             logger.info(
                 "listening: pop3 %s tls=%s", format_address(sock.getsockname()), self.config.tls
@@ -86,10 +81,6 @@ class Pop3Listener:
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         return tuple(self._server.sockets) if self._server else ()
-
-    @property
-    def _stream_limit(self) -> int:
-        return self._context.core.sasl_line_length * 2
 
     async def _handshake(
         self, transport: asyncio.BaseTransport, waiting: _AwaitingHandshake
@@ -102,7 +93,7 @@ class Pop3Listener:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None and self._context.tls is not None
-        self._sessions.add(task)
+        self._handshakes.add(task)
         try:
             header: ProxyHeader | None = None
             if self.config.proxy_protocol:
@@ -110,15 +101,14 @@ class Pop3Listener:
                     async with asyncio.timeout(self._context.handshake_timeout):
                         header = await waiting.proxy_header()
                 except (ProxyProtocolError, TimeoutError) as exc:
-                    _proxy_refused(transport.get_extra_info("peername"), exc)
+                    proxy_refused(transport.get_extra_info("peername"), exc)
                     transport.abort()  # type: ignore[attr-defined]
                     return
-            reader = asyncio.StreamReader(limit=self._stream_limit, loop=loop)
-            protocol = _StreamProtocol(reader, loop=loop)
+            session = Session(self._context, header)
             handshake = asyncio.ensure_future(
                 loop.start_tls(
                     cast(asyncio.WriteTransport, transport),
-                    protocol,
+                    session,
                     self._context.tls.current,
                     server_side=True,
                     ssl_handshake_timeout=self._context.handshake_timeout,
@@ -150,80 +140,28 @@ class Pop3Listener:
                 return
             if tls_transport is None:  # the peer went away during the handshake
                 return
-            # start_tls() leaves connection_made to the caller (as StreamWriter.start_tls does).
-            protocol.connection_made(tls_transport)
-            writer = asyncio.StreamWriter(tls_transport, protocol, reader, loop)
-            await self._accept(reader, writer, header)
+            # start_tls() leaves connection_made to the caller.
+            session.connection_made(tls_transport)
         finally:
-            self._sessions.discard(task)
-
-    async def _accept(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        header: ProxyHeader | None = None,
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)
-        peer = writer.get_extra_info("peername")
-        via = ""
-        if self.config.proxy_protocol:
-            if header is None:  # plain and STLS listeners; implicit TLS took it in _handshake
-                try:
-                    async with asyncio.timeout(self._context.login_timeout):
-                        header = await read_proxy_header(reader)
-                except (ProxyProtocolError, TimeoutError, OSError) as exc:
-                    _proxy_refused(peer, exc)
-                    writer.transport.abort()
-                    self._sessions.discard(task)
-                    return
-            via = f" proxy={format_address(peer)} header=v{header.version}/{header.command}"
-            peer = header.source or peer
-        address = str(peer[0]) if peer else "unknown"
-        limits = self._context.limits
-        refusal = limits.acquire_connection(address)
-        try:
-            session = Session(reader, writer, self._context, address, format_address(peer))
-            if refusal is not None:
-                session.log.info("refused: %s", refusal)
-                await session.refuse(refusal.capitalize() + ".")
-                return
-            try:
-                session.log.info("connect: listener=%s%s", self.config.tls, via)
-                await session.run()
-            finally:
-                limits.release_connection(address)
-        finally:
-            self._sessions.discard(task)
+            self._handshakes.discard(task)
 
     async def close(self, deadline: float) -> None:
-        """Stop accepting; wait up to ``deadline`` seconds for sessions, then cancel them."""
+        """Stop accepting; wait up to ``deadline`` seconds for sessions, then end them."""
         if self._server is not None:
             self._server.close()
-        if self._sessions:
-            _, pending = await asyncio.wait(set(self._sessions), timeout=deadline)
-            for task in pending:
+        sessions = self._context.sessions
+        if self._handshakes or sessions:
+            waiting = [*self._handshakes, *(s.closed() for s in sessions)]
+            await asyncio.wait(waiting, timeout=deadline)
+            for task in self._handshakes:
                 task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+            for session in list(sessions):
+                session.shut_down()
+            rest = [*self._handshakes, *(s.closed() for s in sessions)]
+            if rest:
+                await asyncio.wait(rest, timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
-
-
-class _StreamProtocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol, without its deque of drain waiters.
-
-    An empty ``collections.deque`` takes ~760 bytes (one 64-slot block), a tenth of an idle
-    session.  The waiters (one per pending ``drain()``: ours awaits one at a time) are only
-    appended, removed and iterated, which a list does alike in ~56 bytes.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        waiters = getattr(self, "_drain_waiters", None)
-        if isinstance(waiters, collections.deque) and not waiters:
-            self._drain_waiters: list[asyncio.Future[None]] = []
 
 
 class _AwaitingHandshake(asyncio.Protocol):
@@ -312,33 +250,3 @@ def _feed_early_data(transport: asyncio.BaseTransport, data: bytes) -> None:
             view = view[count:]
     else:
         protocol.data_received(data)
-
-
-async def read_proxy_header(reader: asyncio.StreamReader) -> ProxyHeader:
-    """Read a PROXY header off ``reader``, never reading past its end."""
-    parser = ProxyParser()
-    while True:
-        data = await reader.read(parser.wanted)
-        if not data:
-            raise ProxyProtocolError("connection closed before a complete header")
-        header = parser.feed(data)
-        if header is not None:
-            return header
-
-
-def _proxy_refused(peer: object, exc: Exception) -> None:
-    if isinstance(exc, ProxyProtocolError):
-        reason = escape(exc)
-    elif isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
-        reason = "no complete header in time"
-    else:
-        reason = f"connection lost: {type(exc).__name__}"
-    logger.info("peer=%s PROXY header refused, closing: %s", format_address(peer), reason)
-
-
-def format_address(address: object) -> str:
-    """``1.2.3.4:995`` or ``[::1]:995``."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)

@@ -25,9 +25,9 @@ from mailslot.config import Config
 from mailslot.protocol.connection import CoreConfig
 from mailslot.server import tls
 from mailslot.server.limits import Limits
-from mailslot.server.listener import Pop3Listener, format_address
+from mailslot.server.listener import Pop3Listener
 from mailslot.server.penalty import FailurePenalty
-from mailslot.server.session import SessionContext
+from mailslot.server.session import SessionContext, format_address
 from mailslot.store.maildir import MaildirStore
 
 logger = logging.getLogger("mailslot")

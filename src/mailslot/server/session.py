@@ -1,9 +1,11 @@
-"""One POP3 connection: read -> core -> act -> write, in the manner of hypercorn's TCPServer.
+"""One POP3 connection: bytes in -> core -> act -> bytes out, in the manner of hypercorn.
 
-The driver owns every timer (RFC 1939 section 3: the autologout timer of at least 10 minutes
-after login; a short one before), performs what the sans-IO core asks (authentication,
-opening the maildrop, streaming message bytes with back-pressure, the UPDATE commit, the STLS
-handshake) and maps backend errors to the core's failure reasons.  A session that ends in any
+The driver is the connection's asyncio protocol: the transport's callbacks feed the sans-IO
+core, and only work that has to wait runs in a task.  It owns every timer (RFC 1939 section
+3: the autologout timer of at least 10 minutes after login; a short one before), performs
+what the core asks (authentication, opening the maildrop, streaming message bytes with
+back-pressure, the UPDATE commit, the STLS handshake) and maps backend errors to the core's
+failure reasons.  A session that ends in any
 way other than QUIT in TRANSACTION deletes nothing (RFC 1939 section 6).
 """
 
@@ -28,6 +30,7 @@ from mailslot.protocol.responses import Code, Failure, err
 from mailslot.protocol.state import State
 from mailslot.server.limits import Limits
 from mailslot.server.penalty import FailurePenalty
+from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
 from mailslot.server.tls import TlsContexts
 from mailslot.store.base import (
     Maildrop,
@@ -43,9 +46,10 @@ logger = logging.getLogger("mailslot.session")
 
 # Flush when this much is queued; drain() then applies the transport's back-pressure.
 _FLUSH_AT = 256 * 1024
-_READ_SIZE = 65536
 _CHUNK = 256 * 1024
 _CLOSE_WAIT = 2.0
+# Received bytes a session keeps while busy before it stops reading.
+_READ_AHEAD = 64 * 1024
 
 
 def session_ids() -> Iterator[str]:
@@ -56,10 +60,6 @@ def session_ids() -> Iterator[str]:
     """
     prefix = secrets.token_hex(3)
     return (f"{prefix}{n:x}" for n in itertools.count(1))
-
-
-class _IdleTimeout(Exception):
-    """Set on the stream by the session's timer when a read has waited too long."""
 
 
 class ReadDeadlines:
@@ -132,156 +132,364 @@ class SessionContext:
     login_timeout: float
     idle_timeout: float
     handshake_timeout: float
+    label: str = "plain"  # the listener's ``tls`` setting, for the log
+    proxy_protocol: bool = False
     ids: Iterator[str] = field(default_factory=session_ids)
     deadlines: ReadDeadlines = field(init=False)
+    sessions: set[Session] = field(default_factory=set)  # open connections
 
     def __post_init__(self) -> None:
         self.deadlines = _deadlines_for(self.login_timeout, self.idle_timeout)
 
 
-class Session:
-    """Drives one :class:`Connection` over an asyncio stream pair."""
+# Where a session is; the transport callbacks act on it.
+_EARLY = 0  # not begun: TLS may have handed over bytes before connection_made
+_PROXY = 1  # reading the PROXY header
+_SERVING = 2
+_STLS = 3  # STLS answered, the handshake not begun: any byte now is an injection
+_INJECTED = 4  # ... and one came: the session ends without a handshake
+_HANDSHAKE = 5  # STLS handshake running: bytes now came through TLS, kept for later
+_ENDING = 6  # maildrop being released, the transport closed after it
+_ENDED = 7
+
+
+class Session(asyncio.Protocol):
+    """Drives one :class:`Connection` from the transport's callbacks.
+
+    No stream objects and no task while the client is quiet: an idle session is this object,
+    its core and the transport.  Work that has to wait (a password check, opening the
+    maildrop, a message larger than the socket buffer, the commit, the STLS handshake) runs
+    in a task of its own; the client's bytes received meanwhile wait in the core, and
+    reading pauses when more than ``_READ_AHEAD`` of them wait.
+    """
 
     __slots__ = (
         "_address",
+        "_closer",
         "_conn",
         "_context",
+        "_counted",
         "_deadline",
+        "_done",
+        "_drain",
+        "_early",
+        "_lost",
         "_maildrop",
         "_octets",
-        "_reader",
-        "_reading",
+        "_phase",
+        "_proxy",
+        "_read_paused",
         "_retrieved",
         "_slot",
+        "_task",
+        "_transport",
         "_user",
-        "_writer",
+        "_via",
+        "_write_paused",
+        "header",
         "log",
     )
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        context: SessionContext,
-        address: str,
-        peer: str,
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, context: SessionContext, header: ProxyHeader | None = None) -> None:
         self._context = context
-        self._address = address
         self._conn = Connection(context.core)
+        self.header = header  # given by the listener when it read one before TLS
+        self._phase = _EARLY
+        self._transport: asyncio.Transport | None = None
+        self._early: bytearray | None = None
+        self._proxy: ProxyParser | None = None
+        self._address = "unknown"
+        self._via = ""
+        self._counted = False
         self._maildrop: Maildrop | None = None
         self._user: User | None = None
-        self.log = SessionLogger(logger, next(context.ids), peer)
+        self.log: logging.Logger | SessionLogger = logger
         self._retrieved = 0
         self._octets = 0
         # The read deadline, watched by the listener's ReadDeadlines (in bucket _slot, or
-        # None) and moved forward lazily, rather than a timeout per read.
+        # None) and moved forward lazily, rather than a timer per read.
         self._slot: int | None = None
         self._deadline = 0.0
-        self._reading = False
+        self._task: asyncio.Task[None] | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._lost = False
+        self._done: asyncio.Future[None] | None = None
+        self._closer: asyncio.TimerHandle | None = None
 
-    async def run(self) -> None:
-        """Serve the connection until it closes; never raises for a client's doing."""
-        reason = "closed"
+    # ------------------------------------------------------------------ transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._context.sessions.add(self)
+        if self._context.proxy_protocol and self.header is None:
+            self._phase = _PROXY
+            self._proxy = ProxyParser()
+            self._wait_for_data()
+        else:
+            self._begin()
+
+    def data_received(self, data: bytes) -> None:
+        phase = self._phase
+        if phase == _SERVING:
+            self._conn.receive_data(data)
+            if self._task is None:
+                self._advance()
+            elif self._conn.buffered > _READ_AHEAD and not self._read_paused:
+                self._read_paused = True
+                self._transport_or_fail().pause_reading()
+        elif phase in (_EARLY, _HANDSHAKE):
+            # TLS hands over what the client sent right after its Finished before the code
+            # that started the handshake runs again; the core gets it once TLS is recorded.
+            if self._early is None:
+                self._early = bytearray()
+            self._early += data
+        elif phase == _PROXY:
+            self._proxy_data(data)
+        elif phase == _STLS:
+            # RFC 2595 section 4 / CVE-2011-0411: bytes sent in the clear after STLS must
+            # never be read as if they came through TLS.
+            self.log.warning("data pipelined after STLS, closing")
+            self._phase = _INJECTED  # the STLS task sees the change and gives up
+            self._transport_or_fail().pause_reading()
+
+    def eof_received(self) -> bool:
+        if self._phase == _PROXY:
+            self._proxy_refused(ProxyProtocolError("connection closed before a complete header"))
+        elif self._phase == _SERVING:
+            self._conn.receive_data(b"")
+            if self._task is None:
+                self._advance()
+        # Over plain TCP, keep our half open for the replies to what came before the EOF;
+        # TLS transports close on EOF whatever is returned.
+        return not self._conn.tls_active
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._phase == _EARLY:
+            return  # a failed implicit-TLS handshake (uvloop tells): the listener logs it
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("connection lost"))
+        if self._task is None and self._phase < _ENDING:
+            reason = f"connection lost: {type(exc).__name__}" if exc else "connection lost"
+            self._end(reason)
+        if self._phase == _ENDED:
+            self._forget()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # ------------------------------------------------------------------ for the listener
+
+    def closed(self) -> asyncio.Future[None]:
+        """Done once the connection is closed."""
+        if self._done is None:
+            self._done = asyncio.get_running_loop().create_future()
+            if self._phase == _ENDED and self._lost:
+                self._done.set_result(None)
+        return self._done
+
+    def shut_down(self) -> None:
+        """End now, at server shutdown: whatever was running is cancelled, nothing deleted."""
+        if self._task is not None:
+            self._task.cancel()  # the task ends the session
+        elif self._phase < _ENDING:
+            self._end("server shutdown")
+
+    # ------------------------------------------------------------------ beginning
+
+    def _begin(self) -> None:
+        transport = self._transport_or_fail()
+        peer = transport.get_extra_info("peername")
+        header = self.header
+        if header is not None:
+            self._via = f" proxy={format_address(peer)} header=v{header.version}/{header.command}"
+            peer = header.source or peer
+        self._address = address = str(peer[0]) if peer else "unknown"
+        context = self._context
+        self.log = SessionLogger(logger, next(context.ids), format_address(peer))
+        self._phase = _SERVING
+        refusal = context.limits.acquire_connection(address)
+        if refusal is not None:
+            self.log.info("refused: %s", refusal)
+            self._conn.data_to_send()  # a refused client gets no greeting, only the refusal
+            transport.write(err(refusal.capitalize() + ".", Code.SYS_TEMP))
+            self._end("refused")
+            return
+        self._counted = True
+        early, self._early = self._early, None
+        if early:
+            self._conn.receive_data(bytes(early))
+        self._advance()
+
+    def _proxy_data(self, data: bytes) -> None:
+        assert self._proxy is not None
         try:
-            reason = await self._loop()
-        except (ConnectionError, ssl.SSLError, TimeoutError) as exc:
-            reason = f"connection lost: {type(exc).__name__}"
-        except Exception:
-            self.log.exception("internal error")
-            reason = "internal error"
-        finally:
-            await self._finish(reason)
+            header = self._proxy.feed(data)
+        except ProxyProtocolError as exc:
+            self._proxy_refused(exc)
+            return
+        if header is None:
+            self._wait_for_data()
+            return
+        rest = self._proxy.rest
+        self._proxy = None
+        self._stop_waiting()
+        self.header = header
+        if rest:
+            self._early = bytearray(rest)
+        self._begin()
 
-    async def refuse(self, text: str) -> None:
-        """Answer a connection over a limit with ``-ERR [SYS/TEMP]`` and close it."""
-        self._conn.data_to_send()  # a refused client gets no greeting, only the refusal
-        self._writer.write(err(text, Code.SYS_TEMP))
-        await self._finish("refused")
+    def _proxy_refused(self, exc: Exception) -> None:
+        self._stop_waiting()
+        transport = self._transport_or_fail()
+        proxy_refused(transport.get_extra_info("peername"), exc)
+        self._phase = _ENDED
+        transport.abort()
 
-    async def _loop(self) -> str:
+    # ------------------------------------------------------------------ the core's events
+
+    def _advance(self) -> None:
+        """Run the core until it needs data or something from outside."""
         conn = self._conn
-        if conn.tls_active:
-            self.log.info("TLS: %s", tls_description(self._writer))
         while True:
             event = conn.next_event()
             if event is ev.NEED_DATA:
-                await self._flush()
-                data = await self._read()
-                if data is None:
-                    self._writer.write(err("Disconnected for inactivity."))
-                    return "idle timeout"
-                conn.receive_data(data)
-            elif isinstance(event, ev.Authenticate):
+                if self._lost:
+                    self._end("connection lost")
+                    return
+                data = conn.data_to_send()
+                if data:
+                    self._transport_or_fail().write(data)
+                if self._read_paused:
+                    self._read_paused = False
+                    self._transport_or_fail().resume_reading()
+                self._wait_for_data()
+                return
+            if isinstance(event, ev.BadCommand):
+                self.log.info("bad command: %s", escape(event.reason))
+            elif isinstance(event, ev.Close):
+                self._end(event.reason)
+                return
+            else:
+                if isinstance(event, ev.StartTls):
+                    self._phase = _STLS
+                self._task = asyncio.get_running_loop().create_task(self._perform(event))
+                return
+
+    async def _perform(self, event: ev.Event) -> None:
+        """One event that has to wait for something; then back to the core."""
+        try:
+            if isinstance(event, ev.Authenticate):
                 await self._login(event)
             elif isinstance(event, ev.RetrieveMessage):
                 await self._retrieve(event)
             elif isinstance(event, ev.Commit):
                 await self._commit(event)
-            elif isinstance(event, ev.StartTls):
-                if not await self._start_tls():
-                    return "TLS handshake failed"
-            elif isinstance(event, ev.BadCommand):
-                self.log.info("bad command: %s", escape(event.reason))
             else:
-                assert isinstance(event, ev.Close)
-                return event.reason
+                assert isinstance(event, ev.StartTls)
+                if not await self._start_tls():
+                    self._task = None
+                    self._end("TLS handshake failed", abort=True)
+                    return
+        except (ConnectionError, ssl.SSLError, TimeoutError) as exc:
+            self._task = None
+            self._end(f"connection lost: {type(exc).__name__}")
+            return
+        except asyncio.CancelledError:
+            self._task = None
+            self._end("server shutdown")
+            raise
+        except Exception:
+            self.log.exception("internal error")
+            self._task = None
+            self._end("internal error")
+            return
+        self._task = None
+        self._advance()
 
-    async def _read(self) -> bytes | None:
-        """The next bytes from the client; None if none came within the state's timeout."""
+    # ------------------------------------------------------------------ timers
+
+    def _wait_for_data(self) -> None:
+        """Start (or move) the read deadline of the current state."""
+        context = self._context
         timeout = (
-            self._context.idle_timeout
-            if self._conn.state == State.TRANSACTION
-            else self._context.login_timeout
+            context.idle_timeout if self._conn.state == State.TRANSACTION else context.login_timeout
         )
         self._deadline = deadline = asyncio.get_running_loop().time() + timeout
-        deadlines = self._context.deadlines
+        deadlines = context.deadlines
         slot = deadlines.slot(deadline)
         if self._slot is None or slot < self._slot:
             if self._slot is not None:
                 deadlines.discard(self, self._slot)
             deadlines.add(self, slot)
             self._slot = slot
-        self._reading = True
-        try:
-            return await self._reader.read(_READ_SIZE)
-        except _IdleTimeout:
-            return None
-        finally:
-            self._reading = False
+
+    def _stop_waiting(self) -> None:
+        if self._slot is not None:
+            self._context.deadlines.discard(self, self._slot)
+            self._slot = None
 
     def _expire(self) -> None:
         # A read started since this timer was set has moved the deadline: wait for that one.
-        # Outside a read (a login, a RETR waiting on the client's window) no timer applies.
+        # While a task runs (a login, a RETR waiting on the client's window) no timer applies.
         self._slot = None
-        if not self._reading:
+        if self._task is not None or (self._phase != _SERVING and self._phase != _PROXY):
             return
         if asyncio.get_running_loop().time() < self._deadline:
             self._slot = self._context.deadlines.slot(self._deadline)
             self._context.deadlines.add(self, self._slot)
+        elif self._phase == _PROXY:
+            self._proxy_refused(TimeoutError())
         else:
-            self._reader.set_exception(_IdleTimeout())
+            self._transport_or_fail().write(err("Disconnected for inactivity."))
+            self._end("idle timeout")
 
-    async def _flush(self) -> None:
+    # ------------------------------------------------------------------ writing
+
+    def _send(self) -> None:
         data = self._conn.data_to_send()
         if data:
-            self._writer.write(data)
-            await self._writer.drain()
+            self._transport_or_fail().write(data)
+
+    async def _flush(self) -> None:
+        """Send what the core queued; wait while the transport is over its high-water mark."""
+        self._send()
+        if self._lost:
+            raise ConnectionResetError("connection lost")
+        if self._write_paused:
+            self._drain = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+
+    def _transport_or_fail(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
 
     # ------------------------------------------------------------------ AUTHORIZATION
 
     async def _login(self, event: ev.Authenticate) -> None:
         conn = self._conn
+        context = self._context
         name = escape(event.username, 64)
         try:
             if event.authzid is not None and event.authzid != event.username:
                 # No proxy authorisation: acting as another user is refused like a bad password.
                 raise AuthenticationFailed
-            user = await self._context.users.authenticate(event.username, event.password)
+            user = await context.users.authenticate(event.username, event.password)
         except AuthenticationFailed:
-            delay = self._context.penalty.failed(self._address)
+            delay = context.penalty.failed(self._address)
             self.log.info("login failed: user=%s mechanism=%s", name, event.mechanism)
             if delay:
                 await self._flush()
@@ -292,58 +500,65 @@ class Session:
             self.log.warning("login failed, user database unavailable: user=%s", name)
             conn.login_failed(Failure.SYS_TEMP)
             return
-        if not self._context.limits.acquire_user(user.name):
+        if not context.limits.acquire_user(user.name):
             self.log.info("login refused, too many sessions: user=%s", escape(user.name))
             conn.login_failed(Failure.IN_USE)
             return
         try:
-            maildrop = await self._context.store.open(user.name, user.home)
+            maildrop = await context.store.open(user.name, user.home)
         except MaildropLocked:
-            self._context.limits.release_user(user.name)
+            context.limits.release_user(user.name)
             self.log.info("login refused, maildrop in use: user=%s", escape(user.name))
             conn.login_failed(Failure.IN_USE)
             return
         except StoreError as exc:
-            self._context.limits.release_user(user.name)
+            context.limits.release_user(user.name)
             self.log.error("cannot open maildrop: user=%s error=%s", escape(user.name), exc)
             permanent = isinstance(exc, PermanentFailure)
             conn.login_failed(Failure.SYS_PERM if permanent else Failure.SYS_TEMP)
             return
+        except BaseException:
+            context.limits.release_user(user.name)
+            raise
         self._user, self._maildrop = user, maildrop
-        self._context.penalty.succeeded(self._address)
+        context.penalty.succeeded(self._address)
         messages = maildrop.messages
         self.log.info(
-            "login: user=%s mechanism=%s messages=%d tls=%s",
+            "login: user=%s mechanism=%s messages=%d listener=%s%s tls=%s",
             escape(user.name),
             event.mechanism,
             len(messages),
-            conn.tls_active,
+            context.label,
+            self._via,
+            tls_description(self._transport_or_fail()),
         )
         conn.login_succeeded(messages)
 
     async def _start_tls(self) -> bool:
-        await self._flush()
-        # RFC 2595 section 4 / CVE-2011-0411: bytes that arrived in the clear after STLS must
-        # not be read as if they came through TLS.  The core checked its own buffer; this is
-        # the stream's, filled while the +OK was being written.
-        if self._reader._buffer:  # type: ignore[attr-defined]
-            self.log.warning("data pipelined after STLS, closing")
-            return False
-        if not await self._handshake():
-            return False
-        self._conn.tls_started()
-        self.log.info("STLS: %s", tls_description(self._writer))
-        return True
-
-    async def _handshake(self) -> bool:
         assert self._context.tls is not None
+        await self._flush()
+        if self._phase != _STLS:  # bytes came in the clear after STLS (see data_received)
+            return False
+        self._phase = _HANDSHAKE
         try:
-            await self._writer.start_tls(
-                self._context.tls.current, ssl_handshake_timeout=self._context.handshake_timeout
+            transport = await asyncio.get_running_loop().start_tls(
+                self._transport_or_fail(),
+                self,
+                self._context.tls.current,
+                server_side=True,
+                ssl_handshake_timeout=self._context.handshake_timeout,
             )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
-            self.log.info("TLS handshake failed: %s", escape(exc))
+            self.log.info("TLS handshake failed: %s", escape(exc) or type(exc).__name__)
             return False
+        if transport is None:  # the peer went away during the handshake
+            return False
+        self._transport = transport
+        self._phase = _SERVING
+        self._conn.tls_started()
+        early, self._early = self._early, None
+        if early:
+            self._conn.receive_data(bytes(early))
         return True
 
     # ------------------------------------------------------------------ TRANSACTION
@@ -399,44 +614,93 @@ class Session:
 
     # ------------------------------------------------------------------ the end
 
-    async def _finish(self, reason: str) -> None:
-        if self._slot is not None:
-            self._context.deadlines.discard(self, self._slot)
-            self._slot = None
-        if self._maildrop is not None:
-            try:
-                await self._maildrop.close()
-            finally:
-                self._maildrop = None
-                if self._user is not None:
-                    self._context.limits.release_user(self._user.name)
-        writer = self._writer
+    def _end(self, reason: str, *, abort: bool = False) -> None:
+        """Release the maildrop, then send what is left and close.  Called once."""
+        if self._phase >= _ENDING:
+            return
+        self._phase = _ENDING
+        self._stop_waiting()
+        maildrop, self._maildrop = self._maildrop, None
+        if maildrop is None:
+            self._close(reason, abort)
+        else:
+            # The lock goes before the last reply: a client that reconnects at once after
+            # QUIT's +OK finds the maildrop free.
+            self._task = asyncio.get_running_loop().create_task(
+                self._release(maildrop, reason, abort)
+            )
+
+    async def _release(self, maildrop: Maildrop, reason: str, abort: bool) -> None:
         try:
-            data = self._conn.data_to_send()
-            if data and not writer.is_closing():
-                writer.write(data)
+            await maildrop.close()
+        finally:
+            if self._user is not None:
+                self._context.limits.release_user(self._user.name)
+            self._task = None
+            self._close(reason, abort)
+
+    def _close(self, reason: str, abort: bool) -> None:
+        transport = self._transport_or_fail()
+        self._phase = _ENDED
+        if self._counted:
+            self._counted = False
+            self._context.limits.release_connection(self._address)
+        data = self._conn.data_to_send()
+        if self._lost:
+            pass
+        elif abort:
+            transport.abort()
+        else:
+            if data:
+                transport.write(data)
             # close() flushes, then ends TLS with close_notify before the TCP FIN.  Waiting
-            # for the peer's close_notify is a courtesy: a client that just drops the socket
-            # must not hold a connection slot for long.
-            writer.close()
-            async with asyncio.timeout(_CLOSE_WAIT):
-                await writer.wait_closed()
-        except (ConnectionError, ssl.SSLError, TimeoutError, OSError):
-            writer.transport.abort()
+            # for the peer's close_notify, or for a client that does not read, is a
+            # courtesy: it must not hold a connection for long.
+            transport.close()
+            if self._conn.tls_active or transport.get_write_buffer_size():
+                self._closer = asyncio.get_running_loop().call_later(_CLOSE_WAIT, transport.abort)
+        if self._lost:
+            self._forget()
         user = escape(self._user.name) if self._user else "-"
         self.log.info(
-            "disconnect: reason=%s user=%s retrieved=%d octets=%d",
+            "disconnect: reason=%s user=%s retrieved=%d octets=%d listener=%s%s",
             escape(reason),
             user,
             self._retrieved,
             self._octets,
+            self._context.label,
+            self._via,
         )
 
+    def _forget(self) -> None:
+        self._context.sessions.discard(self)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
-def tls_description(writer: asyncio.StreamWriter) -> str:
-    """``TLSv1.3 TLS_AES_256_GCM_SHA384`` for the log."""
-    ssl_object = writer.get_extra_info("ssl_object")
+
+def proxy_refused(peer: object, exc: Exception) -> None:
+    """Log a connection closed for a missing or bad PROXY header."""
+    if isinstance(exc, ProxyProtocolError):
+        reason = escape(exc)
+    elif isinstance(exc, TimeoutError):  # before OSError, of which it is a subclass
+        reason = "no complete header in time"
+    else:
+        reason = f"connection lost: {type(exc).__name__}"
+    logger.info("peer=%s PROXY header refused, closing: %s", format_address(peer), reason)
+
+
+def format_address(address: object) -> str:
+    """``1.2.3.4:995`` or ``[::1]:995``."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+def tls_description(transport: asyncio.BaseTransport) -> str:
+    """``TLSv1.3/TLS_AES_256_GCM_SHA384`` for the log, or ``no``."""
+    ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
-        return "none"
+        return "no"
     cipher = ssl_object.cipher()
-    return f"{ssl_object.version()} {cipher[0] if cipher else '?'}"
+    return f"{ssl_object.version()}/{cipher[0] if cipher else '?'}"
