@@ -141,14 +141,29 @@ class ClientPool:
                     w.conn.send("release")
                 self._receive(w, time.monotonic() + DRAIN_TIMEOUT, want="done")
         if w.owes or not w.proc.is_alive():
-            w.proc.terminate()
-            w.proc.join(timeout=5)
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join(timeout=5)
-            w.conn.close()
-            w = self._workers[index] = self._spawn()
+            w = self._replace(index)
         return w
+
+    def _replace(self, index: int) -> Worker:
+        w = self._workers[index]
+        w.proc.terminate()
+        w.proc.join(timeout=5)
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join(timeout=5)
+        w.conn.close()
+        w = self._workers[index] = self._spawn()
+        return w
+
+    def renew(self) -> None:
+        """Replace every worker by a fresh process.
+
+        A Python heap never shrinks, so a worker that held 10,000 TLS connections for one
+        server would carry that memory into the next server's idle job: the client PSS an
+        idle job reports is then its own.
+        """
+        for i in range(self.size):
+            self._replace(i)
 
     def _dispatch(self, job: Job) -> list[Worker]:
         """Deal ``job.users`` round-robin over the workers; all start 0.3 s after dealing."""

@@ -141,6 +141,7 @@ class Bench:
             self.job(server, "idle", tls, self.idle_users[: sizes[-1]]), stages=tuple(sizes)
         )
         name = "idle" if tls == "none" else f"idle {TLS_LABEL[tls]}"
+        self.pool.renew()
         run = self.pool.hold(job)
         errors_before = 0
         try:
