@@ -26,7 +26,7 @@ import os
 import stat
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from mailslot.store import expunge, fsutil, sizecache
 from mailslot.store.base import (
@@ -38,7 +38,7 @@ from mailslot.store.base import (
     TemporaryFailure,
 )
 from mailslot.store.fsutil import Fsync
-from mailslot.store.maildirnames import UniqueNames, base_of, parse, uid_of
+from mailslot.store.maildirnames import UniqueNames, base_of, parse_bases, uids_of
 from mailslot.store.paths import expand
 from mailslot.store.wiresize import WireSizeCounter, wire_size
 
@@ -126,97 +126,173 @@ class _WouldBlock(Exception):
     """A quick snapshot met work for a worker thread: renames, measuring, a cache write."""
 
 
-def _scan(directory: str, limit: int | None = None) -> list[os.DirEntry[str]]:
-    """The regular, non-dot entries; with ``limit``, more of them (or none) is _WouldBlock."""
-    found: list[os.DirEntry[str]] = []
+def _scan(directory: str, limit: int | None = None) -> list[str]:
+    """The names of regular, non-dot entries; with ``limit``, more of them (or none) is
+    _WouldBlock.
+
+    The type comes from the directory entry itself (d_type): no stat per name.
+    """
     try:
         with os.scandir(directory) as entries:
+            if limit is None:
+                return [
+                    entry.name
+                    for entry in entries
+                    if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
+                ]
+            found: list[str] = []
             for entry in entries:
                 if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                    found.append(entry)
-                    if limit is not None and len(found) > limit:
+                    found.append(entry.name)
+                    if len(found) > limit:  # never list a large maildrop on the event loop
                         raise _WouldBlock
+            return found
     except FileNotFoundError:
         if limit is not None:  # the thread's ensure_maildir() creates it
             raise _WouldBlock from None
-    return found
+        return []
 
 
-def take_snapshot(
-    maildir: str, *, limit: int | None = None
-) -> tuple[list[MessageInfo], dict[str, str]]:
-    """List the maildrop: messages in delivery order and each key's path in the maildir.
-
-    This runs at every login on maildrops of 100,000 messages, hence one pass per directory
-    and no per-message work beyond a few string operations (no stat, no read) for names
-    that carry ``,W=``.  With ``limit`` it only reads (a quick snapshot for the event loop)
-    and raises :class:`_WouldBlock` instead of renaming, measuring, rewriting the size cache
-    or listing more than ``limit`` messages.
-    """
-    # base -> path relative to the maildir, and base -> its directory entry
-    locations: dict[str, str] = {}
-    entries: dict[str, os.DirEntry[str]] = {}
-    new_dir = os.path.join(maildir, "new")
-    cur_dir = os.path.join(maildir, "cur")
-    quick = limit is not None
-    for entry in _scan(new_dir, 0 if quick else None):
-        target = entry.name if ":" in entry.name else entry.name + ":2,"
-        target_path = os.path.join(cur_dir, target)
+def _settle_new(maildir: str, quick: bool) -> dict[str, str]:
+    """Move new/ into cur/ as ``<base>:2,``; return base -> path of each file that stayed."""
+    new_dir = maildir + "/new"
+    cur_dir = maildir + "/cur"
+    stayed: dict[str, str] = {}
+    for name in _scan(new_dir, 0 if quick else None):
+        target = name if ":" in name else name + ":2,"
+        target_path = f"{cur_dir}/{target}"
         # Never rename over a file of the same name: one of the two would be lost.
         if not os.path.lexists(target_path):
             try:
-                os.rename(entry.path, target_path)
+                os.rename(f"{new_dir}/{name}", target_path)
                 continue
             except FileNotFoundError:
                 continue
             except OSError:
                 pass
-        base = base_of(entry.name)
-        if base not in locations:
-            locations[base] = "new/" + entry.name
-            entries[base] = entry
-    for entry in _scan(cur_dir, limit):
-        name = entry.name
-        base = name.partition(":")[0]
-        relative = "cur/" + name
-        previous = locations.get(base)
-        # Two files with one base (a copy left in new/, or flags set twice): serve one, stably.
+        base = base_of(name)
+        relative = "new/" + name
+        previous = stayed.get(base)
         if previous is None or relative < previous:
-            locations[base] = relative
-            entries[base] = entry
+            stayed[base] = relative
+    return stayed
 
-    cache_path = os.path.join(maildir, SIZE_CACHE)
-    old_cache: sizecache.CacheEntries | None = None
+
+def take_snapshot(
+    maildir: str, *, limit: int | None = None
+) -> tuple[list[MessageInfo], dict[str, str]]:
+    """List the maildrop: messages in delivery order and where each key's file is.
+
+    The locations map a key to its file name in cur/, or to ``new/<name>`` for a file that
+    could not be moved (see :func:`relative_path`).
+
+    This runs at every login on maildrops of 100,000 messages, hence one pass over cur/ (new/
+    is usually empty), no stat and no read for names that carry ``,W=``, and per message only
+    C-level passes over all names at once (:func:`~mailslot.store.maildirnames.parse_bases`
+    reads times, sizes and whether every name is its own unique-id; then one sort on float
+    keys).  No DirEntry and no string beyond the names outlives the scan.  With ``limit`` it
+    only reads (a quick snapshot for the event loop) and raises :class:`_WouldBlock` instead
+    of renaming, measuring, rewriting the size cache or listing more than ``limit`` messages.
+    """
+    quick = limit is not None
+    stayed = _settle_new(maildir, quick)
+    names = _scan(maildir + "/cur", limit)
+    bases = [name.partition(":")[0] for name in names]
+    locations = dict(zip(bases, names, strict=True))
+    if len(locations) != len(names):
+        # Two files with one base (flags set twice): serve one, stably (the least name).
+        for base, name in sorted(zip(bases, names, strict=True), reverse=True):
+            locations[base] = name
+        bases = list(locations)
+    if stayed:
+        # A copy left in new/ is served only if cur/ has no file of that base.
+        for base, relative in stayed.items():
+            if base not in locations:
+                locations[base] = relative
+                bases.append(base)
+
+    orders, sizes, plain = parse_bases(bases)
+    cache_path = maildir + "/" + SIZE_CACHE
+    if None in sizes:
+        _fill_sizes(maildir, bases, sizes, locations, quick)
+    elif os.path.lexists(cache_path):
+        # No message needed the cache now; empty it of entries for messages now gone.
+        _update_cache(cache_path, sizecache.load(cache_path), [], {}, quick)
+
+    # Delivery order: the float alone (a fast sort) unless two messages share it.
+    if len(set(orders)) == len(orders):
+        index = sorted(range(len(bases)), key=orders.__getitem__)
+    else:
+        index = sorted(range(len(bases)), key=lambda i: (orders[i], bases[i]))
+    if plain and None not in sizes:
+        # Every key is its own uid: build in directory order, then put in delivery order.
+        infos = list(map(MessageInfo, bases, bases, cast(list[int], sizes)))
+        return list(map(infos.__getitem__, index)), locations
+    # A message that vanished while it was measured has no size and is not listed.
+    keys = [bases[i] for i in index if sizes[i] is not None]
+    wires = [size for i in index if (size := sizes[i]) is not None]
+    return list(map(MessageInfo, keys, uids_of(keys), wires)), locations
+
+
+def relative_path(location: str) -> str:
+    """The path, relative to the maildir, of a location from :func:`take_snapshot`.
+
+    A file in cur/ (nearly all) is stored as its bare name, which saves building 100,000
+    strings at each login; a name cannot hold "/", so ``new/<name>`` is unambiguous.
+    """
+    return location if "/" in location else "cur/" + location
+
+
+def _fill_sizes(
+    maildir: str,
+    keys: list[str],
+    sizes: list[int | None],
+    locations: dict[str, str],
+    quick: bool,
+) -> None:
+    """Fill in the sizes of names without ``,W=`` from the cache, else by reading the file.
+
+    A message that is gone (or no longer a regular file) keeps None: it is not listed.
+    """
+    cache_path = maildir + "/" + SIZE_CACHE
+    old_cache = sizecache.load(cache_path)
     cache_hits: list[str] = []
     measured: sizecache.CacheEntries = {}
-    ordered: list[tuple[float, str, int]] = []
-    for base in locations:
-        order, wire = parse(base)
-        if wire is None:
-            if old_cache is None:
-                old_cache = sizecache.load(cache_path)
-            entry = entries[base]
-            physical = entry.stat(follow_symlinks=False).st_size
-            cached = old_cache.get(base)
-            if cached is not None and cached[0] == physical:
-                wire = cached[1]
-                cache_hits.append(base)
-            else:
-                if quick:
-                    raise _WouldBlock
-                sizes = _measure(entry.path)
-                if sizes is None:
-                    continue
-                wire = sizes[1]
-                if sizecache.cacheable(base):
-                    measured[base] = sizes
-        ordered.append((order, base, wire))
+    for i, base in enumerate(keys):
+        if sizes[i] is not None:
+            continue
+        path = maildir + "/" + relative_path(locations[base])
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        cached = old_cache.get(base)
+        if cached is not None and cached[0] == st.st_size:
+            sizes[i] = cached[1]
+            cache_hits.append(base)
+            continue
+        if quick:
+            raise _WouldBlock
+        found = _measure(path)
+        if found is None:
+            continue
+        sizes[i] = found[1]
+        if sizecache.cacheable(base):
+            measured[base] = found
+    _update_cache(cache_path, old_cache, cache_hits, measured, quick)
 
-    if old_cache is None and os.path.lexists(cache_path):
-        # No message needed the cache now; empty it of entries for messages now gone.
-        old_cache = sizecache.load(cache_path)
-    # Rewrite only if something was measured or some entry's message is gone.
-    if old_cache is not None and (measured or len(cache_hits) != len(old_cache)):
+
+def _update_cache(
+    cache_path: str,
+    old_cache: sizecache.CacheEntries,
+    cache_hits: list[str],
+    measured: sizecache.CacheEntries,
+    quick: bool,
+) -> None:
+    """Rewrite the size cache if something was measured or some entry's message is gone."""
+    if measured or len(cache_hits) != len(old_cache):
         if quick:
             raise _WouldBlock
         fresh = {base: old_cache[base] for base in cache_hits}
@@ -224,17 +300,6 @@ def take_snapshot(
         # The cache only saves time: a full disk must not stop the login.
         with contextlib.suppress(OSError):
             sizecache.save(cache_path, fresh)
-
-    ordered.sort()
-    messages: list[MessageInfo] = []
-    seen_uids: set[str] = set()
-    for _, base, wire in ordered:
-        uid = uid_of(base)
-        if uid in seen_uids:  # only a forged "H<digest>" name can collide with a digest
-            uid = uid_of("\n" + base)
-        seen_uids.add(uid)
-        messages.append(MessageInfo(base, uid, wire))
-    return messages, locations
 
 
 async def _in_thread(function: Callable[[], _T], cleanup: Callable[[_T], None]) -> _T:
@@ -332,10 +397,10 @@ class MaildirMaildrop:
     async def read(self, message: MessageInfo, chunk_size: int = 65536) -> AsyncIterator[bytes]:
         if self._lock_fd is None:
             raise TemporaryFailure("maildrop is closed")
-        relative = self._locations.get(message.key)
-        if relative is None:
+        location = self._locations.get(message.key)
+        if location is None:
             raise MessageGone("message is not in this maildrop")
-        fd = self._open_at(relative)
+        fd = self._open_at(relative_path(location))
         if fd is None:
             moved = await asyncio.to_thread(self._relocate, message.key)
             fd = None if moved is None else self._open_at(moved)
@@ -361,7 +426,7 @@ class MaildirMaildrop:
             expunge.write(self._maildir, keys, self._fsync)
         except OSError as exc:
             raise store_error(exc) from None
-        known = {key: self._locations[key] for key in keys}
+        known = {key: relative_path(self._locations[key]) for key in keys}
         try:
             expunge.apply(self._maildir, keys, self._fsync, known)
         except OSError as exc:
