@@ -177,25 +177,31 @@ async def _session_loop(job: Job, ctx: ssl.SSLContext, user: str, res: Result, e
     while time.perf_counter() < end and res.ops < job.max_ops and res.errors < MAX_ERRORS:
         t0 = time.perf_counter()
         client: Pop3Client | None = None
+        step = "STAT/UIDL/LIST"
         try:
             async with asyncio.timeout(OP_TIMEOUT):
                 client, _, _ = await open_login(job, ctx, user)
                 count, sizes = await scan(client, job.pipeline)
                 retrs = [b"RETR %d" % n for n in range(1, count + 1)]
                 if job.pipeline:
-                    client.send(*retrs, b"QUIT")
+                    client.send(*retrs)
+                step = "RETR"
                 for n, size in enumerate(sizes):
                     if not job.pipeline:
                         client.send(retrs[n])
                     check_message(await client.read_multiline(), size, job.expected)
-                if not job.pipeline:
-                    client.send(b"QUIT")
+                # QUIT only once every message is in: Dovecot's TLS proxy (its login process)
+                # can drop the end of the pop3 process's output when that exits at a QUIT
+                # pipelined behind the RETRs, and the run would not be a result.
+                step = "QUIT"
+                client.send(b"QUIT")
                 await client.read_status()
                 client.close()
         except Exception as exc:  # any failure voids the run; keep a sample
-            res.error(exc)
             if client is not None:
+                exc.add_note(f"during {step}")
                 client.abort()
+            res.error(exc)
             continue
         res.ops += 1
         res.bytes += sum(sizes)

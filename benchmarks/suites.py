@@ -107,13 +107,15 @@ class Bench:
             add(f"{label} p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
 
     def session(self, server: Server) -> None:
-        res = self._load(server, "session", "none", "session")
-        if res is None:
-            return
-        add = self.report.add
-        add("session rate", "sessions/s", "higher", server.name, res.ops / res.wall)
-        add("session throughput", "MB/s", "higher", server.name, res.bytes / res.wall / 1e6)
-        add("session p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
+        for tls in ("none", "implicit"):
+            label = f"session {TLS_LABEL[tls]}"
+            res = self._load(server, "session", tls, label)
+            if res is None:
+                continue
+            add = self.report.add
+            add(f"{label} rate", "sessions/s", "higher", server.name, res.ops / res.wall)
+            add(f"{label} throughput", "MB/s", "higher", server.name, res.bytes / res.wall / 1e6)
+            add(f"{label} p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
 
     def retr(self, server: Server) -> None:
         for tls in ("none", "implicit"):
