@@ -659,6 +659,20 @@ def test_header_cut_short_closes_with_one_log_line(proxied: MailslotServer, tls:
     assert "closed before a complete header" in line, line
 
 
+def test_header_cut_short_by_a_reset_logs_one_line_and_no_session(
+    proxied: MailslotServer,
+) -> None:
+    wire = Pop3Wire(*proxied.starttls, read_greeting=False)
+    wire.send(b"PROXY TCP4 192.0.2.1 ")
+    time.sleep(0.1)  # the server has read the partial header
+    wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    wire.close()  # RST, no FIN
+    (line,) = wait_for_log(proxied, "PROXY header refused")
+    assert "connection lost" in line, line
+    peer = line.split("peer=")[1].split()[0]
+    assert f"peer={peer} " not in proxied.log().replace(line, "")  # no session lines
+
+
 def test_no_header_closes_after_the_login_timeout_with_nothing_sent(
     proxied: MailslotServer,
 ) -> None:

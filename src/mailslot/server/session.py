@@ -269,6 +269,8 @@ class Session(asyncio.Protocol):
         self._lost = True
         if self._phase == _EARLY:
             return  # a failed implicit-TLS handshake (uvloop tells): the listener logs it
+        if self._phase == _PROXY:
+            self._proxy_refused(exc or ConnectionResetError())
         if self._closer is not None:
             self._closer.cancel()
             self._closer = None
