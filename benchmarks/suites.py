@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,35 +96,33 @@ class Bench:
         add(f"{label} client CPU", "% of a core", "lower", server.name, res.cpu / res.wall * 100)
         return res
 
+    def _loads(
+        self, server: Server, kind: Kind, modes: tuple[TlsMode, ...]
+    ) -> Iterator[tuple[str, Result]]:
+        """Each mode's load run (label, result); a run with errors is left out."""
+        for tls in modes:
+            label = f"{kind} {TLS_LABEL[tls]}"
+            res = self._load(server, kind, tls, label)
+            if res is not None:
+                yield label, res
+
     def login(self, server: Server) -> None:
-        for tls in ("none", "starttls", "implicit"):
-            label = f"login {TLS_LABEL[tls]}"
-            res = self._load(server, "login", tls, label)
-            if res is None:
-                continue
-            add = self.report.add
+        add = self.report.add
+        for label, res in self._loads(server, "login", ("none", "starttls", "implicit")):
             add(f"{label} rate", "logins/s", "higher", server.name, res.ops / res.wall)
             add(f"{label} p50", "ms", "lower", server.name, percentile(res.latencies, 50) * 1e3)
             add(f"{label} p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
 
     def session(self, server: Server) -> None:
-        for tls in ("none", "implicit"):
-            label = f"session {TLS_LABEL[tls]}"
-            res = self._load(server, "session", tls, label)
-            if res is None:
-                continue
-            add = self.report.add
+        add = self.report.add
+        for label, res in self._loads(server, "session", ("none", "implicit")):
             add(f"{label} rate", "sessions/s", "higher", server.name, res.ops / res.wall)
             add(f"{label} throughput", "MB/s", "higher", server.name, res.bytes / res.wall / 1e6)
             add(f"{label} p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
 
     def retr(self, server: Server) -> None:
-        for tls in ("none", "implicit"):
-            label = f"retr {TLS_LABEL[tls]}"
-            res = self._load(server, "retr", tls, label)
-            if res is None:
-                continue
-            add = self.report.add
+        add = self.report.add
+        for label, res in self._loads(server, "retr", ("none", "implicit")):
             add(f"{label} throughput", "MB/s", "higher", server.name, res.bytes / res.wall / 1e6)
             add(f"{label} p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
 
