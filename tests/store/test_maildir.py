@@ -14,7 +14,7 @@ import sys
 import tempfile
 import textwrap
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from mailslot.store import expunge, maildir, sizecache
 from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
+    MessageInfo,
     PermanentFailure,
     TemporaryFailure,
 )
@@ -634,3 +635,89 @@ def test_a_new_users_maildir_is_made_in_a_thread(tmp_path: Path) -> None:
     store = MaildirStore(str(tmp_path / "{user}"))
     assert _open_counting(store) == (1, [])
     assert (tmp_path / "alice" / "tmp").is_dir()
+
+
+# -- reused snapshots ----------------------------------------------------------------------------
+
+
+def _mutations(box: Path, secret: Path) -> list[Callable[[], object]]:
+    """Changes other programs make to a Maildir behind the server's back."""
+    cur = box / "cur"
+
+    def first() -> str:
+        return sorted(os.listdir(cur))[0]
+
+    def to_symlink() -> None:
+        name = first()
+        os.unlink(cur / name)
+        os.symlink(secret, cur / name)
+
+    return [
+        lambda: os.rename(cur / first(), cur / (first().partition(":")[0] + ":2,S")),
+        lambda: put(cur, "1500000000.M1P1.other,S=3,W=4:2,", b"ab\n"),
+        lambda: os.unlink(cur / first()),
+        lambda: put(box / "new", "1900000000.M1P1.late,S=2,W=3", b"z\n"),
+        lambda: put(cur, "1500000001.M1P1.foreign:2,", b"no size in the name\n"),
+        lambda: os.unlink(cur / "1500000001.M1P1.foreign:2,"),
+        to_symlink,
+        lambda: os.mkfifo(cur / "1500000002.M1P1.fifo,W=1:2,"),
+        lambda: put(cur, ".1500000003.M1P1.dot,W=1:2,", b"hidden\n"),
+        lambda: put(cur, first().partition(":")[0] + ":2,T", b"same base, flags set twice\n"),
+        lambda: None,
+    ]
+
+
+@pytest.mark.parametrize("count", [3, maildir.INLINE_LIMIT + 1], ids=["loop", "thread"])
+def test_a_reused_snapshot_is_what_a_fresh_one_would_be(tmp_path: Path, count: int) -> None:
+    store = MaildirStore(str(tmp_path / "{user}"))
+    fresh = MaildirStore(str(tmp_path / "{user}"), snapshot_budget=0)
+    _deliver_many(store, count)
+    secret = put(tmp_path, "secret", b"not yours\n")
+    box = tmp_path / "alice"
+    snapshot(store)
+    for mutate in _mutations(box, secret):
+        mutate()
+        assert snapshot(store) == snapshot(fresh)
+        assert snapshot(store) == snapshot(fresh)  # once more, reused
+
+
+def test_an_unchanged_maildrop_shares_its_snapshot_but_not_its_locations(tmp_path: Path) -> None:
+    _deliver_many(MaildirStore(str(tmp_path / "{user}")), 3)
+    store = MaildirStore(str(tmp_path / "{user}"))
+    box = tmp_path / "alice"
+    # Moves new/ to cur/; the first session below takes the snapshot, the second reuses it.
+    key = snapshot(MaildirStore(str(tmp_path / "{user}"), snapshot_budget=0))[0][0]
+    name = next(n for n in os.listdir(box / "cur") if n.startswith(key))
+
+    async def session() -> Sequence[MessageInfo]:
+        maildrop = await store.open("alice")
+        assert isinstance(maildrop, maildir.MaildirMaildrop)
+        assert maildrop._locations[key] == name  # not an earlier session's lookup
+        # Another program sets a flag: this session finds the file under its new name.
+        os.rename(box / "cur" / name, box / "cur" / (name + "S"))
+        assert await read_all(maildrop, maildrop.messages[0]) == b"message 0\n"
+        os.rename(box / "cur" / (name + "S"), box / "cur" / name)
+        await maildrop.close()
+        return maildrop.messages
+
+    first = run(session())
+    assert run(session()) is first  # reused, not rebuilt
+    assert run(session()) is first
+
+
+def test_reused_snapshots_stay_within_their_budget() -> None:
+    snapshots = maildir.Snapshots(budget=10)
+
+    def entry(count: int) -> maildir._Snapshot:
+        return maildir._Snapshot([f"{n}" for n in range(count)], (), {})
+
+    snapshots.put("/a", entry(4))
+    snapshots.put("/b", entry(4))
+    assert snapshots.get("/a", [f"{n}" for n in range(4)]) is not None  # now most recent
+    snapshots.put("/c", entry(4))  # 15 > 10: the least recently used (/b) goes
+    assert snapshots.get("/b", [f"{n}" for n in range(4)]) is None
+    assert snapshots.get("/a", [f"{n}" for n in range(4)]) is not None
+    assert snapshots.get("/a", ["0", "1", "2"]) is None  # another listing is never reused
+    snapshots.put("/a", entry(10))  # more than the budget: not kept, and no stale one either
+    assert snapshots.get("/a", [f"{n}" for n in range(4)]) is None
+    assert snapshots.get("/a", [f"{n}" for n in range(10)]) is None

@@ -25,7 +25,9 @@ import fcntl
 import os
 import stat
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar, cast
 
 from mailslot.store import expunge, fsutil, sizecache
@@ -48,6 +50,8 @@ READ_SIZE = 256 * 1024
 # The most messages a maildrop may hold to be opened on the event loop (see above): one
 # getdents batch and a few dozen microseconds of name parsing.
 INLINE_LIMIT = 256
+# Messages whose snapshot a store keeps for reuse (see Snapshots): some 60 MB at most.
+SNAPSHOT_BUDGET = 200_000
 
 _OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_MESSAGE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -178,9 +182,57 @@ def _settle_new(maildir: str, quick: bool) -> dict[str, str]:
     return stayed
 
 
+class Snapshots:
+    """The last snapshot of recently opened maildrops, reused while cur/ lists the same names.
+
+    When new/ holds nothing to move and every name carries ``,W=``, a snapshot is a function
+    of the names cur/ lists alone, so a later open that lists exactly the same names (in the
+    same directory order) can reuse it instead of parsing, sorting and building 100,000
+    objects again; it still scans, so nothing that changed on disk is missed.  MessageInfo
+    is immutable and shared; each session gets its own copy of the locations.
+
+    ``budget`` bounds what is kept, in messages (plus one per maildrop; a message costs some
+    300 bytes that are not shared with an open session); the least recently used go first.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._held = 0
+        self._entries: OrderedDict[str, _Snapshot] = OrderedDict()
+        self._lock = threading.Lock()  # opens run on the loop and in worker threads
+
+    def get(self, maildir: str, names: list[str]) -> _Snapshot | None:
+        with self._lock:
+            snapshot = self._entries.get(maildir)
+            if snapshot is None:
+                return None
+            self._entries.move_to_end(maildir)
+        return snapshot if snapshot.names == names else None
+
+    def put(self, maildir: str, snapshot: _Snapshot) -> None:
+        with self._lock:
+            previous = self._entries.pop(maildir, None)
+            if previous is not None:
+                self._held -= len(previous.names) + 1
+            if len(snapshot.names) + 1 > self._budget:
+                return
+            self._entries[maildir] = snapshot
+            self._held += len(snapshot.names) + 1
+            while self._held > self._budget:
+                _, dropped = self._entries.popitem(last=False)
+                self._held -= len(dropped.names) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    names: list[str]  # as cur/ listed them
+    messages: tuple[MessageInfo, ...]
+    locations: dict[str, str]  # never handed out: sessions get copies
+
+
 def take_snapshot(
-    maildir: str, *, limit: int | None = None
-) -> tuple[list[MessageInfo], dict[str, str]]:
+    maildir: str, *, limit: int | None = None, snapshots: Snapshots | None = None
+) -> tuple[tuple[MessageInfo, ...], dict[str, str]]:
     """List the maildrop: messages in delivery order and where each key's file is.
 
     The locations map a key to its file name in cur/, or to ``new/<name>`` for a file that
@@ -190,13 +242,23 @@ def take_snapshot(
     is usually empty), no stat and no read for names that carry ``,W=``, and per message only
     C-level passes over all names at once (:func:`~mailslot.store.maildirnames.parse_bases`
     reads times, sizes and whether every name is its own unique-id; then one sort on float
-    keys).  No DirEntry and no string beyond the names outlives the scan.  With ``limit`` it
-    only reads (a quick snapshot for the event loop) and raises :class:`_WouldBlock` instead
-    of renaming, measuring, rewriting the size cache or listing more than ``limit`` messages.
+    keys).  No DirEntry and no string beyond the names outlives the scan.  With
+    ``snapshots``, an unchanged listing reuses the last snapshot (see :class:`Snapshots`).
+    With ``limit`` it only reads (a quick snapshot for the event loop) and raises
+    :class:`_WouldBlock` instead of renaming, measuring, rewriting the size cache or listing
+    more than ``limit`` messages.
     """
     quick = limit is not None
     stayed = _settle_new(maildir, quick)
     names = _scan(maildir + "/cur", limit)
+    cache_path = maildir + "/" + SIZE_CACHE
+    if snapshots is not None and not stayed:
+        known = snapshots.get(maildir, names)
+        if known is not None:
+            if os.path.lexists(cache_path):  # as below: every size came from a name
+                _update_cache(cache_path, sizecache.load(cache_path), [], {}, quick)
+            return known.messages, dict(known.locations)
+
     bases = [name.partition(":")[0] for name in names]
     locations = dict(zip(bases, names, strict=True))
     if len(locations) != len(names):
@@ -212,8 +274,8 @@ def take_snapshot(
                 bases.append(base)
 
     orders, sizes, plain = parse_bases(bases)
-    cache_path = maildir + "/" + SIZE_CACHE
-    if None in sizes:
+    named = None not in sizes
+    if not named:
         _fill_sizes(maildir, bases, sizes, locations, quick)
     elif os.path.lexists(cache_path):
         # No message needed the cache now; empty it of entries for messages now gone.
@@ -227,11 +289,16 @@ def take_snapshot(
     if plain and None not in sizes:
         # Every key is its own uid: build in directory order, then put in delivery order.
         infos = list(map(MessageInfo, bases, bases, cast(list[int], sizes)))
-        return list(map(infos.__getitem__, index)), locations
-    # A message that vanished while it was measured has no size and is not listed.
-    keys = [bases[i] for i in index if sizes[i] is not None]
-    wires = [size for i in index if (size := sizes[i]) is not None]
-    return list(map(MessageInfo, keys, uids_of(keys), wires)), locations
+        messages = tuple(map(infos.__getitem__, index))
+    else:
+        # A message that vanished while it was measured has no size and is not listed.
+        keys = [bases[i] for i in index if sizes[i] is not None]
+        wires = [size for i in index if (size := sizes[i]) is not None]
+        messages = tuple(map(MessageInfo, keys, uids_of(keys), wires))
+    if snapshots is not None and named and not stayed:
+        snapshots.put(maildir, _Snapshot(names, messages, locations))
+        locations = dict(locations)
+    return messages, locations
 
 
 def relative_path(location: str) -> str:
@@ -455,7 +522,8 @@ class MaildirStore:
     """Maildrops at ``template`` (``{user}``, ``{localpart}``, ``{domain}``, ``{home}``, ``~/``).
 
     ``fsync`` is the one call that makes data durable; tests inject a failing one to play a
-    full disk.
+    full disk.  ``snapshot_budget`` is how many messages' snapshots are kept for reuse by the
+    next open of an unchanged maildrop (:class:`Snapshots`); 0 keeps none.
     """
 
     def __init__(
@@ -464,10 +532,12 @@ class MaildirStore:
         *,
         fsync: Fsync = os.fsync,
         hostname: str | None = None,
+        snapshot_budget: int = SNAPSHOT_BUDGET,
     ) -> None:
         self._template = template
         self._fsync = fsync
         self._names = UniqueNames(hostname)
+        self._snapshots = Snapshots(snapshot_budget) if snapshot_budget > 0 else None
 
     def path_for(self, user: str, home: str | None = None) -> str:
         """The Maildir directory of ``user`` (raises :class:`PermanentFailure` if unsafe)."""
@@ -484,7 +554,7 @@ class MaildirStore:
             raise store_error(exc) from None
         try:
             expunge.recover(maildir, self._fsync)
-            messages, locations = take_snapshot(maildir)
+            messages, locations = take_snapshot(maildir, snapshots=self._snapshots)
         except OSError as exc:
             os.close(lock_fd)
             raise store_error(exc) from None
@@ -500,7 +570,9 @@ class MaildirStore:
             # An interrupted deletion (or the temporary file of one) is finished in the thread.
             if os.path.lexists(journal) or os.path.lexists(journal + ".tmp"):
                 return None
-            messages, locations = take_snapshot(maildir, limit=INLINE_LIMIT)
+            messages, locations = take_snapshot(
+                maildir, limit=INLINE_LIMIT, snapshots=self._snapshots
+            )
         except _WouldBlock:
             return None
         except OSError as exc:
