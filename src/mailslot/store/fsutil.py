@@ -35,6 +35,15 @@ def read_own_file(path: str) -> bytes | None:
         os.close(fd)
 
 
+def lexists(path: str) -> bool:
+    """Whether ``path`` exists, without following a final symlink (as os.path.lexists).
+
+    One faccessat() that returns no stat buffer: about half the cost of os.path.lexists, and
+    it runs several times per login.
+    """
+    return os.access(path, os.F_OK, follow_symlinks=False)
+
+
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:

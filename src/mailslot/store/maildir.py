@@ -90,7 +90,7 @@ def ensure_maildir(maildir: str) -> None:
 
 def _lock(maildir: str) -> int:
     fd = os.open(
-        os.path.join(maildir, LOCK_FILE),
+        maildir + "/" + LOCK_FILE,
         os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
         0o600,
     )
@@ -166,7 +166,7 @@ def _settle_new(maildir: str, quick: bool) -> dict[str, str]:
         target = name if ":" in name else name + ":2,"
         target_path = f"{cur_dir}/{target}"
         # Never rename over a file of the same name: one of the two would be lost.
-        if not os.path.lexists(target_path):
+        if not fsutil.lexists(target_path):
             try:
                 os.rename(f"{new_dir}/{name}", target_path)
                 continue
@@ -255,7 +255,7 @@ def take_snapshot(
     if snapshots is not None and not stayed:
         known = snapshots.get(maildir, names)
         if known is not None:
-            if os.path.lexists(cache_path):  # as below: every size came from a name
+            if fsutil.lexists(cache_path):  # as below: every size came from a name
                 _update_cache(cache_path, sizecache.load(cache_path), [], {}, quick)
             return known.messages, dict(known.locations)
 
@@ -277,7 +277,7 @@ def take_snapshot(
     named = None not in sizes
     if not named:
         _fill_sizes(maildir, bases, sizes, locations, quick)
-    elif os.path.lexists(cache_path):
+    elif fsutil.lexists(cache_path):
         # No message needed the cache now; empty it of entries for messages now gone.
         _update_cache(cache_path, sizecache.load(cache_path), [], {}, quick)
 
@@ -565,10 +565,11 @@ class MaildirStore:
 
     def _open_quick(self, maildir: str, lock_fd: int) -> MaildirMaildrop | None:
         """Open a small maildrop without blocking work (see the module docstring), or None."""
-        journal = os.path.join(maildir, expunge.JOURNAL)
         try:
-            # An interrupted deletion (or the temporary file of one) is finished in the thread.
-            if os.path.lexists(journal) or os.path.lexists(journal + ".tmp"):
+            # An interrupted deletion is finished in the thread.  A journal's temporary file
+            # alone (a crash before the rename) deletes nothing, so it does not stop a quick
+            # open: the thread's recover() or the next journal write removes it.
+            if fsutil.lexists(maildir + "/" + expunge.JOURNAL):
                 return None
             messages, locations = take_snapshot(
                 maildir, limit=INLINE_LIMIT, snapshots=self._snapshots

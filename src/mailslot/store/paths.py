@@ -8,6 +8,7 @@ from the user name may not contain ``/`` or be ``.``, so no name can escape its 
 
 from __future__ import annotations
 
+import functools
 import os
 
 from mailslot.store.base import PermanentFailure
@@ -28,6 +29,8 @@ def _check_name_value(what: str, value: str, *, may_be_empty: bool = False) -> N
         raise PermanentFailure(f"{what} cannot be used in a maildir path")
 
 
+# Pure, and called at every login: the same few thousand users log in again and again.
+@functools.lru_cache(maxsize=4096)
 def expand(template: str, user: str, home: str | None) -> str:
     """Expand ``template`` for ``user``; raise :class:`PermanentFailure` if it is unsafe.
 
