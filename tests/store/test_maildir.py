@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import json
 import os
 import re
@@ -737,3 +738,45 @@ def test_reused_snapshots_stay_within_their_budget() -> None:
     snapshots.put("/a", entry(10))  # more than the budget: not kept, and no stale one either
     assert snapshots.get("/a", [f"{n}" for n in range(4)]) is None
     assert snapshots.get("/a", [f"{n}" for n in range(10)]) is None
+
+
+def test_a_large_snapshot_pauses_the_collector_and_restores_it(tmp_path: Path) -> None:
+    box = tmp_path / "alice"
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True)
+    for n in range(maildir.INLINE_LIMIT + 1):
+        put(box / "cur", f"{1_600_000_000 + n}.M{n}P1.host,S=2,W=3:2,", b"x\n")
+    states: list[bool] = []
+    real = maildir.MessageInfo
+
+    def spy(key: str, uid: str, size: int) -> MessageInfo:
+        states.append(gc.isenabled())
+        return real(key, uid, size)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(maildir, "MessageInfo", spy)
+        store = MaildirStore(str(tmp_path / "{user}"), snapshot_budget=0)
+        assert gc.isenabled()
+        assert len(snapshot(store)) == maildir.INLINE_LIMIT + 1
+        assert gc.isenabled() and states and not any(states)
+        gc.disable()
+        try:
+            snapshot(store)  # a collector the application turned off stays off
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+
+
+def test_overlapping_collector_pauses_restore_it_after_the_last() -> None:
+    assert gc.isenabled()
+    first = maildir._gc_paused()
+    second = maildir._gc_paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()  # the other snapshot is still being built
+    with pytest.raises(RuntimeError), maildir._gc_paused():
+        raise RuntimeError
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
