@@ -7,6 +7,7 @@ session: shared libraries and copy-on-write pages would be counted once per proc
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -65,3 +66,19 @@ def cpu_seconds(pids: list[int]) -> float:
         if fields is not None:
             ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return ticks / _CLK_TCK
+
+
+def settled_pss_bytes(root: int, timeout: float = 10.0, interval: float = 0.25) -> int:
+    """The tree's PSS once two readings ``interval`` apart agree within 0.5 %.
+
+    A server answers its first greeting while other workers may still be starting (reading
+    the user database, importing): a baseline taken then is off by megabytes either way.
+    """
+    deadline = time.monotonic() + timeout
+    last = pss_bytes(tree(root))
+    while True:
+        time.sleep(interval)
+        now = pss_bytes(tree(root))
+        if abs(now - last) <= last * 0.005 or time.monotonic() >= deadline:
+            return now
+        last = now

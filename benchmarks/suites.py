@@ -137,12 +137,14 @@ class Bench:
         # so a baseline taken after earlier steps would hide part of the per-connection cost.
         server.stop()
         server.start()
-        base = proctree.pss_bytes(proctree.tree(server.pid))
         job = replace(
             self.job(server, "idle", tls, self.idle_users[: sizes[-1]]), stages=tuple(sizes)
         )
         name = "idle" if tls == "none" else f"idle {TLS_LABEL[tls]}"
         self.pool.renew()
+        # After the client processes exist: they map the same Python and libraries, and a
+        # page shared by more processes counts for less in each one's PSS.
+        base = proctree.settled_pss_bytes(server.pid)
         run = self.pool.hold(job)
         errors_before = 0
         try:
