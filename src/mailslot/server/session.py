@@ -649,7 +649,7 @@ class Session(asyncio.Protocol):
             self._context.limits.release_connection(self._address)
         data = self._conn.data_to_send()
         if self._lost:
-            pass
+            self._forget()  # else connection_lost() does, once the transport is closed
         elif abort:
             transport.abort()
         else:
@@ -661,8 +661,6 @@ class Session(asyncio.Protocol):
             transport.close()
             if self._conn.tls_active or transport.get_write_buffer_size():
                 self._closer = asyncio.get_running_loop().call_later(_CLOSE_WAIT, transport.abort)
-        if self._lost:
-            self._forget()
         user = escape(self._user.name) if self._user else "-"
         self.log.info(
             "disconnect: reason=%s user=%s retrieved=%d octets=%d listener=%s%s",
