@@ -335,6 +335,14 @@ def test_maildir_unknown_placeholder(conf_dir: Path, template: str) -> None:
     assert "{user}, {localpart}, {domain}, {home}" in problem.message
 
 
+def test_snapshot_cache_is_a_count_of_zero_or_more(conf_dir: Path) -> None:
+    assert parse(conf_dir, BASE).store.snapshot_cache == 200_000
+    assert parse(conf_dir, BASE + "[store]\nsnapshot_cache = 0\n").store.snapshot_cache == 0
+    problem = only(conf_dir, BASE + "[store]\nsnapshot_cache = -1\n")
+    assert problem.key == "store.snapshot_cache"
+    assert "0 (none) or more" in problem.message
+
+
 def test_maildir_must_separate_users(conf_dir: Path) -> None:
     problem = only(conf_dir, BASE + '[store]\nmaildir = "/var/mail/{domain}"\n')
     assert "share one maildrop" in problem.message

@@ -61,6 +61,8 @@ class StoreConfig:
     """``[store]``: where maildrops live. ``{user} {localpart} {domain} {home}`` are expanded."""
 
     maildir: str = "/var/mail/{user}/Maildir"
+    # Messages whose listing each worker keeps to reuse at the next login (0: none).
+    snapshot_cache: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +428,11 @@ class _Loader:
             )
         if not template.startswith(("/", "{home}")):
             template = os.path.join(self.base, template)
-        return StoreConfig(maildir=template)
+        if store.snapshot_cache < 0:
+            self.problem(
+                "store", "snapshot_cache", f"must be 0 (none) or more, not {store.snapshot_cache}"
+            )
+        return StoreConfig(maildir=template, snapshot_cache=store.snapshot_cache)
 
     # -- cross-checks ------------------------------------------------------------------------
 

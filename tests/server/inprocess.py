@@ -47,6 +47,7 @@ class InProcessServer:
         limits: LimitsConfig | None = None,
         auth: dict[str, Any] | None = None,
         server: ServerConfig | None = None,
+        snapshot_cache: int = StoreConfig.snapshot_cache,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.tls_files = tls_files
@@ -60,7 +61,9 @@ class InProcessServer:
                 passwd_file=passwd,
                 **{"failure_delay": 0.0, "failure_delay_max": 0.0, **(auth or {})},
             ),
-            store=StoreConfig(maildir=f"{self.mail_root}/{{user}}/Maildir"),
+            store=StoreConfig(
+                maildir=f"{self.mail_root}/{{user}}/Maildir", snapshot_cache=snapshot_cache
+            ),
             limits=limits or LimitsConfig(),
             server=server or ServerConfig(shutdown_timeout=5.0),
         )

@@ -270,3 +270,22 @@ def test_commands_pipelined_far_past_the_read_ahead_are_all_answered_in_order(
         sender.join()
     assert all(reply == b"+OK\r\n" for reply in replies[:count]), set(replies[:count])
     assert replies[-1].startswith(b"+OK"), replies[-1]
+
+
+@pytest.mark.parametrize("cache", [0, 100])
+def test_snapshot_cache_setting_decides_whether_a_listing_is_reused(
+    inprocess: InProcessFactory, cache: int
+) -> None:
+    """``[store] snapshot_cache`` reaches the store: with room, an unchanged maildrop's next
+    open reuses the listing (the same immutable tuple); with 0, every open builds its own."""
+    server = inprocess(snapshot_cache=cache)
+    store = server.app.store
+    for message in MESSAGES:  # names with ,W= as delivered: listings that can be reused
+        server.call(store.deliver("alice", message))
+    listings = []
+    for _ in range(2):
+        maildrop = server.call(store.open("alice"))
+        listings.append(maildrop.messages)
+        server.call(maildrop.close())
+    assert [m.uid for m in listings[0]] == [m.uid for m in listings[1]]
+    assert (listings[0] is listings[1]) is (cache > 0)

@@ -43,7 +43,11 @@ class Application:
         self.tls: tls.TlsContexts | None = None
         self.listeners: list[Pop3Listener] = []
         self.lmtp_servers: list[asyncio.AbstractServer] = []
-        self.store = MaildirStore(config.store.maildir, hostname=config.server.hostname)
+        self.store = MaildirStore(
+            config.store.maildir,
+            hostname=config.server.hostname,
+            snapshot_budget=config.store.snapshot_cache,
+        )
         if config.auth.passwd_file is None:
             raise ValueError("[auth] passwd_file is required")
         # At most one stat() of the passwd-file per second rather than one per login.
