@@ -47,7 +47,7 @@ class InProcessServer:
         limits: LimitsConfig | None = None,
         auth: dict[str, Any] | None = None,
         server: ServerConfig | None = None,
-        snapshot_cache: int = StoreConfig.snapshot_cache,
+        snapshot_cache: int | None = None,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.tls_files = tls_files
@@ -62,7 +62,8 @@ class InProcessServer:
                 **{"failure_delay": 0.0, "failure_delay_max": 0.0, **(auth or {})},
             ),
             store=StoreConfig(
-                maildir=f"{self.mail_root}/{{user}}/Maildir", snapshot_cache=snapshot_cache
+                maildir=f"{self.mail_root}/{{user}}/Maildir",
+                **({} if snapshot_cache is None else {"snapshot_cache": snapshot_cache}),
             ),
             limits=limits or LimitsConfig(),
             server=server or ServerConfig(shutdown_timeout=5.0),
