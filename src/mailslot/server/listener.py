@@ -59,7 +59,7 @@ class Pop3Listener:
         )
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._context.loop = asyncio.get_running_loop()
         factory: Callable[[], asyncio.Protocol]
         if self.config.tls == "implicit":
             factory = functools.partial(_AwaitingHandshake, self._handshake)

@@ -71,10 +71,11 @@ class ReadDeadlines:
     ``_expire``.  A deadline is noticed up to one resolution late, never early.
     """
 
-    __slots__ = ("_armed", "_buckets", "_handle", "_slots", "resolution")
+    __slots__ = ("_armed", "_buckets", "_handle", "_loop", "_slots", "resolution")
 
     def __init__(self, resolution: float) -> None:
         self.resolution = resolution
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._buckets: dict[int, set[Session]] = {}
         self._slots: list[int] = []  # heap of the buckets' keys
         self._handle: asyncio.TimerHandle | None = None
@@ -101,11 +102,14 @@ class ReadDeadlines:
         if self._handle is not None:
             self._handle.cancel()
         self._armed = slot
-        self._handle = asyncio.get_running_loop().call_at(slot * self.resolution, self._fire)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_at(slot * self.resolution, self._fire)
 
     def _fire(self) -> None:
         self._handle = None
-        now = asyncio.get_running_loop().time()
+        assert self._loop is not None
+        now = self._loop.time()
         while self._slots and self._slots[0] * self.resolution <= now:
             for session in self._buckets.pop(heapq.heappop(self._slots), ()):
                 session._expire()
@@ -137,6 +141,9 @@ class SessionContext:
     ids: Iterator[str] = field(default_factory=session_ids)
     deadlines: ReadDeadlines = field(init=False)
     sessions: set[Session] = field(default_factory=set)  # open connections
+    # Set by the listener when it starts.  Kept rather than asked for: on Linux each
+    # asyncio.get_running_loop() costs a getpid() system call.
+    loop: asyncio.AbstractEventLoop = field(init=False)
 
     def __post_init__(self) -> None:
         self.deadlines = _deadlines_for(self.login_timeout, self.idle_timeout)
@@ -295,7 +302,7 @@ class Session(asyncio.Protocol):
     def closed(self) -> asyncio.Future[None]:
         """Done once the connection is closed."""
         if self._done is None:
-            self._done = asyncio.get_running_loop().create_future()
+            self._done = self._context.loop.create_future()
             if self._phase == _ENDED and self._lost:
                 self._done.set_result(None)
         return self._done
@@ -385,7 +392,7 @@ class Session(asyncio.Protocol):
             else:
                 if isinstance(event, ev.StartTls):
                     self._phase = _STLS
-                self._task = asyncio.get_running_loop().create_task(self._perform(event))
+                self._task = self._context.loop.create_task(self._perform(event))
                 return
 
     async def _perform(self, event: ev.Event) -> None:
@@ -427,7 +434,7 @@ class Session(asyncio.Protocol):
         timeout = (
             context.idle_timeout if self._conn.state == State.TRANSACTION else context.login_timeout
         )
-        self._deadline = deadline = asyncio.get_running_loop().time() + timeout
+        self._deadline = deadline = context.loop.time() + timeout
         deadlines = context.deadlines
         slot = deadlines.slot(deadline)
         if self._slot is None or slot < self._slot:
@@ -447,7 +454,7 @@ class Session(asyncio.Protocol):
         self._slot = None
         if self._task is not None or (self._phase != _SERVING and self._phase != _PROXY):
             return
-        if asyncio.get_running_loop().time() < self._deadline:
+        if self._context.loop.time() < self._deadline:
             self._slot = self._context.deadlines.slot(self._deadline)
             self._context.deadlines.add(self, self._slot)
         elif self._phase == _PROXY:
@@ -469,7 +476,7 @@ class Session(asyncio.Protocol):
         if self._lost:
             raise ConnectionResetError("connection lost")
         if self._write_paused:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._context.loop.create_future()
             try:
                 await self._drain
             finally:
@@ -543,7 +550,7 @@ class Session(asyncio.Protocol):
             return False
         self._phase = _HANDSHAKE
         try:
-            transport = await asyncio.get_running_loop().start_tls(
+            transport = await self._context.loop.start_tls(
                 self._transport_or_fail(),
                 self,
                 self._context.tls.current,
@@ -628,9 +635,7 @@ class Session(asyncio.Protocol):
         else:
             # The lock goes before the last reply: a client that reconnects at once after
             # QUIT's +OK finds the maildrop free.
-            self._task = asyncio.get_running_loop().create_task(
-                self._release(maildrop, reason, abort)
-            )
+            self._task = self._context.loop.create_task(self._release(maildrop, reason, abort))
 
     async def _release(self, maildrop: Maildrop, reason: str, abort: bool) -> None:
         try:
@@ -660,7 +665,7 @@ class Session(asyncio.Protocol):
             # courtesy: it must not hold a connection for long.
             transport.close()
             if self._conn.tls_active or transport.get_write_buffer_size():
-                self._closer = asyncio.get_running_loop().call_later(_CLOSE_WAIT, transport.abort)
+                self._closer = self._context.loop.call_later(_CLOSE_WAIT, transport.abort)
         user = escape(self._user.name) if self._user else "-"
         self.log.info(
             "disconnect: reason=%s user=%s retrieved=%d octets=%d listener=%s%s",
