@@ -289,3 +289,23 @@ def test_snapshot_cache_setting_decides_whether_a_listing_is_reused(
         server.call(maildrop.close())
     assert [m.uid for m in listings[0]] == [m.uid for m in listings[1]]
     assert (listings[0] is listings[1]) is (cache > 0)
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_a_command_in_the_segment_that_ends_the_handshake_is_answered(
+    inprocess: InProcessFactory, mode: str
+) -> None:
+    """TLS hands such bytes over before the session has recorded the handshake; they must be
+    kept for it, not dropped with what came in the clear (RFC 2595 section 4)."""
+    server = inprocess()
+    host, port = server.address(mode)
+    context = server.tls_files.client_context()
+    with Pop3Wire(host, port, read_greeting=mode == "starttls") as wire:
+        if mode == "starttls":
+            assert wire.command("STLS").startswith(b"+OK")
+        wire.start_tls(context, then=b"CAPA\r\n")
+        if mode == "implicit":
+            assert wire.line().startswith(b"+OK")  # the greeting
+        assert wire.line().startswith(b"+OK")
+        capa = wire.multiline()
+        assert b"USER" in capa, capa

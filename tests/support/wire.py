@@ -101,11 +101,18 @@ class Pop3Wire:
         self._tls.obj.write(data)
         self._flush_tls()
 
-    def start_tls(self, context: ssl.SSLContext, *, server_hostname: str = "localhost") -> bytes:
+    def start_tls(
+        self,
+        context: ssl.SSLContext,
+        *,
+        server_hostname: str = "localhost",
+        then: bytes = b"",
+    ) -> bytes:
         """Handshake; return the raw bytes that came from the server during it.
 
         Bytes already buffered (read together with the STLS reply) are fed to TLS first, so
-        plaintext the server sent after ``+OK`` shows up in the returned bytes.
+        plaintext the server sent after ``+OK`` shows up in the returned bytes.  ``then`` is
+        sent through TLS in the same segment as the client's last handshake message.
         """
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
@@ -126,6 +133,8 @@ class Pop3Wire:
                     raise ConnectionClosed("closed during the handshake") from None
                 tls.raw_received += chunk
                 incoming.write(chunk)
+        if then:
+            obj.write(then)
         self._flush_tls()
         return bytes(tls.raw_received)
 
