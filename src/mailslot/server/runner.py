@@ -137,6 +137,20 @@ async def serve(
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
+    log.attach_loop(loop)
+    try:
+        return await _serve(loop, config, worker, reuse_port, ready)
+    finally:
+        log.detach_loop()
+
+
+async def _serve(
+    loop: asyncio.AbstractEventLoop,
+    config: Config,
+    worker: int,
+    reuse_port: bool,
+    ready: Callable[[Application], None] | None,
+) -> int:
     app = Application(config, worker=worker, reuse_port=reuse_port)
     try:
         await app.start()

@@ -1,0 +1,145 @@
+"""mailslot.log: the cached-time formatter, and the handler that writes a loop turn at once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+
+import pytest
+
+from mailslot.log import FORMAT, Formatter, LoopHandler
+
+
+class Recording(io.StringIO):
+    """A stream that keeps each write() separately."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.fixture
+def handler() -> LoopHandler:
+    h = LoopHandler(Recording())
+    h.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    return h
+
+
+def record(message: str, level: int = logging.INFO) -> logging.LogRecord:
+    return logging.LogRecord("mailslot.test", level, __file__, 1, message, None, None)
+
+
+def writes(handler: LoopHandler) -> list[str]:
+    stream = handler.stream
+    assert isinstance(stream, Recording)
+    return stream.writes
+
+
+def test_formatter_matches_the_standard_one_across_seconds() -> None:
+    ours, standard = Formatter(), logging.Formatter(FORMAT)
+    for created in (1_800_000_000.0, 1_800_000_000.999, 1_800_000_001.0005, 1_800_000_000.5):
+        r = record("x")
+        r.created, r.msecs = created, (created - int(created)) * 1000
+        assert ours.format(r) == standard.format(r)
+
+
+def test_lines_of_one_loop_turn_are_written_together_at_the_next() -> None:
+    h = LoopHandler(Recording())
+    h.setFormatter(logging.Formatter("%(message)s"))
+
+    async def main() -> list[str]:
+        h.attach(asyncio.get_running_loop())
+        h.handle(record("one"))
+        h.handle(record("two"))
+        held = list(writes(h))
+        await asyncio.sleep(0)
+        h.detach()
+        return held
+
+    assert asyncio.run(main()) == []
+    assert writes(h) == ["one\ntwo\n"]
+
+
+def test_a_warning_writes_what_is_held_first_and_at_once(handler: LoopHandler) -> None:
+    async def main() -> None:
+        handler.attach(asyncio.get_running_loop())
+        handler.handle(record("first"))
+        handler.handle(record("trouble", logging.WARNING))
+        assert "".join(writes(handler)) == "INFO first\nWARNING trouble\n"
+        handler.detach()
+
+    asyncio.run(main())
+
+
+def test_another_threads_line_is_not_held(handler: LoopHandler) -> None:
+    async def main() -> None:
+        handler.attach(asyncio.get_running_loop())
+        thread = threading.Thread(target=handler.handle, args=(record("from a thread"),))
+        thread.start()
+        thread.join()
+        assert writes(handler) == ["INFO from a thread\n"]
+        handler.detach()
+
+    asyncio.run(main())
+
+
+def test_detach_writes_what_is_held_and_holds_no_more(handler: LoopHandler) -> None:
+    async def main() -> None:
+        handler.attach(asyncio.get_running_loop())
+        handler.handle(record("held"))
+        handler.detach()
+        assert writes(handler) == ["INFO held\n"]
+        handler.handle(record("after"))
+        assert writes(handler) == ["INFO held\n", "INFO after\n"]
+
+    asyncio.run(main())
+
+
+def test_without_a_loop_every_line_is_written_at_once(handler: LoopHandler) -> None:
+    handler.handle(record("a"))
+    handler.handle(record("b"))
+    assert writes(handler) == ["INFO a\n", "INFO b\n"]
+
+
+def test_a_write_holds_whole_lines_and_at_most_a_pipe_buffer(handler: LoopHandler) -> None:
+    lines = [f"{i:03d} " + "x" * 95 for i in range(100)]  # 100 bytes each with the newline
+
+    async def main() -> None:
+        handler.attach(asyncio.get_running_loop())
+        for line in lines:
+            handler.handle(record(line))
+        handler.detach()
+
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    asyncio.run(main())
+    done = writes(handler)
+    assert "".join(done) == "".join(line + "\n" for line in lines)
+    assert len(done) == 3
+    assert all(len(w.encode()) <= 4096 and w.endswith("\n") for w in done)
+
+
+def test_a_failing_stream_loses_the_lines_not_the_server(handler: LoopHandler) -> None:
+    class Full(Recording):
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    handler.setStream(Full())
+    raised: list[dict[str, object]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: raised.append(context))
+        handler.attach(loop)
+        handler.handle(record("lost"))
+        await asyncio.sleep(0)  # the flush callback ran
+        handler.handle(record("lost", logging.ERROR))
+        handler.detach()
+
+    asyncio.run(main())
+    assert raised == []
