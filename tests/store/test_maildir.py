@@ -15,6 +15,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -684,18 +685,62 @@ def _mutations(box: Path, secret: Path) -> list[Callable[[], object]]:
     ]
 
 
+def _settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the store take every directory as settled, as if its times were old."""
+    monkeypatch.setattr(maildir, "_now", lambda: time.time_ns() + 10 * maildir.SETTLED_NS)
+
+
+# The longest tick of the kernel's clock for inode times (HZ=100): a change made this long
+# after another gives the directory other times, which the settled window stands in for.
+_TICK = 0.011
+
+
+@pytest.mark.parametrize("settled", [False, True], ids=["listed", "settled"])
 @pytest.mark.parametrize("count", [3, maildir.INLINE_LIMIT + 1], ids=["loop", "thread"])
-def test_a_reused_snapshot_is_what_a_fresh_one_would_be(tmp_path: Path, count: int) -> None:
+def test_a_reused_snapshot_is_what_a_fresh_one_would_be(
+    tmp_path: Path, count: int, settled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = MaildirStore(str(tmp_path / "{user}"))
     fresh = MaildirStore(str(tmp_path / "{user}"), snapshot_budget=0)
     _deliver_many(store, count)
     secret = put(tmp_path, "secret", b"not yours\n")
     box = tmp_path / "alice"
+    if settled:
+        _settle(monkeypatch)
     snapshot(store)
     for mutate in _mutations(box, secret):
+        time.sleep(_TICK)
         mutate()
         assert snapshot(store) == snapshot(fresh)
         assert snapshot(store) == snapshot(fresh)  # once more, reused
+
+
+@pytest.mark.parametrize("settled", [False, True], ids=["young", "settled"])
+def test_settled_directories_are_not_listed_again_until_they_change(
+    tmp_path: Path, settled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MaildirStore(str(tmp_path / "{user}"))
+    _deliver_many(store, 3)
+    snapshot(store)  # moves new/ into cur/
+    listed: list[str] = []
+    real_scan = maildir._scan
+
+    def scan(directory: str, limit: int | None = None) -> list[str]:
+        listed.append(os.path.basename(directory))
+        return real_scan(directory, limit)
+
+    monkeypatch.setattr(maildir, "_scan", scan)
+    if settled:
+        _settle(monkeypatch)
+    first = snapshot(store)
+    assert listed == ["new", "cur"]
+    assert snapshot(store) == first
+    # Directories changed within the last second prove nothing: listed at every open.
+    assert listed == (["new", "cur"] if settled else ["new", "cur"] * 2)
+    time.sleep(_TICK)
+    put(tmp_path / "alice" / "new", "1900000000.M1P1.late,S=2,W=3", b"z\n")
+    assert len(snapshot(store)) == 4
+    assert listed[-2:] == ["new", "cur"]
 
 
 def test_an_unchanged_maildrop_shares_its_snapshot_but_not_its_locations(tmp_path: Path) -> None:

@@ -26,9 +26,10 @@ import gc
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar, cast
 
 from mailslot.store import expunge, fsutil, sizecache
@@ -53,6 +54,10 @@ READ_SIZE = 256 * 1024
 INLINE_LIMIT = 256
 # Messages whose snapshot a store keeps for reuse (see Snapshots): some 60 MB at most.
 SNAPSHOT_BUDGET = 200_000
+# A directory whose times are at least this old when it is looked at cannot change later
+# without its times changing too (see Snapshots).
+SETTLED_NS = 1_000_000_000
+_now = time.time_ns  # the clock inode times are set from (tests move it forward)
 
 _OPEN_MESSAGE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_MESSAGE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -183,14 +188,39 @@ def _settle_new(maildir: str, quick: bool) -> dict[str, str]:
     return stayed
 
 
+_Stamp = tuple[int, int, int]  # a directory's inode, mtime and ctime (ns)
+
+
+def _stamp(directory: str) -> _Stamp | None:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _settled(stamps: tuple[_Stamp | None, _Stamp | None], now: int) -> bool:
+    return all(s is not None and now - max(s[1], s[2]) >= SETTLED_NS for s in stamps)
+
+
 class Snapshots:
     """The last snapshot of recently opened maildrops, reused while cur/ lists the same names.
 
     When new/ holds nothing to move and every name carries ``,W=``, a snapshot is a function
     of the names cur/ lists alone, so a later open that lists exactly the same names (in the
     same directory order) can reuse it instead of parsing, sorting and building 100,000
-    objects again; it still scans, so nothing that changed on disk is missed.  MessageInfo
-    is immutable and shared; each session gets its own copy of the locations.
+    objects again.  MessageInfo is immutable and shared; each session gets its own copy of
+    the locations.
+
+    A snapshot also keeps the inode, mtime and ctime that new/ and cur/ had just before they
+    were listed.  If both were a second old or more then, a later open that finds the same
+    values reuses the snapshot without listing either directory: adding, removing or
+    renaming an entry sets a directory's mtime and ctime to the current time, and the
+    kernel's clock for inode times is coarse (a few milliseconds), never a second.  Younger
+    times prove nothing (a second change within the same tick leaves them as they were), so
+    those maildrops are listed at every open, as Dovecot treats a maildir changed within
+    the last second as dirty.  Only a program that sets a directory's times back by hand
+    (``touch -d``) can hide a change, until the next change or ``snapshot_cache = 0``.
 
     ``budget`` bounds what is kept, in messages (plus one per maildrop; a message costs some
     300 bytes that are not shared with an open session); the least recently used go first.
@@ -209,6 +239,17 @@ class Snapshots:
                 return None
             self._entries.move_to_end(maildir)
         return snapshot if snapshot.names == names else None
+
+    def unchanged(
+        self, maildir: str, stamps: tuple[_Stamp | None, _Stamp | None]
+    ) -> _Snapshot | None:
+        """The snapshot of a maildrop whose new/ and cur/ settled and did not change since."""
+        with self._lock:
+            snapshot = self._entries.get(maildir)
+            if snapshot is None or snapshot.stamps is None or snapshot.stamps != stamps:
+                return None
+            self._entries.move_to_end(maildir)
+            return snapshot
 
     def put(self, maildir: str, snapshot: _Snapshot) -> None:
         with self._lock:
@@ -229,6 +270,7 @@ class _Snapshot:
     names: list[str]  # as cur/ listed them
     messages: tuple[MessageInfo, ...]
     locations: dict[str, str]  # never handed out: sessions get copies
+    stamps: tuple[_Stamp | None, _Stamp | None] | None = None  # of new/ and cur/, if settled
 
 
 _gc_lock = threading.Lock()
@@ -280,6 +322,16 @@ def take_snapshot(
     more than ``limit`` messages.
     """
     quick = limit is not None
+    stamps: tuple[_Stamp | None, _Stamp | None] | None = None
+    if snapshots is not None:
+        # Taken before listing: a change made after this is seen by the next open.
+        now = _now()
+        stamps = (_stamp(maildir + "/new"), _stamp(maildir + "/cur"))
+        known = snapshots.unchanged(maildir, stamps)
+        if known is not None:
+            return known.messages, dict(known.locations)
+        if not _settled(stamps, now):
+            stamps = None
     stayed = _settle_new(maildir, quick)
     names = _scan(maildir + "/cur", limit)
     cache_path = maildir + "/" + SIZE_CACHE
@@ -288,6 +340,8 @@ def take_snapshot(
         if known is not None:
             if fsutil.lexists(cache_path):  # as below: every size came from a name
                 _update_cache(cache_path, sizecache.load(cache_path), [], {}, quick)
+            if stamps is not None:
+                snapshots.put(maildir, replace(known, stamps=stamps))
             return known.messages, dict(known.locations)
 
     bases = [name.partition(":")[0] for name in names]
@@ -328,7 +382,7 @@ def take_snapshot(
             wires = [size for i in index if (size := sizes[i]) is not None]
             messages = tuple(map(MessageInfo, keys, uids_of(keys), wires))
     if snapshots is not None and named and not stayed:
-        snapshots.put(maildir, _Snapshot(names, messages, locations))
+        snapshots.put(maildir, _Snapshot(names, messages, locations, stamps))
         locations = dict(locations)
     return messages, locations
 
