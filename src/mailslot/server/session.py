@@ -18,9 +18,9 @@ import logging
 import math
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, User
 from mailslot.log import SessionLogger, escape
@@ -50,6 +50,7 @@ _CHUNK = 256 * 1024
 _CLOSE_WAIT = 2.0
 # Received bytes a session keeps while busy before it stops reading.
 _READ_AHEAD = 64 * 1024
+_HANDED: Any = object()  # _Started: what the coroutine waits on went to the task
 
 
 def session_ids() -> Iterator[str]:
@@ -389,14 +390,38 @@ class Session(asyncio.Protocol):
             elif isinstance(event, ev.Close):
                 self._end(event.reason)
                 return
+            elif isinstance(event, ev.StartTls):
+                self._phase = _STLS
+                self._task = self._context.loop.create_task(self._perform_then_advance(event))
+                return
             else:
-                if isinstance(event, ev.StartTls):
-                    self._phase = _STLS
-                self._task = self._context.loop.create_task(self._perform(event))
+                # Most such work does not wait at all ({PLAIN} passwords, a small maildrop
+                # opened on the loop, a message in the page cache): it runs here, and a task
+                # is made only for work that does wait.
+                work = self._perform(event)
+                try:
+                    waiting = work.send(None)
+                except StopIteration:
+                    if self._phase >= _ENDING:
+                        return
+                    continue
+                self._task = self._context.loop.create_task(
+                    _Started(work, waiting, self._after_work)
+                )
                 return
 
+    async def _perform_then_advance(self, event: ev.Event) -> None:
+        await self._perform(event)
+        self._after_work()
+
+    def _after_work(self) -> None:
+        """Back to the core after work in a task, unless the work ended the session."""
+        if self._phase < _ENDING:
+            self._task = None
+            self._advance()
+
     async def _perform(self, event: ev.Event) -> None:
-        """One event that has to wait for something; then back to the core."""
+        """One event that may have to wait for something."""
         try:
             if isinstance(event, ev.Authenticate):
                 await self._login(event)
@@ -422,9 +447,6 @@ class Session(asyncio.Protocol):
             self.log.exception("internal error")
             self._task = None
             self._end("internal error")
-            return
-        self._task = None
-        self._advance()
 
     # ------------------------------------------------------------------ timers
 
@@ -632,10 +654,15 @@ class Session(asyncio.Protocol):
         maildrop, self._maildrop = self._maildrop, None
         if maildrop is None:
             self._close(reason, abort)
-        else:
-            # The lock goes before the last reply: a client that reconnects at once after
-            # QUIT's +OK finds the maildrop free.
-            self._task = self._context.loop.create_task(self._release(maildrop, reason, abort))
+            return
+        # The lock goes before the last reply: a client that reconnects at once after QUIT's
+        # +OK finds the maildrop free.  Releasing a Maildir's lock does not wait: no task.
+        release = self._release(maildrop, reason, abort)
+        try:
+            waiting = release.send(None)
+        except StopIteration:
+            return
+        self._task = self._context.loop.create_task(_Started(release, waiting))
 
     async def _release(self, maildrop: Maildrop, reason: str, abort: bool) -> None:
         try:
@@ -681,6 +708,73 @@ class Session(asyncio.Protocol):
         self._context.sessions.discard(self)
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
+
+
+class _Started(Coroutine[Any, Any, None]):
+    """A coroutine started by hand and now waiting on ``waiting``, for a task to finish.
+
+    The task's first step gets ``waiting`` (the future the coroutine waits on); from then on
+    what the task sends and throws in (a future's result, a cancellation) goes on to the
+    coroutine, as if the task had run it from the start.  A cancellation before the task's
+    first step reaches the coroutine too, at the point where it waits, so its handlers run.
+    ``then`` is called once the coroutine returns.
+    """
+
+    __slots__ = ("_coro", "_then", "_waiting")
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, None],
+        waiting: Any,
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        self._coro = coro
+        self._waiting = waiting
+        self._then = then
+
+    def send(self, value: Any) -> Any:
+        waiting = self._waiting
+        if waiting is not _HANDED:
+            self._waiting = _HANDED
+            return waiting
+        try:
+            return self._coro.send(value)
+        except StopIteration:
+            self._finished()
+            raise
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self._waiting = _HANDED
+        try:
+            if val is None and tb is None:
+                return self._coro.throw(typ)
+            return self._coro.throw(typ, val, tb)  # pragma: no cover - the old signature
+        except StopIteration:
+            self._finished()
+            raise
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        value = self.send(None)
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:
+                try:
+                    value = self.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = self.send(sent)
+                except StopIteration:
+                    return
+
+    def _finished(self) -> None:
+        if self._then is not None:
+            self._then()
 
 
 def proxy_refused(peer: object, exc: Exception) -> None:
