@@ -1,7 +1,7 @@
 """One POP3 connection: bytes in -> core -> act -> bytes out, in the manner of hypercorn.
 
 The driver is the connection's asyncio protocol: the transport's callbacks feed the sans-IO
-core, and only work that has to wait runs in a task.  It owns every timer (RFC 1939 section
+core, and only work that does wait runs in a task.  It owns every timer (RFC 1939 section
 3: the autologout timer of at least 10 minutes after login; a short one before), performs
 what the core asks (authentication, opening the maildrop, streaming message bytes with
 back-pressure, the UPDATE commit, the STLS handshake) and maps backend errors to the core's
@@ -165,10 +165,12 @@ class Session(asyncio.Protocol):
     """Drives one :class:`Connection` from the transport's callbacks.
 
     No stream objects and no task while the client is quiet: an idle session is this object,
-    its core and the transport.  Work that has to wait (a password check, opening the
-    maildrop, a message larger than the socket buffer, the commit, the STLS handshake) runs
-    in a task of its own; the client's bytes received meanwhile wait in the core, and
-    reading pauses when more than ``_READ_AHEAD`` of them wait.
+    its core and the transport.  Work that may wait (a password check, opening the maildrop,
+    sending a message, the commit, releasing the maildrop) starts on the spot and gets a task
+    of its own only if it does wait (a slow hash, a large maildrop, a message larger than
+    the socket buffer); the STLS handshake always does.  The client's bytes received
+    meanwhile wait in the core, and reading pauses when more than ``_READ_AHEAD`` of them
+    wait.
     """
 
     __slots__ = (

@@ -316,7 +316,8 @@ def take_snapshot(
     C-level passes over all names at once (:func:`~mailslot.store.maildirnames.parse_bases`
     reads times, sizes and whether every name is its own unique-id; then one sort on float
     keys).  No DirEntry and no string beyond the names outlives the scan.  With
-    ``snapshots``, an unchanged listing reuses the last snapshot (see :class:`Snapshots`).
+    ``snapshots``, an unchanged listing reuses the last snapshot, and settled, unchanged
+    directories are not listed at all (see :class:`Snapshots`).
     With ``limit`` it only reads (a quick snapshot for the event loop) and raises
     :class:`_WouldBlock` instead of renaming, measuring, rewriting the size cache or listing
     more than ``limit`` messages.
