@@ -51,7 +51,7 @@ class Formatter(logging.Formatter):
     """:data:`FORMAT` with the date and time formatted once per second, not once per line.
 
     The output is the standard formatter's (``2026-11-27 15:48:47,285``); ``strftime`` of
-    the local time was a tenth of what a log line cost.
+    the local time was a sixth of what a log line cost.
     """
 
     def __init__(self, fmt: str = FORMAT) -> None:
@@ -73,9 +73,10 @@ class LoopHandler(logging.StreamHandler[TextIO]):
     """Writes what one turn of the event loop logs in one ``write``, at the loop's next turn.
 
     A session logs two lines, and one turn of a busy loop serves many sessions: a write
-    system call per line was a tenth of a plain login's CPU.  Lines are held only when they
-    are logged on the attached loop's thread, below WARNING, and only until the callback
-    :meth:`attach` arranges runs (``call_soon``: after the current batch of I/O callbacks).
+    system call per line was some 4 % of a plain login's CPU.  Lines are held only when they
+    are logged on the attached loop's thread, below WARNING, and only until the flush that
+    the first of them schedules runs (``call_soon``: after the current batch of I/O
+    callbacks).
     Anything else (warnings, errors, other threads' lines, lines while no loop is attached)
     is written at once, after what is held, so the order of lines is kept.
     """
