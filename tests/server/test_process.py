@@ -207,6 +207,10 @@ def test_sigterm_cancels_a_session_past_the_deadline_and_deletes_nothing(
         assert not rest.startswith(b"+OK"), rest
     assert server.process.wait(POLL_DEADLINE) == 0
     assert len(message_files(server.maildir("alice"))) == 3
+    # The worker's last lines, logged on its loop as it stopped, were written before it exited.
+    log = server.log()
+    assert "disconnect: reason=server shutdown user=alice" in log
+    assert "INFO mailslot: shutting down" in log
 
 
 def test_a_probe_of_the_tls_port_neither_lingers_nor_holds_shutdown(servers: Any) -> None:

@@ -4,7 +4,7 @@ had run it from the start (results, exceptions and cancellation pass through).""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -14,10 +14,10 @@ from mailslot.server.session import _Started
 _FINISHED = "finished"
 
 
-def start(coro: Coroutine[Any, Any, None]) -> _Started:
+def start(coro: Coroutine[Any, Any, None], then: Callable[[], None] | None = None) -> _Started:
     """Step ``coro`` by hand to its first wait, as Session._advance does."""
     waiting = coro.send(None)
-    return _Started(coro, waiting)
+    return _Started(coro, waiting, then)
 
 
 def test_the_rest_runs_in_the_task_with_the_futures_results() -> None:
@@ -98,9 +98,7 @@ def test_then_runs_once_the_coroutine_returns() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        coro = work(future)
-        started = _Started(coro, coro.send(None), lambda: seen.append("then"))
-        task = loop.create_task(started)
+        task = loop.create_task(start(work(future), lambda: seen.append("then")))
         await asyncio.sleep(0.01)
         assert seen == []
         future.set_result(None)
