@@ -18,6 +18,7 @@ from typing import Literal
 
 from benchmarks import proctree
 from benchmarks.corpus import PASSWORD
+from benchmarks.logins import LoginLoop
 from benchmarks.pop3client import (
     Pop3Client,
     ReplyError,
@@ -173,6 +174,22 @@ async def _login_loop(job: Job, ctx: ssl.SSLContext, user: str, res: Result, end
         res.greetings.append(greeting)
 
 
+def _login_load(job: Job, ctx: ssl.SSLContext, res: Result, end: float) -> None:
+    """The login benchmark on bare sockets (:mod:`benchmarks.logins`), blocking this loop.
+
+    Nothing else runs in a worker during a load job, and the asyncio client's own CPU per
+    login (as much as the server's) would be taken from the server it measures.
+    """
+
+    def done(greeting: float, latency: float) -> None:
+        res.ops += 1
+        res.latencies.append(latency)
+        res.greetings.append(greeting)
+
+    logins = LoginLoop(job.port, job.tls, ctx, OP_TIMEOUT, done, res.error)
+    logins.run(job.users, end, job.max_ops, MAX_ERRORS)
+
+
 async def _session_loop(job: Job, ctx: ssl.SSLContext, user: str, res: Result, end: float) -> None:
     while time.perf_counter() < end and res.ops < job.max_ops and res.errors < MAX_ERRORS:
         t0 = time.perf_counter()
@@ -322,8 +339,10 @@ async def run_job(job: Job, hold: HoldCallback) -> Result:
     end = t0 + job.duration
     if job.kind == "idle":
         await _idle(job, ctx, res, hold)
+    elif job.kind == "login":
+        _login_load(job, ctx, res, end)
     else:
-        loop = {"login": _login_loop, "session": _session_loop, "retr": _retr_loop}[job.kind]
+        loop = {"session": _session_loop, "retr": _retr_loop}[job.kind]
         await asyncio.gather(*(loop(job, ctx, u, res, end) for u in job.users))
     res.wall = time.perf_counter() - t0
     res.cpu = time.process_time() - cpu0
