@@ -121,11 +121,12 @@ class LoginLoop:
         if not self._more():
             return
         t0 = time.perf_counter()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        # The handshake's last flight and USER go out back to back: Nagle would hold USER
-        # for the server's delayed ACK.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        if self.mode != "none":
+            # The handshake's last flight and USER go out back to back: Nagle would hold
+            # USER for the server's delayed ACK.  In plaintext each command follows a reply
+            # that acknowledged the one before, so Nagle never waits.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         login = _Login(user, sock, t0)
         code = sock.connect_ex((self.host, self.port))
         if code not in (0, errno.EINPROGRESS):
@@ -143,8 +144,7 @@ class LoginLoop:
 
     def _drop(self, login: _Login) -> None:
         del self._live[login.fd]
-        self._ep.unregister(login.fd)
-        login.sock.close()
+        login.sock.close()  # which also takes it out of the epoll set
 
     def _fail(self, login: _Login, exc: BaseException) -> None:
         exc.add_note(f"during {login.stage}")
