@@ -13,7 +13,7 @@ import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from benchmarks import proctree
@@ -160,25 +160,12 @@ async def scan(client: Pop3Client, pipeline: bool) -> tuple[int, list[int]]:
     return count, sizes
 
 
-async def _login_loop(job: Job, ctx: ssl.SSLContext, user: str, res: Result, end: float) -> None:
-    while time.perf_counter() < end and res.ops < job.max_ops and res.errors < MAX_ERRORS:
-        try:
-            async with asyncio.timeout(OP_TIMEOUT):
-                client, greeting, latency = await open_login(job, ctx, user)
-                await client.quit()
-        except Exception as exc:  # any failure voids the run; keep a sample
-            res.error(exc)
-            continue
-        res.ops += 1
-        res.latencies.append(latency)
-        res.greetings.append(greeting)
-
-
 def _login_load(job: Job, ctx: ssl.SSLContext, res: Result, end: float) -> None:
-    """The login benchmark on bare sockets (:mod:`benchmarks.logins`), blocking this loop.
+    """Logins on bare sockets (:mod:`benchmarks.logins`); blocks the caller until done.
 
-    Nothing else runs in a worker during a load job, and the asyncio client's own CPU per
-    login (as much as the server's) would be taken from the server it measures.
+    It runs the login load in a worker, where nothing else runs during a load job, and the
+    idle probe in the runner.  The asyncio client took about as much CPU per login as the
+    server it measured, on the same cores.
     """
 
     def done(greeting: float, latency: float) -> None:
@@ -349,13 +336,11 @@ async def run_job(job: Job, hold: HoldCallback) -> Result:
     return res
 
 
-async def probe(job: Job, user: str, count: int, duration: float) -> Result:
+def probe(job: Job, user: str, count: int, duration: float) -> Result:
     """Sequential fresh logins by one user: greeting and login latency while others idle."""
     res = Result()
-    ctx = client_context(job.ca_path)
-    end = time.perf_counter() + duration
-    single = Job(**{**job.__dict__, "max_ops": count})
-    await _login_loop(single, ctx, user, res, end)
+    single = replace(job, users=[user], max_ops=count)
+    _login_load(single, client_context(job.ca_path), res, time.perf_counter() + duration)
     return res
 
 

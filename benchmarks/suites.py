@@ -187,10 +187,9 @@ class Bench:
     ) -> bool:
         """Figures for ``size`` held connections; False when the ramp cannot go on."""
         held_pss = proctree.pss_bytes(proctree.tree(server.pid))
-        with asyncio.Runner(loop_factory=_loop_factory) as runner:
-            s = self.settings
-            pjob = self.job(server, "login", tls, [self.probe_user])
-            fresh = runner.run(probe(pjob, self.probe_user, s.probe_count, s.probe_duration))
+        s = self.settings
+        pjob = self.job(server, "login", tls, [self.probe_user])
+        fresh = probe(pjob, self.probe_user, s.probe_count, s.probe_duration)
         add = self.report.add
         add(f"{label} held", "connections", "higher", server.name, res.held)
         # How fast a server takes connections decides how long a reconnect storm lasts.

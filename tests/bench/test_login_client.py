@@ -19,7 +19,7 @@ import pytest
 from benchmarks.corpus import PASSWORD
 from benchmarks.loadgen import run_coroutine_job
 from benchmarks.logins import LoginLoop
-from benchmarks.scenarios import Job
+from benchmarks.scenarios import Job, probe
 from tests.support.passwd import PasswdUser
 from tests.support.server import Listener, MailslotServer, ServerFactory
 
@@ -114,6 +114,23 @@ def test_login_job_through_the_load_generator(bench_server: MailslotServer) -> N
     assert 12 <= res.ops < 12 + len(USERS)
     assert len(res.latencies) == len(res.greetings) == res.ops
     assert res.cpu > 0 and res.wall > 0
+
+
+def test_probe_logs_in_one_user_count_times(bench_server: MailslotServer) -> None:
+    """The idle benchmark's fresh client: sequential logins of one user, latencies kept."""
+    job = Job(
+        kind="login",
+        port=bench_server.starttls[1],
+        tls="starttls",
+        ca_path=str(bench_server.tls_files.ca_pem),
+        users=USERS,
+        expected={},
+    )
+    res = probe(job, USERS[1], count=7, duration=30.0)
+    assert res.errors == 0, res.describe_errors()
+    assert res.ops == 7 and len(res.greetings) == len(res.latencies) == 7
+    logged = [line for line in bench_server.log().splitlines() if " login: user=" in line]
+    assert len(logged) == 7 and all("user=load1 " in line for line in logged)
 
 
 def test_an_untrusted_certificate_is_an_error(bench_server: MailslotServer) -> None:
