@@ -13,7 +13,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from benchmarks.corpus import PASSWORD
@@ -73,6 +73,11 @@ def port_for(server: MailslotServer, mode: Mode) -> int:
     return server.implicit[1] if mode == "implicit" else server.starttls[1]
 
 
+def login_job(server: MailslotServer, mode: Mode, **settings: Any) -> Job:
+    ca_path = str(server.tls_files.ca_pem)
+    return Job("login", port_for(server, mode), mode, ca_path, USERS, {}, **settings)
+
+
 @pytest.mark.parametrize("mode", ["none", "starttls", "implicit"])
 def test_logins_against_mailslot_are_counted_and_really_happen(
     bench_server: MailslotServer, mode: Mode
@@ -99,17 +104,7 @@ def test_logins_against_mailslot_are_counted_and_really_happen(
 
 def test_login_job_through_the_load_generator(bench_server: MailslotServer) -> None:
     """run_job dispatches "login" to the bare-socket client and fills the Result."""
-    job = Job(
-        kind="login",
-        port=bench_server.implicit[1],
-        tls="implicit",
-        ca_path=str(bench_server.tls_files.ca_pem),
-        users=USERS,
-        expected={},
-        duration=30.0,
-        max_ops=12,
-    )
-    res = run_coroutine_job(job, None)
+    res = run_coroutine_job(login_job(bench_server, "implicit", duration=30.0, max_ops=12), None)
     assert res.errors == 0, res.describe_errors()
     assert 12 <= res.ops < 12 + len(USERS)
     assert len(res.latencies) == len(res.greetings) == res.ops
@@ -118,15 +113,7 @@ def test_login_job_through_the_load_generator(bench_server: MailslotServer) -> N
 
 def test_probe_logs_in_one_user_count_times(bench_server: MailslotServer) -> None:
     """The idle benchmark's fresh client: sequential logins of one user, latencies kept."""
-    job = Job(
-        kind="login",
-        port=bench_server.starttls[1],
-        tls="starttls",
-        ca_path=str(bench_server.tls_files.ca_pem),
-        users=USERS,
-        expected={},
-    )
-    res = probe(job, USERS[1], count=7, duration=30.0)
+    res = probe(login_job(bench_server, "starttls"), USERS[1], count=7, duration=30.0)
     assert res.errors == 0, res.describe_errors()
     assert res.ops == 7 and len(res.greetings) == len(res.latencies) == 7
     logged = [line for line in bench_server.log().splitlines() if " login: user=" in line]
