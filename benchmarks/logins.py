@@ -2,13 +2,13 @@
 
 Client and server share the machine's cores, so every microsecond the client spends per login
 is taken from the server: with asyncio (a task, a future per reply, the loop's TLS transport)
-the client needed about as much CPU per login as the server it measured. Here each connection
+the client needed nearly as much CPU per login as the server it measured. Here each connection
 is a small state machine driven by one ``epoll`` loop per worker process, with TLS on an
 ``ssl.SSLObject`` over memory BIOs, so the client's share of the cores goes to the server.
 
 It speaks what :mod:`benchmarks.pop3client` speaks for a login and checks as much: every reply
 is one ``+OK`` line (RFC 1939 section 3), nothing may follow STLS's ``+OK`` before the handshake
-(RFC 2595 section 4), the certificate is verified for ``localhost`` (RFC 8314 section 3), and a
+(RFC 2595 section 4), the certificate is verified for ``localhost`` (RFC 7817), and a
 TLS connection ends with ``close_notify`` both ways, as the asyncio transport ends it.
 """
 

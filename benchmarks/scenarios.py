@@ -164,7 +164,7 @@ def _login_load(job: Job, ctx: ssl.SSLContext, res: Result, end: float) -> None:
     """Logins on bare sockets (:mod:`benchmarks.logins`); blocks the caller until done.
 
     It runs the login load in a worker, where nothing else runs during a load job, and the
-    idle probe in the runner.  The asyncio client took about as much CPU per login as the
+    idle probe in the runner.  The asyncio client took nearly as much CPU per login as the
     server it measured, on the same cores.
     """
 
