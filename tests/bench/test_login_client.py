@@ -22,6 +22,7 @@ from benchmarks.logins import LoginLoop
 from benchmarks.scenarios import Job, probe
 from tests.support.passwd import PasswdUser
 from tests.support.server import Listener, MailslotServer, ServerFactory
+from tests.support.tls import TlsFiles
 
 USERS = [f"load{i}" for i in range(4)]
 Mode = Literal["none", "starttls", "implicit"]
@@ -219,6 +220,40 @@ def test_a_wrong_reply_is_an_error_naming_the_step(
     assert logins.done == [] and len(logins.errors) == 1
     assert error in str(logins.errors[0])
     assert logins.notes() == [f"during {stage}"]
+
+
+@pytest.mark.parametrize("server_closes", ["close_notify", "FIN"])
+def test_a_tls_login_ends_with_close_notify_both_ways(
+    scripted: Callable[[Script], int], tls_files: TlsFiles, server_closes: str
+) -> None:
+    """After QUIT's +OK the client sends close_notify, and is done at the server's or at FIN."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tls_files.certificate, tls_files.private_key)
+    seen: list[str] = []
+
+    def script(conn: socket.socket) -> None:
+        # A FIN without close_notify raises instead of reading as b"".
+        with server_ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
+            tls.sendall(b"+OK ready\r\n")
+            for reply in (b"+OK\r\n", b"+OK\r\n", b"+OK bye\r\n"):
+                seen.append(tls.recv(1024).decode())
+                tls.sendall(reply)
+            if server_closes == "FIN":
+                seen.append(repr(tls.recv(1024)))  # b"": the client's close_notify
+                return  # and close without ours
+            tls.unwrap()  # sends ours, returns once the client's arrived
+            seen.append("close_notify")
+
+    port = scripted(script)
+    logins = Logins()
+    logins.run(port, "implicit", tls_files.client_context(), users=["u"], max_ops=1)
+    assert logins.errors == [] and len(logins.done) == 1
+    deadline = time.monotonic() + 10
+    while len(seen) < 4:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.01)
+    closing = "close_notify" if server_closes == "close_notify" else "b''"
+    assert seen == ["USER u\r\n", f"PASS {PASSWORD}\r\n", "QUIT\r\n", closing]
 
 
 def test_bytes_after_the_stls_reply_are_an_error(scripted: Callable[[Script], int]) -> None:
