@@ -22,12 +22,12 @@ from typing import Any
 from benchmarks import corpus, servers
 from benchmarks.loadgen import ClientPool, raise_nofile
 from benchmarks.report import Report
-from benchmarks.servers import Dovecot, Mailslot, Server
+from benchmarks.servers import Dovecot, Mailslot, Server, TwistedPop3
 from benchmarks.suites import Bench, Settings
 
 # "idle" holds plain connections, "idle-tls" implicit-TLS ones (the method ``idle_tls``).
 BENCHMARKS = ("login", "session", "retr", "idle", "idle-tls", "bigbox")
-SERVERS = ("mailslot", "dovecot", "dovecot-sc0")
+SERVERS = ("mailslot", "dovecot", "dovecot-sc0", "twisted")
 MAIL_UID = 64123  # an unprivileged uid of our own: Dovecot refuses to serve mail as root
 LOAD_USERS = 64
 
@@ -125,7 +125,9 @@ def build(
             elif user.startswith("i"):
                 data.make_maildir(mail, user, [1000 + i % corpus.TEMPLATES])
         server: Server
-        if name == "mailslot":
+        if name == "twisted":
+            server = TwistedPop3(name, workdir, mail, passwd=passwd, cert=chain, key=key)
+        elif name == "mailslot":
             server = Mailslot(
                 name,
                 workdir,
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**{**settings.__dict__, **overrides})
     if any(n.startswith("dovecot") for n in args.servers):
         servers.ensure_dovecot()
+    if "twisted" in args.servers:
+        servers.ensure_twisted()
     nofile = raise_nofile()
     idles = {"idle", "idle-tls"} & set(args.only)
     if idles and max(settings.idle_sizes) + 1000 > nofile:

@@ -4,6 +4,8 @@
 * ``dovecot``: a throwaway Dovecot in stock mode (a login process per connection).
 * ``dovecot-sc0``: the same with ``service_count = 0`` for pop3-login and pop3, Dovecot's
   documented high-performance mode (long-lived, reused processes).
+* ``twisted``: Twisted's POP3 server in one process (``benchmarks/twisted_pop3.py``), the
+  issue's single-process peer. It has no STLS.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Server:
     plain_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    stls: bool = True  # offers STLS (RFC 2595) on the plain port
 
     @property
     def log(self) -> Path:
@@ -145,6 +148,41 @@ max_connections_per_ip = 30000
         src = str(REPO / "src")
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else "")
         return env
+
+
+@dataclass
+class TwistedPop3(Server):
+    passwd: Path = Path()
+    cert: Path = Path()
+    key: Path = Path()
+    stls: bool = False
+
+    def command(self) -> list[str]:
+        # -u: the log is the server's stdout, unbuffered as mailslot's and Dovecot's logs are.
+        return [
+            *(sys.executable, "-u", "-m", "benchmarks.twisted_pop3"),
+            *("--passwd", str(self.passwd), "--mail-root", str(self.mail_root)),
+            *("--plain-port", str(self.plain_port), "--tls-port", str(self.tls_port)),
+            *("--cert", str(self.cert), "--key", str(self.key)),
+        ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + (
+            os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else ""
+        )
+        return env
+
+
+def ensure_twisted() -> None:
+    """Twisted's POP3 server needs ``twisted`` and ``pyOpenSSL`` (the ``bench`` extra)."""
+    try:
+        import OpenSSL  # noqa: F401
+        import twisted.mail.pop3  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(
+            f"the twisted peer needs {exc.name}: pip install -e '.[bench]'"
+        ) from exc
 
 
 @dataclass
