@@ -1,4 +1,4 @@
-"""``python -m benchmarks.run``: mailslot against a throwaway Dovecot, in one run.
+"""``python -m benchmarks.run``: mailslot against a throwaway Dovecot and Twisted, in one run.
 
 Everything lives under a temp dir (configs, Maildirs, certificates, logs) and every server
 is stopped on the way out, whatever happens. The exit status is non-zero when any reply was
