@@ -180,9 +180,7 @@ def ensure_twisted() -> None:
         import OpenSSL  # noqa: F401
         import twisted.mail.pop3  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError(
-            f"the twisted peer needs {exc.name}: pip install -e '.[bench]'"
-        ) from exc
+        raise RuntimeError(f"the twisted peer needs {exc.name}: pip install -e '.[bench]'") from exc
 
 
 @dataclass
