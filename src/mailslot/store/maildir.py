@@ -25,6 +25,7 @@ import fcntl
 import gc
 import os
 import stat
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -188,19 +189,28 @@ def _settle_new(maildir: str, quick: bool) -> dict[str, str]:
     return stayed
 
 
-_Stamp = tuple[int, int, int]  # a directory's inode, mtime and ctime (ns)
+# new/'s and cur/'s inode, mtime and ctime (ns). Kept with every cached snapshot, one per
+# maildrop recently opened (idle sessions' included): 81 bytes, where a tuple of two tuples of
+# three ints took some 390.
+_STAMPS = struct.Struct("<QqqQqq")
 
 
-def _stamp(directory: str) -> _Stamp | None:
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+def _settled_stamps(maildir: str, now: int) -> bytes | None:
+    """new/'s and cur/'s stamps, packed, if both are a second old or more at ``now``; else None.
 
-
-def _settled(stamps: tuple[_Stamp | None, _Stamp | None], now: int) -> bool:
-    return all(s is not None and now - max(s[1], s[2]) >= SETTLED_NS for s in stamps)
+    Younger times prove nothing (see :class:`Snapshots`), and a directory that cannot be
+    stat'ed has none.
+    """
+    fields: list[int] = []
+    for sub in ("/new", "/cur"):
+        try:
+            st = os.stat(maildir + sub)
+        except OSError:
+            return None
+        if now - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLED_NS:
+            return None
+        fields += (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    return _STAMPS.pack(*fields)
 
 
 class Snapshots:
@@ -209,21 +219,23 @@ class Snapshots:
     When new/ holds nothing to move and every name carries ``,W=``, a snapshot is a function
     of the names cur/ lists alone, so a later open that lists exactly the same names (in the
     same directory order) can reuse it instead of parsing, sorting and building 100,000
-    objects again.  MessageInfo is immutable and shared; each session gets its own copy of
-    the locations.
+    objects again.  MessageInfo is immutable and shared, and so are the locations: a
+    session whose message moved makes itself a new dict (a copy at every login took some
+    3 ms for 100,000 locations, and a dict per idle session).
 
     A snapshot also keeps the inode, mtime and ctime that new/ and cur/ had just before they
-    were listed.  If both were a second old or more then, a later open that finds the same
-    values reuses the snapshot without listing either directory: adding, removing or
-    renaming an entry sets a directory's mtime and ctime to the current time, and the
-    kernel's clock for inode times is coarse (a few milliseconds), never a second.  Younger
-    times prove nothing (a second change within the same tick leaves them as they were), so
-    those maildrops are listed at every open, as Dovecot treats a maildir changed within
-    the last second as dirty.  Only a program that sets a directory's times back by hand
-    (``touch -d``) can hide a change, until the next change or ``snapshot_cache = 0``.
+    were listed (packed: :func:`_settled_stamps`).  If both were a second old or more then,
+    a later open that finds the same values reuses the snapshot without listing either
+    directory: adding, removing or renaming an entry sets a directory's mtime and ctime to
+    the current time, and the kernel's clock for inode times is coarse (a few milliseconds),
+    never a second.  Younger times prove nothing (a second change within the same tick
+    leaves them as they were), so those maildrops are listed at every open, as Dovecot
+    treats a maildir changed within the last second as dirty.  Only a program that sets a
+    directory's times back by hand (``touch -d``) can hide a change, until the next change
+    or ``snapshot_cache = 0``.
 
     ``budget`` bounds what is kept, in messages (plus one per maildrop; a message costs some
-    300 bytes that are not shared with an open session); the least recently used go first.
+    300 bytes while no session has its maildrop open); the least recently used go first.
     """
 
     def __init__(self, budget: int) -> None:
@@ -240,9 +252,7 @@ class Snapshots:
             self._entries.move_to_end(maildir)
         return snapshot if snapshot.names == names else None
 
-    def unchanged(
-        self, maildir: str, stamps: tuple[_Stamp | None, _Stamp | None]
-    ) -> _Snapshot | None:
+    def unchanged(self, maildir: str, stamps: bytes) -> _Snapshot | None:
         """The snapshot of a maildrop whose new/ and cur/ settled and did not change since."""
         with self._lock:
             snapshot = self._entries.get(maildir)
@@ -269,8 +279,8 @@ class Snapshots:
 class _Snapshot:
     names: list[str]  # as cur/ listed them
     messages: tuple[MessageInfo, ...]
-    locations: dict[str, str]  # never handed out: sessions get copies
-    stamps: tuple[_Stamp | None, _Stamp | None] | None = None  # of new/ and cur/, if settled
+    locations: dict[str, str]  # shared with the sessions: never changed in place
+    stamps: bytes | None = None  # of new/ and cur/, if settled (_settled_stamps)
 
 
 _gc_lock = threading.Lock()
@@ -309,7 +319,8 @@ def take_snapshot(
     """List the maildrop: messages in delivery order and where each key's file is.
 
     The locations map a key to its file name in cur/, or to ``new/<name>`` for a file that
-    could not be moved (see :func:`relative_path`).
+    could not be moved (see :func:`relative_path`).  With ``snapshots`` they are shared with
+    the cache and with later opens: never change them in place.
 
     This runs at every login on maildrops of 100,000 messages, hence one pass over cur/ (new/
     is usually empty), no stat and no read for names that carry ``,W=``, and per message only
@@ -323,16 +334,14 @@ def take_snapshot(
     more than ``limit`` messages.
     """
     quick = limit is not None
-    stamps: tuple[_Stamp | None, _Stamp | None] | None = None
+    stamps: bytes | None = None
     if snapshots is not None:
-        # Taken before listing: a change made after this is seen by the next open.
-        now = _now()
-        stamps = (_stamp(maildir + "/new"), _stamp(maildir + "/cur"))
-        known = snapshots.unchanged(maildir, stamps)
+        # Taken before listing: a change made after this is seen by the next open.  Stamps
+        # that match a snapshot's are settled too: a change would have made them younger.
+        stamps = _settled_stamps(maildir, _now())
+        known = None if stamps is None else snapshots.unchanged(maildir, stamps)
         if known is not None:
-            return known.messages, dict(known.locations)
-        if not _settled(stamps, now):
-            stamps = None
+            return known.messages, known.locations
     stayed = _settle_new(maildir, quick)
     names = _scan(maildir + "/cur", limit)
     cache_path = maildir + "/" + SIZE_CACHE
@@ -343,7 +352,7 @@ def take_snapshot(
                 _update_cache(cache_path, sizecache.load(cache_path), [], {}, quick)
             if stamps is not None:
                 snapshots.put(maildir, replace(known, stamps=stamps))
-            return known.messages, dict(known.locations)
+            return known.messages, known.locations
 
     bases = [name.partition(":")[0] for name in names]
     locations = dict(zip(bases, names, strict=True))
@@ -384,7 +393,6 @@ def take_snapshot(
             messages = tuple(map(MessageInfo, keys, uids_of(keys), wires))
     if snapshots is not None and named and not stayed:
         snapshots.put(maildir, _Snapshot(names, messages, locations, stamps))
-        locations = dict(locations)
     return messages, locations
 
 
@@ -560,7 +568,9 @@ class MaildirMaildrop:
             fd = None if moved is None else self._open_at(moved)
             if moved is None or fd is None:
                 raise MessageGone("message has been removed")
-            self._locations[message.key] = moved
+            # A new dict, not a change in place: the snapshot cache and other sessions of
+            # this maildrop share the old one.  Files move during a session only rarely.
+            self._locations = {**self._locations, message.key: moved}
         try:
             while True:
                 try:
