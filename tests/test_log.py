@@ -1,4 +1,5 @@
-"""mailslot.log: the cached-time formatter, and the handler that writes a loop turn at once."""
+"""mailslot.log: the cached-time formatter, the handler that writes a loop turn at once, and
+the session logger's prefix."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 
 import pytest
 
-from mailslot.log import FORMAT, Formatter, LoopHandler
+from mailslot.log import FORMAT, Formatter, LoopHandler, SessionLogger
 
 
 class Recording(io.StringIO):
@@ -143,3 +144,27 @@ def test_a_failing_stream_loses_the_lines_not_the_server(handler: LoopHandler) -
 
     asyncio.run(main())
     assert raised == []
+
+
+def test_session_lines_carry_the_prefix_and_a_zone_is_not_a_conversion(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An IPv6 link-local peer's zone ("%eth0") is text, with or without arguments."""
+    log = SessionLogger(logging.getLogger("mailslot.test"), "5a", "[fe80::1%eth0]:41000")
+    with caplog.at_level(logging.INFO, logger="mailslot.test"):
+        log.info("login: user=%s messages=%d", "alice", 3)
+        log.warning("no arguments, 100%")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("internal error")
+    prefix = "session=5a peer=[fe80::1%eth0]:41000 "
+    assert [r.getMessage() for r in caplog.records] == [
+        prefix + "login: user=alice messages=3",
+        prefix + "no arguments, 100%",
+        prefix + "internal error",
+    ]
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.WARNING, logging.ERROR]
+    assert caplog.records[2].exc_info is not None
+    # The record names the caller, as a LoggerAdapter's did, not mailslot/log.py.
+    assert {r.filename for r in caplog.records} == {"test_log.py"}

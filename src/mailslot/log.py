@@ -12,8 +12,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import TextIO
 
 _ESCAPES = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F]} | {0x5C: "\\\\"}
 
@@ -30,15 +29,41 @@ def escape(value: object, limit: int = 200) -> str:
     return out
 
 
-class SessionLogger(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes each message with ``session=<id> peer=<address>``."""
+class SessionLogger:
+    """Prefixes each message with ``session=<id> peer=<address>``.
+
+    One per session, idle ones included: two slots, where a ``LoggerAdapter`` took an
+    instance dict and an ``extra`` dict, and a call goes straight to the logger instead of
+    through the adapter's ``log`` and ``process``.
+    """
+
+    __slots__ = ("_logger", "_prefix")
 
     def __init__(self, logger: logging.Logger, session: str, peer: str) -> None:
-        super().__init__(logger, {"session": session, "peer": peer})
+        self._logger = logger
         self._prefix = f"session={session} peer={peer} "
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        return self._prefix + str(msg), kwargs
+    def info(self, msg: str, *args: object) -> None:
+        self._log(logging.INFO, msg, args)
+
+    def warning(self, msg: str, *args: object) -> None:
+        self._log(logging.WARNING, msg, args)
+
+    def error(self, msg: str, *args: object) -> None:
+        self._log(logging.ERROR, msg, args)
+
+    def exception(self, msg: str, *args: object) -> None:
+        self._log(logging.ERROR, msg, args, exc_info=True)
+
+    def _log(self, level: int, msg: str, args: tuple[object, ...], exc_info: bool = False) -> None:
+        # The prefix is an argument, never part of the format: an IPv6 peer's zone ("%eth0")
+        # is not a conversion.  A message without arguments is not a format either, as
+        # logging has it.  stacklevel=3: the record's caller is the session's code.
+        if args:
+            fmt, values = "%s" + msg, (self._prefix, *args)
+        else:
+            fmt, values = "%s%s", (self._prefix, msg)
+        self._logger.log(level, fmt, *values, exc_info=exc_info, stacklevel=3)
 
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
