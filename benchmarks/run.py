@@ -71,6 +71,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "dovecot": servers.dovecot_version(),
+        "twisted": servers.twisted_version(),
         "mailslot_commit": source_revision(),
     }
 

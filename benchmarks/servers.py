@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -282,6 +283,14 @@ def ensure_dovecot() -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update"], check=True, env=env)
     subprocess.run(["apt-get", "install", "-y", "dovecot-pop3d"], check=True, env=env)
+
+
+def twisted_version() -> str:
+    """Twisted's version, or "" when it is not installed (the run then has no Twisted peer)."""
+    try:
+        return importlib.metadata.version("twisted")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def dovecot_version() -> str:
