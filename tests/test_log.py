@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from mailslot.log import FORMAT, Formatter, LoopHandler, SessionLogger
+from mailslot.log import FORMAT, Formatter, LoopHandler, SessionLogger, session_prefix
 
 
 class Recording(io.StringIO):
@@ -150,7 +150,9 @@ def test_session_lines_carry_the_prefix_and_a_zone_is_not_a_conversion(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An IPv6 link-local peer's zone ("%eth0") is text, with or without arguments."""
-    log = SessionLogger(logging.getLogger("mailslot.test"), "5a", "[fe80::1%eth0]:41000")
+    log = SessionLogger(
+        logging.getLogger("mailslot.test"), session_prefix("5a", "[fe80::1%eth0]:41000")
+    )
     with caplog.at_level(logging.INFO, logger="mailslot.test"):
         log.info("login: user=%s messages=%d", "alice", 3)
         log.warning("no arguments, 100%")

@@ -29,19 +29,24 @@ def escape(value: object, limit: int = 200) -> str:
     return out
 
 
-class SessionLogger:
-    """Prefixes each message with ``session=<id> peer=<address>``.
+def session_prefix(session: str, peer: str) -> str:
+    """What each line of one session begins with: ``session=<id> peer=<address> ``."""
+    return f"session={session} peer={peer} "
 
-    One per session, idle ones included: two slots, where a ``LoggerAdapter`` took an
-    instance dict and an ``extra`` dict, and a call goes straight to the logger instead of
-    through the adapter's ``log`` and ``process``.
+
+class SessionLogger:
+    """Begins each message with a session's prefix (:func:`session_prefix`).
+
+    Two slots, where a ``LoggerAdapter`` took an instance dict and an ``extra`` dict, and a
+    call goes straight to the logger instead of through the adapter's ``log`` and
+    ``process``.  Cheap enough to make for each line: a session keeps only its prefix.
     """
 
     __slots__ = ("_logger", "_prefix")
 
-    def __init__(self, logger: logging.Logger, session: str, peer: str) -> None:
+    def __init__(self, logger: logging.Logger, prefix: str) -> None:
         self._logger = logger
-        self._prefix = f"session={session} peer={peer} "
+        self._prefix = prefix
 
     def info(self, msg: str, *args: object) -> None:
         self._log(logging.INFO, msg, args)
