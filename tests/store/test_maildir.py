@@ -767,6 +767,31 @@ def test_an_unchanged_maildrop_shares_its_snapshot_but_not_its_locations(tmp_pat
     assert run(session()) is first
 
 
+def test_a_cached_snapshot_keeps_a_list_of_names_only_when_two_share_a_base(
+    tmp_path: Path,
+) -> None:
+    store = MaildirStore(str(tmp_path / "{user}"))
+    _deliver_many(store, 3)
+    box = tmp_path / "alice"
+    snapshot(store)  # moves new/ into cur/; the next open lists cur/ alone and caches that
+    snapshot(store)
+    assert store._snapshots is not None
+    cached = store._snapshots._entries[str(box)]
+    # The locations hold the names, in the order cur/ listed them: no second list.
+    assert cached.names is None
+    assert cached.listing() == maildir._scan(str(box / "cur"))
+    assert store._snapshots.get(str(box), maildir._scan(str(box / "cur"))) is cached
+
+    time.sleep(_TICK)
+    name = sorted(os.listdir(box / "cur"))[0]
+    put(box / "cur", name.partition(":")[0] + ":2,T", b"same base, flags set twice\n")
+    snapshot(store)
+    cached = store._snapshots._entries[str(box)]
+    assert len(cached.locations) == 3
+    assert cached.names == cached.listing() == maildir._scan(str(box / "cur"))
+    assert cached.count() == 4
+
+
 def test_reused_snapshots_stay_within_their_budget() -> None:
     snapshots = maildir.Snapshots(budget=10)
 

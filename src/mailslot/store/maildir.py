@@ -250,7 +250,7 @@ class Snapshots:
             if snapshot is None:
                 return None
             self._entries.move_to_end(maildir)
-        return snapshot if snapshot.names == names else None
+        return snapshot if snapshot.listing() == names else None
 
     def unchanged(self, maildir: str, stamps: bytes) -> _Snapshot | None:
         """The snapshot of a maildrop whose new/ and cur/ settled and did not change since."""
@@ -265,22 +265,32 @@ class Snapshots:
         with self._lock:
             previous = self._entries.pop(maildir, None)
             if previous is not None:
-                self._held -= len(previous.names) + 1
-            if len(snapshot.names) + 1 > self._budget:
+                self._held -= previous.count() + 1
+            if snapshot.count() + 1 > self._budget:
                 return
             self._entries[maildir] = snapshot
-            self._held += len(snapshot.names) + 1
+            self._held += snapshot.count() + 1
             while self._held > self._budget:
                 _, dropped = self._entries.popitem(last=False)
-                self._held -= len(dropped.names) + 1
+                self._held -= dropped.count() + 1
 
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
-    names: list[str]  # as cur/ listed them
+    # As cur/ listed them, or None when that is the locations' values in order (no two
+    # names of one base): a list the size of the maildrop saved, as long as it is cached.
+    names: list[str] | None
     messages: tuple[MessageInfo, ...]
     locations: dict[str, str]  # shared with the sessions: never changed in place
     stamps: bytes | None = None  # of new/ and cur/, if settled (_settled_stamps)
+
+    def count(self) -> int:
+        """How many names cur/ listed."""
+        return len(self.locations if self.names is None else self.names)
+
+    def listing(self) -> list[str]:
+        """The names cur/ listed, in the order it listed them."""
+        return list(self.locations.values()) if self.names is None else self.names
 
 
 _gc_lock = threading.Lock()
@@ -392,7 +402,10 @@ def take_snapshot(
             wires = [size for i in index if (size := sizes[i]) is not None]
             messages = tuple(map(MessageInfo, keys, uids_of(keys), wires))
     if snapshots is not None and named and not stayed:
-        snapshots.put(maildir, _Snapshot(names, messages, locations, stamps))
+        # Without a copy left in new/ and with one name per base, the locations were built
+        # from the names in listing order and hold nothing else (see _Snapshot.names).
+        listed = None if len(locations) == len(names) else names
+        snapshots.put(maildir, _Snapshot(listed, messages, locations, stamps))
     return messages, locations
 
 
