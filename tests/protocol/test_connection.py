@@ -67,6 +67,23 @@ def test_greeting() -> None:
     assert isinstance(session.events[-1], Close)
 
 
+def test_a_quiet_session_holds_no_buffers() -> None:
+    """Idle sessions number in the tens of thousands: nothing queued or received, no buffer."""
+    conn = Connection(CoreConfig(allow_plaintext=True))
+    assert conn.data_to_send().startswith(b"+OK")
+    conn.receive_data(b"CAPA\r\nCAP")
+    while conn.next_event() is not NEED_DATA:
+        pass
+    assert conn.pending_output > 0 and conn.buffered == 3
+    assert conn.data_to_send().startswith(b"+OK Capability list")
+    conn.receive_data(b"A\r\n")
+    assert conn.next_event() is NEED_DATA
+    assert conn.data_to_send().startswith(b"+OK Capability list")
+    assert (conn.pending_output, conn.buffered) == (0, 0)
+    assert conn._out is None and conn._lines._buffer is None
+    assert conn.data_to_send() == b""
+
+
 def test_capa_with_plaintext_allowed() -> None:
     assert Session(PLAIN).say("CAPA") == CAPA_PLAIN
 

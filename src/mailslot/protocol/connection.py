@@ -107,7 +107,8 @@ class Connection:
     def __init__(self, config: CoreConfig) -> None:
         self._config = config
         self._lines = LineBuffer()
-        self._out = bytearray(r.ok(config.greeting))
+        # None while nothing is queued: an idle session holds no buffer.
+        self._out: bytearray | None = bytearray(r.ok(config.greeting))
         self._state = State.AUTHORIZATION
         self._waiting = _WAIT_NONE
         self._tls = config.tls_active
@@ -144,7 +145,7 @@ class Connection:
     @property
     def pending_output(self) -> int:
         """Octets queued for the client (the driver flushes at its own thresholds)."""
-        return len(self._out)
+        return 0 if self._out is None else len(self._out)
 
     @property
     def buffered(self) -> int:
@@ -159,9 +160,15 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the client; the queue is emptied."""
-        data = bytes(self._out)
-        self._out.clear()
-        return data
+        out, self._out = self._out, None
+        return b"" if out is None else bytes(out)
+
+    def _reply(self, data: bytes) -> None:
+        """Queue ``data`` for the client."""
+        if self._out is None:
+            self._out = bytearray(data)
+        else:
+            self._out += data
 
     # ----------------------------------------------------------------- events
 
@@ -199,14 +206,14 @@ class Connection:
         self._messages = messages
         self._state = State.TRANSACTION
         self._bad_commands = 0
-        self._out += r.ok(r.LOGGED_IN)
+        self._reply(r.ok(r.LOGGED_IN))
 
     def login_failed(self, reason: r.Failure) -> None:
         """Refuse the login with the RFC 3206 / RFC 2449 code for ``reason``."""
         self._expect(_WAIT_LOGIN)
         self._user = None
         self.username = None
-        self._out += r.failure(reason)
+        self._reply(r.failure(reason))
         self._count_bad()
 
     # ----------------------------------------------------------------- answers: messages
@@ -216,23 +223,23 @@ class Connection:
         if self._waiting != _WAIT_MESSAGE or self._encoder is None or self._started:
             raise LocalProtocolError("no message was asked for, or it has started already")
         if self._retrieving_top:
-            self._out += r.ok("Top of message follows.")
+            self._reply(r.ok("Top of message follows."))
         else:
-            self._out += r.ok(f"{self._retrieving_size} octets")
+            self._reply(r.ok(f"{self._retrieving_size} octets"))
         self._started = True
 
     def message_data(self, chunk: bytes) -> bool:
         """Encode a chunk of stored bytes; returns False when no more is wanted (TOP)."""
         if self._encoder is None or not self._started:
             raise LocalProtocolError("message_started() first")
-        self._out += self._encoder.encode(chunk)
+        self._reply(self._encoder.encode(chunk))
         return not self._encoder.done
 
     def message_finished(self) -> None:
         """All data given: queue the terminator."""
         if self._encoder is None or not self._started:
             raise LocalProtocolError("message_started() first")
-        self._out += self._encoder.finish()
+        self._reply(self._encoder.finish())
         self._encoder = None
         self._waiting = _WAIT_NONE
 
@@ -246,20 +253,20 @@ class Connection:
             # connection rather than a truncated message that looks complete.
             self._closing("message could not be read completely")
         else:
-            self._out += r.failure(reason)
+            self._reply(r.failure(reason))
 
     # ----------------------------------------------------------------- answers: commit, TLS
 
     def commit_succeeded(self) -> None:
         """The deletions are durable: ``+OK`` and close (RFC 1939 section 6)."""
         self._expect(_WAIT_COMMIT)
-        self._out += r.ok(r.LOGOUT_DELETED)
+        self._reply(r.ok(r.LOGOUT_DELETED))
         self._closing("quit")
 
     def commit_failed(self, reason: r.Failure) -> None:
         """The deletions failed (none happened): ``-ERR`` and close."""
         self._expect(_WAIT_COMMIT)
-        self._out += r.failure(reason)
+        self._reply(r.failure(reason))
         self._closing("quit, deletions failed")
 
     def tls_started(self) -> None:
@@ -298,10 +305,10 @@ class Connection:
 
     def _bad(self, text: str, reason: str, code: r.Code | None = None) -> Event:
         if self._count_bad():
-            self._out += r.err(r.TOO_MANY_ERRORS)
+            self._reply(r.err(r.TOO_MANY_ERRORS))
             assert self._close is not None
             return self._close
-        self._out += r.err(text, code)
+        self._reply(r.err(text, code))
         return BadCommand(reason)
 
     @property
@@ -331,16 +338,16 @@ class Connection:
     def _dispatch(self, command: cmd.Command) -> Event | None:
         match command:
             case cmd.Capa():
-                self._out += r.multiline(r.ok("Capability list follows."), self._capabilities())
+                self._reply(r.multiline(r.ok("Capability list follows."), self._capabilities()))
             case cmd.Quit():
                 return self._quit()
             case cmd.Noop():
-                self._out += r.ok()
+                self._reply(r.ok())
             case cmd.User(name=name):
                 if not self._plaintext_ok:
                     return self._bad(r.PLAINTEXT_DISALLOWED, "USER without TLS", r.Code.AUTH)
                 self._user = name.decode("utf-8", "replace")
-                self._out += r.ok()
+                self._reply(r.ok())
             case cmd.Pass(password=password):
                 if not self._plaintext_ok:
                     return self._bad(r.PLAINTEXT_DISALLOWED, "PASS without TLS", r.Code.AUTH)
@@ -351,18 +358,18 @@ class Connection:
                 )
             case cmd.Auth(mechanism=None):
                 mechanisms = list(MECHANISMS) if self._plaintext_ok else []
-                self._out += r.multiline(r.ok(), [m.encode() for m in mechanisms])
+                self._reply(r.multiline(r.ok(), [m.encode() for m in mechanisms]))
             case cmd.Auth(mechanism=mechanism, initial_response=initial):
                 return self._auth(mechanism or "", initial)
             case cmd.Stls():
                 return self._stls()
             case cmd.Utf8():
                 self.utf8 = True
-                self._out += r.ok(r.UTF8_ENABLED)
+                self._reply(r.ok(r.UTF8_ENABLED))
             case cmd.Stat():
                 count = len(self._messages) - len(self._deleted)
                 size = sum(m.size for m in self._messages) - self._deleted_size
-                self._out += r.ok(f"{count} {size}")
+                self._reply(r.ok(f"{count} {size}"))
             case cmd.List(number=None):
                 self._listing(lambda m: str(m.size), "scan listing follows")
             case cmd.List(number=int() as number):
@@ -383,12 +390,12 @@ class Connection:
                     self._deleted = set()
                 self._deleted.add(number)
                 self._deleted_size += self._messages[number - 1].size
-                self._out += r.ok(f"Message {number} deleted.")
+                self._reply(r.ok(f"Message {number} deleted."))
             case cmd.Rset():
                 self._deleted = _NONE_DELETED
                 self._deleted_size = 0
                 size = sum(m.size for m in self._messages)
-                self._out += r.ok(f"maildrop has {len(self._messages)} messages ({size} octets)")
+                self._reply(r.ok(f"maildrop has {len(self._messages)} messages ({size} octets)"))
         return None
 
     # ----------------------------------------------------------------- commands
@@ -401,7 +408,7 @@ class Connection:
             return Commit(deleted)
         if self._state == State.TRANSACTION:
             self._state = State.UPDATE
-        self._out += r.ok(r.LOGOUT)
+        self._reply(r.ok(r.LOGOUT))
         return self._closing("quit")
 
     def _authenticate(self, event: Authenticate) -> Event:
@@ -448,7 +455,7 @@ class Connection:
             self._sasl = None
             return self._bad(r.AUTH_MALFORMED, "malformed SASL message", r.Code.AUTH)
         if isinstance(result, Challenge):
-            self._out += b"+ " + base64.b64encode(result.data) + b"\r\n"
+            self._reply(b"+ " + base64.b64encode(result.data) + b"\r\n")
             return None
         assert isinstance(result, Credentials)
         mechanism = self._sasl.name
@@ -469,7 +476,7 @@ class Connection:
             return self._bad(r.TLS_ACTIVE, "STLS with TLS active")
         if not self._config.starttls_available:
             return self._bad(r.STLS_UNAVAILABLE, "STLS not offered")
-        self._out += r.ok(r.BEGIN_TLS)
+        self._reply(r.ok(r.BEGIN_TLS))
         if self._lines:
             # RFC 2595 section 4: the client must wait for the reply.  Bytes that came with
             # STLS would be executed as if they had been protected (CVE-2011-0411 class).
@@ -488,7 +495,7 @@ class Connection:
         error = self._check_number(number)
         if error is not None:
             return error
-        self._out += r.ok(render(number, self._messages[number - 1]))
+        self._reply(r.ok(render(number, self._messages[number - 1])))
         return None
 
     def _listing(self, render: _RenderOne, text: str) -> None:
@@ -496,7 +503,7 @@ class Connection:
         lines = [
             f"{n} {render(m)}".encode() for n, m in enumerate(self._messages, 1) if n not in deleted
         ]
-        self._out += r.multiline(r.ok(text), lines)
+        self._reply(r.multiline(r.ok(text), lines))
 
     def _retrieve(self, number: int, top_lines: int | None) -> Event:
         error = self._check_number(number)

@@ -27,7 +27,8 @@ class LineBuffer:
     __slots__ = ("_buffer", "_discarding", "_scan_from", "eof")
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        # None while empty: an idle session, whose commands were all read, holds no buffer.
+        self._buffer: bytearray | None = None
         self._discarding = False
         self._scan_from = 0
         self.eof = False
@@ -36,17 +37,22 @@ class LineBuffer:
         """Add received bytes; ``b""`` marks the end of the stream."""
         if not data:
             self.eof = True
-            return
-        self._buffer += data
+        elif self._buffer is None:
+            self._buffer = bytearray(data)
+        else:
+            self._buffer += data
 
     def __len__(self) -> int:
-        return len(self._buffer)
+        return 0 if self._buffer is None else len(self._buffer)
+
+    def _drop(self) -> None:
+        self._buffer = None
+        self._scan_from = 0
 
     def clear(self) -> bytes:
         """Drop and return everything buffered (used when the transport changes under us)."""
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        self._scan_from = 0
+        data = b"" if self._buffer is None else bytes(self._buffer)
+        self._drop()
         return data
 
     def next_line(self, limit: int) -> bytes | _TooLong | None:
@@ -55,23 +61,27 @@ class LineBuffer:
         ``limit`` counts the line end, as RFC 2449 does.
         """
         while True:
-            index = self._buffer.find(b"\n", self._scan_from)
+            buffer = self._buffer
+            if buffer is None:
+                return None
+            index = buffer.find(b"\n", self._scan_from)
             if index < 0:
                 if self._discarding:
-                    self._buffer.clear()
-                    self._scan_from = 0
+                    self._drop()
                     return None
-                if len(self._buffer) >= limit:
+                if len(buffer) >= limit:
                     # Cannot become a valid line: drop it now to keep memory bounded.
-                    self._buffer.clear()
-                    self._scan_from = 0
+                    self._drop()
                     self._discarding = True
                     return TOO_LONG
-                self._scan_from = len(self._buffer)
+                self._scan_from = len(buffer)
                 return None
-            line = bytes(self._buffer[:index])
-            del self._buffer[: index + 1]
-            self._scan_from = 0
+            line = bytes(buffer[:index])
+            if index + 1 == len(buffer):
+                self._drop()
+            else:
+                del buffer[: index + 1]
+                self._scan_from = 0
             if self._discarding:
                 self._discarding = False
                 continue
