@@ -85,6 +85,36 @@ def ready_workers(server: MailslotServer, count: int) -> list[int]:
     return workers
 
 
+def test_a_tls_session_resumes_on_every_worker(servers: Any) -> None:
+    """The workers share one TLS context, built before the fork, and so its ticket keys: a
+    session one worker began resumes on the other (RFC 8446 section 2.2)."""
+    server = servers(extra_sections={"server": {"workers": 2}})
+    workers = ready_workers(server, 2)
+    host, port = server.implicit
+    context = server.tls_files.client_context()
+
+    def connect(session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        raw = socket.create_connection((host, port), timeout=10)
+        sock = context.wrap_socket(raw, server_hostname="localhost", session=session)
+        # Reading the greeting also reads the TLS 1.3 tickets sent before it.
+        assert sock.recv(512).startswith(b"+OK")
+        return sock
+
+    first = connect()
+    session = first.session
+    first.close()
+    assert session is not None and session.has_ticket
+    # Held open together, so that the kernel gives some to each worker.
+    held = [connect(session) for _ in range(16)]
+    try:
+        owners = serving_pids(workers, port, [sock.getsockname()[1] for sock in held])
+        assert set(owners.values()) == set(workers)
+        assert [sock.session_reused for sock in held] == [True] * len(held)
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def implicit_wire(server: MailslotServer) -> Pop3Wire:
     host, port = server.implicit
     return Pop3Wire(host, port, tls_context=server.tls_files.client_context())
@@ -298,7 +328,7 @@ def test_per_address_limit_is_per_worker(servers: Any) -> None:
             wire.close()
 
 
-def _serve_on_busy_port(server: MailslotServer) -> subprocess.CompletedProcess[str]:
+def _serve_until_it_exits(server: MailslotServer) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mailslot", "serve", "--config", str(server.config_path)],
         capture_output=True,
@@ -320,9 +350,23 @@ def test_a_busy_port_makes_serve_exit_non_zero_with_a_clear_line(
             listeners=[Listener("implicit", "127.0.0.1", port)],
             extra_sections={"server": {"workers": workers}},
         )
-        result = _serve_on_busy_port(server)
+        result = _serve_until_it_exits(server)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
     assert lines, result.stderr
     assert all(str(port) in line and "in use" in line.lower() for line in lines), lines
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_unusable_private_key_makes_serve_exit_with_a_clear_line(
+    servers: Any, certs: CertFiles, workers: int
+) -> None:
+    # With 2 workers the parent loads the certificate, before it forks.
+    server = servers(start=False, extra_sections={"server": {"workers": workers}})
+    Path(certs.private_key).write_text("not a key\n")
+    result = _serve_until_it_exits(server)
+    assert result.returncode == 75, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr

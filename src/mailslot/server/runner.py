@@ -35,13 +35,24 @@ logger = logging.getLogger("mailslot")
 
 
 class Application:
-    """Everything one worker process serves."""
+    """Everything one worker process serves.
 
-    def __init__(self, config: Config, *, worker: int = 0, reuse_port: bool = False) -> None:
+    ``contexts`` is the TLS context to serve, when the parent built it before forking (see
+    :func:`run`); without it, :meth:`start` builds one from the configuration.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        worker: int = 0,
+        reuse_port: bool = False,
+        contexts: tls.TlsContexts | None = None,
+    ) -> None:
         self.config = config
         self.worker = worker
         self.reuse_port = reuse_port
-        self.tls: tls.TlsContexts | None = None
+        self.tls = contexts
         self.listeners: list[Pop3Listener] = []
         self.lmtp_servers: list[asyncio.AbstractServer] = []
         self.store = MaildirStore(
@@ -57,8 +68,8 @@ class Application:
     async def start(self) -> None:
         config = self.config
         self.users.load()
-        if config.tls.certificate is not None and config.tls.private_key is not None:
-            self.tls = tls.TlsContexts(config.tls.certificate, config.tls.private_key)
+        if self.tls is None:
+            self.tls = tls_for(config)
         limits = config.limits
         base = CoreConfig(
             allow_plaintext=config.auth.allow_plaintext_without_tls,
@@ -135,24 +146,21 @@ async def serve(
     worker: int = 0,
     reuse_port: bool = False,
     ready: Callable[[Application], None] | None = None,
+    contexts: tls.TlsContexts | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     log.attach_loop(loop)
     try:
-        return await _serve(loop, config, worker, reuse_port, ready)
+        app = Application(config, worker=worker, reuse_port=reuse_port, contexts=contexts)
+        return await _serve(loop, app, ready)
     finally:
         log.detach_loop()
 
 
 async def _serve(
-    loop: asyncio.AbstractEventLoop,
-    config: Config,
-    worker: int,
-    reuse_port: bool,
-    ready: Callable[[Application], None] | None,
+    loop: asyncio.AbstractEventLoop, app: Application, ready: Callable[[Application], None] | None
 ) -> int:
-    app = Application(config, worker=worker, reuse_port=reuse_port)
     try:
         await app.start()
     except OSError as exc:
@@ -194,9 +202,18 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-def _run_worker(config: Config, worker: int, reuse_port: bool) -> int:
+def _run_worker(
+    config: Config, worker: int, reuse_port: bool, contexts: tls.TlsContexts | None = None
+) -> int:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(serve(config, worker=worker, reuse_port=reuse_port))
+        return runner.run(serve(config, worker=worker, reuse_port=reuse_port, contexts=contexts))
+
+
+def tls_for(config: Config) -> tls.TlsContexts | None:
+    """The TLS context of ``config``'s certificate and key, if it has them."""
+    if config.tls.certificate is None or config.tls.private_key is None:
+        return None
+    return tls.TlsContexts(config.tls.certificate, config.tls.private_key)
 
 
 def raise_file_limit() -> int:
@@ -240,13 +257,22 @@ def run(config: Config) -> int:
     workers = max(1, config.server.workers)
     if workers == 1:
         return _run_worker(config, 0, False)
-    return _prefork(config, workers)
+    # One context for all workers, built before the fork: OpenSSL makes a context's session
+    # ticket keys when it makes the context, so a ticket one worker issued resumes on any
+    # other (RFC 8446 section 2.2, RFC 5077).  Made in each worker, a client's resumption
+    # failed on every worker but the one that issued its ticket.
+    try:
+        contexts = tls_for(config)
+    except OSError as exc:  # ssl.SSLError included
+        logger.error("cannot start: %s", exc)
+        return 75  # EX_TEMPFAIL, as a worker that cannot start
+    return _prefork(config, workers, contexts)
 
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def _prefork(config: Config, workers: int) -> int:
+def _prefork(config: Config, workers: int, contexts: tls.TlsContexts | None = None) -> int:
     # Signals stay pending, rather than killing a worker by their default action, until each
     # process has installed its handlers.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -262,7 +288,7 @@ def _prefork(config: Config, workers: int) -> int:
         if pid == 0:
             code = 1
             try:
-                code = _run_worker(config, index, True)
+                code = _run_worker(config, index, True, contexts)
             finally:
                 os._exit(code)
         children.append(pid)

@@ -48,5 +48,10 @@ class TlsContexts:
         self.current = server_context(certificate, private_key)
 
     def reload(self) -> None:
-        """Build a context from the files again; on any error the old one stays in use."""
+        """Build a context from the files again; on any error the old one stays in use.
+
+        The new context has session ticket keys of its own: tickets issued before no longer
+        resume, and pre-forked workers, which shared the keys of the context their parent
+        built, now each have their own (docs/configuration.md, ``[tls]``).
+        """
         self.current = server_context(self._certificate, self._private_key)
