@@ -97,7 +97,7 @@ class Report:
         cols = 4
         rows = (len(figs) + cols - 1) // cols
         fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
-        colors = ["#2a7ab9", "#d9822b", "#8f5bb0", "#3a9d5d"]
+        colors = ["#2a7ab9", "#d9822b", "#c9a227", "#8f5bb0", "#3a9d5d"]
         for ax, f in zip(axes.flat, figs, strict=False):
             values = [f.median(s) for s in self.servers]
             ax.bar(range(len(values)), [0 if v != v else v for v in values], color=colors)

@@ -27,7 +27,7 @@ from benchmarks.suites import Bench, Settings
 
 # "idle" holds plain connections, "idle-tls" implicit-TLS ones (the method ``idle_tls``).
 BENCHMARKS = ("login", "session", "retr", "idle", "idle-tls", "bigbox")
-SERVERS = ("mailslot", "dovecot", "dovecot-sc0", "twisted")
+SERVERS = ("mailslot", "dovecot", "dovecot-hp", "dovecot-sc0", "twisted")
 MAIL_UID = 64123  # an unprivileged uid of our own: Dovecot refuses to serve mail as root
 LOAD_USERS = 64
 
@@ -148,7 +148,8 @@ def build(
                 key=key,
                 uid=data.uid,
                 gid=data.gid,
-                reuse_processes=name == "dovecot-sc0",
+                reuse_login=servers.DOVECOT_MODES[name][0],
+                reuse_pop3=servers.DOVECOT_MODES[name][1],
                 max_clients=max(settings.idle_sizes) + 300,
             )
         made.append(server)

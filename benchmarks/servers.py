@@ -2,8 +2,11 @@
 
 * ``mailslot``: ``python -m mailslot serve --config FILE``.
 * ``dovecot``: a throwaway Dovecot in stock mode (a login process per connection).
-* ``dovecot-sc0``: the same with ``service_count = 0`` for pop3-login and pop3, Dovecot's
-  documented high-performance mode (long-lived, reused processes).
+* ``dovecot-hp``: the same in Dovecot's documented high-performance login mode:
+  ``service_count = 0`` and ``process_min_avail`` = cores for pop3-login, so long-lived login
+  processes take the connections and TLS; each session still gets a new pop3 process.
+* ``dovecot-sc0``: high-performance login mode plus ``service_count = 0`` for pop3 as well, so
+  pop3 processes are reused too: the fastest Dovecot we know how to set up.
 * ``twisted``: Twisted's POP3 server in one process (``benchmarks/twisted_pop3.py``), the
   issue's single-process peer. It has no STLS.
 """
@@ -184,6 +187,14 @@ def ensure_twisted() -> None:
         raise RuntimeError(f"the twisted peer needs {exc.name}: pip install -e '.[bench]'") from exc
 
 
+# How each Dovecot peer reuses its processes: (pop3-login, pop3) ``service_count = 0``.
+DOVECOT_MODES = {
+    "dovecot": (False, False),
+    "dovecot-hp": (True, False),
+    "dovecot-sc0": (True, True),
+}
+
+
 @dataclass
 class Dovecot(Server):
     passwd: Path = Path()
@@ -191,7 +202,8 @@ class Dovecot(Server):
     key: Path = Path()
     uid: int = 0
     gid: int = 0
-    reuse_processes: bool = False  # service_count = 0
+    reuse_login: bool = False  # service_count = 0 for pop3-login
+    reuse_pop3: bool = False  # service_count = 0 for pop3
     max_clients: int = 10300
 
     @property
@@ -202,9 +214,10 @@ class Dovecot(Server):
         n = self.max_clients
         login = "service_count = 1"
         pop3 = "service_count = 1"
-        if self.reuse_processes:
+        if self.reuse_login:
             cores = os.cpu_count() or 1
             login = f"service_count = 0\n  process_min_avail = {cores}\n  vsz_limit = 1G"
+        if self.reuse_pop3:
             pop3 = "service_count = 0"
         run = self.workdir / "run"
         state = self.workdir / "state"
