@@ -101,7 +101,7 @@ class Report:
         for ax, f in zip(axes.flat, figs, strict=False):
             values = [f.median(s) for s in self.servers]
             ax.bar(range(len(values)), [0 if v != v else v for v in values], color=colors)
-            ax.set_xticks(range(len(values)), self.servers, fontsize=7)
+            ax.set_xticks(range(len(values)), self.servers, fontsize=7, rotation=20)
             arrow = "higher is better" if f.better == "higher" else "lower is better"
             ax.set_title(f"{f.name}\n{f.unit}, {arrow}", fontsize=8)
             ax.tick_params(axis="y", labelsize=7)

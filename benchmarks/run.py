@@ -34,7 +34,7 @@ LOAD_USERS = 64
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="smoke test: about 3 minutes")
+    p.add_argument("--quick", action="store_true", help="smoke test: about 5 minutes")
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmarks")
     p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated servers")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
