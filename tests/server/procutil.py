@@ -35,6 +35,21 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
+def listening_inodes(port: int) -> list[int]:
+    """Socket inodes of the IPv4 sockets listening on ``port``, one per listening socket."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        if parts[3] == "0A" and int(parts[1].split(":")[1], 16) == port:
+            found.append(int(parts[9]))
+    return found
+
+
+def holders(pids: list[int], inode: int) -> list[int]:
+    """Which of ``pids`` hold the socket ``inode`` open."""
+    return [pid for pid in pids if inode in _socket_inodes(pid)]
+
+
 def _established(server_port: int) -> dict[int, int]:
     """``{client port: server-side socket inode}`` for established IPv4 connections."""
     found = {}

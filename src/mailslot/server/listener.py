@@ -29,18 +29,39 @@ from mailslot.server.session import Session, SessionContext, format_address, pro
 
 logger = logging.getLogger("mailslot.listener")
 
+BACKLOG = 1024  # pending connections per listening socket, before the workers accept them
+
+
+def listening_socket(config: ListenerConfig) -> socket.socket:
+    """A listening socket for ``config``'s address and port, as :meth:`Pop3Listener.start`
+    would make it, for a parent to bind once before it forks the workers that accept from it.
+
+    IPv6 addresses get ``IPV6_V6ONLY``, as asyncio's own servers do: ``::`` and ``0.0.0.0``
+    are two listeners.
+    """
+    family = socket.AF_INET6 if ":" in config.address else socket.AF_INET
+    sock = socket.create_server((config.address, config.port), family=family, backlog=BACKLOG)
+    sock.setblocking(False)
+    return sock
+
 
 class Pop3Listener:
     """One ``[[listener]]`` with ``protocol = "pop3"``."""
 
     def __init__(
-        self, config: ListenerConfig, context: SessionContext, *, reuse_port: bool = False
+        self,
+        config: ListenerConfig,
+        context: SessionContext,
+        *,
+        sock: socket.socket | None = None,
     ) -> None:
+        """``sock``: an already listening socket (:func:`listening_socket`) to accept from, else
+        :meth:`start` binds one."""
         self.config = config
         self._context = dataclasses.replace(
             context, label=config.tls, proxy_protocol=config.proxy_protocol
         )
-        self._reuse_port = reuse_port
+        self._sock = sock
         self._server: asyncio.Server | None = None
         self._handshakes: set[asyncio.Task[None]] = set()
 
@@ -65,14 +86,12 @@ class Pop3Listener:
             factory = functools.partial(_AwaitingHandshake, self._handshake)
         else:
             factory = functools.partial(Session, self._context)
-        self._server = await loop.create_server(
-            factory,
-            self.config.address,
-            self.config.port,
-            reuse_address=True,
-            reuse_port=self._reuse_port or None,
-            backlog=1024,
-        )
+        if self._sock is not None:
+            self._server = await loop.create_server(factory, sock=self._sock, backlog=BACKLOG)
+        else:
+            self._server = await loop.create_server(
+                factory, self.config.address, self.config.port, reuse_address=True, backlog=BACKLOG
+            )
         for sock in self._server.sockets:
             logger.info(
                 "listening: pop3 %s tls=%s", format_address(sock.getsockname()), self.config.tls

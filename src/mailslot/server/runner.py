@@ -2,9 +2,9 @@
 
 Signals: SIGTERM/SIGINT stop (stop accepting, let sessions finish until
 ``server.shutdown_timeout``), SIGHUP reloads the TLS certificate and key without dropping
-sessions.  With ``server.workers`` > 1 the process forks that many workers, each with its own
-listening sockets bound with SO_REUSEPORT so the kernel spreads connections over the cores;
-the maildrop lock (flock) is shared by all of them.
+sessions.  With ``server.workers`` > 1 the process binds the POP3 listening sockets, then
+forks that many workers that all accept from them: a worker busy with other sessions leaves a
+new connection to an idle one.  The maildrop lock (flock) is shared by all of them.
 """
 
 from __future__ import annotations
@@ -16,17 +16,18 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mailslot import log
 from mailslot.auth.passwdfile import PasswdFileAuthenticator
-from mailslot.config import Config
+from mailslot.config import Config, ListenerConfig
 from mailslot.protocol.connection import CoreConfig
 from mailslot.server import tls
 from mailslot.server.limits import Limits
-from mailslot.server.listener import Pop3Listener
+from mailslot.server.listener import Pop3Listener, listening_socket
 from mailslot.server.penalty import FailurePenalty
 from mailslot.server.session import SessionContext, format_address
 from mailslot.store.maildir import MaildirStore
@@ -37,8 +38,9 @@ logger = logging.getLogger("mailslot")
 class Application:
     """Everything one worker process serves.
 
-    ``contexts`` is the TLS context to serve, when the parent built it before forking (see
-    :func:`run`); without it, :meth:`start` builds one from the configuration.
+    ``contexts`` is the TLS context to serve and ``sockets`` the POP3 listeners' sockets,
+    when the parent made them before forking (see :func:`run`); without them, :meth:`start`
+    builds the context from the configuration and binds the listeners itself.
     """
 
     def __init__(
@@ -46,12 +48,12 @@ class Application:
         config: Config,
         *,
         worker: int = 0,
-        reuse_port: bool = False,
+        sockets: Mapping[ListenerConfig, socket.socket] | None = None,
         contexts: tls.TlsContexts | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
-        self.reuse_port = reuse_port
+        self.sockets = sockets or {}
         self.tls = contexts
         self.listeners: list[Pop3Listener] = []
         self.lmtp_servers: list[asyncio.AbstractServer] = []
@@ -109,7 +111,7 @@ class Application:
                 idle_timeout=limits.idle_timeout,
                 handshake_timeout=config.tls.handshake_timeout,
             )
-            pop3 = Pop3Listener(listener, context, reuse_port=self.reuse_port)
+            pop3 = Pop3Listener(listener, context, sock=self.sockets.get(listener))
             await pop3.start()
             self.listeners.append(pop3)
 
@@ -144,7 +146,7 @@ async def serve(
     config: Config,
     *,
     worker: int = 0,
-    reuse_port: bool = False,
+    sockets: Mapping[ListenerConfig, socket.socket] | None = None,
     ready: Callable[[Application], None] | None = None,
     contexts: tls.TlsContexts | None = None,
 ) -> int:
@@ -152,7 +154,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     log.attach_loop(loop)
     try:
-        app = Application(config, worker=worker, reuse_port=reuse_port, contexts=contexts)
+        app = Application(config, worker=worker, sockets=sockets, contexts=contexts)
         return await _serve(loop, app, ready)
     finally:
         log.detach_loop()
@@ -203,10 +205,28 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def _run_worker(
-    config: Config, worker: int, reuse_port: bool, contexts: tls.TlsContexts | None = None
+    config: Config,
+    worker: int,
+    sockets: Mapping[ListenerConfig, socket.socket] | None = None,
+    contexts: tls.TlsContexts | None = None,
 ) -> int:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(serve(config, worker=worker, reuse_port=reuse_port, contexts=contexts))
+        return runner.run(serve(config, worker=worker, sockets=sockets, contexts=contexts))
+
+
+def listening_sockets(config: Config) -> dict[ListenerConfig, socket.socket]:
+    """A listening socket for every POP3 listener of ``config``; on an error (the port is
+    taken, say) the ones already bound are closed again."""
+    bound: dict[ListenerConfig, socket.socket] = {}
+    try:
+        for listener in config.listeners:
+            if listener.protocol == "pop3":
+                bound[listener] = listening_socket(listener)
+    except OSError:
+        for sock in bound.values():
+            sock.close()
+        raise
+    return bound
 
 
 def tls_for(config: Config) -> tls.TlsContexts | None:
@@ -256,23 +276,36 @@ def run(config: Config) -> int:
     logger.info("open file limit: %d per worker process", limit)
     workers = max(1, config.server.workers)
     if workers == 1:
-        return _run_worker(config, 0, False)
+        return _run_worker(config, 0)
     # One context for all workers, built before the fork: OpenSSL makes a context's session
     # ticket keys when it makes the context, so a ticket one worker issued resumes on any
     # other (RFC 8446 section 2.2, RFC 5077).  Made in each worker, a client's resumption
     # failed on every worker but the one that issued its ticket.
+    #
+    # One listening socket per listener for all workers, bound before the fork: a new
+    # connection waits in one queue and is taken by whichever worker is free first.  With a
+    # socket per worker (SO_REUSEPORT), the kernel hashed each connection to a worker
+    # whether or not it was busy, and the queue of the busier one set the tail latency:
+    # p99 of plain logins on 2 cores 8.2-9.5 ms against 6.9-7.5 ms with one queue
+    # (docs/benchmarks.md).
     try:
         contexts = tls_for(config)
+        sockets = listening_sockets(config)
     except OSError as exc:  # ssl.SSLError included
         logger.error("cannot start: %s", exc)
         return 75  # EX_TEMPFAIL, as a worker that cannot start
-    return _prefork(config, workers, contexts)
+    return _prefork(config, workers, contexts, sockets)
 
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
-def _prefork(config: Config, workers: int, contexts: tls.TlsContexts | None = None) -> int:
+def _prefork(
+    config: Config,
+    workers: int,
+    contexts: tls.TlsContexts | None = None,
+    sockets: Mapping[ListenerConfig, socket.socket] | None = None,
+) -> int:
     # Signals stay pending, rather than killing a worker by their default action, until each
     # process has installed its handlers.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -288,10 +321,14 @@ def _prefork(config: Config, workers: int, contexts: tls.TlsContexts | None = No
         if pid == 0:
             code = 1
             try:
-                code = _run_worker(config, index, True, contexts)
+                code = _run_worker(config, index, sockets, contexts)
             finally:
                 os._exit(code)
         children.append(pid)
+    # The workers hold the listening sockets now; were the parent to keep them open, the
+    # ports would still take connections after every worker had stopped accepting.
+    for sock in (sockets or {}).values():
+        sock.close()
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
