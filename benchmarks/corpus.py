@@ -56,10 +56,18 @@ _WORDS = [
 
 @dataclass(frozen=True, slots=True)
 class Expected:
-    """What RETR of a template must return: CRLF length and CRC-32."""
+    """What RETR of a template must return.
+
+    ``size`` and ``crc`` are the message's: its CRLF octets, as LIST counts them.  ``wire_size``
+    and ``wire_crc`` are of the body as it crosses the wire, dot-stuffed (RFC 1939 section 3)
+    and without the terminating ``.`` line: a client that checks those need not undo the
+    stuffing of every reply, and a server that stuffs wrongly still fails the check.
+    """
 
     size: int
     crc: int
+    wire_size: int
+    wire_crc: int
 
 
 def make_message(ident: int, target: int = 44 * 1024) -> bytes:
@@ -97,9 +105,15 @@ def small_message(ident: int) -> bytes:
     return make_message(ident, target=3 * 1024)
 
 
+def dot_stuff(crlf: bytes) -> bytes:
+    """RFC 1939 section 3: every line that starts with "." gets one more in front."""
+    return (b"\r\n" + crlf).replace(b"\r\n.", b"\r\n..")[2:]
+
+
 def expected_of(data: bytes) -> Expected:
     crlf = data.replace(b"\n", b"\r\n")
-    return Expected(len(crlf), zlib.crc32(crlf))
+    wire = dot_stuff(crlf)
+    return Expected(len(crlf), zlib.crc32(crlf), len(wire), zlib.crc32(wire))
 
 
 class Corpus:

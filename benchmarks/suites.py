@@ -67,7 +67,7 @@ class Bench:
             tls=tls,
             ca_path=self.ca_path,
             users=users,
-            expected={k: (v.size, v.crc) for k, v in self.corpus.expected.items()},
+            expected=dict(self.corpus.expected),
             duration=s.duration,
             pipeline=s.pipeline,
             ramp_timeout=s.ramp_timeout,

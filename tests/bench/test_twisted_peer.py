@@ -115,7 +115,7 @@ def test_wrong_password_is_refused_over_implicit_tls(peer: Peer) -> None:
 def test_benchmark_session_client_finds_no_error(peer: Peer, tls: TlsMode) -> None:
     """The session benchmark's checks (sizes, CRCs, dot-stuffing, STAT against LIST) pass."""
     server = peer.server
-    expected = {k: (v.size, v.crc) for k, v in peer.data.expected.items()}
+    expected = dict(peer.data.expected)
     port = server.tls_port if tls == "implicit" else server.plain_port
     job = Job("session", port, tls, str(peer.ca), USERS, expected, duration=30.0, max_ops=8)
     res = run_coroutine_job(job, None)
