@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks import proctree
-from benchmarks.corpus import Corpus, bigbox_idents
+from benchmarks.corpus import Corpus, bigbox_idents, warm_homes
 from benchmarks.loadgen import ClientPool, _loop_factory
 from benchmarks.pop3client import TlsMode
 from benchmarks.report import Report, percentile
@@ -142,9 +142,9 @@ class Bench:
         # so a baseline taken after earlier steps would hide part of the per-connection cost.
         server.stop()
         server.start()
-        job = replace(
-            self.job(server, "idle", tls, self.idle_users[: sizes[-1]]), stages=tuple(sizes)
-        )
+        users = self.idle_users[: sizes[-1]]
+        warm_homes(server.mail_root, users)
+        job = replace(self.job(server, "idle", tls, users), stages=tuple(sizes))
         name = "idle" if tls == "none" else f"idle {TLS_LABEL[tls]}"
         self.pool.renew()
         # After the client processes exist: they map the same Python and libraries, and a
