@@ -159,12 +159,14 @@ class Corpus:
 def warm_homes(mail_root: Path, users: list[str]) -> int:
     """Read every directory and file under each user's home; returns the files read.
 
-    The idle benchmarks open thousands of maildrops, and what they cost depends on whether
-    the kernel still caches those directories: a server measured after stock Dovecot's
-    10,000 TLS sessions (about 15 GB) had pushed its tree out of the page cache ramped up at
-    a third of the rate.  Warming every server's tree the same way before its run leaves
-    that to chance no longer.  Files are read whole: they are one message (shared by hard
-    link) and the server's own small index or cache files.
+    The idle benchmarks open thousands of maildrops, and what that costs depends on whether
+    the kernel still caches their directories.  mailslot, measured first in each rep, came
+    right after stock Dovecot's 10,000 TLS sessions of the rep before (about 15 GB) had
+    pushed its tree out of the page cache, and ramped up at less than half its rate in the
+    other reps (1,686 against 3,265 and 4,373 logins/s in one full run).  Warming every
+    server's tree the same way before its run leaves that to chance no longer.  Files are
+    read whole: the idle users' one message (shared by hard link) and the server's own
+    small index or cache files.
     """
     read = 0
     for user in users:

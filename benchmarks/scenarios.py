@@ -128,7 +128,7 @@ def check_message(wire: bytes, listed: int, expected: dict[int, Expected]) -> No
     ident = int(wire[at + 12 : wire.index(b"\r\n", at)])
     want = expected[ident]
     if listed != want.size:
-        raise ReplyError(f"LIST said {listed} octets for message {ident} of {want.size}")
+        raise ReplyError(f"LIST said {listed} octets for message {ident}, not its {want.size}")
     if len(wire) != want.wire_size or zlib.crc32(wire) != want.wire_crc:
         raise ReplyError(
             f"RETR of message {ident} sent {len(wire)} octets, not the {want.wire_size}"
