@@ -3,20 +3,26 @@
 The check compares the body as sent, still dot-stuffed, with the corpus template stuffed
 once in advance.  These tests hold that it still catches what undoing the stuffing caught:
 a server that does not stuff, that stuffs twice, that changes a byte, or whose LIST size is
-not the message's; and that the client's reader hands over exactly the stuffed body however
-the bytes arrive.
+not the message's; that the client's reader hands over exactly the stuffed body however
+the bytes arrive; and that the session and retr clients pass against a real mailslot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from benchmarks import corpus
 from benchmarks.corpus import Expected, dot_stuff, expected_of, make_message
-from benchmarks.pop3client import Pop3Client, ReplyError, _Buffer, unstuff
-from benchmarks.scenarios import check_message
+from benchmarks.loadgen import run_coroutine_job
+from benchmarks.pop3client import Pop3Client, ReplyError, TlsMode, _Buffer, unstuff
+from benchmarks.scenarios import Job, Kind, check_message
+from tests.support.passwd import PasswdUser
+from tests.support.server import Listener, ServerFactory
 
 IDENT = 7
 
@@ -151,3 +157,39 @@ def test_a_body_far_shorter_than_listed_is_waited_on(template: bytes) -> None:
 
     with pytest.raises(TimeoutError):
         asyncio.run(read())
+
+
+@pytest.mark.parametrize("kind", ["session", "retr"])
+@pytest.mark.parametrize("mode", ["none", "implicit"])
+def test_the_session_and_retr_clients_find_no_error_against_mailslot(
+    mailslot_factory: ServerFactory, tmp_path: Path, kind: Kind, mode: TlsMode
+) -> None:
+    """Over real sockets, pipelined, with the corpus's dotted lines: mailslot's replies pass
+    the stuffed-bytes check, and every RETR the client counted was checked."""
+    users = [f"load{i}" for i in range(3)]
+    server = mailslot_factory(
+        listeners=(Listener("starttls"), Listener("implicit")),
+        extra_users=[PasswdUser(name, corpus.PASSWORD) for name in users],
+        allow_plaintext=True,
+    )
+    data = corpus.Corpus(tmp_path / "corpus", os.getuid(), os.getgid())
+    for i, user in enumerate(users):
+        data.make_maildir(server.mail_root, user, corpus.load_idents(i))
+    port = server.implicit[1] if mode == "implicit" else server.starttls[1]
+    job = Job(
+        kind,
+        port,
+        mode,
+        str(server.tls_files.ca_pem),
+        users,
+        dict(data.expected),
+        duration=30.0,
+        max_ops=30,
+    )
+    res = run_coroutine_job(job, None)
+    assert res.errors == 0, res.describe_errors()
+    assert res.ops >= 30
+    per_op = corpus.MESSAGES_PER_USER if kind == "session" else 1
+    sizes = {e.size for e in data.expected.values()}
+    # Each op's bytes are those of the messages it retrieved, each a template's size.
+    assert min(sizes) * per_op * res.ops <= res.bytes <= max(sizes) * per_op * res.ops
