@@ -161,7 +161,7 @@ def warm_homes(mail_root: Path, users: list[str]) -> int:
 
     The idle benchmarks open thousands of maildrops, and what that costs depends on whether
     the kernel still caches their directories.  mailslot, measured first in each rep, came
-    right after stock Dovecot's 10,000 TLS sessions of the rep before (about 15 GB) had
+    right after stock Dovecot's ~7,800 TLS sessions of the rep before (about 15 GB) had
     pushed its tree out of the page cache, and ramped up at less than half its rate in the
     other reps (1,686 against 3,265 and 4,373 logins/s in one full run).  Warming every
     server's tree the same way before its run leaves that to chance no longer.  Files are
