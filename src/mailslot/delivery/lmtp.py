@@ -195,15 +195,30 @@ async def start_lmtp_server(
     hostname: str,
     *,
     usage: UsageProbe | None = None,
+    sock: socket.socket | None = None,
 ) -> asyncio.AbstractServer:
     """Start serving LMTP on ``listener`` (TCP ``address:port`` or Unix socket ``path``).
 
     ``usage`` overrides how maildrop usage is counted for the quota (tests; other backends).
+    ``sock``: the listener's socket, already listening (:func:`lmtp_socket`), else one is
+    bound here.
     """
     loop = asyncio.get_running_loop()
     agent = DeliveryAgent(delivery, store, users, usage)
     factory = make_protocol_factory(agent, hostname, loop)
+    if sock is None:
+        sock = lmtp_socket(listener)
     if listener.path is not None:
-        sock = _bind_unix(os.fspath(listener.path))
         return await loop.create_unix_server(factory, sock=sock)
-    return await loop.create_server(factory, listener.address, listener.port, reuse_address=True)
+    return await loop.create_server(factory, sock=sock)
+
+
+def lmtp_socket(listener: ListenerConfig) -> socket.socket:
+    """A listening socket for ``listener``: a Unix socket at its ``path`` (mode 0660), or TCP
+    on its address and port.  A pre-forking parent binds it once for all its workers."""
+    if listener.path is not None:
+        return _bind_unix(os.fspath(listener.path))
+    family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+    sock = socket.create_server((listener.address, listener.port), family=family)
+    sock.setblocking(False)
+    return sock
