@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import poplib
 import signal
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -124,25 +125,23 @@ def held_on_every_worker(
 def test_the_workers_accept_from_one_listening_socket(servers: Any) -> None:
     """One socket per listener, bound by the parent before it forks: a new connection waits
     in one queue for whichever worker is free, rather than in the queue of the worker that
-    a hash picked (SO_REUSEPORT).  The parent does not keep it: once the workers stop, the
-    port takes no connection."""
+    a hash picked (SO_REUSEPORT).  The parent keeps it to start workers again, and closes it
+    when it stops: then the port takes no connection."""
     server = servers(extra_sections={"server": {"workers": 2}})
     workers = ready_workers(server, 2)
     assert server.process is not None
+    parent = server.process.pid
     for _host, port in (server.starttls, server.implicit):
         inodes = listening_inodes(port)
         assert len(inodes) == 1, inodes
-        assert holders([server.process.pid, *workers], inodes[0]) == workers
+        assert holders([parent, *workers], inodes[0]) == [parent, *workers]
     assert server.stop() == 0
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(server.starttls, timeout=5).close()
 
 
-def test_a_tls_session_resumes_on_every_worker(servers: Any) -> None:
-    """The workers share one TLS context, built before the fork, and so its ticket keys: a
-    session one worker began resumes on the other (RFC 8446 section 2.2)."""
-    server = servers(extra_sections={"server": {"workers": 2}}, limits=HELD_LIMITS)
-    workers = ready_workers(server, 2)
+def resumes_on_every_worker(server: MailslotServer, workers: list[int]) -> None:
+    """A TLS session that one of ``workers`` began resumes on each of them."""
     host, port = server.implicit
     context = server.tls_files.client_context()
 
@@ -163,6 +162,13 @@ def test_a_tls_session_resumes_on_every_worker(servers: Any) -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_tls_session_resumes_on_every_worker(servers: Any) -> None:
+    """The workers share one TLS context, built before the fork, and so its ticket keys: a
+    session one worker began resumes on the other (RFC 8446 section 2.2)."""
+    server = servers(extra_sections={"server": {"workers": 2}}, limits=HELD_LIMITS)
+    resumes_on_every_worker(server, ready_workers(server, 2))
 
 
 def implicit_wire(server: MailslotServer) -> Pop3Wire:
@@ -344,16 +350,163 @@ def test_two_workers_both_serve_and_share_the_maildrop_lock(servers: Any) -> Non
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
 
 
-def test_sighup_reaches_every_worker(servers: Any, certs: CertFiles, tmp_path: Path) -> None:
-    server = servers(extra_sections={"server": {"workers": 2}})
+def test_sighup_starts_new_workers_that_share_their_ticket_keys(
+    servers: Any, certs: CertFiles, tmp_path: Path
+) -> None:
+    """The parent loads the new certificate and forks a new generation with it; the old
+    workers, with no session open, exit at once.  The new ones share one context, so a
+    session resumes on each of them, as before the reload."""
+    server = servers(extra_sections={"server": {"workers": 2}}, limits=HELD_LIMITS)
     assert server.process is not None
-    ready_workers(server, 2)
+    parent = server.process.pid
+    old = ready_workers(server, 2)
     new = issue(tmp_path / "new", certs.ca)
     replace_certificate(certs, new)
     server.process.send_signal(signal.SIGHUP)
-    poll(lambda: server.log().count("TLS certificate reloaded") == 2, "both workers to reload")
-    # Many connections, so both workers' sockets are reached; every one has the new chain.
+    poll(lambda: not set(old) & set(children(parent)), "the old workers to exit")
+    workers = ready_workers(server, 2)
+    assert not set(workers) & set(old)
+    log = server.log()
+    assert log.count("TLS certificate reloaded") == 1
+    assert log.count("retired") == 2
     assert {served_serial(server) for _ in range(16)} == {new.serial}
+    resumes_on_every_worker(server, workers)
+
+
+def test_a_retiring_worker_serves_its_session_to_the_end(
+    servers: Any, certs: CertFiles, tmp_path: Path
+) -> None:
+    server = servers(extra_sections={"server": {"workers": 2}})
+    server.builder("alice").add_all(MESSAGES)
+    assert server.process is not None
+    parent = server.process.pid
+    old = ready_workers(server, 2)
+    with implicit_wire(server) as wire:
+        wire.login("alice", server.password("alice"))
+        (holder,) = serving_pids(old, server.implicit[1], [wire.sock.getsockname()[1]]).values()
+        replace_certificate(certs, issue(tmp_path / "new", certs.ca))
+        server.process.send_signal(signal.SIGHUP)
+        # The other old worker exits; two new ones start; the holder stays.
+        poll(lambda: len(children(parent)) == 3, "two new workers beside the holder")
+        assert holder in children(parent)
+        assert wire.command("STAT").startswith(b"+OK 3 ")
+        assert wire.command("RETR 2").startswith(b"+OK")
+        assert wire.multiline().endswith(b"second\r\n.\r\n")
+        assert wire.command("DELE 2").startswith(b"+OK")
+        assert wire.command("QUIT").startswith(b"+OK")
+        assert wire.read_until_eof() == b""
+    poll(lambda: holder not in children(parent), "the holder to exit after its session")
+    assert len(children(parent)) == 2
+    remaining = message_files(server.maildir("alice"))
+    assert sorted(remaining.values()) == sorted([MESSAGES[0], MESSAGES[2]])
+    assert server.stop() == 0
+
+
+def test_sigterm_reaches_a_retiring_worker_too(
+    servers: Any, certs: CertFiles, tmp_path: Path
+) -> None:
+    """A session on a retiring worker is ended at the shutdown deadline like any other, and
+    nothing it marked is deleted."""
+    server = servers(extra_sections={"server": {"workers": 2, "shutdown_timeout": 0.3}})
+    server.builder("alice").add_all(MESSAGES)
+    assert server.process is not None
+    parent = server.process.pid
+    ready_workers(server, 2)
+    with implicit_wire(server) as wire:
+        wire.login("alice", server.password("alice"))
+        assert wire.command("DELE 1").startswith(b"+OK")
+        replace_certificate(certs, issue(tmp_path / "new", certs.ca))
+        server.process.send_signal(signal.SIGHUP)
+        poll(lambda: len(children(parent)) == 3, "two new workers beside the holder")
+        server.process.send_signal(signal.SIGTERM)
+        assert not wire.read_until_eof().startswith(b"+OK")
+    assert server.process.wait(POLL_DEADLINE) == 0
+    assert len(message_files(server.maildir("alice"))) == 3
+    assert "disconnect: reason=server shutdown user=alice" in server.log()
+
+
+def test_sigusr2_stops_a_lone_worker_once_its_sessions_end(servers: Any) -> None:
+    """What a retiring worker does, asked of a server with one: no new connections, the
+    open session served to its end, then exit 0."""
+    server = servers(extra_sections={"server": {"shutdown_timeout": 0.2}})
+    server.builder("alice").add_all(MESSAGES)
+    host, port = server.implicit
+    with implicit_wire(server) as wire:
+        wire.login("alice", server.password("alice"))
+        assert server.process is not None
+        server.process.send_signal(signal.SIGUSR2)
+
+        def refused() -> bool:
+            try:
+                socket.create_connection((host, port), timeout=5).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        poll(refused, "the listener to close")
+        time.sleep(0.6)  # past shutdown_timeout: SIGTERM would have ended the session
+        assert server.running
+        assert wire.command("DELE 3").startswith(b"+OK")
+        assert wire.command("QUIT").startswith(b"+OK")
+        assert wire.read_until_eof() == b""
+    assert server.process.wait(POLL_DEADLINE) == 0
+    assert len(message_files(server.maildir("alice"))) == 2
+    assert "worker 0 retired" in server.log()
+
+
+def test_sighup_with_a_bad_key_keeps_the_workers(servers: Any, certs: CertFiles) -> None:
+    server = servers(extra_sections={"server": {"workers": 2}})
+    assert server.process is not None
+    workers = ready_workers(server, 2)
+    Path(certs.private_key).write_text("not a key\n")
+    server.process.send_signal(signal.SIGHUP)
+    poll(lambda: "TLS reload failed" in server.log(), "the reload failure in the log")
+    assert children(server.process.pid) == workers
+    assert {served_serial(server) for _ in range(8)} == {certs.serial}
+
+
+def test_lmtp_is_served_by_the_new_workers_after_sighup(
+    servers: Any, certs: CertFiles, tmp_path: Path
+) -> None:
+    """The parent binds the LMTP socket too, so the new first worker serves it at once: the
+    old one, retiring, has stopped accepting on it."""
+    server = servers(
+        listeners=(Listener("starttls"), Listener("implicit"), Listener("none", protocol="lmtp")),
+        extra_sections={"server": {"workers": 2}},
+    )
+    assert server.process is not None
+    parent = server.process.pid
+    old = ready_workers(server, 2)
+    _, port = server.listener("none", protocol="lmtp")
+    server.builder("alice")
+
+    def deliver(subject: str) -> None:
+        with smtplib.LMTP("127.0.0.1", port, timeout=10) as lmtp:
+            lmtp.sendmail("s@example.org", ["alice"], f"Subject: {subject}\r\n\r\nbody\r\n")
+
+    deliver("before")
+    replace_certificate(certs, issue(tmp_path / "new", certs.ca))
+    server.process.send_signal(signal.SIGHUP)
+    poll(lambda: not set(old) & set(children(parent)), "the old workers to exit")
+    deliver("after")
+    messages = message_files(server.maildir("alice")).values()
+    subjects = sorted(line for m in messages for line in m.splitlines() if b"Subject:" in line)
+    assert subjects == [b"Subject: after", b"Subject: before"]
+
+
+def test_a_worker_that_dies_is_replaced(servers: Any) -> None:
+    server = servers(extra_sections={"server": {"workers": 2}})
+    server.builder("alice").add_all(MESSAGES)
+    assert server.process is not None
+    parent = server.process.pid
+    first, second = ready_workers(server, 2)
+    os.kill(second, signal.SIGKILL)
+    poll(lambda: second not in children(parent) and len(children(parent)) == 2, "a new worker")
+    workers = ready_workers(server, 2)  # both greet, the new one included
+    assert first in workers and second not in workers
+    assert f"pid={second} was killed by SIGKILL; starting another" in server.log()
+    assert served_serial(server)  # and the server serves on
+    assert server.stop() == 0
 
 
 def test_per_address_limit_is_per_worker(servers: Any) -> None:

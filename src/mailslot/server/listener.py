@@ -164,8 +164,9 @@ class Pop3Listener:
         finally:
             self._handshakes.discard(task)
 
-    async def close(self, deadline: float) -> None:
-        """Stop accepting; wait up to ``deadline`` seconds for sessions, then end them."""
+    async def close(self, deadline: float | None) -> None:
+        """Stop accepting; wait up to ``deadline`` seconds (``None``: as long as they last) for
+        sessions, then end them."""
         if self._server is not None:
             self._server.close()
         sessions = self._context.sessions

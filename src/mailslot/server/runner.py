@@ -2,18 +2,18 @@
 
 Signals: SIGTERM/SIGINT stop (stop accepting, let sessions finish until
 ``server.shutdown_timeout``), SIGHUP reloads the TLS certificate and key without dropping
-sessions.  With ``server.workers`` > 1 the process binds the POP3 listening sockets, then
-forks that many workers that all accept from them: a worker busy with other sessions leaves a
-new connection to an idle one.  The maildrop lock (flock) is shared by all of them.
+sessions.  With ``server.workers`` > 1 a parent binds the listening sockets and forks that many
+workers that all accept from them: a worker busy with other sessions leaves a new connection
+to an idle one.  The parent (:mod:`mailslot.server.supervisor`) replaces a worker that dies
+and, on SIGHUP, starts a new generation of workers while the old one retires.  The maildrop
+lock (flock) is shared by all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
-import os
 import resource
 import signal
 import socket
@@ -30,6 +30,7 @@ from mailslot.server.limits import Limits
 from mailslot.server.listener import Pop3Listener, listening_socket
 from mailslot.server.penalty import FailurePenalty
 from mailslot.server.session import SessionContext, format_address
+from mailslot.server.supervisor import RETIRE, WORKER_SIGNALS, Supervisor
 from mailslot.store.maildir import MaildirStore
 
 logger = logging.getLogger("mailslot")
@@ -98,7 +99,7 @@ class Application:
         for listener in config.listeners:
             if listener.protocol == "lmtp":
                 if self.worker == 0:
-                    await self._start_lmtp(listener)
+                    await self._start_lmtp(listener, self.sockets.get(listener))
                 continue
             context = SessionContext(
                 core=Pop3Listener.core_config(listener, base),
@@ -115,11 +116,16 @@ class Application:
             await pop3.start()
             self.listeners.append(pop3)
 
-    async def _start_lmtp(self, listener: Any) -> None:
+    async def _start_lmtp(self, listener: ListenerConfig, sock: socket.socket | None) -> None:
         from mailslot.delivery.lmtp import start_lmtp_server
 
         server = await start_lmtp_server(
-            listener, self.config.delivery, self.store, self.users, self.config.server.hostname
+            listener,
+            self.config.delivery,
+            self.store,
+            self.users,
+            self.config.server.hostname,
+            sock=sock,
         )
         self.lmtp_servers.append(server)
         where = listener.path or format_address((listener.address, listener.port))
@@ -134,6 +140,13 @@ class Application:
             logger.error("TLS reload failed, keeping the old certificate: %s", exc)
             return
         logger.info("TLS certificate reloaded from %s", self.config.tls.certificate)
+
+    async def retire(self) -> None:
+        """Stop accepting and serve the open sessions to their end, however long they last
+        (each is bounded by the login and idle timeouts)."""
+        for server in self.lmtp_servers:
+            server.close()
+        await asyncio.gather(*(listener.close(None) for listener in self.listeners))
 
     async def stop(self) -> None:
         deadline = self.config.server.shutdown_timeout
@@ -170,18 +183,48 @@ async def _serve(
         await app.stop()
         return 75  # EX_TEMPFAIL: e.g. the port is taken
     stop = asyncio.Event()
+    retire = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload_tls)
-    # A pre-forked worker starts with these blocked (see _prefork); now they have handlers.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    loop.add_signal_handler(RETIRE, retire.set)
+    # A pre-forked worker starts with these blocked (see the supervisor); now they have
+    # handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
     loop.set_exception_handler(_exception_handler)
     if ready is not None:
         ready(app)
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    retiring = asyncio.ensure_future(retire.wait())
+    try:
+        await asyncio.wait({stopping, retiring}, return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set() and await _retired(app, stopping):
+            return 0
+    finally:
+        stopping.cancel()
+        retiring.cancel()
     logger.info("shutting down")
     await app.stop()
     return 0
+
+
+async def _retired(app: Application, stopping: asyncio.Future[Any]) -> bool:
+    """The supervisor started new workers: take no new connections, end when the open
+    sessions have; ``False`` if SIGTERM came first, to stop as usual."""
+    logger.info(
+        "worker %d retiring: no new connections, the open sessions are served to their end",
+        app.worker,
+    )
+    drained = asyncio.ensure_future(app.retire())
+    await asyncio.wait({drained, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not drained.done():
+        drained.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drained
+        return False
+    drained.result()
+    logger.info("worker %d retired", app.worker)
+    return True
 
 
 def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -209,19 +252,27 @@ def _run_worker(
     worker: int,
     sockets: Mapping[ListenerConfig, socket.socket] | None = None,
     contexts: tls.TlsContexts | None = None,
+    started: Callable[[], None] | None = None,
 ) -> int:
+    ready = None if started is None else (lambda _app: started())
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(serve(config, worker=worker, sockets=sockets, contexts=contexts))
+        return runner.run(
+            serve(config, worker=worker, sockets=sockets, contexts=contexts, ready=ready)
+        )
 
 
 def listening_sockets(config: Config) -> dict[ListenerConfig, socket.socket]:
-    """A listening socket for every POP3 listener of ``config``; on an error (the port is
-    taken, say) the ones already bound are closed again."""
+    """A listening socket for every listener of ``config``, POP3 and LMTP; on an error (the
+    port is taken, say) the ones already bound are closed again."""
     bound: dict[ListenerConfig, socket.socket] = {}
     try:
         for listener in config.listeners:
             if listener.protocol == "pop3":
                 bound[listener] = listening_socket(listener)
+            elif listener.protocol == "lmtp":
+                from mailslot.delivery.lmtp import lmtp_socket
+
+                bound[listener] = lmtp_socket(listener)
     except OSError:
         for sock in bound.values():
             sock.close()
@@ -280,7 +331,8 @@ def run(config: Config) -> int:
     # One context for all workers, built before the fork: OpenSSL makes a context's session
     # ticket keys when it makes the context, so a ticket one worker issued resumes on any
     # other (RFC 8446 section 2.2, RFC 5077).  Made in each worker, a client's resumption
-    # failed on every worker but the one that issued its ticket.
+    # failed on every worker but the one that issued its ticket.  A reload builds a new
+    # context in the parent and a new generation of workers to serve it, for the same reason.
     #
     # One listening socket per listener for all workers, bound before the fork: a new
     # connection waits in one queue and is taken by whichever worker is free first.  With a
@@ -294,57 +346,6 @@ def run(config: Config) -> int:
     except OSError as exc:  # ssl.SSLError included
         logger.error("cannot start: %s", exc)
         return 75  # EX_TEMPFAIL, as a worker that cannot start
-    return _prefork(config, workers, contexts, sockets)
-
-
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-
-
-def _prefork(
-    config: Config,
-    workers: int,
-    contexts: tls.TlsContexts | None = None,
-    sockets: Mapping[ListenerConfig, socket.socket] | None = None,
-) -> int:
-    # Signals stay pending, rather than killing a worker by their default action, until each
-    # process has installed its handlers.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    # What the parent built (modules, the configuration) is shared with the workers page by
-    # page until one writes to it.  The cyclic collector writes to every object it tracks
-    # (its gc_refs), so the first full collection in a worker would copy all of those pages;
-    # frozen, it never looks at them (the gc module's documentation, gc.freeze()).  Measured:
-    # 10,000 idle sessions over 2 workers, 4.17 -> 3.33 KiB of PSS per session.
-    gc.freeze()
-    children: list[int] = []
-    for index in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                code = _run_worker(config, index, sockets, contexts)
-            finally:
-                os._exit(code)
-        children.append(pid)
-    # The workers hold the listening sockets now; were the parent to keep them open, the
-    # ports would still take connections after every worker had stopped accepting.
-    for sock in (sockets or {}).values():
-        sock.close()
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    for signum in _SIGNALS:
-        signal.signal(signum, forward)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-    code = 0
-    for child in children:
-        while True:
-            try:
-                _, status = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-        code = max(code, os.waitstatus_to_exitcode(status))
-    return code
+    return Supervisor(
+        config, workers, contexts, sockets, _run_worker, lambda: tls_for(config)
+    ).run()
