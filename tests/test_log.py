@@ -4,9 +4,12 @@ the session logger's prefix."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -170,3 +173,103 @@ def test_session_lines_carry_the_prefix_and_a_zone_is_not_a_conversion(
     assert caplog.records[2].exc_info is not None
     # The record names the caller, as a LoggerAdapter's did, not mailslot/log.py.
     assert {r.filename for r in caplog.records} == {"test_log.py"}
+
+
+def ours() -> LoopHandler:
+    h = LoopHandler(Recording())
+    h.setFormatter(Formatter())
+    return h
+
+
+@contextlib.contextmanager
+def only(handler: LoopHandler) -> Iterator[None]:
+    """The root logger as :func:`mailslot.log.setup` leaves it: ``handler`` alone, at INFO.
+
+    Entered in the test body: pytest adds its capturing handlers to the root logger when the
+    body starts and removes them when it ends, so they are set aside in between.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logging.root, "handlers", [handler])
+        patch.setattr(logging.root, "level", logging.INFO)
+        logging.root.manager._clear_cache()  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            logging.root.manager._clear_cache()  # type: ignore[attr-defined]
+
+
+def test_a_session_line_without_a_record_is_the_line_a_record_makes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With only our handler in the way, a session's line skips the LogRecord and is
+    written as the standard formatter would write its record."""
+    logger = logging.getLogger("mailslot.test.direct")
+    made: list[object] = []
+    monkeypatch.setattr(logger, "makeRecord", lambda *a, **k: made.append(a))
+    log = SessionLogger(logger, session_prefix("5a", "[fe80::1%eth0]:41000"))
+    standard = logging.Formatter(FORMAT)
+    expected = []
+    h = ours()
+    with only(h):
+        for created in (1_800_000_000.0, 1_800_000_000.999, 1_800_000_001.0005):
+            monkeypatch.setattr("mailslot.log.time.time", lambda created=created: created)
+            log.info("login: user=%s messages=%d", "alice", 3)
+            log.warning("no arguments, 100%")
+            for level, message in [
+                (logging.INFO, "login: user=alice messages=3"),
+                (logging.WARNING, "no arguments, 100%"),
+            ]:
+                text = "session=5a peer=[fe80::1%eth0]:41000 " + message
+                r = logging.LogRecord(logger.name, level, "", 0, text, (), None)
+                r.created, r.msecs = created, int((created - int(created)) * 1000)
+                expected.append(standard.format(r) + "\n")
+    assert made == []
+    assert writes(h) == expected  # no loop attached: each at once
+
+
+def test_the_direct_path_steps_aside_for_anything_else_that_would_see_the_record() -> None:
+    parent = logging.getLogger("mailslot.test.aside")
+    logger = logging.getLogger("mailslot.test.aside.session")
+    log = SessionLogger(logger, "session=1 peer=p ")
+    seen: list[str] = []
+
+    class Seeing(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    class Noting(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(record.getMessage())
+            return True
+
+    h = ours()
+    cases: list[tuple[str, Any, str, Any]] = [
+        ("a handler on a parent", parent, "handlers", [Seeing()]),
+        ("a filter on the logger", logger, "filters", [Noting()]),
+        ("a filter on the handler", h, "filters", [Noting()]),
+        ("a second root handler", logging.root, "handlers", [h, Seeing()]),
+    ]
+    with only(h):
+        for what, target, attribute, value in cases:
+            seen.clear()
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(target, attribute, value)
+                log.info("n=%d", 1)
+            assert seen == ["session=1 peer=p n=1"], what
+        assert len(writes(h)) == len(cases)
+        assert all(line.endswith(" session=1 peer=p n=1\n") for line in writes(h))
+        # What logging drops, the direct path drops too.
+        for target, attribute, value in [(parent, "propagate", False), (logger, "disabled", True)]:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(target, attribute, value)
+                log.info("gone")
+        assert len(writes(h)) == len(cases)
+
+
+def test_a_bad_format_is_reported_by_logging_not_raised(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = SessionLogger(logging.getLogger("mailslot.test.bad"), "session=1 peer=p ")
+    with only(ours()):
+        log.info("n=%d", "not a number")  # must not raise into the session
+    assert "Logging error" in capsys.readouterr().err
