@@ -59,6 +59,15 @@ def servers(tmp_path: Path, certs: CertFiles) -> Iterator[Any]:
         server.stop()
 
 
+def refuses(host: str, port: int) -> bool:
+    """Whether a connection to ``host:port`` is refused (nobody listens there)."""
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def ready_workers(server: MailslotServer, count: int) -> list[int]:
     """Poll until ``count`` workers exist and each has greeted a connection.
 
@@ -257,14 +266,7 @@ def test_sigterm_drains_a_transaction_then_exits_zero(servers: Any) -> None:
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
 
-        def refused() -> bool:
-            try:
-                socket.create_connection((host, port), timeout=5).close()
-            except ConnectionRefusedError:
-                return True
-            return False
-
-        poll(refused, "the listener to close")
+        poll(lambda: refuses(host, port), "the listener to close")
         assert server.running  # still serving the open session
         assert wire.command("STAT").startswith(b"+OK 2 ")
         assert wire.command("RETR 1").startswith(b"+OK")
@@ -436,14 +438,7 @@ def test_sigusr2_stops_a_lone_worker_once_its_sessions_end(servers: Any) -> None
         assert server.process is not None
         server.process.send_signal(signal.SIGUSR2)
 
-        def refused() -> bool:
-            try:
-                socket.create_connection((host, port), timeout=5).close()
-            except ConnectionRefusedError:
-                return True
-            return False
-
-        poll(refused, "the listener to close")
+        poll(lambda: refuses(host, port), "the listener to close")
         time.sleep(0.6)  # past shutdown_timeout: SIGTERM would have ended the session
         assert server.running
         assert wire.command("DELE 3").startswith(b"+OK")

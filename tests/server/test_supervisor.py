@@ -36,8 +36,9 @@ def unfreeze() -> Iterator[None]:
         gc.unfreeze()
 
 
-def supervise(worker: Worker, count: int = 2, reload: Any = "new") -> int:
-    """Run a supervisor of ``count`` stand-in workers until it returns; its exit status."""
+def supervise(worker: Worker, load: Callable[[], Any] = lambda: "new") -> int:
+    """Run a supervisor of two stand-in workers, given context ``"old"`` and ``load()`` on
+    SIGHUP, until it returns; its exit status."""
 
     def main(
         _config: Config,
@@ -48,7 +49,7 @@ def supervise(worker: Worker, count: int = 2, reload: Any = "new") -> int:
     ) -> int:
         return worker(index, contexts, started)
 
-    return Supervisor(CONFIG, count, cast(Any, "old"), {}, main, lambda: reload).run()
+    return Supervisor(CONFIG, 2, cast(Any, "old"), {}, main, load).run()
 
 
 def wait_for(*signums: int) -> str:
@@ -152,12 +153,8 @@ def test_a_failed_reload_keeps_the_workers(
         note(log, f"{contexts} {index} {wait_for(signal.SIGTERM, RETIRE)}")
         return 0
 
-    def main(_c: Config, index: int, _s: Any, contexts: Any, started: Callable[[], None]) -> int:
-        return worker(index, contexts, started)
-
-    parent = Supervisor(CONFIG, 2, cast(Any, "old"), {}, main, cast(Any, unusable))
     with caplog.at_level(logging.INFO, "mailslot"):
-        assert parent.run() == 0
+        assert supervise(worker, unusable) == 0
     assert sorted(log.read_text().splitlines()) == ["old 0 SIGTERM", "old 1 SIGTERM"]
     assert "TLS reload failed, keeping the old certificate: no such file" in caplog.text
 
