@@ -124,6 +124,14 @@ def test_every_command_has_help_with_examples(
     assert f"mailslot {' '.join(command)}" in out
 
 
+def test_serve_help_says_what_the_signals_do(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "until SIGTERM or SIGINT" in out
+    assert "SIGHUP reloads the TLS certificate and key without dropping sessions" in out
+
+
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([])

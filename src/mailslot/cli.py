@@ -84,7 +84,10 @@ def add_serve(subparsers: SubParsers) -> None:
         subparsers,
         "serve",
         "run the POP3 server",
-        "Run the server until SIGTERM or SIGINT.\n\n"
+        "Run the server until SIGTERM or SIGINT, which give open sessions\n"
+        "server.shutdown_timeout seconds to end. SIGHUP reloads the TLS certificate and key\n"
+        "without dropping sessions (with several workers: new workers start, the old ones\n"
+        "end with their sessions).\n\n"
         "With --config, serve that configuration. Without it, use a quick-start data\n"
         "directory: on first run it is filled with a private CA, a localhost certificate,\n"
         "a user 'demo' with a random password (printed once), a Maildir with a welcome\n"
