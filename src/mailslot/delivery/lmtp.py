@@ -34,6 +34,7 @@ from mailslot.delivery.message import to_lf
 from mailslot.delivery.quota import UsageProbe
 from mailslot.delivery.recipient import RecipientRejected
 from mailslot.delivery.status import LINE_TOO_LONG, RECIPIENT_OK, TEMPORARY, TOO_BIG, Status
+from mailslot.delivery.transactions import Transactions
 from mailslot.store.base import Store
 
 UNIX_SOCKET_MODE = 0o660
@@ -57,9 +58,10 @@ class DeliveryEnvelope(Envelope):
 class MailslotLMTP(LMTP):
     """aiosmtpd's LMTP with a per-recipient answer for every DATA failure it detects itself."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, transactions: Transactions, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._data_recipients = 0
+        self._transactions = transactions
 
     def _create_envelope(self) -> DeliveryEnvelope:
         return DeliveryEnvelope()
@@ -67,10 +69,12 @@ class MailslotLMTP(LMTP):
     async def smtp_DATA(self, arg: str) -> None:
         envelope = self.envelope
         self._data_recipients = len(envelope.rcpt_tos) if envelope is not None else 0
+        self._transactions.begin()
         try:
             await super().smtp_DATA(arg)
         finally:
             self._data_recipients = 0
+            self._transactions.end()
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
@@ -143,11 +147,16 @@ class LMTPHandler:
 
 
 def make_protocol_factory(
-    agent: DeliveryAgent, hostname: str, loop: asyncio.AbstractEventLoop
+    agent: DeliveryAgent,
+    hostname: str,
+    loop: asyncio.AbstractEventLoop,
+    transactions: Transactions | None = None,
 ) -> Any:
-    """A factory of :class:`MailslotLMTP` protocols sharing one handler."""
+    """A factory of :class:`MailslotLMTP` protocols sharing one handler (and ``transactions``,
+    which counts their DATA commands in progress)."""
     handler = LMTPHandler(agent)
     limit = agent.config.max_message_size or None
+    counted = transactions if transactions is not None else Transactions()
 
     def factory() -> MailslotLMTP:
         return MailslotLMTP(
@@ -157,6 +166,7 @@ def make_protocol_factory(
             hostname=hostname,
             ident=IDENT,
             loop=loop,
+            transactions=counted,
         )
 
     return factory
@@ -196,16 +206,18 @@ async def start_lmtp_server(
     *,
     usage: UsageProbe | None = None,
     sock: socket.socket | None = None,
+    transactions: Transactions | None = None,
 ) -> asyncio.AbstractServer:
     """Start serving LMTP on ``listener`` (TCP ``address:port`` or Unix socket ``path``).
 
     ``usage`` overrides how maildrop usage is counted for the quota (tests; other backends).
     ``sock``: the listener's socket, already listening (:func:`lmtp_socket`), else one is
-    bound here.
+    bound here.  ``transactions`` counts the DATA commands in progress, for a caller that
+    must let them end before it exits.
     """
     loop = asyncio.get_running_loop()
     agent = DeliveryAgent(delivery, store, users, usage)
-    factory = make_protocol_factory(agent, hostname, loop)
+    factory = make_protocol_factory(agent, hostname, loop, transactions)
     if sock is None:
         sock = lmtp_socket(listener)
     if listener.path is not None:

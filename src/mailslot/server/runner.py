@@ -24,6 +24,7 @@ from typing import Any
 from mailslot import log
 from mailslot.auth.passwdfile import PasswdFileAuthenticator
 from mailslot.config import Config, ListenerConfig
+from mailslot.delivery.transactions import Transactions
 from mailslot.protocol.connection import CoreConfig
 from mailslot.server import tls
 from mailslot.server.limits import Limits
@@ -58,6 +59,7 @@ class Application:
         self.tls = contexts
         self.listeners: list[Pop3Listener] = []
         self.lmtp_servers: list[asyncio.AbstractServer] = []
+        self.lmtp_transactions = Transactions()  # DATA commands in progress, all listeners
         self.store = MaildirStore(
             config.store.maildir,
             hostname=config.server.hostname,
@@ -126,6 +128,7 @@ class Application:
             self.users,
             self.config.server.hostname,
             sock=sock,
+            transactions=self.lmtp_transactions,
         )
         self.lmtp_servers.append(server)
         where = listener.path or format_address((listener.address, listener.port))
@@ -144,15 +147,32 @@ class Application:
     async def retire(self) -> None:
         """Stop accepting and serve the open sessions to their end, however long they last
         (each is bounded by the login and idle timeouts)."""
-        for server in self.lmtp_servers:
-            server.close()
-        await asyncio.gather(*(listener.close(None) for listener in self.listeners))
+        await self._close(None)
 
     async def stop(self) -> None:
-        deadline = self.config.server.shutdown_timeout
+        await self._close(self.config.server.shutdown_timeout)
+
+    async def _close(self, deadline: float | None) -> None:
+        await asyncio.gather(
+            self._close_lmtp(deadline), *(listener.close(deadline) for listener in self.listeners)
+        )
+
+    async def _close_lmtp(self, deadline: float | None) -> None:
+        """Stop accepting LMTP connections; let the DATA commands in progress end, up to
+        ``deadline`` seconds: a worker that exited between a delivery and its reply would
+        have the MTA send that message again."""
         for server in self.lmtp_servers:
             server.close()
-        await asyncio.gather(*(listener.close(deadline) for listener in self.listeners))
+        if not self.lmtp_transactions.count:
+            return
+        try:
+            async with asyncio.timeout(deadline):
+                await self.lmtp_transactions.finished()
+        except TimeoutError:
+            logger.warning(
+                "stopping with %d LMTP deliveries in progress; the MTA will send them again",
+                self.lmtp_transactions.count,
+            )
 
 
 async def serve(
