@@ -230,7 +230,6 @@ def lmtp_socket(listener: ListenerConfig) -> socket.socket:
     on its address and port.  A pre-forking parent binds it once for all its workers."""
     if listener.path is not None:
         return _bind_unix(os.fspath(listener.path))
-    family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
-    sock = socket.create_server((listener.address, listener.port), family=family)
-    sock.setblocking(False)
-    return sock
+    from mailslot.server.listener import listening_socket  # the POP3 listeners' own binding
+
+    return listening_socket(listener)

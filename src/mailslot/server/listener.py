@@ -34,7 +34,8 @@ BACKLOG = 1024  # pending connections per listening socket, before the workers a
 
 def listening_socket(config: ListenerConfig) -> socket.socket:
     """A listening socket for ``config``'s address and port, as :meth:`Pop3Listener.start`
-    would make it, for a parent to bind once before it forks the workers that accept from it.
+    would make it, for a parent to bind once before it forks the workers that accept from it
+    (a TCP LMTP listener's too).
 
     IPv6 addresses get ``IPV6_V6ONLY``, as asyncio's own servers do: ``::`` and ``0.0.0.0``
     are two listeners.
