@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from tests.support.server import free_port
 
 from mailslot import __version__, quickstart
 from mailslot.auth.base import AuthenticationFailed
@@ -339,17 +340,10 @@ def test_serve_config_and_data_dir_exclude_each_other(tmp_path: Path) -> None:
 # -- quick start -----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def ports(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, int]]:
     # 1110/1995 may be taken on a shared test machine; the quick start writes these instead.
-    stls, pop3s = _free_port(), _free_port()
+    stls, pop3s = free_port(), free_port()
     monkeypatch.setattr(quickstart, "STLS_PORT", stls)
     monkeypatch.setattr(quickstart, "POP3S_PORT", pop3s)
     yield stls, pop3s

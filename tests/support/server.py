@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -30,12 +31,41 @@ STARTUP_DEADLINE = 15.0  # seconds for the server to come up; polling, not a thr
 STOP_DEADLINE = 15.0
 
 
+# Ports handed out by free_port() in this process: never handed out twice.
+_HANDED_OUT: set[int] = set()
+_FIRST_PORT = 10_000
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux), else 32768."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(address: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's choice for port 0)."""
+    """A TCP port nothing is bound to right now, never the same twice in one test run.
+
+    The kernel's choice for port 0 is not used: it comes from the ephemeral range, where the
+    next client connection may take it before the server binds it, and two calls may get the
+    same port once the first probe is closed.  Ports below that range are tried at random,
+    each checked with a bind and remembered.
+    """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
+    last = max(_FIRST_PORT + 1000, _ephemeral_start())
+    for _ in range(1000):
+        port = random.randrange(_FIRST_PORT, last)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port found below the ephemeral range")
 
 
 @dataclass(frozen=True)
