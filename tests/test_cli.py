@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import io
+import re
 import socket
 import ssl
 import stat
@@ -468,7 +469,7 @@ def test_quick_start_completes_an_interrupted_first_run(
     _handshake(data, "localhost")
 
 
-def test_quick_start_says_when_a_port_is_busy(
+def test_quick_start_takes_a_free_port_when_a_default_one_is_busy(
     tmp_path: Path,
     runner: FakeRunner,
     ports: tuple[int, int],
@@ -480,10 +481,39 @@ def test_quick_start_says_when_a_port_is_busy(
         busy.listen()
         port = busy.getsockname()[1]
         monkeypatch.setattr(quickstart, "POP3S_PORT", port)
-        assert main(["serve", "--data-dir", str(tmp_path / "data")]) == EX_UNAVAILABLE
+        assert main(["serve", "--data-dir", str(tmp_path / "data")]) == 0
     captured = capsys.readouterr()
-    assert runner.configs == []
-    assert f"127.0.0.1 port {port} is already in use" in captured.err
-    assert "mailslot.toml" in captured.err
-    # The one-time password was still shown before giving up.
+    (config,) = runner.configs
+    (listener,) = [lst for lst in config.listeners if lst.tls == "implicit"]
+    assert listener.port != port
+    assert f"port {port} is taken; the quick start uses port {listener.port} instead" in (
+        captured.out
+    )
+    assert f"pop3s://127.0.0.1:{listener.port}/" in captured.out
     assert "has the password: " in captured.out
+
+
+def test_quick_start_says_when_a_configured_port_is_busy_before_printing_anything(
+    tmp_path: Path,
+    runner: FakeRunner,
+    ports: tuple[int, int],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = tmp_path / "data"
+    _, pop3s = ports
+    assert main(["serve", "--data-dir", str(data)]) == 0
+    capsys.readouterr()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", pop3s))
+        busy.listen()
+        assert main(["serve", "--data-dir", str(data)]) == EX_UNAVAILABLE
+    captured = capsys.readouterr()
+    assert len(runner.configs) == 1
+    assert captured.out == ""
+    found = re.search(
+        rf"127\.0\.0\.1 port {pop3s} is already in use .*port (\d+) is free", captured.err
+    )
+    assert found is not None, captured.err
+    with socket.socket() as probe:  # the port offered is free indeed
+        probe.bind(("127.0.0.1", int(found.group(1))))
+    assert f"change the port in {data / 'mailslot.toml'}" in captured.err

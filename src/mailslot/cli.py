@@ -120,6 +120,11 @@ def _quick_start(data_dir: Path | None) -> Config:
     from mailslot import quickstart
 
     directory = data_dir if data_dir is not None else quickstart.default_data_dir()
+    existing = directory / "mailslot.toml"
+    if existing.exists():
+        # Before anything is made or printed: a port taken now would fail the server after
+        # the one-time password had been shown.  (A new configuration gets free ports.)
+        _refuse_busy_ports(_load(existing), existing)
     try:
         start = quickstart.prepare(directory)
     except (OSError, ValueError) as exc:
@@ -128,15 +133,20 @@ def _quick_start(data_dir: Path | None) -> Config:
         ) from exc
     config = _load(start.config_path)
     quickstart.report(start, config, sys.stdout)
+    _refuse_busy_ports(config, start.config_path)
+    return config
+
+
+def _refuse_busy_ports(config: Config, path: Path) -> None:
+    from mailslot import quickstart
+
     busy = quickstart.busy_ports(config.listeners)
     if busy:
         for line in busy:
             print(f"mailslot: {line}", file=sys.stderr)
         raise CommandError(
-            f"stop the program using the port, or change the ports in {start.config_path}",
-            EX_UNAVAILABLE,
+            f"stop the program using the port, or change the port in {path}", EX_UNAVAILABLE
         )
-    return config
 
 
 # -- check-config ----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mailslot.config import Config, ListenerConfig
 
 DEMO_USER = "demo"
+LOCALHOST = "127.0.0.1"
 STLS_PORT = 1110
 POP3S_PORT = 1995
 # CA/Browser Forum and Apple's limit for TLS server certificates; clients refuse longer ones.
@@ -83,6 +84,8 @@ class QuickStart:
     config_path: Path
     created: bool
     password: str | None
+    # Sentences for the default ports that were taken, with the free port used instead.
+    moved: tuple[str, ...] = ()
 
 
 def default_data_dir(environ: dict[str, str] | None = None) -> Path:
@@ -102,15 +105,50 @@ def prepare(data_dir: Path) -> QuickStart:
     if not maildir.exists():
         deliver_welcome(data_dir / "mail" / "{user}" / "Maildir")
     config_path = data_dir / "mailslot.toml"
+    moved: list[str] = []
     if not config_path.exists():
+        stls_port, pop3s_port = (_port_or_free(port, moved) for port in (STLS_PORT, POP3S_PORT))
         _write_new(
             config_path,
             CONFIG_TEMPLATE.format(
-                config=config_path, stls_port=STLS_PORT, pop3s_port=POP3S_PORT
+                config=config_path, stls_port=stls_port, pop3s_port=pop3s_port
             ).encode(),
             0o644,
         )
-    return QuickStart(data_dir, config_path, created, password)
+    return QuickStart(data_dir, config_path, created, password, tuple(moved))
+
+
+def _port_or_free(port: int, moved: list[str]) -> int:
+    """``port`` if 127.0.0.1 can bind it now, else a free one (said in ``moved``)."""
+    if _bind_error(LOCALHOST, port) is None:
+        return port
+    free = free_port_near(LOCALHOST, port)
+    moved.append(f"{LOCALHOST} port {port} is taken; the quick start uses port {free} instead")
+    return free
+
+
+def free_port_near(address: str, port: int) -> int:
+    """A port that ``address`` can bind now: ``port`` + 10000 or the next free one above."""
+    start = port + 10_000 if port + 10_000 < 65_000 else 20_000
+    for candidate in range(start, min(start + 200, 65_536)):
+        if _bind_error(address, candidate) is None:
+            return candidate
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))  # the kernel's choice, as a last resort
+        return int(probe.getsockname()[1])
+
+
+def _bind_error(address: str, port: int) -> OSError | None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # The server sets SO_REUSEADDR too: without it, old TIME_WAIT sockets look busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            return exc
+    return None
 
 
 def report(start: QuickStart, config: Config, out: TextIO) -> None:
@@ -119,6 +157,8 @@ def report(start: QuickStart, config: Config, out: TextIO) -> None:
     ca = data / "ca.pem"
     pop3s = _port(config.listeners, "implicit", POP3S_PORT)
     stls = _port(config.listeners, "starttls", STLS_PORT)
+    for sentence in start.moved:
+        out.write(f"mailslot quick start: {sentence}\n")
     if start.created or start.password is not None:
         out.write(f"mailslot quick start: created {data}\n")
     else:
@@ -160,18 +200,15 @@ def busy_ports(listeners: Iterable[ListenerConfig]) -> list[str]:
     for listener in listeners:
         if listener.path is not None:
             continue
-        family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            # The server sets SO_REUSEADDR too: without it, old TIME_WAIT sockets look busy.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((listener.address, listener.port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    reason = "is already in use by another program"
-                else:
-                    reason = f"cannot be used ({exc.strerror})"
-                problems.append(f"{listener.address} port {listener.port} {reason}")
+        exc = _bind_error(listener.address, listener.port)
+        if exc is None:
+            continue
+        if exc.errno == errno.EADDRINUSE:
+            free = free_port_near(listener.address, listener.port)
+            reason = f"is already in use by another program (port {free} is free)"
+        else:
+            reason = f"cannot be used ({exc.strerror})"
+        problems.append(f"{listener.address} port {listener.port} {reason}")
     return problems
 
 
