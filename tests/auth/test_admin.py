@@ -211,3 +211,31 @@ def test_symlinked_file_is_rewritten_through_the_link(tmp_path: Path) -> None:
     add_user(link, "carol", "three", scheme=FAST)
     assert link.is_symlink()
     assert list_users(real / "passwd") == ["alice", "bob", "carol"]
+
+
+def test_add_makes_missing_directories(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "mailslot" / "users"
+    add_user(path, "alice", "wonderland")
+    assert list_users(path) == ["alice"]
+    assert mode(path) == 0o600
+    for directory in (path.parent, path.parent.parent):
+        assert mode(directory) == 0o755 & ~current_umask()
+
+
+@pytest.mark.parametrize("change", ["passwd", "delete"])
+def test_changes_in_a_missing_directory_name_the_user_not_the_lock(
+    tmp_path: Path, change: str
+) -> None:
+    path = tmp_path / "missing" / "users"
+    with pytest.raises(NoSuchUser, match="alice"):
+        if change == "passwd":
+            set_password(path, "alice", "x")
+        else:
+            delete_user(path, "alice")
+    assert not path.parent.exists()
+
+
+def current_umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 _NEW_FILE_MODE = 0o600
+_NEW_DIRECTORY_MODE = 0o755
 _FORBIDDEN_IN_HOME = frozenset(":\r\n\x00")
 
 
@@ -69,6 +70,9 @@ def add_user(
     if home is not None:
         fields += ["", "", "", home]
     line = ":".join(fields).encode("utf-8")
+    # A new file may be the first in its directory (/etc/mailslot): make the directories,
+    # 0755 like the rest of /etc, as the file itself is 0600.
+    path.parent.mkdir(mode=_NEW_DIRECTORY_MODE, parents=True, exist_ok=True)
     with _locked(path):
         lines, mode, owner = _read(path)
         if _find(lines, name) is not None:
@@ -83,7 +87,7 @@ def set_password(path: Path, name: str, password: str, scheme: str = "ARGON2ID")
     """Replace ``name``'s password field, keeping the rest of its line; NoSuchUser if absent."""
     usernames.validate(name)
     stored = schemes.hash_password(password, scheme).encode("utf-8")
-    with _locked(path):
+    with _locked(path, name):
         lines, mode, owner = _read(path)
         index = _find(lines, name)
         if index is None:
@@ -98,7 +102,7 @@ def set_password(path: Path, name: str, password: str, scheme: str = "ARGON2ID")
 def delete_user(path: Path, name: str) -> None:
     """Remove ``name``'s line; NoSuchUser if absent."""
     usernames.validate(name)
-    with _locked(path):
+    with _locked(path, name):
         lines, mode, owner = _read(path)
         index = _find(lines, name)
         if index is None:
@@ -122,7 +126,10 @@ def list_users(path: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, name: str | None = None) -> Iterator[None]:
+    """Hold the editors' lock; with ``name``, a missing directory means no such user."""
+    if name is not None and not path.parent.is_dir():
+        raise NoSuchUser(name)
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _NEW_FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
