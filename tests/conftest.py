@@ -29,13 +29,15 @@ def mailslot_factory(
 ) -> Iterator[ServerFactory]:
     """``mailslot_factory(**MailslotServer options, start=True)`` -> a running server.
 
-    Every server made is stopped at teardown, and its log is attached to a failing report.
+    ``tls=`` gives other certificate files than the session's.  Every server made is stopped
+    at teardown, and its log is attached to a failing report.
     """
     servers: list[MailslotServer] = []
     request.node.mailslot_servers = servers
 
-    def make(*, start: bool = True, **options: Any) -> MailslotServer:
-        server = MailslotServer(tmp_path / f"server{len(servers)}", tls_files, **options)
+    def make(*, start: bool = True, tls: TlsFiles | None = None, **options: Any) -> MailslotServer:
+        directory = tmp_path / f"server{len(servers)}"
+        server = MailslotServer(directory, tls or tls_files, **options)
         servers.append(server)
         return server.start() if start else server
 

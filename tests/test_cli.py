@@ -413,7 +413,7 @@ def test_quick_start_first_and_second_run(
         assert stat.S_IMODE((data / key).stat().st_mode) == 0o600, key
     for name in ("localhost", "127.0.0.1", "::1"):
         leaf = _handshake(data, name)
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= datetime.timedelta(days=825)
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc < datetime.timedelta(days=366)
     usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in usage
 
@@ -441,6 +441,30 @@ def test_quick_start_first_and_second_run(
     assert after == before
     assert len(list((data / "mail" / "demo" / "Maildir" / "new").iterdir())) == 1
     assert runner.configs[1] == runner.configs[0]
+
+
+def test_quick_start_issues_an_expiring_leaf_again(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    quickstart.ensure_certificates(data)
+    ca, first = (data / "ca.pem").read_bytes(), (data / "fullchain.pem").read_bytes()
+    quickstart.ensure_certificates(data)
+    assert (data / "fullchain.pem").read_bytes() == first  # far from expiry: kept
+    leaf = x509.load_pem_x509_certificate(first)
+    later = leaf.not_valid_after_utc - quickstart.RENEW_BEFORE + datetime.timedelta(days=1)
+
+    class _Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> _Later:
+            return cls.fromtimestamp(later.timestamp(), tz)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quickstart.datetime, "datetime", _Later)
+        quickstart.ensure_certificates(data)
+    renewed = x509.load_pem_x509_certificate((data / "fullchain.pem").read_bytes())
+    assert renewed.serial_number != leaf.serial_number
+    assert renewed.not_valid_after_utc > leaf.not_valid_after_utc
+    assert (data / "ca.pem").read_bytes() == ca  # the CA clients were given stays
 
 
 def test_quick_start_uses_environment_data_dir(

@@ -44,6 +44,8 @@ class TlsConfig:
     certificate: Path | None = None
     private_key: Path | None = None
     handshake_timeout: float = 10.0
+    # Mozilla's Server Side TLS profile (mailslot.server.tls): TLS 1.2 and 1.3, or 1.3 only.
+    profile: Literal["intermediate", "modern"] = "intermediate"
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,13 @@ DEMO_USER = "demo"
 LOCALHOST = "127.0.0.1"
 STLS_PORT = 1110
 POP3S_PORT = 1995
-# CA/Browser Forum and Apple's limit for TLS server certificates; clients refuse longer ones.
-VALIDITY = datetime.timedelta(days=825)
+# Mozilla's Server Side TLS profiles (and sslyze's check of them) allow server certificates
+# of less than 366 days; the CA/Browser Forum's limit is 398.  A leaf that expires within
+# RENEW_BEFORE is issued again at the next start.
+VALIDITY = datetime.timedelta(days=365)
+RENEW_BEFORE = datetime.timedelta(days=30)
+# The private CA's own lifetime: clients are given ca.pem once, so it lasts.
+CA_VALIDITY = datetime.timedelta(days=3650)
 # Tolerates a client clock slightly behind ours right after the certificate is made.
 BACKDATE = datetime.timedelta(hours=1)
 SERVER_NAMES = ("localhost",)
@@ -216,7 +221,8 @@ def busy_ports(listeners: Iterable[ListenerConfig]) -> list[str]:
 
 
 def ensure_certificates(data_dir: Path) -> None:
-    """Make ``ca.pem``/``ca-key.pem`` and ``fullchain.pem``/``privkey.pem`` if missing."""
+    """Make ``ca.pem``/``ca-key.pem`` and ``fullchain.pem``/``privkey.pem`` if missing, and
+    the leaf again when it expires within :data:`RENEW_BEFORE`."""
     ca_cert_path, ca_key_path = data_dir / "ca.pem", data_dir / "ca-key.pem"
     chain_path, key_path = data_dir / "fullchain.pem", data_dir / "privkey.pem"
     if not (ca_cert_path.exists() and ca_key_path.exists()):
@@ -229,7 +235,7 @@ def ensure_certificates(data_dir: Path) -> None:
         # A new CA invalidates any old leaf.
         chain_path.unlink(missing_ok=True)
         key_path.unlink(missing_ok=True)
-    if chain_path.exists() and key_path.exists():
+    if chain_path.exists() and key_path.exists() and not _expiring(chain_path):
         return
     ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
@@ -238,10 +244,18 @@ def ensure_certificates(data_dir: Path) -> None:
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf = _server_certificate(leaf_key, ca_cert, loaded)
     _write_new(key_path, _private_pem(leaf_key), 0o600, replace=True)
-    chain = leaf.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(
-        serialization.Encoding.PEM
-    )
-    _write_new(chain_path, chain, 0o644, replace=True)
+    # The leaf alone: the CA signs it directly, and a root is never sent (clients have it; a
+    # root in the chain makes strict validators count it as an intermediate below itself).
+    _write_new(chain_path, leaf.public_bytes(serialization.Encoding.PEM), 0o644, replace=True)
+
+
+def _expiring(chain_path: Path) -> bool:
+    """Whether the leaf in ``chain_path`` expires within :data:`RENEW_BEFORE` (or is unreadable)."""
+    try:
+        leaf = x509.load_pem_x509_certificate(chain_path.read_bytes())
+    except ValueError:
+        return True
+    return leaf.not_valid_after_utc - datetime.datetime.now(datetime.UTC) < RENEW_BEFORE
 
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
@@ -262,7 +276,7 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now - BACKDATE + VALIDITY)
+        .not_valid_after(now - BACKDATE + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(

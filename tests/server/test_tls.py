@@ -250,3 +250,83 @@ def test_reload_to_another_key_type_never_serves_the_old_certificate(
             continue  # refusing is fine; serving the replaced certificate is not
     assert current.serial not in served
     assert replacement.serial in served
+
+
+# Groups that OpenSSL offers by default and Mozilla's profiles leave out, with the versions
+# they can be negotiated in (finite-field groups only as TLS 1.3 groups: no DHE suites).
+_OUTSIDE_GROUPS = [
+    ("X448", ssl.TLSVersion.TLSv1_2),
+    ("X448", ssl.TLSVersion.TLSv1_3),
+    ("P-521", ssl.TLSVersion.TLSv1_2),
+    ("P-521", ssl.TLSVersion.TLSv1_3),
+    ("ffdhe2048", ssl.TLSVersion.TLSv1_3),
+    ("ffdhe8192", ssl.TLSVersion.TLSv1_3),
+]
+
+
+def _client_offering(certs: CertFiles, group: str, version: ssl.TLSVersion) -> ssl.SSLContext:
+    client = certs.client_context(minimum_version=version, maximum_version=version)
+    tls.set_groups(client, group)  # the client offers this group alone
+    return client
+
+
+def _certs_for(all_certs: dict[str, CertFiles], key: str, version: ssl.TLSVersion) -> CertFiles:
+    """TLS 1.2 lets an ECDSA certificate be used only with a curve the client offers (RFC
+    8422 section 5.1), so a client offering one other group cannot use the P-256 one there."""
+    return all_certs["rsa" if version == ssl.TLSVersion.TLSv1_2 else key]
+
+
+@pytest.mark.parametrize("key", list(_KEY_TYPES))
+@pytest.mark.parametrize(("group", "version"), _OUTSIDE_GROUPS)
+def test_groups_outside_the_profiles_are_refused(
+    all_certs: dict[str, CertFiles], key: str, group: str, version: ssl.TLSVersion
+) -> None:
+    certs = _certs_for(all_certs, key, version)
+    context = tls.server_context(certs.certificate, certs.private_key)
+    client = _client_offering(certs, group, version)
+    # The control: OpenSSL's own defaults accept the group.
+    assert handshake(_permissive_server(certs), client).version is not None
+    with pytest.raises(ssl.SSLError):
+        handshake(context, client)
+
+
+@pytest.mark.parametrize("key", list(_KEY_TYPES))
+@pytest.mark.parametrize("group", ["X25519", "P-256", "P-384"])
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_the_profiles_groups_are_accepted(
+    all_certs: dict[str, CertFiles], key: str, group: str, version: ssl.TLSVersion
+) -> None:
+    certs = _certs_for(all_certs, key, version)
+    context = tls.server_context(certs.certificate, certs.private_key)
+    result = handshake(context, _client_offering(certs, group, version))
+    assert result.version == {"TLSv1_2": "TLSv1.2", "TLSv1_3": "TLSv1.3"}[version.name]
+
+
+def test_modern_profile_is_tls13_only(certs: CertFiles) -> None:
+    modern = tls.server_context(certs.certificate, certs.private_key, "modern")
+    tls12 = certs.client_context(
+        minimum_version=ssl.TLSVersion.TLSv1_2, maximum_version=ssl.TLSVersion.TLSv1_2
+    )
+    assert handshake(tls.server_context(certs.certificate, certs.private_key), tls12).version
+    with pytest.raises(ssl.SSLError):
+        handshake(modern, tls12)
+    assert handshake(modern, certs.client_context()).version == "TLSv1.3"
+    with pytest.raises(ssl.SSLError):
+        handshake(modern, _client_offering(certs, "X448", ssl.TLSVersion.TLSv1_3))
+
+
+def test_set_groups_refuses_a_context_it_cannot_vouch_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.set_groups(context, tls.GROUPS)  # loads the library
+    assert tls._libssl is not None
+    # OpenSSL reporting other options than Python means the pointer is not this context's.
+    monkeypatch.setattr(tls._libssl, "get_options", lambda pointer: 0)
+    with pytest.raises(tls.TlsPolicyError, match="does not belong"):
+        tls.set_groups(context, tls.GROUPS)
+
+
+def test_set_groups_refuses_unknown_groups() -> None:
+    with pytest.raises(tls.TlsPolicyError, match="refused the group list"):
+        tls.set_groups(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), "X25519:no-such-group")

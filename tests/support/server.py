@@ -151,6 +151,7 @@ class MailslotServer:
         allow_plaintext: bool = False,
         failure_delay: float = 0.2,
         failure_delay_max: float = 0.4,
+        tls_profile: str | None = None,
         limits: Mapping[str, Any] | None = None,
         extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
@@ -180,7 +181,9 @@ class MailslotServer:
             for lst in self.listeners
         )
         config += toml_table(
-            "tls", {"certificate": tls_files.certificate, "private_key": tls_files.private_key}
+            "tls",
+            {"certificate": tls_files.certificate, "private_key": tls_files.private_key}
+            | ({} if tls_profile is None else {"profile": tls_profile}),
         )
         config += toml_table(
             "auth",

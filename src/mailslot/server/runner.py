@@ -304,7 +304,7 @@ def tls_for(config: Config) -> tls.TlsContexts | None:
     """The TLS context of ``config``'s certificate and key, if it has them."""
     if config.tls.certificate is None or config.tls.private_key is None:
         return None
-    return tls.TlsContexts(config.tls.certificate, config.tls.private_key)
+    return tls.TlsContexts(config.tls.certificate, config.tls.private_key, config.tls.profile)
 
 
 def raise_file_limit() -> int:
