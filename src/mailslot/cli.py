@@ -2,8 +2,9 @@
 
 One small ``add_<command>`` function per subcommand registers its parser and handler, so adding
 a command is a few lines.  Exit codes follow BSD sysexits(3), which service managers and mail
-transfer agents understand: 64 usage, 67 unknown user, 69 unavailable, 73 cannot create,
-78 configuration error.
+transfer agents understand: 64 usage, 67 unknown user, 69 unavailable, 71 cannot drop
+privileges, 73 cannot create, 78 configuration error (root without ``[server] user``
+included).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mailslot import __version__
-from mailslot.config import Config, ConfigError, load
+from mailslot.config import Config, ConfigError, ConfigProblem, load
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -76,6 +77,35 @@ def _load(path: Path, *, check_files: bool = True) -> Config:
         raise CommandError("", EX_CONFIG) from error
 
 
+def _check_identity(config: Config, *, starting: bool) -> None:
+    """``[server] user``, ``group`` and ``run_as_root`` against who runs this command (root
+    without a user is refused): reported and exited 78 like any configuration problem.
+    ``starting``: also that this process can become the user (``check-config`` may be run by
+    another account than the server)."""
+    from mailslot import privileges
+    from mailslot.tomllines import KeyLines
+
+    found = privileges.problems(config.server)
+    if starting and not found:
+        try:
+            privileges.target(config.server)
+        except privileges.PrivilegeError as exc:
+            found = [exc]
+    if not found:
+        return
+    try:
+        lines = KeyLines(config.source.read_text(encoding="utf-8")) if config.source else None
+    except (OSError, UnicodeDecodeError):
+        lines = None
+    problems = []
+    for problem in found:
+        table, _, key = problem.key.partition(".")
+        line = lines.find(table, key) if lines is not None else None
+        problems.append(ConfigProblem(problem.key, line, str(problem)))
+    _print_problems(ConfigError(problems, config.source))
+    raise CommandError("", EX_CONFIG)
+
+
 # -- serve -----------------------------------------------------------------------------------
 
 
@@ -110,6 +140,7 @@ def add_serve(subparsers: SubParsers) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args.config) if args.config is not None else _quick_start(args.data_dir)
+    _check_identity(config, starting=True)
     # Imported late: `mailslot user` and `check-config` need none of the server's imports.
     runner = importlib.import_module("mailslot.server.runner")
     run: Callable[[Config], int] = runner.run
@@ -158,6 +189,7 @@ def add_check_config(subparsers: SubParsers) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    _check_identity(config, starting=False)
     print(f"OK: {args.config}: {describe_listeners(config)}")
     return EX_OK
 
