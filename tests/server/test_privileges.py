@@ -302,3 +302,24 @@ def test_deliver_as_root_without_user_is_refused(tmp_path: Path, tls_files: TlsF
     assert result.returncode == EX_CONFIG
     assert b"server.user: mailslot was started as root without [server] user" in result.stderr
     assert not server.maildir("alice").exists()
+
+
+@pytest.mark.parametrize("setgid", [False, True])
+def test_lmtp_unix_socket_group(tmp_path: Path, setgid: bool) -> None:
+    """The user's group, or the directory's when it is setgid: the way to let the MTA's
+    group connect without putting the MTA into the server's group (docs/delivery.md)."""
+    require_root()
+    from mailslot.config import ListenerConfig
+    from mailslot.delivery.lmtp import lmtp_socket
+
+    uid, gid, _ = account()
+    mta_gid = gid + 4242  # a group of the directory's own; it need not have a name
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chown(run, 0, mta_gid)
+    run.chmod(0o2750 if setgid else 0o750)
+    path = run / "lmtp.sock"
+    with lmtp_socket(ListenerConfig(protocol="lmtp", path=path), (uid, gid)):
+        info = path.stat()
+    expected = mta_gid if setgid else gid
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, expected, 0o660)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import stat
 from typing import Any, AnyStr
 
 from aiosmtpd.lmtp import LMTP
@@ -177,7 +178,9 @@ def _bind_unix(path: str, owner: tuple[int, int] | None = None) -> socket.socket
 
     The socket is bound under a temporary name, chmod-ed (and chown-ed to ``owner``, a uid and
     gid), then renamed over ``path``, so there is no moment where an MTA (or anyone) finds it
-    with the process umask's mode or root's ownership.
+    with the process umask's mode or root's ownership.  In a setgid directory the socket keeps
+    the directory's group (the kernel gave it): that is how an administrator lets the MTA's
+    group connect (docs/delivery.md).
     """
     directory, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
@@ -188,7 +191,10 @@ def _bind_unix(path: str, owner: tuple[int, int] | None = None) -> socket.socket
         sock.bind(temporary)
         os.chmod(temporary, UNIX_SOCKET_MODE)
         if owner is not None:
-            os.chown(temporary, *owner)
+            uid, gid = owner
+            if os.stat(directory).st_mode & stat.S_ISGID:
+                gid = -1
+            os.chown(temporary, uid, gid)
         sock.listen(socket.SOMAXCONN)
         os.replace(temporary, path)
     except BaseException:
