@@ -210,6 +210,7 @@ def test_reload_after_the_drop_serves_the_new_certificate(shared: Path, workers:
     # With a parent, the key stays root's and 0600.
     with dropped_server(shared, tls, workers) as server:
         worker_pids(server, workers)
+        assert "a SIGHUP reload will fail" not in server.log()
         assert served_leaf(server) == leaf_of(tls)
         new = make_tls_files(shared / "new")
         # Written into the files the server names, as certbot's renewal would replace them.
@@ -229,6 +230,8 @@ def test_lone_worker_cannot_reload_a_key_only_root_reads(shared: Path) -> None:
     tls = make_tls_files(shared / "tls")  # the key is root's, 0600
     with dropped_server(shared, tls, 1) as server:
         worker_pids(server, 1)
+        poll(lambda: "a SIGHUP reload will fail" in server.log(), "the warning at start")
+        assert f"{tls.private_key} is not readable by nobody:" in server.log()
         assert server.process is not None
         server.process.send_signal(signal.SIGHUP)
         poll(lambda: "TLS reload failed" in server.log(), "the reload failure logged")

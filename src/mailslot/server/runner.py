@@ -296,6 +296,20 @@ def _run_worker(
         )
 
 
+def _warn_unless_reloadable(config: Config, identity: Identity) -> None:
+    """A lone worker has no root parent: on SIGHUP it reads the certificate and key as
+    ``identity``.  Said once it serves (it has dropped by then), rather than at the reload."""
+    for path in (config.tls.certificate, config.tls.private_key):
+        if path is not None and not os.access(path, os.R_OK):
+            logger.warning(
+                "%s is not readable by %s:%s: a SIGHUP reload will fail; make it readable "
+                "by the group, or set workers = 2 for a parent that reloads as root",
+                path,
+                identity.user,
+                identity.group,
+            )
+
+
 def listening_sockets(
     config: Config, owner: Identity | None = None
 ) -> dict[ListenerConfig, socket.socket]:
@@ -402,8 +416,9 @@ def run(config: Config) -> int:
     if identity is not None:
         logger.info("serving as %s:%s", identity.user, identity.group)
     if workers == 1:
+        started = None if identity is None else (lambda: _warn_unless_reloadable(config, identity))
         try:
-            return _run_worker(config, 0, sockets, contexts, identity=identity)
+            return _run_worker(config, 0, sockets, contexts, started, identity)
         finally:
             for sock in sockets.values():
                 sock.close()
