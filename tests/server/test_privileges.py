@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,18 @@ def dropped_server(
     os.chown(server.passwd_path, 0, gid)
     server.passwd_path.chmod(0o640)
     return server
+
+
+@contextmanager
+def supplementary_groups(groups: list[int]) -> Iterator[None]:
+    """Start what is started inside with these supplementary groups, as a root shell or a
+    service manager may: the server must clear them."""
+    saved = os.getgroups()
+    os.setgroups(groups)
+    try:
+        yield
+    finally:
+        os.setgroups(saved)
 
 
 def poll(condition: Callable[[], bool], what: str) -> None:
@@ -151,8 +164,13 @@ def test_workers_serve_as_the_user(shared: Path, tls_files: TlsFiles, workers: i
     # The key stays root's and 0600: it is read before the drop.
     assert stat.S_IMODE(tls_files.private_key.stat().st_mode) == 0o600
     assert tls_files.private_key.stat().st_uid == 0
-    with dropped_server(shared, tls_files, workers) as server:
+    server = dropped_server(shared, tls_files, workers)
+    with supplementary_groups([4, 27]):
+        server.start()
+    try:
         assert server.process is not None
+        if workers > 1:
+            assert proc_ids(server.process.pid)["Groups"] == [4, 27]  # what it was given
         for pid in worker_pids(server, workers):
             # Real, effective, saved and filesystem ids; no supplementary group at all.
             assert proc_ids(pid) == {"Uid": [uid] * 4, "Gid": [gid] * 4, "Groups": []}, pid
@@ -172,6 +190,8 @@ def test_workers_serve_as_the_user(shared: Path, tls_files: TlsFiles, workers: i
         assert b"Subject: dropped" in body
         assert b"body line" in body
         assert list((maildir / "new").iterdir()) == list((maildir / "cur").iterdir()) == []
+    finally:
+        server.stop()
     assert "serving as nobody:" in server.log()
 
 
