@@ -278,6 +278,9 @@ def test_check_config_accepts_a_user_or_a_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     as_euid(monkeypatch, 0)
+    # This file lies in pytest's 0700 tree; whether the user reads it is tested with a real
+    # drop in tests/server/test_privileges.py.
+    monkeypatch.setattr(privileges, "unreadable", lambda identity, paths: [])
     name = nobody().pw_name
     assert main(["check-config", "--config", str(config_file(f'user = "{name}"\n'))]) == 0
     path = config_file('run_as_root = "a container with no other account"\n')

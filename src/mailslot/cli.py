@@ -81,7 +81,8 @@ def _check_identity(config: Config, *, starting: bool) -> None:
     """``[server] user``, ``group`` and ``run_as_root`` against who runs this command (root
     without a user is refused): reported and exited 78 like any configuration problem.
     ``starting``: also that this process can become the user (``check-config`` may be run by
-    another account than the server)."""
+    another account than the server).  Run as root, also that the user can read the
+    passwd-file."""
     from mailslot import privileges
     from mailslot.tomllines import KeyLines
 
@@ -91,6 +92,24 @@ def _check_identity(config: Config, *, starting: bool) -> None:
             privileges.target(config.server)
         except privileges.PrivilegeError as exc:
             found = [exc]
+    if not found and config.server.user is not None and config.auth.passwd_file is not None:
+        # Read after the drop (and again whenever it changes): a file only root can read
+        # would stop the server at its first worker.  Only root can ask (and check-config
+        # run by someone else than root may not be able to become the user: not asked).
+        try:
+            identity = privileges.target(config.server)
+        except privileges.PrivilegeError:
+            identity = None
+        if identity is not None and privileges.unreadable(identity, [config.auth.passwd_file]):
+            found = [
+                privileges.PrivilegeError(
+                    "auth.passwd_file",
+                    f"{config.auth.passwd_file} is not readable by {identity.user}:"
+                    f"{identity.group}, who reads it once started as root (e.g. chgrp "
+                    f"{identity.group} {config.auth.passwd_file}; chmod 0640 "
+                    f"{config.auth.passwd_file})",
+                )
+            ]
     if not found:
         return
     try:

@@ -21,6 +21,7 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass
+from pathlib import Path
 
 from mailslot.config import ServerConfig
 
@@ -162,6 +163,33 @@ def drop(identity: Identity | None) -> None:
         # Libraries that look for a home directory or a user name find the account's.
         os.environ.update(HOME=identity.home, USER=identity.user, LOGNAME=identity.user)
     os.umask(UMASK)
+
+
+def unreadable(identity: Identity, paths: list[Path]) -> list[Path]:
+    """Which of ``paths`` ``identity`` could not read, asked by a child that becomes it (so
+    that directories on the way, groups and ACLs count exactly as they will for the server).
+    For root only: any other process can only ask about itself."""
+    if os.geteuid() != 0 or not paths:
+        return []
+    readable, writable = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's result arrives through the pipe
+        code = 1
+        try:
+            os.close(readable)
+            drop(identity)
+            answer = "".join("1" if os.access(path, os.R_OK) else "0" for path in paths)
+            os.write(writable, answer.encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writable)
+    with os.fdopen(readable, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    if len(answer) != len(paths):  # the child could not drop: drop() will say why
+        return []
+    return [path for path, ok in zip(paths, answer, strict=True) if ok == "0"]
 
 
 def verify(identity: Identity) -> None:

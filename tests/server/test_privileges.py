@@ -346,3 +346,23 @@ def test_lmtp_unix_socket_group(tmp_path: Path, setgid: bool) -> None:
         info = path.stat()
     expected = mta_gid if setgid else gid
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, expected, 0o660)
+
+
+def test_check_config_as_root_needs_a_passwd_file_the_user_reads(
+    shared: Path, tls_files: TlsFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mailslot.cli import main
+
+    _, gid, group = account()
+    server = dropped_server(shared, tls_files, 2)
+    passwd = server.passwd_path
+    os.chown(passwd, 0, 0)
+    passwd.chmod(0o600)
+    for command in ("check-config", "serve"):
+        assert main([command, "--config", str(server.config_path)]) == EX_CONFIG
+        err = capsys.readouterr().err
+        assert f"auth.passwd_file: {passwd} is not readable by {USER}:{group}" in err
+        assert f"chmod 0640 {passwd}" in err
+    os.chown(passwd, 0, gid)
+    passwd.chmod(0o640)
+    assert main(["check-config", "--config", str(server.config_path)]) == 0
