@@ -124,6 +124,7 @@ class Mailslot(Server):
         config.write_text(
             f"""[server]
 workers = {self.workers}
+run_as_root = "a benchmark on 127.0.0.1 (ignored unless started as root)"
 [[listener]]
 address = "127.0.0.1"
 port = {self.plain_port}

@@ -43,6 +43,10 @@ private_key = "key.pem"
 
 [auth]
 passwd_file = "users"
+
+[server]
+# The tests run as root, here and in CI; a root-started server needs a user or a reason.
+run_as_root = "the test suite runs as root"
 """
 
 
@@ -163,14 +167,14 @@ def test_check_config_reports_every_problem(
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert lines[0].startswith(f"{config_file}:9: listener[1].tls: must be one of")
-    assert lines[1].startswith(f"{config_file}:18: limits.idle_timeout: must be at least 600")
+    assert lines[1].startswith(f"{config_file}:22: limits.idle_timeout: must be at least 600")
     assert lines[2] == "2 problems in the configuration"
 
 
 def test_check_config_syntax_error(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config_file.write_text(CONFIG + "[limits\n")
     assert main(["check-config", "--config", str(config_file)]) == EX_CONFIG
-    assert capsys.readouterr().err.startswith(f"{config_file}:17: TOML syntax error")
+    assert capsys.readouterr().err.startswith(f"{config_file}:21: TOML syntax error")
 
 
 def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

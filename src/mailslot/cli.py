@@ -2,8 +2,9 @@
 
 One small ``add_<command>`` function per subcommand registers its parser and handler, so adding
 a command is a few lines.  Exit codes follow BSD sysexits(3), which service managers and mail
-transfer agents understand: 64 usage, 67 unknown user, 69 unavailable, 73 cannot create,
-78 configuration error.
+transfer agents understand: 64 usage, 67 unknown user, 69 unavailable, 71 cannot drop
+privileges, 73 cannot create, 78 configuration error (root without ``[server] user``
+included).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mailslot import __version__
-from mailslot.config import Config, ConfigError, load
+from mailslot.config import Config, ConfigError, ConfigProblem, load
 
 EX_OK = 0
 EX_FAILURE = 1
@@ -76,6 +77,54 @@ def _load(path: Path, *, check_files: bool = True) -> Config:
         raise CommandError("", EX_CONFIG) from error
 
 
+def _check_identity(config: Config, *, starting: bool) -> None:
+    """``[server] user``, ``group`` and ``run_as_root`` against who runs this command (root
+    without a user is refused): reported and exited 78 like any configuration problem.
+    ``starting``: also that this process can become the user (``check-config`` may be run by
+    another account than the server).  Run as root, also that the user can read the
+    passwd-file."""
+    from mailslot import privileges
+    from mailslot.tomllines import KeyLines
+
+    found = privileges.problems(config.server)
+    if starting and not found:
+        try:
+            privileges.target(config.server)
+        except privileges.PrivilegeError as exc:
+            found = [exc]
+    if not found and config.server.user is not None and config.auth.passwd_file is not None:
+        # Read after the drop (and again whenever it changes): a file only root can read
+        # would stop the server at its first worker.  Only root can ask (and check-config
+        # run by someone else than root may not be able to become the user: not asked).
+        try:
+            identity = privileges.target(config.server)
+        except privileges.PrivilegeError:
+            identity = None
+        if identity is not None and privileges.unreadable(identity, [config.auth.passwd_file]):
+            found = [
+                privileges.PrivilegeError(
+                    "auth.passwd_file",
+                    f"{config.auth.passwd_file} is not readable by {identity.user}:"
+                    f"{identity.group}, who reads it once started as root (e.g. chgrp "
+                    f"{identity.group} {config.auth.passwd_file}; chmod 0640 "
+                    f"{config.auth.passwd_file})",
+                )
+            ]
+    if not found:
+        return
+    try:
+        lines = KeyLines(config.source.read_text(encoding="utf-8")) if config.source else None
+    except (OSError, UnicodeDecodeError):
+        lines = None
+    problems = []
+    for problem in found:
+        table, _, key = problem.key.partition(".")
+        line = lines.find(table, key) if lines is not None else None
+        problems.append(ConfigProblem(problem.key, line, str(problem)))
+    _print_problems(ConfigError(problems, config.source))
+    raise CommandError("", EX_CONFIG)
+
+
 # -- serve -----------------------------------------------------------------------------------
 
 
@@ -87,7 +136,9 @@ def add_serve(subparsers: SubParsers) -> None:
         "Run the server until SIGTERM or SIGINT, which give open sessions\n"
         "server.shutdown_timeout seconds to end. SIGHUP reloads the TLS certificate and key\n"
         "without dropping sessions (with several workers: new workers start, the old ones\n"
-        "end with their sessions).\n\n"
+        "end with their sessions). Started as root, it binds its ports and reads the TLS key,\n"
+        "then serves as [server] user; without one it refuses to start (status 78) unless\n"
+        "[server] run_as_root says why.\n\n"
         "With --config, serve that configuration. Without it, use a quick-start data\n"
         "directory: on first run it is filled with a private CA, a localhost certificate,\n"
         "a user 'demo' with a random password (printed once), a Maildir with a welcome\n"
@@ -110,6 +161,7 @@ def add_serve(subparsers: SubParsers) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args.config) if args.config is not None else _quick_start(args.data_dir)
+    _check_identity(config, starting=True)
     # Imported late: `mailslot user` and `check-config` need none of the server's imports.
     runner = importlib.import_module("mailslot.server.runner")
     run: Callable[[Config], int] = runner.run
@@ -168,6 +220,7 @@ def add_check_config(subparsers: SubParsers) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    _check_identity(config, starting=False)
     print(f"OK: {args.config}: {describe_listeners(config)}")
     return EX_OK
 

@@ -114,6 +114,10 @@ class ServerConfig:
     hostname: str = "localhost"
     workers: int = 1
     shutdown_timeout: float = 10.0
+    # Who serves once the sockets are bound (mailslot.privileges); root only with a reason.
+    user: str | None = None
+    group: str | None = None  # default: the user's primary group
+    run_as_root: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,6 +565,7 @@ class _Loader:
                 self.problem(
                     "delivery", key, f"must be 0 (no quota) or more, not {getattr(delivery, key)}"
                 )
+        self.check_identity(config.server)
         if config.server.workers < 1:
             self.problem("server", "workers", f"must be at least 1, not {config.server.workers}")
         if config.server.shutdown_timeout < 0:
@@ -568,6 +573,27 @@ class _Loader:
                 "server",
                 "shutdown_timeout",
                 f"must be 0 or more seconds, not {config.server.shutdown_timeout:g}",
+            )
+
+    def check_identity(self, server: ServerConfig) -> None:
+        """What can be said without the user database; :mod:`mailslot.privileges` checks the
+        names exist, and whether root needs them, when the server starts."""
+        for key in ("user", "group"):
+            if getattr(server, key) == "":
+                self.problem("server", key, "must not be empty: name an account")
+        if server.run_as_root is not None and not server.run_as_root.strip():
+            self.problem(
+                "server",
+                "run_as_root",
+                "must say why the server runs as root (a sentence for the next administrator)",
+            )
+        if server.group is not None and server.user is None:
+            self.problem("server", "group", "needs [server] user as well")
+        if server.user is not None and server.run_as_root is not None:
+            self.problem(
+                "server",
+                "run_as_root",
+                "give either user (serve as that account) or run_as_root, not both",
             )
 
 

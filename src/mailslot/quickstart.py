@@ -78,6 +78,16 @@ maildir = "mail/{{user}}/Maildir"
 
 [server]
 hostname = "localhost"
+{identity}"""
+
+# Written when the quick start is run as root: a root-started server without [server] user is
+# refused, and a trial on 127.0.0.1 should not need an account made first.  The files of the
+# data directory are root's, so a user named later must be given them (chown -R).
+ROOT_IDENTITY = """\
+# Started as root, this trial serves as root, on 127.0.0.1 only.  Before serving anyone else:
+# create an account, give it the data directory (chown -R NAME {data_dir}),
+# and replace this line with  user = "NAME"  (docs/configuration.md, [server]).
+run_as_root = "quick start run as root: a local trial on 127.0.0.1"
 """
 
 
@@ -99,8 +109,14 @@ def default_data_dir(environ: dict[str, str] | None = None) -> Path:
     return Path(env.get("MAILSLOT_DATA_DIR") or "mailslot-data")
 
 
-def prepare(data_dir: Path) -> QuickStart:
-    """Create whatever of the quick-start data directory is missing; return what is there."""
+def prepare(data_dir: Path, *, as_root: bool | None = None) -> QuickStart:
+    """Create whatever of the quick-start data directory is missing; return what is there.
+
+    ``as_root`` (default: whether this process is root) writes a configuration that says why
+    it serves as root (``[server] run_as_root``).
+    """
+    if as_root is None:
+        as_root = os.geteuid() == 0
     data_dir = data_dir.absolute()
     created = not data_dir.exists()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -116,7 +132,10 @@ def prepare(data_dir: Path) -> QuickStart:
         _write_new(
             config_path,
             CONFIG_TEMPLATE.format(
-                config=config_path, stls_port=stls_port, pop3s_port=pop3s_port
+                config=config_path,
+                stls_port=stls_port,
+                pop3s_port=pop3s_port,
+                identity=ROOT_IDENTITY.format(data_dir=data_dir) if as_root else "",
             ).encode(),
             0o644,
         )

@@ -24,6 +24,9 @@ def write_config(directory: Path, *, maildir: str | None = None, delivery: str =
     config.write_text(
         f'{LISTENER}[auth]\npasswd_file = "{passwd}"\n'
         f'[store]\nmaildir = "{maildir or str(directory / "mail/{user}/Maildir")}"\n'
+        # The tests run as root; these deliveries are about the message, not the privileges
+        # (tests/server/test_privileges.py drops them).
+        '[server]\nrun_as_root = "the test suite runs as root"\n'
         f"[delivery]\n{delivery}\n",
         encoding="utf-8",
     )

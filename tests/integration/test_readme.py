@@ -20,9 +20,6 @@ from pathlib import Path
 
 import pytest
 from tests.support.programs import require_program
-from tests.support.server import free_port
-
-from mailslot import quickstart
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +48,8 @@ def test_scripts_serve_installs_and_serves_the_quick_start(tmp_path: Path) -> No
     # Outside pytest's 0700 temporary directory: a server that drops root must read it.
     venv = Path(tempfile.mkdtemp(prefix="mailslot-readme-venv."))
     venv.chmod(0o755)
+    # A taken 1110 or 1995 is replaced by a free port, which the printed curl line names.
     data = tmp_path / "data"
-    data.mkdir(mode=0o700)
-    # The quick start's fixed ports may be taken on a shared machine: its config, written
-    # first with free ports, is kept; everything else is made by the command.
-    stls, pop3s = free_port(), free_port()
-    config = data / "mailslot.toml"
-    config.write_text(
-        quickstart.CONFIG_TEMPLATE.format(config=config, stls_port=stls, pop3s_port=pop3s)
-    )
     env = {**os.environ, "MAILSLOT_VENV": str(venv)}
     env.pop("PYTHONPATH", None)  # the virtualenv's own install must serve, not this checkout
     process = subprocess.Popen(

@@ -27,6 +27,9 @@ from .maildir import MaildirBuilder
 from .passwd import DEFAULT_USERS, PasswdUser, write_passwd
 from .tls import TlsFiles
 
+# What the test configurations say when the tests run as root (here and in CI) and give no
+# [server] user: a root-started server without one is refused (mailslot.privileges).
+RUN_AS_ROOT = "the test suite runs as root"
 STARTUP_DEADLINE = 15.0  # seconds for the server to come up; polling, not a threshold
 STOP_DEADLINE = 15.0
 
@@ -155,7 +158,10 @@ class MailslotServer:
         limits: Mapping[str, Any] | None = None,
         extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
+        run_as_root: str | None = RUN_AS_ROOT,
     ) -> None:
+        """``run_as_root``: written to ``[server]`` when the tests run as root and
+        ``extra_sections`` give the server no ``user``; ``None`` writes neither."""
         self.directory = directory
         self.tls_files = tls_files
         directory.mkdir(parents=True, exist_ok=True)
@@ -198,8 +204,13 @@ class MailslotServer:
         config += toml_table("store", {"maildir": f"{self.mail_root}/{{user}}/Maildir"})
         if limits:
             config += toml_table("limits", limits)
-        for name, values in (extra_sections or {}).items():
-            config += toml_table(name, values)
+        sections = {name: dict(values) for name, values in (extra_sections or {}).items()}
+        server = sections.setdefault("server", {})
+        if os.geteuid() == 0 and run_as_root is not None and "user" not in server:
+            server.setdefault("run_as_root", run_as_root)
+        for name, values in sections.items():
+            if values:
+                config += toml_table(name, values)
         self.config_path.write_text(config, encoding="utf-8")
 
     # -- addresses ---------------------------------------------------------------------------

@@ -171,8 +171,25 @@ def _read_message(source: BinaryIO, max_size: int) -> bytes:
         raise DeliverError(f"cannot read the message: {exc.strerror}", st.EX_TEMPFAIL) from None
 
 
+def _drop_privileges(path: Path, config: Config) -> None:
+    """Run as root (by hand, or an MTA's pipe with user = root), become ``[server] user``
+    before the passwd-file or a Maildir is touched: a message written by root is a root-owned
+    file in a maildrop the server, running as that user, could not expunge.  Root without a
+    user is refused as ``serve`` refuses it (78: the MTA keeps the message and retries).
+    Postfix runs ``mailbox_command`` as the recipient, never root: then nothing changes."""
+    if os.geteuid() != 0:
+        return
+    from mailslot import privileges
+
+    try:
+        privileges.drop(privileges.target(config.server))
+    except privileges.PrivilegeError as exc:
+        raise DeliverError(f"configuration error: {path}: {exc.key}: {exc}", st.EX_CONFIG) from None
+
+
 async def _deliver(args: argparse.Namespace, source: BinaryIO) -> int:
     config = _load_config(args.config)
+    _drop_privileges(args.config, config)
     if config.auth.passwd_file is None:
         raise DeliverError(f"{args.config}: [auth] passwd_file is not set", st.EX_CONFIG)
     # Imported here so that a broken backend is reported as one line, not an import traceback.

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import stat
 from typing import Any, AnyStr
 
 from aiosmtpd.lmtp import LMTP
@@ -172,11 +173,14 @@ def make_protocol_factory(
     return factory
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str, owner: tuple[int, int] | None = None) -> socket.socket:
     """Bind a listening Unix socket at ``path`` with mode 0660, never visible with another mode.
 
-    The socket is bound under a temporary name, chmod-ed, then renamed over ``path``, so there
-    is no moment where an MTA (or anyone) finds it with the process umask's mode.
+    The socket is bound under a temporary name, chmod-ed (and chown-ed to ``owner``, a uid and
+    gid), then renamed over ``path``, so there is no moment where an MTA (or anyone) finds it
+    with the process umask's mode or root's ownership.  In a setgid directory the socket keeps
+    the directory's group (the kernel gave it): that is how an administrator lets the MTA's
+    group connect (docs/delivery.md).
     """
     directory, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
@@ -186,6 +190,11 @@ def _bind_unix(path: str) -> socket.socket:
             os.unlink(temporary)
         sock.bind(temporary)
         os.chmod(temporary, UNIX_SOCKET_MODE)
+        if owner is not None:
+            uid, gid = owner
+            if os.stat(directory).st_mode & stat.S_ISGID:
+                gid = -1
+            os.chown(temporary, uid, gid)
         sock.listen(socket.SOMAXCONN)
         os.replace(temporary, path)
     except BaseException:
@@ -225,11 +234,12 @@ async def start_lmtp_server(
     return await loop.create_server(factory, sock=sock)
 
 
-def lmtp_socket(listener: ListenerConfig) -> socket.socket:
-    """A listening socket for ``listener``: a Unix socket at its ``path`` (mode 0660), or TCP
-    on its address and port.  A pre-forking parent binds it once for all its workers."""
+def lmtp_socket(listener: ListenerConfig, owner: tuple[int, int] | None = None) -> socket.socket:
+    """A listening socket for ``listener``: a Unix socket at its ``path`` (mode 0660, owned by
+    ``owner``'s uid and gid when given), or TCP on its address and port.  A pre-forking parent
+    binds it once for all its workers, as root before they drop to ``[server] user``."""
     if listener.path is not None:
-        return _bind_unix(os.fspath(listener.path))
+        return _bind_unix(os.fspath(listener.path), owner)
     from mailslot.server.listener import listening_socket  # the POP3 listeners' own binding
 
     return listening_socket(listener)

@@ -7,6 +7,11 @@ workers that all accept from them: a worker busy with other sessions leaves a ne
 to an idle one.  The parent (:mod:`mailslot.server.supervisor`) replaces a worker that dies
 and, on SIGHUP, starts a new generation of workers while the old one retires.  The maildrop
 lock (flock) is shared by all of them.
+
+Started as root, the process binds every listening socket and loads the TLS certificate and
+key first; each worker then becomes ``[server] user`` (:mod:`mailslot.privileges`) before it
+serves a single connection.  With ``workers`` > 1 the parent keeps root, as the masters of
+Dovecot and nginx do: it talks to no client, and a reload must read a key only root may read.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import socket
@@ -21,10 +27,11 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mailslot import log
+from mailslot import log, privileges
 from mailslot.auth.passwdfile import PasswdFileAuthenticator
 from mailslot.config import Config, ListenerConfig
 from mailslot.delivery.transactions import Transactions
+from mailslot.privileges import Identity, PrivilegeError
 from mailslot.protocol.connection import CoreConfig
 from mailslot.server import tls
 from mailslot.server.limits import Limits
@@ -273,7 +280,15 @@ def _run_worker(
     sockets: Mapping[ListenerConfig, socket.socket] | None = None,
     contexts: tls.TlsContexts | None = None,
     started: Callable[[], None] | None = None,
+    identity: Identity | None = None,
 ) -> int:
+    # Before anything of the worker exists: no session, Maildir or passwd-file is ever
+    # touched as root.
+    try:
+        privileges.drop(identity)
+    except PrivilegeError as exc:
+        logger.error("cannot start: %s: %s", exc.key, exc)
+        return EX_OSERR
     ready = None if started is None else (lambda _app: started())
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(
@@ -281,9 +296,26 @@ def _run_worker(
         )
 
 
-def listening_sockets(config: Config) -> dict[ListenerConfig, socket.socket]:
+def _warn_unless_reloadable(config: Config, identity: Identity) -> None:
+    """A lone worker has no root parent: on SIGHUP it reads the certificate and key as
+    ``identity``.  Said once it serves (it has dropped by then), rather than at the reload."""
+    for path in (config.tls.certificate, config.tls.private_key):
+        if path is not None and not os.access(path, os.R_OK):
+            logger.warning(
+                "%s is not readable by %s:%s: a SIGHUP reload will fail; make it readable "
+                "by the group, or set workers = 2 for a parent that reloads as root",
+                path,
+                identity.user,
+                identity.group,
+            )
+
+
+def listening_sockets(
+    config: Config, owner: Identity | None = None
+) -> dict[ListenerConfig, socket.socket]:
     """A listening socket for every listener of ``config``, POP3 and LMTP; on an error (the
-    port is taken, say) the ones already bound are closed again."""
+    port is taken, say) the ones already bound are closed again.  An LMTP Unix socket is
+    ``owner``'s, so that the workers, once they are ``owner``, still own it."""
     bound: dict[ListenerConfig, socket.socket] = {}
     try:
         for listener in config.listeners:
@@ -292,7 +324,9 @@ def listening_sockets(config: Config) -> dict[ListenerConfig, socket.socket]:
             elif listener.protocol == "lmtp":
                 from mailslot.delivery.lmtp import lmtp_socket
 
-                bound[listener] = lmtp_socket(listener)
+                bound[listener] = lmtp_socket(
+                    listener, None if owner is None else (owner.uid, owner.gid)
+                )
     except OSError:
         for sock in bound.values():
             sock.close()
@@ -334,6 +368,10 @@ def connections_within(file_limit: int) -> int:
     return max(1, (file_limit - _RESERVED_FILES) // 2)
 
 
+EX_OSERR = 71  # sysexits(3): a system call failed (here: dropping privileges)
+EX_CONFIG = 78
+
+
 def run(config: Config) -> int:
     """Serve ``config`` until SIGTERM/SIGINT; returns the exit code."""
     log.setup(config.log.level)
@@ -343,11 +381,16 @@ def run(config: Config) -> int:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    try:
+        identity = privileges.target(config.server)
+    except PrivilegeError as exc:
+        logger.error("cannot start: %s: %s", exc.key, exc)
+        return EX_CONFIG
+    if identity is None and os.geteuid() == 0:
+        logger.warning("serving as root: [server] run_as_root = %r", config.server.run_as_root)
     limit = raise_file_limit()
     logger.info("open file limit: %d per worker process", limit)
     workers = max(1, config.server.workers)
-    if workers == 1:
-        return _run_worker(config, 0)
     # One context for all workers, built before the fork: OpenSSL makes a context's session
     # ticket keys when it makes the context, so a ticket one worker issued resumes on any
     # other (RFC 8446 section 2.2, RFC 5077).  Made in each worker, a client's resumption
@@ -360,12 +403,35 @@ def run(config: Config) -> int:
     # whether or not it was busy, and the queue of the busier one set the tail latency:
     # p99 of plain logins on 2 cores 8.2-9.5 ms against 6.9-7.5 ms with one queue
     # (docs/benchmarks.md).
+    #
+    # With one worker too: the sockets and the key are got while the process may still be
+    # root, and the worker drops before it serves (it then reloads the key on SIGHUP as
+    # [server] user; docs/configuration.md).
     try:
         contexts = tls_for(config)
-        sockets = listening_sockets(config)
+        sockets = listening_sockets(config, identity)
     except OSError as exc:  # ssl.SSLError included
         logger.error("cannot start: %s", exc)
         return 75  # EX_TEMPFAIL, as a worker that cannot start
+    if identity is not None:
+        logger.info("serving as %s:%s", identity.user, identity.group)
+    if workers == 1:
+        started = None if identity is None else (lambda: _warn_unless_reloadable(config, identity))
+        try:
+            return _run_worker(config, 0, sockets, contexts, started, identity)
+        finally:
+            for sock in sockets.values():
+                sock.close()
+
+    def worker_main(
+        config: Config,
+        index: int,
+        sockets: Mapping[ListenerConfig, socket.socket],
+        contexts: tls.TlsContexts | None,
+        started: Callable[[], None],
+    ) -> int:
+        return _run_worker(config, index, sockets, contexts, started, identity)
+
     return Supervisor(
-        config, workers, contexts, sockets, _run_worker, lambda: tls_for(config)
+        config, workers, contexts, sockets, worker_main, lambda: tls_for(config)
     ).run()

@@ -18,6 +18,11 @@ It keeps the sockets, so that it can start workers again later:
 
 The parent runs no event loop: it waits for signals with ``sigtimedwait`` (SIGCHLD
 included), so no signal is handled in the middle of a fork.
+
+Started as root, the parent stays root: it reads no byte from a client and opens no Maildir,
+and it needs root to read a root-only key on SIGHUP.  Each worker, the replacements and every
+new generation included, drops to ``[server] user`` in its ``worker_main`` before it serves
+(:mod:`mailslot.privileges`).
 """
 
 from __future__ import annotations
