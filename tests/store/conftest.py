@@ -5,6 +5,7 @@ parametrises its path-io backends), plus tiny helpers to drive coroutines withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,16 @@ from mailslot.store.maildirnames import base_of
 from mailslot.store.memory import MemoryStore
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def directory(path: Path | str) -> Iterator[int]:
+    """A descriptor of the directory ``path``, as the store's calls take them."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
