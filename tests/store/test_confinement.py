@@ -77,9 +77,10 @@ def test_location_splits_off_only_the_administrators_leading_directories() -> No
     assert confine.root_of("{home}/Maildir") == "/"
     assert confine.root_of("/srv/shared/Maildir") == "/srv/shared/"
     location = confine.locate("~/Maildir", "alice", "/home/alice/")
-    assert location == confine.Location("/", ("home", "alice", "Maildir"))
+    assert (location.root, location.components) == ("/", ("home", "alice", "Maildir"))
+    assert location.path == "/home/alice//Maildir"  # as expanded: for logs, never opened
     location = confine.locate("/var/mail/{domain}/{localpart}/./Maildir", "a@b.test", None)
-    assert location == confine.Location("/var/mail/", ("b.test", "a", "Maildir"))
+    assert (location.root, location.components) == ("/var/mail/", ("b.test", "a", "Maildir"))
 
 
 def test_a_symlinked_home_is_refused_under_a_home_template(tmp_path: Path) -> None:

@@ -51,15 +51,14 @@ class NotADirectory(PermanentFailure):
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where a maildrop is: the root (resolved normally) and the components below it."""
+    """Where a maildrop is: the root (resolved normally) and the components below it.
+
+    ``path`` is the whole path, for logs and as a cache key (never opened as such).
+    """
 
     root: str
     components: tuple[str, ...]
-
-    @property
-    def path(self) -> str:
-        """The whole path, for logs and as a cache key (never opened as such)."""
-        return os.path.join(self.root, *self.components)
+    path: str
 
 
 def root_of(template: str) -> str:
@@ -70,14 +69,18 @@ def root_of(template: str) -> str:
     return template[: template.rfind("/", 0, first) + 1] or "/"
 
 
-def locate(template: str, user: str, home: str | None) -> Location:
-    """Expand ``template`` (raises :class:`PermanentFailure` if unsafe) and split off its root."""
+def locate(template: str, user: str, home: str | None, root: str | None = None) -> Location:
+    """Expand ``template`` (raises :class:`PermanentFailure` if unsafe) and split off its root.
+
+    ``root`` is :func:`root_of` the template, if the caller keeps it (it runs at every login).
+    """
     path = expand(template, user, home)
-    root = root_of(template)
+    if root is None:
+        root = root_of(template)
     # The root holds no placeholder, so it is a prefix of the expansion (~/ becomes {home}/).
     assert path.startswith(root), (path, root)
     rest = path[len(root) :].split("/")
-    return Location(root, tuple(c for c in rest if c not in ("", ".")))
+    return Location(root, tuple(c for c in rest if c not in ("", ".")), path)
 
 
 def _makedirs(path: str) -> None:

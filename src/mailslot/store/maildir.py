@@ -129,6 +129,22 @@ def _subdirectories(maildir: int, shown: str, create: bool) -> tuple[int, int]:
     return new, cur
 
 
+def _lstat_subdirectories(maildir: int, shown: str) -> tuple[os.stat_result, os.stat_result]:
+    """new/'s and cur/'s lstat() after checking that all three are real directories.
+
+    For a login that reuses its cached snapshot (:class:`Snapshots`): nothing is read
+    through them, so their stamps are enough and opening them is not needed.  Raises as
+    :func:`_subdirectories` does.
+    """
+    found = []
+    for sub in ("new", "cur", "tmp"):
+        st = os.stat(sub, dir_fd=maildir, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            raise confine.NotADirectory(os.path.join(shown, sub))
+        found.append(st)
+    return found[0], found[1]
+
+
 def _measure(directory: int, name: str) -> tuple[int, int] | None:
     """Read a message once for its (physical, wire) sizes; None if it is gone or not regular."""
     try:
@@ -209,9 +225,12 @@ def _settled_stamps(new: int, cur: int, now: int) -> bytes | None:
 
     Younger times prove nothing (see :class:`Snapshots`).
     """
+    return _stamps_of(os.fstat(new), os.fstat(cur), now)
+
+
+def _stamps_of(new: os.stat_result, cur: os.stat_result, now: int) -> bytes | None:
     fields: list[int] = []
-    for directory in (new, cur):
-        st = os.fstat(directory)
+    for st in (new, cur):
         if now - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLED_NS:
             return None
         fields += (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
@@ -710,6 +729,7 @@ class MaildirStore:
         snapshot_budget: int = SNAPSHOT_BUDGET,
     ) -> None:
         self._template = template
+        self._root = confine.root_of(template)
         self._fsync = fsync
         self._names = UniqueNames(hostname)
         self._snapshots = Snapshots(snapshot_budget) if snapshot_budget > 0 else None
@@ -723,7 +743,7 @@ class MaildirStore:
 
     def location_for(self, user: str, home: str | None = None) -> confine.Location:
         """Where ``user``'s Maildir is: the root and the components to walk below it."""
-        return confine.locate(self._template, user, home)
+        return confine.locate(self._template, user, home, self._root)
 
     def maildir_directory(self, user: str, home: str | None = None) -> int:
         """A descriptor of ``user``'s Maildir, walked without symlinks (blocking).
@@ -779,6 +799,21 @@ class MaildirStore:
             if fsutil.lexists(maildir_fd, expunge.JOURNAL):
                 return None
             try:
+                new_st, cur_st = _lstat_subdirectories(maildir_fd, location.path)
+                if self._snapshots is not None:
+                    stamps = _stamps_of(new_st, cur_st, _now())
+                    known = (
+                        None if stamps is None else self._snapshots.unchanged(location.path, stamps)
+                    )
+                    if known is not None:
+                        return MaildirMaildrop(
+                            location.path,
+                            maildir_fd,
+                            lock_fd,
+                            known.messages,
+                            known.locations,
+                            self._fsync,
+                        )
                 new, cur = _subdirectories(maildir_fd, location.path, create=False)
             except FileNotFoundError:
                 return None  # the thread creates it
