@@ -682,6 +682,42 @@ def test_a_cancelled_open_does_not_keep_the_lock(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_an_open_cancelled_while_queued_for_a_worker_does_not_keep_the_lock(
+    tmp_path: Path,
+) -> None:
+    """The quick open took the lock and fell through to a worker thread, but every worker
+    was busy and the login was cancelled before one started it: the lock is released."""
+    template = str(tmp_path / "{user}")
+    keys = _deliver_many(MaildirStore(template), 2)
+    with directory(tmp_path / "alice") as fd:
+        expunge.write(fd, [keys[0]], os.fsync)  # a journal sends the open to a thread
+    store = MaildirStore(template)
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        busy, release = threading.Event(), threading.Event()
+
+        def occupy() -> None:
+            busy.set()
+            release.wait()
+
+        occupied = asyncio.ensure_future(asyncio.to_thread(occupy))
+        with ThreadPoolExecutor(max_workers=1) as waiter:
+            await asyncio.get_running_loop().run_in_executor(waiter, busy.wait)
+        opening = asyncio.ensure_future(store.open("alice"))
+        await asyncio.sleep(0)  # the quick open runs, takes the lock, queues for the worker
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        release.set()
+        await occupied
+        maildrop = await MaildirStore(template).open("alice")
+        assert [m.key for m in maildrop.messages] == [keys[1]]
+        await maildrop.close()
+
+    run(scenario())
+
+
 # -- where open() runs ---------------------------------------------------------------------------
 
 

@@ -517,18 +517,30 @@ def _update_cache(
             sizecache.save(maildir, fresh, SIZE_CACHE)
 
 
-async def _in_thread(function: Callable[[], _T], cleanup: Callable[[_T], None]) -> _T:
+async def _in_thread(
+    function: Callable[[], _T],
+    cleanup: Callable[[_T], None],
+    release: Callable[[], None] | None = None,
+) -> _T:
     """Run ``function`` in a worker thread; if the caller is cancelled, ``cleanup`` its result.
 
     A worker thread cannot be interrupted, so a cancelled open() would otherwise leave its
     lock held by an object nobody has.  Whichever side comes second (the worker finishing
-    or the caller giving up) does the cleanup, under one lock.
+    or the caller giving up) does the cleanup, under one lock.  If the caller gives up before
+    a worker started ``function`` (all were busy), it never runs and ``release`` frees what
+    it was handed instead (the lock and Maildir descriptors of a quick open that fell through).
     """
     guard = threading.Lock()
     abandoned = False
+    started = False
     results: list[_T] = []
 
     def work() -> _T:
+        nonlocal started
+        with guard:
+            if abandoned:  # nobody waits for it, and release() already ran
+                raise asyncio.CancelledError
+            started = True
         result = function()
         with guard:
             if abandoned:
@@ -542,8 +554,11 @@ async def _in_thread(function: Callable[[], _T], cleanup: Callable[[_T], None]) 
     except asyncio.CancelledError:
         with guard:
             abandoned = True
+            never_ran = not started
             for result in results:
                 cleanup(result)
+        if never_ran and release is not None:
+            release()
         raise
 
 
@@ -856,7 +871,15 @@ class MaildirStore:
             if maildrop is not None:
                 return maildrop
             held = maildir_fd, lock_fd
-        return await _in_thread(lambda: self._open(location, held), MaildirMaildrop.close_now)
+
+        def release() -> None:
+            if held is not None:
+                os.close(held[1])
+                os.close(held[0])
+
+        return await _in_thread(
+            lambda: self._open(location, held), MaildirMaildrop.close_now, release
+        )
 
     def _deliver(self, user: str, data: bytes, home: str | None) -> str:
         location = self.location_for(user, home)
