@@ -9,11 +9,14 @@ base name only, so they survive the loss of every file of ours.  Sizes are RFC 1
 ``,W=`` in the name, else the size cache (:mod:`mailslot.store.sizecache`), else computed once.
 
 Only regular files whose names do not start with ``.`` are ever listed or opened; symlinks,
-FIFOs, directories and tmp/ are not.  Renames, fsyncs, writes and the scans of large maildrops
-run in a worker thread, never on the event loop.  A small maildrop that needs none of them (no
-journal, nothing in new/, at most :data:`INLINE_LIMIT` messages, every size known) is opened on
-the loop: a handful of metadata calls on a directory that is in the page cache cost less than
-the hop to a thread and back, which was a third of the server's CPU per login.
+FIFOs, directories and tmp/ are not.  Nothing below the template's fixed leading directories
+is reached through a symlink, the Maildir, cur/, new/ and tmp/ included: every step is an
+``openat`` relative to a directory descriptor (:mod:`mailslot.store.confine`), and a session
+holds its Maildir's descriptor for its life.  Renames, fsyncs, writes and the scans of large
+maildrops run in a worker thread, never on the event loop.  A small maildrop that needs none
+of them (no journal, nothing in new/, at most :data:`INLINE_LIMIT` messages, every size known)
+is opened on the loop: a handful of metadata calls on a directory that is in the page cache
+cost less than the hop to a thread and back, which was a third of the server's CPU per login.
 """
 
 from __future__ import annotations
@@ -215,6 +218,7 @@ def _settle_new(new: int, cur: int, quick: bool) -> dict[str, str]:
     return stayed
 
 
+# new/'s and cur/'s inode, mtime and ctime (ns). Kept with every cached snapshot, one per
 # maildrop recently opened (idle sessions' included): 81 bytes, where a tuple of two tuples of
 # three ints took some 390.
 _STAMPS = struct.Struct("<QqqQqq")
