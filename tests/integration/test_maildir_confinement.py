@@ -157,6 +157,7 @@ def test_a_symlinked_file_is_never_followed(
     assert _snapshot(outside) == before
     if kind == "lock":
         assert reply.startswith(b"-ERR [SYS/PERM]"), reply
+        assert "Maildir/.mailslot.lock is a symlink" in server.log()
     else:
         assert reply.startswith(b"+OK"), reply
         assert listed == 1

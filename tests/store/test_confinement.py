@@ -83,6 +83,11 @@ def test_location_splits_off_only_the_administrators_leading_directories() -> No
     assert (location.root, location.components) == ("/var/mail/", ("b.test", "a", "Maildir"))
 
 
+def test_the_component_named_in_the_error_is_escaped_for_the_log() -> None:
+    error = NotADirectory("/home/al\nice\x1b[2J/Maildir")
+    assert str(error) == "maildir: /home/al\\x0aice\\x1b[2J/Maildir is not a directory"
+
+
 def test_a_symlinked_home_is_refused_under_a_home_template(tmp_path: Path) -> None:
     """{home} comes before any fixed directory: the home's own components are the user's."""
     outside = _outside(tmp_path)

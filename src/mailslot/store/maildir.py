@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar, cast
 
+from mailslot.log import escape
 from mailslot.store import confine, expunge, fsutil, sizecache
 from mailslot.store.base import (
     MaildropLocked,
@@ -96,12 +97,16 @@ def _lock(maildir: int) -> int:
     return fd
 
 
-def _lock_or_close(maildir: int) -> int:
+def _lock_or_close(maildir: int, shown: str) -> int:
     """Take the lock of the Maildir ``maildir``; close ``maildir`` if that fails."""
     try:
         return _lock(maildir)
     except OSError as exc:
         os.close(maildir)
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink planted in its place
+            raise PermanentFailure(
+                f"maildir: {escape(os.path.join(shown, LOCK_FILE), 400)} is a symlink"
+            ) from None
         raise store_error(exc) from None
     except BaseException:
         os.close(maildir)
@@ -782,7 +787,7 @@ class MaildirStore:
                 maildir_fd = confine.open_maildir(location, create=True)
             except OSError as exc:
                 raise store_error(exc) from None
-            held = maildir_fd, _lock_or_close(maildir_fd)
+            held = maildir_fd, _lock_or_close(maildir_fd, location.path)
         maildir_fd, lock_fd = held
         try:
             new, cur = _subdirectories(maildir_fd, location.path, create=True)
@@ -870,7 +875,7 @@ class MaildirStore:
         except OSError as exc:
             raise store_error(exc) from None
         else:
-            lock_fd = _lock_or_close(maildir_fd)
+            lock_fd = _lock_or_close(maildir_fd, location.path)
             maildrop = self._open_quick(location, maildir_fd, lock_fd)
             if maildrop is not None:
                 return maildrop
