@@ -126,6 +126,23 @@ def test_store_failure_is_75_and_leaves_nothing(tmp_path: Path):
     assert result.stderr == b"4.3.0 mailslot deliver: Temporary failure, try again later\n"
 
 
+@pytest.mark.parametrize("sub", ["tmp", "new"])
+def test_a_symlinked_tmp_or_new_is_75_and_nothing_is_written_through_it(tmp_path: Path, sub: str):
+    """Issue 15: the user's Maildir/tmp -> elsewhere must not get the server's write."""
+    config = write_config(tmp_path)
+    maildir = tmp_path / "mail" / "alice" / "Maildir"
+    for name in ("cur", "new", "tmp"):
+        (maildir / name).mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (maildir / sub).rmdir()
+    (maildir / sub).symlink_to(outside)
+    result = deliver(config, "-u", "alice")
+    assert result.returncode == 75
+    assert result.stderr == b"4.3.0 mailslot deliver: Temporary failure, try again later\n"
+    assert list(outside.iterdir()) == []
+
+
 def test_over_quota_and_too_big_are_77(tmp_path: Path):
     config = write_config(tmp_path, delivery="quota_messages = 1\nmax_message_size = 200")
     assert deliver(config, "-u", "alice").returncode == 0

@@ -7,6 +7,8 @@ import os
 import re
 import stat
 
+import pytest
+
 from mailslot.auth.base import TemporaryAuthFailure, User
 from mailslot.config import DeliveryConfig
 from mailslot.store.wiresize import wire_size
@@ -287,3 +289,43 @@ def test_pipelined_transaction_gets_replies_in_order(lmtp_factory):
     codes = [line[:4] for line in lines if not line.startswith(b"250-")]
     assert codes == [b"250 ", b"250 ", b"250 ", b"550 ", b"250 ", b"354 "]
     assert [line[:9] for line in rest] == [b"250 2.0.0", b"250 2.0.0", b"221 Bye\r\n"[:9]]
+
+
+def _plant_symlink(server, user, sub, outside):
+    maildir = server.maildir(user)
+    for name in ("cur", "new", "tmp"):
+        (maildir / name).mkdir(parents=True, exist_ok=True)
+    outside.mkdir(exist_ok=True)
+    (outside / "canary").write_bytes(b"canary\n")
+    if sub == "Maildir":
+        for name in ("cur", "new", "tmp"):
+            (maildir / name).rmdir()
+        maildir.rmdir()
+        for name in ("cur", "new", "tmp"):
+            (outside / name).mkdir(exist_ok=True)
+        maildir.symlink_to(outside)
+    else:
+        (maildir / sub).rmdir()
+        (maildir / sub).symlink_to(outside)
+
+
+def _files_under(directory):
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("sub", ["tmp", "new", "Maildir"])
+def test_a_symlinked_maildir_directory_defers_that_recipient_and_writes_nothing_outside(
+    lmtp_factory, tmp_path, sub
+):
+    """Issue 15: a user who makes tmp/ or new/ (or the Maildir) a symlink cannot have the
+    server write through it; that recipient gets a 4xx (the mail stays queued), others 250."""
+    server = lmtp_factory()
+    outside = tmp_path / "outside"
+    _plant_symlink(server, "alice", sub, outside)
+    before = _files_under(outside)
+    client = server.client()
+    result = transaction(client, "b@x.test", ["alice", "bob"], MESSAGE)
+    client.quit()
+    assert [code for code, _ in result.data] == [451, 250]
+    assert _files_under(outside) == before
+    assert len(server.messages("bob")) == 1

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import pytest
 
 from mailslot.config import DeliveryConfig
@@ -14,6 +17,8 @@ from mailslot.delivery.message import (
     trace_fields,
 )
 from mailslot.delivery.recipient import RecipientRejected, candidates
+from mailslot.store.base import PermanentFailure
+from mailslot.store.maildir import MaildirStore
 
 
 @pytest.mark.parametrize(
@@ -76,8 +81,26 @@ def test_maildir_usage_counts_new_and_cur_not_tmp_or_dotfiles(tmp_path):
     (tmp_path / "cur" / "2.M2P2.h:2,S").write_bytes(b"y" * 30)  # no S=: stat
     (tmp_path / "cur" / ".hidden").write_bytes(b"z" * 1000)
     (tmp_path / "tmp" / "3.M3P3.h,S=500").write_bytes(b"w")
-    assert quota.maildir_usage(str(tmp_path)) == quota.Usage(130, 2)
-    assert quota.maildir_usage(str(tmp_path / "missing")) == quota.Usage(0, 0)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert quota.maildir_usage(fd) == quota.Usage(130, 2)
+    finally:
+        os.close(fd)
+
+
+def test_the_quota_probe_counts_a_missing_maildir_as_empty_and_follows_no_symlink(tmp_path):
+    store = MaildirStore(str(tmp_path / "{user}" / "Maildir"))
+    probe = quota.probe_for(store)
+    assert probe is not None
+    assert asyncio.run(probe("alice", None)) == quota.Usage(0, 0)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "1.M1P1.h,S=100,W=104").write_bytes(b"x" * 7)
+    box = tmp_path / "alice" / "Maildir"
+    box.mkdir(parents=True)
+    (box / "cur").symlink_to(outside)
+    with pytest.raises(PermanentFailure, match="cur is not a directory"):
+        asyncio.run(probe("alice", None))
 
 
 def test_fits():

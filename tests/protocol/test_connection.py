@@ -453,6 +453,16 @@ def test_commit_failed() -> None:
     assert isinstance(session.events[-1], Close)
 
 
+def test_commit_that_removed_only_some_says_so() -> None:
+    session = logged_in()
+    session.commit_failure = Failure.PARTIAL_DELETE
+    session.say("DELE 1")
+    session.say("DELE 2")
+    assert session.say("QUIT") == "-ERR [SYS/TEMP] Some marked messages were not removed.\r\n"
+    assert session.conn.closed
+    assert isinstance(session.events[-1], Close)
+
+
 def test_eof_in_transaction_closes_without_commit() -> None:
     session = logged_in()
     session.say("DELE 1")

@@ -68,6 +68,7 @@ FAILURE_LINES = {
     Failure.IN_USE: b"-ERR [IN-USE] Mailbox is locked by another POP3 session.\r\n",
     Failure.SYS_TEMP: b"-ERR [SYS/TEMP] Temporary server failure, try again later.\r\n",
     Failure.SYS_PERM: b"-ERR [SYS/PERM] Mailbox unavailable.\r\n",
+    Failure.PARTIAL_DELETE: b"-ERR [SYS/TEMP] Some marked messages were not removed.\r\n",
 }
 
 

@@ -1,8 +1,9 @@
 """A server whose open-file limit cannot cover ``max_connections`` refuses the surplus cleanly.
 
-Each session needs a socket and a maildrop lock descriptor; past the process's limit a login
-would fail with EMFILE deep in the store.  The server caps its connections to what the limit
-allows and answers the rest ``-ERR [SYS/TEMP]`` at once (RFC 3206 section 4).
+Each session needs a socket, a maildrop lock and a Maildir directory descriptor; past the
+process's limit a login would fail with EMFILE deep in the store.  The server caps its
+connections to what the limit allows and answers the rest ``-ERR [SYS/TEMP]`` at once
+(RFC 3206 section 4).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def _children_file_limit(limit: int) -> Iterator[None]:
         subprocess.Popen = real_popen  # type: ignore[misc]
 
 
-def test_connections_within_keeps_a_reserve_and_two_descriptors_per_session() -> None:
-    assert connections_within(20_000) == (20_000 - 64) // 2
+def test_connections_within_keeps_a_reserve_and_three_descriptors_per_session() -> None:
+    assert connections_within(20_000) == (20_000 - 64) // 3
     assert connections_within(10) == 1
 
 

@@ -5,6 +5,8 @@ parametrises its path-io backends), plus tiny helpers to drive coroutines withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -13,12 +15,23 @@ from typing import Any, TypeVar
 
 import pytest
 
+from mailslot.store import expunge
 from mailslot.store.base import Maildrop, MessageInfo, Store
 from mailslot.store.maildir import MaildirStore
 from mailslot.store.maildirnames import base_of
 from mailslot.store.memory import MemoryStore
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def directory(path: Path | str) -> Iterator[int]:
+    """A descriptor of the directory ``path``, as the store's calls take them."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -37,10 +50,28 @@ class Backend:
     name: str
     store: Store
     remove_behind_back: Callable[[str, str], None]
+    # Make the next deletion's n-th removal (from 1) keep failing, as on EIO.
+    fail_removal_at: Callable[[int], None]
 
 
-def _maildir_backend(root: Path) -> Backend:
+def _maildir_backend(root: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
     store = MaildirStore(str(root / "{user}" / "Maildir"))
+
+    def fail_removal_at(n: int) -> None:
+        bases: list[str] = []
+        failures = []
+
+        def unlink(name: str, *, dir_fd: int) -> None:
+            base = base_of(name)
+            if base not in bases:
+                bases.append(base)
+            # The n-th file fails at the deletion's first try and at its retry, then works.
+            if bases.index(base) == n - 1 and len(failures) < 2:
+                failures.append(name)
+                raise OSError(errno.EIO, "Input/output error")
+            os.unlink(name, dir_fd=dir_fd)
+
+        monkeypatch.setattr(expunge, "_unlink", unlink)
 
     def remove(user: str, key: str) -> None:
         for sub in ("cur", "new"):
@@ -49,18 +80,24 @@ def _maildir_backend(root: Path) -> Backend:
                 if base_of(name) == key:
                     os.unlink(directory / name)
 
-    return Backend("maildir", store, remove)
+    return Backend("maildir", store, remove, fail_removal_at)
 
 
 def _memory_backend() -> Backend:
     store = MemoryStore()
-    return Backend("memory", store, lambda user, key: store._remove(user, {key}))
+
+    def fail_removal_at(n: int) -> None:
+        store.fail_removal_at = n
+
+    return Backend("memory", store, lambda user, key: store._remove(user, {key}), fail_removal_at)
 
 
 @pytest.fixture(params=["maildir", "memory"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Backend]:
     if request.param == "maildir":
-        yield _maildir_backend(tmp_path)
+        yield _maildir_backend(tmp_path, monkeypatch)
     else:
         yield _memory_backend()
 

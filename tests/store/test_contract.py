@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailslot.store.base import MaildropLocked, MessageGone, TemporaryFailure
+from mailslot.store.base import MaildropLocked, MessageGone, PartialDeletion, TemporaryFailure
 
 from .conftest import Backend, read_all, run
 
@@ -94,6 +94,31 @@ def test_delete_removes_exactly_the_marked_messages(backend: Backend) -> None:
         assert [m.key for m in maildrop.messages] == [keys[0], keys[2]]
         assert [await read_all(maildrop, m) for m in maildrop.messages] == [b"m0\n", b"m2\n"]
         await maildrop.delete([])  # nothing marked: nothing happens
+        await maildrop.close()
+
+    run(scenario())
+
+
+def test_a_deletion_that_fails_part_way_says_how_far_and_finishes_at_the_next_open(
+    backend: Backend,
+) -> None:
+    """RFC 1939 section 6: QUIT must not claim success for a partial removal, and the
+    messages it did remove (or will) are never listed again."""
+
+    async def scenario() -> None:
+        keys = [await backend.store.deliver("alice", b"m%d\n" % n) for n in range(4)]
+        maildrop = await backend.store.open("alice")
+        backend.fail_removal_at(2)
+        with pytest.raises(PartialDeletion) as raised:
+            await maildrop.delete(maildrop.messages[:3])
+        assert (raised.value.deleted, raised.value.pending) == (2, True)
+        await maildrop.close()
+        maildrop = await backend.store.open("alice")
+        assert [m.key for m in maildrop.messages] == [keys[3]]
+        assert [await read_all(maildrop, m) for m in maildrop.messages] == [b"m3\n"]
+        await maildrop.close()
+        maildrop = await backend.store.open("alice")  # nothing resurrected later either
+        assert [m.key for m in maildrop.messages] == [keys[3]]
         await maildrop.close()
 
     run(scenario())

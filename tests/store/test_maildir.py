@@ -29,13 +29,14 @@ from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    PartialDeletion,
     PermanentFailure,
     TemporaryFailure,
 )
 from mailslot.store.maildir import MaildirStore
 from mailslot.store.paths import expand
 
-from .conftest import read_all, run
+from .conftest import directory, read_all, run
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -242,11 +243,12 @@ def test_foreign_files_get_wire_sizes_and_populate_the_cache(
     box = _foreign(tmp_path)
     first = snapshot(maildir_store)
     assert [size for _, _, size in first] == _expected()
-    cached = sizecache.load(str(box / maildir.SIZE_CACHE))
+    with directory(box) as fd:
+        cached = sizecache.load(fd)
     assert set(cached) == {name.partition(":")[0] for name in FOREIGN}
 
-    def no_reading(path: str) -> tuple[int, int] | None:
-        raise AssertionError(f"read {path} although its size is cached")
+    def no_reading(directory: int, name: str) -> tuple[int, int] | None:
+        raise AssertionError(f"read {name} although its size is cached")
 
     monkeypatch.setattr(maildir, "_measure", no_reading)
     assert snapshot(maildir_store) == first
@@ -282,7 +284,8 @@ def test_damaged_or_missing_cache_gives_the_same_sizes_and_uids(
     else:
         cache.write_bytes(damage(cache.read_bytes()))  # type: ignore[operator]
     assert snapshot(maildir_store) == first
-    assert sizecache.load(str(cache)) != {}  # and it was rebuilt
+    with directory(box) as fd:
+        assert sizecache.load(fd) != {}  # and it was rebuilt
 
 
 def test_cache_forgets_removed_messages(maildir_store: MaildirStore, tmp_path: Path) -> None:
@@ -290,7 +293,8 @@ def test_cache_forgets_removed_messages(maildir_store: MaildirStore, tmp_path: P
     snapshot(maildir_store)
     os.unlink(box / "cur" / "1500000000.1234_0.oldhost:2,S")
     snapshot(maildir_store)
-    assert "1500000000.1234_0.oldhost" not in sizecache.load(str(box / maildir.SIZE_CACHE))
+    with directory(box) as fd:
+        assert "1500000000.1234_0.oldhost" not in sizecache.load(fd)
 
 
 def test_a_cr_at_the_read_boundary_is_not_counted_twice(
@@ -334,7 +338,8 @@ def test_journal_left_by_a_crash_is_finished_at_next_open(
     box = tmp_path / "alice" / "Maildir"
     snapshot(maildir_store)  # move them to cur/ as a session would have
     # The crash: the journal is durable, no file has been unlinked yet.
-    expunge.write(str(box), [keys[1], keys[3]], os.fsync)
+    with directory(box) as fd:
+        expunge.write(fd, [keys[1], keys[3]], os.fsync)
     assert [key for key, _, _ in snapshot(maildir_store)] == [keys[0], keys[2], keys[4]]
     assert _keys_on_disk(box) == {keys[0], keys[2], keys[4]}
     assert not (box / expunge.JOURNAL).exists()
@@ -350,6 +355,7 @@ def test_crash_in_the_middle_of_unlinking_completes_at_next_open(
     process = child(
         f"""
         import asyncio, os
+        from mailslot.store import expunge
         from mailslot.store.maildir import MaildirStore
         real_unlink = os.unlink
         def crash_after_one(path, *args, **kwargs):
@@ -359,7 +365,7 @@ def test_crash_in_the_middle_of_unlinking_completes_at_next_open(
             store = MaildirStore({str(tmp_path / "{user}" / "Maildir")!r})
             maildrop = await store.open("alice")
             marked = [m for m in maildrop.messages if m.key in {marked!r}]
-            os.unlink = crash_after_one
+            expunge._unlink = crash_after_one
             await maildrop.delete(marked)
         asyncio.run(main())
         """
@@ -390,13 +396,13 @@ def test_a_damaged_journal_deletes_nothing(maildir_store: MaildirStore, tmp_path
     assert (box / (expunge.JOURNAL + ".damaged")).exists()
 
 
-def _failing_fsync(after: int) -> Callable[[int], None]:
+def _failing_fsync(after: int, error: int = errno.EIO) -> Callable[[int], None]:
     calls = {"n": 0}
 
     def fsync(fd: int) -> None:
         calls["n"] += 1
         if calls["n"] > after:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(error, os.strerror(error))
         os.fsync(fd)
 
     return fsync
@@ -412,8 +418,9 @@ def test_delete_that_cannot_write_its_journal_deletes_nothing(
 
     async def scenario() -> None:
         maildrop = await store.open("alice")
-        with pytest.raises(TemporaryFailure):
+        with pytest.raises(TemporaryFailure) as raised:
             await maildrop.delete(maildrop.messages[:2])
+        assert not isinstance(raised.value, PartialDeletion)  # i.e. nothing was deleted
         await maildrop.close()
 
     run(scenario())
@@ -422,7 +429,37 @@ def test_delete_that_cannot_write_its_journal_deletes_nothing(
     assert len(snapshot(MaildirStore(template))) == 3
 
 
-def test_delete_interrupted_after_its_journal_completes_at_next_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EDQUOT])
+@pytest.mark.parametrize("failing_call", [0, 1], ids=["journal-fsync", "directory-fsync"])
+def test_a_full_disk_deletes_without_a_journal(
+    tmp_path: Path, failing_call: int, error: int
+) -> None:
+    """The journal needs room a full disk lacks; the deletion that frees room goes ahead."""
+    template = str(tmp_path / "{user}")
+    keys = _deliver_many(MaildirStore(template), 3)
+    calls = {"n": 0}
+
+    def fsync(fd: int) -> None:  # only the journal's fsyncs fail, as on a full disk
+        calls["n"] += 1
+        if calls["n"] == failing_call + 1:
+            raise OSError(error, os.strerror(error))
+        os.fsync(fd)
+
+    store = MaildirStore(template, fsync=fsync)
+
+    async def scenario() -> None:
+        maildrop = await store.open("alice")
+        await maildrop.delete(maildrop.messages[:2])
+        await maildrop.close()
+
+    run(scenario())
+    assert _keys_on_disk(tmp_path / "alice") == {keys[2]}
+    assert not (tmp_path / "alice" / expunge.JOURNAL).exists()
+
+
+def test_a_failing_directory_fsync_after_the_journal_still_completes(tmp_path: Path) -> None:
+    """Once the journal is durable and every file unlinked, the messages are gone for good:
+    a failing fsync of cur/ leaves the journal to replay, and QUIT may say +OK."""
     template = str(tmp_path / "{user}")
     keys = _deliver_many(MaildirStore(template), 3)
     # fsyncs 1 and 2 write the journal durably; the third (of cur/) fails, as on EIO.
@@ -430,12 +467,93 @@ def test_delete_interrupted_after_its_journal_completes_at_next_open(tmp_path: P
 
     async def scenario() -> None:
         maildrop = await store.open("alice")
-        with pytest.raises(TemporaryFailure):
-            await maildrop.delete(maildrop.messages[:2])
+        await maildrop.delete(maildrop.messages[:2])
         await maildrop.close()
 
     run(scenario())
+    assert (tmp_path / "alice" / expunge.JOURNAL).exists()
+    assert _keys_on_disk(tmp_path / "alice") == {keys[2]}
     assert [key for key, _, _ in snapshot(MaildirStore(template))] == [keys[2]]
+    assert not (tmp_path / "alice" / expunge.JOURNAL).exists()
+
+
+def _failing_unlink(fail: Callable[[int], bool]) -> Callable[..., None]:
+    """os.unlink whose ``n``-th call (from 1) raises EIO where ``fail(n)``."""
+    calls = {"n": 0}
+
+    def unlink(name: str, *, dir_fd: int) -> None:
+        calls["n"] += 1
+        if fail(calls["n"]):
+            raise OSError(errno.EIO, "Input/output error")
+        os.unlink(name, dir_fd=dir_fd)
+
+    return unlink
+
+
+def test_an_unlink_that_fails_then_succeeds_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = str(tmp_path / "{user}")
+    keys = _deliver_many(MaildirStore(template), 3)
+    monkeypatch.setattr(expunge, "_unlink", _failing_unlink(lambda n: n == 2))
+    store = MaildirStore(template)
+
+    async def scenario() -> None:
+        maildrop = await store.open("alice")
+        await maildrop.delete(maildrop.messages)  # the second fails once, then goes
+        await maildrop.close()
+
+    run(scenario())
+    assert _keys_on_disk(tmp_path / "alice") == set()
+    assert keys and not (tmp_path / "alice" / expunge.JOURNAL).exists()
+
+
+def test_an_unlink_that_keeps_failing_reports_how_many_went_and_finishes_at_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = str(tmp_path / "{user}")
+    keys = _deliver_many(MaildirStore(template), 4)
+    box = tmp_path / "alice"
+    store = MaildirStore(template)
+    # The second message's file cannot be unlinked now (EIO), nor when retried.
+
+    def unlink(name: str, *, dir_fd: int) -> None:
+        if name.startswith(keys[1]):
+            raise OSError(errno.EIO, "Input/output error")
+        os.unlink(name, dir_fd=dir_fd)
+
+    async def scenario() -> None:
+        maildrop = await store.open("alice")
+        monkeypatch.setattr(expunge, "_unlink", unlink)
+        with pytest.raises(PartialDeletion) as raised:
+            await maildrop.delete(maildrop.messages[:3])
+        assert (raised.value.deleted, raised.value.pending) == (2, True)
+        await maildrop.close()
+
+    run(scenario())
+    assert _keys_on_disk(box) == {keys[1], keys[3]}
+    assert (box / expunge.JOURNAL).exists()
+    # The disk recovers: the next open removes the rest before it lists anything.
+    monkeypatch.setattr(expunge, "_unlink", os.unlink)
+    assert [key for key, _, _ in snapshot(store)] == [keys[3]]
+    assert _keys_on_disk(box) == {keys[3]}
+    assert not (box / expunge.JOURNAL).exists()
+
+
+def test_a_journal_that_still_cannot_finish_refuses_the_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing the maildrop with a journaled message would resurrect it: the open waits."""
+    template = str(tmp_path / "{user}")
+    keys = _deliver_many(MaildirStore(template), 2)
+    snapshot(MaildirStore(template))
+    with directory(tmp_path / "alice") as fd:
+        expunge.write(fd, [keys[0]], os.fsync)
+    monkeypatch.setattr(expunge, "_unlink", _failing_unlink(lambda n: True))
+    with pytest.raises(TemporaryFailure):
+        snapshot(MaildirStore(template))
+    monkeypatch.setattr(expunge, "_unlink", os.unlink)
+    assert [key for key, _, _ in snapshot(MaildirStore(template))] == [keys[1]]
 
 
 # -- the lock ------------------------------------------------------------------------------
@@ -499,7 +617,8 @@ def test_measured_size_of_a_foreign_file_matches_for_any_chunking(
     root = Path(tempfile.mkdtemp(dir=tmp_path))
     store = MaildirStore(str(root / "{user}"))
     box = root / "alice"
-    maildir.ensure_maildir(str(box))
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True)
     put(box / "cur", "1600000000.foreign:2,", data)
     ((_, _, size),) = snapshot(store)
     assert size == len(re.sub(rb"(?<!\r)\n", b"\r\n", data))
@@ -532,7 +651,8 @@ def test_a_cancelled_open_does_not_keep_the_lock(tmp_path: Path) -> None:
     keys = _deliver_many(MaildirStore(template), 2)
     box = tmp_path / "alice"
     # A pending journal makes open() fsync, which lets the test hold it inside the worker.
-    expunge.write(str(box), [keys[0]], os.fsync)
+    with directory(box) as fd:
+        expunge.write(fd, [keys[0]], os.fsync)
     entered, release = threading.Event(), threading.Event()
 
     def held_fsync(fd: int) -> None:
@@ -555,6 +675,42 @@ def test_a_cancelled_open_does_not_keep_the_lock(tmp_path: Path) -> None:
         # A small maildrop is opened on the loop, not queued behind the worker: wait for the
         # worker (the one thread) to finish the cancelled open before opening again.
         await asyncio.to_thread(lambda: None)
+        maildrop = await MaildirStore(template).open("alice")
+        assert [m.key for m in maildrop.messages] == [keys[1]]
+        await maildrop.close()
+
+    run(scenario())
+
+
+def test_an_open_cancelled_while_queued_for_a_worker_does_not_keep_the_lock(
+    tmp_path: Path,
+) -> None:
+    """The quick open took the lock and fell through to a worker thread, but every worker
+    was busy and the login was cancelled before one started it: the lock is released."""
+    template = str(tmp_path / "{user}")
+    keys = _deliver_many(MaildirStore(template), 2)
+    with directory(tmp_path / "alice") as fd:
+        expunge.write(fd, [keys[0]], os.fsync)  # a journal sends the open to a thread
+    store = MaildirStore(template)
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=1))
+        busy, release = threading.Event(), threading.Event()
+
+        def occupy() -> None:
+            busy.set()
+            release.wait()
+
+        occupied = asyncio.ensure_future(asyncio.to_thread(occupy))
+        with ThreadPoolExecutor(max_workers=1) as waiter:
+            await asyncio.get_running_loop().run_in_executor(waiter, busy.wait)
+        opening = asyncio.ensure_future(store.open("alice"))
+        await asyncio.sleep(0)  # the quick open runs, takes the lock, queues for the worker
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        release.set()
+        await occupied
         maildrop = await MaildirStore(template).open("alice")
         assert [m.key for m in maildrop.messages] == [keys[1]]
         await maildrop.close()
@@ -617,7 +773,8 @@ def test_blocking_work_still_goes_to_a_thread(
         put(box / "cur", "1900000000.M1P1.foreign:2,", b"foreign\n")
         expected.append(("1900000000.M1P1.foreign", 9))
     elif case == "journal":
-        expunge.write(str(box), [keys[0]], os.fsync)
+        with directory(box) as fd:
+            expunge.write(fd, [keys[0]], os.fsync)
         del expected[0]
     else:
         for name in os.listdir(box / "cur"):
@@ -725,8 +882,10 @@ def test_settled_directories_are_not_listed_again_until_they_change(
     listed: list[str] = []
     real_scan = maildir._scan
 
-    def scan(directory: str, limit: int | None = None) -> list[str]:
-        listed.append(os.path.basename(directory))
+    inodes = {(tmp_path / "alice" / sub).stat().st_ino: sub for sub in ("new", "cur")}
+
+    def scan(directory: int, limit: int | None = None) -> list[str]:
+        listed.append(inodes[os.fstat(directory).st_ino])
         return real_scan(directory, limit)
 
     monkeypatch.setattr(maildir, "_scan", scan)
@@ -779,8 +938,9 @@ def test_a_cached_snapshot_keeps_a_list_of_names_only_when_two_share_a_base(
     cached = store._snapshots._entries[str(box)]
     # The locations hold the names, in the order cur/ listed them: no second list.
     assert cached.names is None
-    assert cached.listing() == maildir._scan(str(box / "cur"))
-    assert store._snapshots.get(str(box), maildir._scan(str(box / "cur"))) is cached
+    with directory(box / "cur") as cur:
+        assert cached.listing() == maildir._scan(cur)
+        assert store._snapshots.get(str(box), maildir._scan(cur)) is cached
 
     time.sleep(_TICK)
     name = sorted(os.listdir(box / "cur"))[0]
@@ -788,7 +948,8 @@ def test_a_cached_snapshot_keeps_a_list_of_names_only_when_two_share_a_base(
     snapshot(store)
     cached = store._snapshots._entries[str(box)]
     assert len(cached.locations) == 3
-    assert cached.names == cached.listing() == maildir._scan(str(box / "cur"))
+    with directory(box / "cur") as cur:
+        assert cached.names == cached.listing() == maildir._scan(cur)
     assert cached.count() == 4
 
 

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from mailslot.store.maildir import relative_path, take_snapshot
 from mailslot.store.maildirnames import parse, parse_bases, uid_of, uids_of
 
+from .conftest import directory
+
 # Digits of other scripts too: \d and int() accept them, and so must the fast path.
 _DIGITS = st.text(st.sampled_from("0123456789\u0663\uff17"), min_size=0, max_size=12)
 _FIELD = st.text(st.sampled_from("abMPQSW=,.-_x \u00e9\n0123456789"), max_size=12)
@@ -125,7 +127,12 @@ def test_snapshot_matches_its_definition(names: list[tuple[str, str]], ties: lis
         for name, data in cur.items():
             with open(os.path.join(maildir, "cur", name), "wb") as f:
                 f.write(data)
-        messages, locations = take_snapshot(maildir)
+        with (
+            directory(maildir) as fd,
+            directory(maildir + "/new") as new,
+            directory(maildir + "/cur") as cur_fd,
+        ):
+            messages, locations = take_snapshot(maildir, fd, new, cur_fd)
         assert [(m.key, m.uid, m.size) for m in messages] == _reference(cur)
         for m in messages:
             assert os.path.isfile(os.path.join(maildir, relative_path(locations[m.key])))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from mailslot.config import DeliveryConfig
+from mailslot.store import confine
 
 _PHYSICAL = re.compile(r",S=(\d+)")
 
@@ -40,10 +41,14 @@ UsageProbe = Callable[[str, str | None], Awaitable[Usage]]
 
 
 @runtime_checkable
-class HasMaildirPath(Protocol):
-    """A store that can say where a user's Maildir is (:class:`MaildirStore` can)."""
+class HasMaildirDirectory(Protocol):
+    """A store that opens a user's Maildir without following symlinks (:class:`MaildirStore`).
 
-    def path_for(self, user: str, home: str | None = None) -> str: ...
+    ``maildir_directory`` returns a descriptor of it, or raises FileNotFoundError if it does
+    not exist yet; it blocks.
+    """
+
+    def maildir_directory(self, user: str, home: str | None = None) -> int: ...
 
 
 @runtime_checkable
@@ -53,34 +58,39 @@ class HasUsage(Protocol):
     async def usage(self, user: str, home: str | None = None) -> Usage: ...
 
 
-def maildir_usage(maildir: str) -> Usage:
-    """Count new/ and cur/ of ``maildir`` (see the module docstring); blocking, call in a thread.
+def maildir_usage(maildir: int) -> Usage:
+    """Count new/ and cur/ of the Maildir whose descriptor is ``maildir`` (see the module
+    docstring); blocking, call in a thread.
 
-    A missing Maildir or subdirectory counts as empty: the first delivery creates it.
+    A missing subdirectory counts as empty: the first delivery creates it.  Neither is
+    followed if it is a symlink (issue 15): that is refused as the delivery itself is.
     """
     octets = 0
     messages = 0
     for sub in ("new", "cur"):
         try:
-            entries = list(os.scandir(os.path.join(maildir, sub)))
-        except (FileNotFoundError, NotADirectoryError):
+            directory = confine.open_directory(maildir, sub, sub)
+        except FileNotFoundError:
             continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            found = _PHYSICAL.search(entry.name.partition(":")[0])
-            if found is not None:
-                size = int(found.group(1))
-            else:
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # deleted by a POP3 session while we looked
-                if not stat.S_ISREG(info.st_mode):
+        try:  # an entry's stat() needs the descriptor still open
+            for entry in os.scandir(directory):
+                if entry.name.startswith("."):
                     continue
-                size = info.st_size
-            octets += size
-            messages += 1
+                found = _PHYSICAL.search(entry.name.partition(":")[0])
+                if found is not None:
+                    size = int(found.group(1))
+                else:
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted by a POP3 session while we looked
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
+                    size = info.st_size
+                octets += size
+                messages += 1
+        finally:
+            os.close(directory)
     return Usage(octets, messages)
 
 
@@ -88,12 +98,21 @@ def probe_for(store: object) -> UsageProbe | None:
     """A usage probe for ``store``, or None if it cannot count (quota then cannot be enforced)."""
     if isinstance(store, HasUsage):
         return store.usage
-    if isinstance(store, HasMaildirPath):
+    if isinstance(store, HasMaildirDirectory):
         maildir_store = store
 
+        def count(user: str, home: str | None) -> Usage:
+            try:
+                maildir = maildir_store.maildir_directory(user, home)
+            except FileNotFoundError:
+                return Usage(0, 0)  # the first delivery creates it
+            try:
+                return maildir_usage(maildir)
+            finally:
+                os.close(maildir)
+
         async def probe(user: str, home: str | None) -> Usage:
-            path = maildir_store.path_for(user, home)
-            return await asyncio.to_thread(maildir_usage, path)
+            return await asyncio.to_thread(count, user, home)
 
         return probe
     return None

@@ -264,7 +264,7 @@ class Connection:
         self._closing("quit")
 
     def commit_failed(self, reason: r.Failure) -> None:
-        """The deletions failed (none happened): ``-ERR`` and close."""
+        """The deletions failed, all or some (``PARTIAL_DELETE``): ``-ERR`` and close."""
         self._expect(_WAIT_COMMIT)
         self._reply(r.failure(reason))
         self._closing("quit, deletions failed")

@@ -30,6 +30,8 @@ class Failure(enum.Enum):
     IN_USE = "in-use"
     SYS_TEMP = "sys-temp"
     SYS_PERM = "sys-perm"
+    # A commit that removed some of the marked messages, not all (RFC 1939 section 6).
+    PARTIAL_DELETE = "partial-delete"
 
 
 FAILURE_REPLIES: dict[Failure, tuple[Code, str]] = {
@@ -37,6 +39,7 @@ FAILURE_REPLIES: dict[Failure, tuple[Code, str]] = {
     Failure.IN_USE: (Code.IN_USE, "Mailbox is locked by another POP3 session."),
     Failure.SYS_TEMP: (Code.SYS_TEMP, "Temporary server failure, try again later."),
     Failure.SYS_PERM: (Code.SYS_PERM, "Mailbox unavailable."),
+    Failure.PARTIAL_DELETE: (Code.SYS_TEMP, "Some marked messages were not removed."),
 }
 
 

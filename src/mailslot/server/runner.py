@@ -364,8 +364,9 @@ _RESERVED_FILES = 64
 
 
 def connections_within(file_limit: int) -> int:
-    """How many sessions fit in ``file_limit`` descriptors: a socket and a lock file each."""
-    return max(1, (file_limit - _RESERVED_FILES) // 2)
+    """How many sessions fit in ``file_limit`` descriptors: a socket, a lock file and the
+    Maildir's directory (held so that no symlink is ever followed: store.confine) each."""
+    return max(1, (file_limit - _RESERVED_FILES) // 3)
 
 
 EX_OSERR = 71  # sysexits(3): a system call failed (here: dropping privileges)

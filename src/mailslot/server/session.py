@@ -37,6 +37,7 @@ from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    PartialDeletion,
     PermanentFailure,
     Store,
     StoreError,
@@ -646,7 +647,19 @@ class Session(asyncio.Protocol):
         deleted = [cast(MessageInfo, m) for m in event.deleted]
         try:
             await self._maildrop.delete(deleted)
+        except PartialDeletion as exc:
+            rest = "will be deleted at next login" if exc.pending else "were not deleted"
+            self.log.error(
+                "deletion incomplete: %d of %d messages deleted, the rest %s: %s",
+                exc.deleted,
+                len(deleted),
+                rest,
+                exc,
+            )
+            self._conn.commit_failed(Failure.PARTIAL_DELETE)
+            return
         except StoreError as exc:
+            # Any other StoreError from delete() means none was deleted (store.base).
             self.log.error("deletion failed, nothing deleted: %s", exc)
             self._conn.commit_failed(Failure.SYS_TEMP)
             return

@@ -4,9 +4,20 @@ from mailslot.store.base import (
     Maildrop,
     MaildropLocked,
     MessageInfo,
+    PartialDeletion,
+    PermanentFailure,
     Store,
     StoreError,
     TemporaryFailure,
 )
 
-__all__ = ["Maildrop", "MaildropLocked", "MessageInfo", "Store", "StoreError", "TemporaryFailure"]
+__all__ = [
+    "Maildrop",
+    "MaildropLocked",
+    "MessageInfo",
+    "PartialDeletion",
+    "PermanentFailure",
+    "Store",
+    "StoreError",
+    "TemporaryFailure",
+]

@@ -32,6 +32,20 @@ class PermanentFailure(StoreError):
     """A problem that will not go away by retrying (RFC 3206 ``[SYS/PERM]``)."""
 
 
+class PartialDeletion(TemporaryFailure):
+    """:meth:`Maildrop.delete` removed some of the messages, not all (``[SYS/TEMP]``).
+
+    ``deleted`` of them are gone.  With ``pending`` the rest are removed at the next
+    :meth:`Store.open` of the maildrop, before its snapshot (a journal records them); without
+    it they stay and are listed again.
+    """
+
+    def __init__(self, message: str, *, deleted: int, pending: bool) -> None:
+        super().__init__(message)
+        self.deleted = deleted
+        self.pending = pending
+
+
 class MessageGone(StoreError):
     """A message of the snapshot no longer exists (removed behind the server's back)."""
 
@@ -72,11 +86,14 @@ class Maildrop(Protocol):
         ...
 
     async def delete(self, messages: Sequence[MessageInfo]) -> None:
-        """Durably remove ``messages``: all of them or, after a crash, none until recovered.
+        """Durably remove ``messages``; return only once every one of them is gone for good.
 
-        Recovery of an interrupted deletion happens in the next :meth:`Store.open` of this
-        maildrop, so a crash at any point removes either every listed message or none, and
-        never a message that is not listed.  Returns only once the removal is durable.
+        Raises :class:`PartialDeletion` if some were removed and not all, any other
+        :class:`StoreError` only if none was.  Recovery of an interrupted deletion happens in
+        the next :meth:`Store.open` of this maildrop, so a crash at any point removes either
+        every listed message or none, and never a message that is not listed; a backend may
+        give that up only where it could not record the deletion first (a full disk), and
+        then says how many were removed.
         """
         ...
 

@@ -1,8 +1,9 @@
-"""Small file-system steps the Maildir backend repeats: atomic replace, directory fsync.
+"""Small file-system steps the Maildir backend repeats: atomic replace, reads of our own files.
 
-A maildir may belong to the user while the server runs with more privilege, so our own
-files are never opened through a symlink (``O_NOFOLLOW``) and temporary files are created
-with ``O_EXCL``.
+A maildir may belong to the user while the server runs with more privilege, so every call
+here takes the descriptor of the directory the file is in (:mod:`mailslot.store.confine`
+opened it without following symlinks) and a bare name: our own files are never opened
+through a symlink (``O_NOFOLLOW``) and temporary files are created with ``O_EXCL``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def read_own_file(path: str) -> bytes | None:
+def read_own_file(directory: int, name: str) -> bytes | None:
     """Return the contents of one of our metadata files, or None if absent or not regular."""
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = os.open(name, _READ_FLAGS, dir_fd=directory)
     except OSError:
         return None
     try:
@@ -35,13 +36,13 @@ def read_own_file(path: str) -> bytes | None:
         os.close(fd)
 
 
-def lexists(path: str) -> bool:
-    """Whether ``path`` exists, without following a final symlink (as os.path.lexists).
+def lexists(directory: int, name: str) -> bool:
+    """Whether ``name`` exists in ``directory``, without following a symlink.
 
-    One faccessat() that returns no stat buffer: about half the cost of os.path.lexists, and
-    it runs several times per login.
+    One faccessat() that returns no stat buffer: about half the cost of an lstat, and it
+    runs several times per login.
     """
-    return os.access(path, os.F_OK, follow_symlinks=False)
+    return os.access(name, os.F_OK, dir_fd=directory, follow_symlinks=False)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -51,15 +52,16 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def replace_file(path: str, data: bytes, fsync: Fsync | None = None) -> None:
-    """Write ``data`` to ``path`` atomically via ``path.tmp``; fsync the data if asked.
+def replace_file(directory: int, name: str, data: bytes, fsync: Fsync | None = None) -> None:
+    """Write ``data`` to ``name`` atomically via ``name.tmp``; fsync the data if asked.
 
-    The caller fsyncs the directory when the rename itself must be durable.
+    The caller fsyncs the directory when the rename itself must be durable.  A symlink at
+    either name is replaced, never followed.
     """
-    tmp = path + ".tmp"
+    tmp = name + ".tmp"
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    fd = os.open(tmp, _CREATE_FLAGS, 0o600)
+        os.unlink(tmp, dir_fd=directory)
+    fd = os.open(tmp, _CREATE_FLAGS, 0o600, dir_fd=directory)
     try:
         try:
             write_all(fd, data)
@@ -67,17 +69,8 @@ def replace_file(path: str, data: bytes, fsync: Fsync | None = None) -> None:
                 fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=directory)
         raise
-
-
-def fsync_directory(path: str, fsync: Fsync) -> None:
-    """Make renames and unlinks in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,11 +9,14 @@ base name only, so they survive the loss of every file of ours.  Sizes are RFC 1
 ``,W=`` in the name, else the size cache (:mod:`mailslot.store.sizecache`), else computed once.
 
 Only regular files whose names do not start with ``.`` are ever listed or opened; symlinks,
-FIFOs, directories and tmp/ are not.  Renames, fsyncs, writes and the scans of large maildrops
-run in a worker thread, never on the event loop.  A small maildrop that needs none of them (no
-journal, nothing in new/, at most :data:`INLINE_LIMIT` messages, every size known) is opened on
-the loop: a handful of metadata calls on a directory that is in the page cache cost less than
-the hop to a thread and back, which was a third of the server's CPU per login.
+FIFOs, directories and tmp/ are not.  Nothing below the template's fixed leading directories
+is reached through a symlink, the Maildir, cur/, new/ and tmp/ included: every step is an
+``openat`` relative to a directory descriptor (:mod:`mailslot.store.confine`), and a session
+holds its Maildir's descriptor for its life.  Renames, fsyncs, writes and the scans of large
+maildrops run in a worker thread, never on the event loop.  A small maildrop that needs none
+of them (no journal, nothing in new/, at most :data:`INLINE_LIMIT` messages, every size known)
+is opened on the loop: a handful of metadata calls on a directory that is in the page cache
+cost less than the hop to a thread and back, which was a third of the server's CPU per login.
 """
 
 from __future__ import annotations
@@ -33,22 +36,23 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar, cast
 
-from mailslot.store import expunge, fsutil, sizecache
+from mailslot.log import escape
+from mailslot.store import confine, expunge, fsutil, sizecache
 from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    PartialDeletion,
     PermanentFailure,
     StoreError,
     TemporaryFailure,
 )
 from mailslot.store.fsutil import Fsync
 from mailslot.store.maildirnames import UniqueNames, base_of, parse_bases, uids_of
-from mailslot.store.paths import expand
 from mailslot.store.wiresize import WireSizeCounter, wire_size
 
 LOCK_FILE = ".mailslot.lock"
-SIZE_CACHE = ".mailslot-sizes"
+SIZE_CACHE = sizecache.NAME
 READ_SIZE = 256 * 1024
 # The most messages a maildrop may hold to be opened on the event loop (see above): one
 # getdents batch and a few dozen microseconds of name parsing.
@@ -78,28 +82,9 @@ def store_error(exc: OSError) -> StoreError:
     return TemporaryFailure(f"maildir: {name}")
 
 
-def _makedirs(path: str) -> None:
-    # os.makedirs gives only the leaf our mode; every level we create is private.
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent and parent != path:
-        _makedirs(parent)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-
-
-def ensure_maildir(maildir: str) -> None:
-    """Create the Maildir and its cur/ new/ tmp/ (mode 0700) if missing."""
-    for sub in ("cur", "new", "tmp"):
-        _makedirs(os.path.join(maildir, sub))
-
-
-def _lock(maildir: str) -> int:
+def _lock(maildir: int) -> int:
     fd = os.open(
-        maildir + "/" + LOCK_FILE,
-        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o600,
+        LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=maildir
     )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -112,10 +97,66 @@ def _lock(maildir: str) -> int:
     return fd
 
 
-def _measure(path: str) -> tuple[int, int] | None:
+def _lock_or_close(maildir: int, shown: str) -> int:
+    """Take the lock of the Maildir ``maildir``; close ``maildir`` if that fails."""
+    try:
+        return _lock(maildir)
+    except OSError as exc:
+        os.close(maildir)
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink planted in its place
+            raise PermanentFailure(
+                f"maildir: {escape(os.path.join(shown, LOCK_FILE), 400)} is a symlink"
+            ) from None
+        raise store_error(exc) from None
+    except BaseException:
+        os.close(maildir)
+        raise
+
+
+def _subdirectories(maildir: int, shown: str, create: bool) -> tuple[int, int]:
+    """Open new/ and cur/ and check tmp/: each must be a real directory, not a symlink.
+
+    Returns the descriptors of new/ and cur/.  Raises
+    :class:`~mailslot.store.confine.NotADirectory` naming the one that is not, or
+    FileNotFoundError if one is missing and not ``create``.
+    """
+    new = confine.open_directory(maildir, "new", shown + "/new", create=create)
+    try:
+        cur = confine.open_directory(maildir, "cur", shown + "/cur", create=create)
+        try:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir("tmp", 0o700, dir_fd=maildir)
+            confine.check_directory(maildir, "tmp", os.path.join(shown, "tmp"))
+        except BaseException:
+            os.close(cur)
+            raise
+    except BaseException:
+        os.close(new)
+        raise
+    return new, cur
+
+
+def _lstat_subdirectories(maildir: int, shown: str) -> tuple[os.stat_result, os.stat_result]:
+    """new/'s and cur/'s lstat() after checking that all three are real directories.
+
+    For a login that reuses its cached snapshot (:class:`Snapshots`): nothing is read
+    through them, so their stamps are enough and opening them is not needed.  Raises as
+    :func:`_subdirectories` does.
+    """
+    found = []
+    for sub in ("new", "cur", "tmp"):
+        st = os.stat(sub, dir_fd=maildir, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            raise confine.NotADirectory(os.path.join(shown, sub))
+        found.append(st)
+    return found[0], found[1]
+
+
+def _measure(directory: int, name: str) -> tuple[int, int] | None:
     """Read a message once for its (physical, wire) sizes; None if it is gone or not regular."""
     try:
-        fd = os.open(path, _OPEN_MESSAGE)
+        fd = os.open(name, _OPEN_MESSAGE, dir_fd=directory)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
@@ -137,45 +178,38 @@ class _WouldBlock(Exception):
     """A quick snapshot met work for a worker thread: renames, measuring, a cache write."""
 
 
-def _scan(directory: str, limit: int | None = None) -> list[str]:
+def _scan(directory: int, limit: int | None = None) -> list[str]:
     """The names of regular, non-dot entries; with ``limit``, more of them (or none) is
     _WouldBlock.
 
-    The type comes from the directory entry itself (d_type): no stat per name.
+    The type comes from the directory entry itself (d_type): no stat per name.  ``directory``
+    is a descriptor (os.scandir works on a duplicate and rewinds it).
     """
-    try:
-        with os.scandir(directory) as entries:
-            if limit is None:
-                return [
-                    entry.name
-                    for entry in entries
-                    if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
-                ]
-            found: list[str] = []
-            for entry in entries:
-                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                    found.append(entry.name)
-                    if len(found) > limit:  # never list a large maildrop on the event loop
-                        raise _WouldBlock
-            return found
-    except FileNotFoundError:
-        if limit is not None:  # the thread's ensure_maildir() creates it
-            raise _WouldBlock from None
-        return []
+    with os.scandir(directory) as entries:
+        if limit is None:
+            return [
+                entry.name
+                for entry in entries
+                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
+            ]
+        found: list[str] = []
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                found.append(entry.name)
+                if len(found) > limit:  # never list a large maildrop on the event loop
+                    raise _WouldBlock
+        return found
 
 
-def _settle_new(maildir: str, quick: bool) -> dict[str, str]:
+def _settle_new(new: int, cur: int, quick: bool) -> dict[str, str]:
     """Move new/ into cur/ as ``<base>:2,``; return base -> path of each file that stayed."""
-    new_dir = maildir + "/new"
-    cur_dir = maildir + "/cur"
     stayed: dict[str, str] = {}
-    for name in _scan(new_dir, 0 if quick else None):
+    for name in _scan(new, 0 if quick else None):
         target = name if ":" in name else name + ":2,"
-        target_path = f"{cur_dir}/{target}"
         # Never rename over a file of the same name: one of the two would be lost.
-        if not fsutil.lexists(target_path):
+        if not fsutil.lexists(cur, target):
             try:
-                os.rename(f"{new_dir}/{name}", target_path)
+                os.rename(name, target, src_dir_fd=new, dst_dir_fd=cur)
                 continue
             except FileNotFoundError:
                 continue
@@ -195,18 +229,17 @@ def _settle_new(maildir: str, quick: bool) -> dict[str, str]:
 _STAMPS = struct.Struct("<QqqQqq")
 
 
-def _settled_stamps(maildir: str, now: int) -> bytes | None:
+def _settled_stamps(new: int, cur: int, now: int) -> bytes | None:
     """new/'s and cur/'s stamps, packed, if both are a second old or more at ``now``; else None.
 
-    Younger times prove nothing (see :class:`Snapshots`), and a directory that cannot be
-    stat'ed has none.
+    Younger times prove nothing (see :class:`Snapshots`).
     """
+    return _stamps_of(os.fstat(new), os.fstat(cur), now)
+
+
+def _stamps_of(new: os.stat_result, cur: os.stat_result, now: int) -> bytes | None:
     fields: list[int] = []
-    for sub in ("/new", "/cur"):
-        try:
-            st = os.stat(maildir + sub)
-        except OSError:
-            return None
+    for st in (new, cur):
         if now - max(st.st_mtime_ns, st.st_ctime_ns) < SETTLED_NS:
             return None
         fields += (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
@@ -324,9 +357,19 @@ def _gc_paused() -> Iterator[None]:
 
 
 def take_snapshot(
-    maildir: str, *, limit: int | None = None, snapshots: Snapshots | None = None
+    path: str,
+    maildir: int,
+    new: int,
+    cur: int,
+    *,
+    limit: int | None = None,
+    snapshots: Snapshots | None = None,
 ) -> tuple[tuple[MessageInfo, ...], dict[str, str]]:
     """List the maildrop: messages in delivery order and where each key's file is.
+
+    ``maildir``, ``new`` and ``cur`` are the descriptors of the Maildir and of its new/ and
+    cur/ (opened without following symlinks: :mod:`mailslot.store.confine`); ``path`` names it
+    in the snapshot cache.
 
     The locations map a key to its file name in cur/, or to ``new/<name>`` for a file that
     could not be moved (see :func:`relative_path`).  With ``snapshots`` they are shared with
@@ -348,20 +391,19 @@ def take_snapshot(
     if snapshots is not None:
         # Taken before listing: a change made after this is seen by the next open.  Stamps
         # that match a snapshot's are settled too: a change would have made them younger.
-        stamps = _settled_stamps(maildir, _now())
-        known = None if stamps is None else snapshots.unchanged(maildir, stamps)
+        stamps = _settled_stamps(new, cur, _now())
+        known = None if stamps is None else snapshots.unchanged(path, stamps)
         if known is not None:
             return known.messages, known.locations
-    stayed = _settle_new(maildir, quick)
-    names = _scan(maildir + "/cur", limit)
-    cache_path = maildir + "/" + SIZE_CACHE
+    stayed = _settle_new(new, cur, quick)
+    names = _scan(cur, limit)
     if snapshots is not None and not stayed:
-        known = snapshots.get(maildir, names)
+        known = snapshots.get(path, names)
         if known is not None:
-            if fsutil.lexists(cache_path):  # as below: every size came from a name
-                _update_cache(cache_path, sizecache.load(cache_path), [], {}, quick)
+            if fsutil.lexists(maildir, SIZE_CACHE):  # as below: every size came from a name
+                _update_cache(maildir, sizecache.load(maildir, SIZE_CACHE), [], {}, quick)
             if stamps is not None:
-                snapshots.put(maildir, replace(known, stamps=stamps))
+                snapshots.put(path, replace(known, stamps=stamps))
             return known.messages, known.locations
 
     bases = [name.partition(":")[0] for name in names]
@@ -381,10 +423,10 @@ def take_snapshot(
     orders, sizes, plain = parse_bases(bases)
     named = None not in sizes
     if not named:
-        _fill_sizes(maildir, bases, sizes, locations, quick)
-    elif fsutil.lexists(cache_path):
+        _fill_sizes(maildir, new, cur, bases, sizes, locations, quick)
+    elif fsutil.lexists(maildir, SIZE_CACHE):
         # No message needed the cache now; empty it of entries for messages now gone.
-        _update_cache(cache_path, sizecache.load(cache_path), [], {}, quick)
+        _update_cache(maildir, sizecache.load(maildir, SIZE_CACHE), [], {}, quick)
 
     # Delivery order: the float alone (a fast sort) unless two messages share it.
     if len(set(orders)) == len(orders):
@@ -405,7 +447,7 @@ def take_snapshot(
         # Without a copy left in new/ and with one name per base, the locations were built
         # from the names in listing order and hold nothing else (see _Snapshot.names).
         listed = None if len(locations) == len(names) else names
-        snapshots.put(maildir, _Snapshot(listed, messages, locations, stamps))
+        snapshots.put(path, _Snapshot(listed, messages, locations, stamps))
     return messages, locations
 
 
@@ -418,8 +460,16 @@ def relative_path(location: str) -> str:
     return location if "/" in location else "cur/" + location
 
 
+def _where(new: int, cur: int, location: str) -> tuple[int, str]:
+    """The directory descriptor and name of a location from :func:`take_snapshot`."""
+    sub, _, name = location.rpartition("/")
+    return (new if sub else cur), name
+
+
 def _fill_sizes(
-    maildir: str,
+    maildir: int,
+    new: int,
+    cur: int,
     keys: list[str],
     sizes: list[int | None],
     locations: dict[str, str],
@@ -429,16 +479,15 @@ def _fill_sizes(
 
     A message that is gone (or no longer a regular file) keeps None: it is not listed.
     """
-    cache_path = maildir + "/" + SIZE_CACHE
-    old_cache = sizecache.load(cache_path)
+    old_cache = sizecache.load(maildir, SIZE_CACHE)
     cache_hits: list[str] = []
     measured: sizecache.CacheEntries = {}
     for i, base in enumerate(keys):
         if sizes[i] is not None:
             continue
-        path = maildir + "/" + relative_path(locations[base])
+        directory, name = _where(new, cur, locations[base])
         try:
-            st = os.lstat(path)
+            st = os.stat(name, dir_fd=directory, follow_symlinks=False)
         except FileNotFoundError:
             continue
         if not stat.S_ISREG(st.st_mode):
@@ -450,17 +499,17 @@ def _fill_sizes(
             continue
         if quick:
             raise _WouldBlock
-        found = _measure(path)
+        found = _measure(directory, name)
         if found is None:
             continue
         sizes[i] = found[1]
         if sizecache.cacheable(base):
             measured[base] = found
-    _update_cache(cache_path, old_cache, cache_hits, measured, quick)
+    _update_cache(maildir, old_cache, cache_hits, measured, quick)
 
 
 def _update_cache(
-    cache_path: str,
+    maildir: int,
     old_cache: sizecache.CacheEntries,
     cache_hits: list[str],
     measured: sizecache.CacheEntries,
@@ -474,21 +523,33 @@ def _update_cache(
         fresh.update(measured)
         # The cache only saves time: a full disk must not stop the login.
         with contextlib.suppress(OSError):
-            sizecache.save(cache_path, fresh)
+            sizecache.save(maildir, fresh, SIZE_CACHE)
 
 
-async def _in_thread(function: Callable[[], _T], cleanup: Callable[[_T], None]) -> _T:
+async def _in_thread(
+    function: Callable[[], _T],
+    cleanup: Callable[[_T], None],
+    release: Callable[[], None] | None = None,
+) -> _T:
     """Run ``function`` in a worker thread; if the caller is cancelled, ``cleanup`` its result.
 
     A worker thread cannot be interrupted, so a cancelled open() would otherwise leave its
     lock held by an object nobody has.  Whichever side comes second (the worker finishing
-    or the caller giving up) does the cleanup, under one lock.
+    or the caller giving up) does the cleanup, under one lock.  If the caller gives up before
+    a worker started ``function`` (all were busy), it never runs and ``release`` frees what
+    it was handed instead (the lock and Maildir descriptors of a quick open that fell through).
     """
     guard = threading.Lock()
     abandoned = False
+    started = False
     results: list[_T] = []
 
     def work() -> _T:
+        nonlocal started
+        with guard:
+            if abandoned:  # nobody waits for it, and release() already ran
+                raise asyncio.CancelledError
+            started = True
         result = function()
         with guard:
             if abandoned:
@@ -502,26 +563,37 @@ async def _in_thread(function: Callable[[], _T], cleanup: Callable[[_T], None]) 
     except asyncio.CancelledError:
         with guard:
             abandoned = True
+            never_ran = not started
             for result in results:
                 cleanup(result)
+        if never_ran and release is not None:
+            release()
         raise
 
 
 class MaildirMaildrop:
-    """One locked Maildir, open for one POP3 session."""
+    """One locked Maildir, open for one POP3 session.
+
+    It holds the descriptor of its Maildir directory, opened without following symlinks
+    (:mod:`mailslot.store.confine`), and reaches cur/, new/ and the files in them only
+    through it: a directory swapped for a symlink during the session is refused, never
+    followed.
+    """
 
     # One per logged-in session, idle ones included: no per-instance __dict__.
-    __slots__ = ("_fsync", "_locations", "_lock_fd", "_maildir", "_messages")
+    __slots__ = ("_fsync", "_locations", "_lock_fd", "_maildir_fd", "_messages", "_path")
 
     def __init__(
         self,
-        maildir: str,
+        path: str,
+        maildir_fd: int,
         lock_fd: int,
         messages: Sequence[MessageInfo],
         locations: dict[str, str],
         fsync: Fsync,
     ) -> None:
-        self._maildir = maildir
+        self._path = path
+        self._maildir_fd = maildir_fd
         self._lock_fd: int | None = lock_fd
         self._messages = tuple(messages)
         self._locations = locations
@@ -529,22 +601,32 @@ class MaildirMaildrop:
 
     @property
     def path(self) -> str:
-        return self._maildir
+        return self._path
 
     @property
     def messages(self) -> Sequence[MessageInfo]:
         return self._messages
 
+    def _subdirectory(self, sub: str) -> int:
+        return confine.open_directory(self._maildir_fd, sub, f"{self._path}/{sub}")
+
     def _open_at(self, relative: str) -> int | None:
         """Open a message file safely; None if it is gone or is not a regular file."""
+        sub, _, name = relative.rpartition("/")
         try:
-            fd = os.open(os.path.join(self._maildir, relative), _OPEN_MESSAGE)
+            directory = self._subdirectory(sub)
+        except OSError as exc:
+            raise store_error(exc) from None
+        try:
+            fd = os.open(name, _OPEN_MESSAGE, dir_fd=directory)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # replaced by a symlink: never follow it
                 raise MessageGone("message is no longer a regular file") from None
             raise store_error(exc) from None
+        finally:
+            os.close(directory)
         try:
             mode = os.fstat(fd).st_mode
         except OSError as exc:
@@ -559,11 +641,17 @@ class MaildirMaildrop:
         # Another program (a flag change, a second client) may have renamed the file.
         for sub in ("cur", "new"):
             try:
-                names = os.listdir(os.path.join(self._maildir, sub))
+                directory = self._subdirectory(sub)
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 raise store_error(exc) from None
+            try:
+                names = os.listdir(directory)
+            except OSError as exc:
+                raise store_error(exc) from None
+            finally:
+                os.close(directory)
             for name in names:
                 if not name.startswith(".") and base_of(name) == key:
                     return f"{sub}/{name}"
@@ -599,16 +687,33 @@ class MaildirMaildrop:
             os.close(fd)
 
     def _delete(self, keys: list[str]) -> None:
+        """Journal, then unlink (see :mod:`mailslot.store.expunge`); say how far it got."""
+        journaled = True
         try:
-            expunge.write(self._maildir, keys, self._fsync)
+            expunge.write(self._maildir_fd, keys, self._fsync)
         except OSError as exc:
-            raise store_error(exc) from None
+            if exc.errno not in expunge.NO_SPACE:
+                raise store_error(exc) from None
+            journaled = False  # a full disk: remove without a journal, in order
         known = {key: relative_path(self._locations[key]) for key in keys}
         try:
-            expunge.apply(self._maildir, keys, self._fsync, known)
-        except OSError as exc:
-            # The journal is durable: the next open() finishes what was started here.
-            raise store_error(exc) from None
+            progress = expunge.remove(
+                self._maildir_fd, keys, self._fsync, known, journaled=journaled
+            )
+        except (OSError, StoreError) as exc:
+            # cur/ or new/ could not be opened: nothing was unlinked here.
+            error = store_error(exc) if isinstance(exc, OSError) else exc
+            if not journaled:
+                raise error from None
+            raise PartialDeletion(f"{error}", deleted=0, pending=True) from None
+        if progress.failed or not progress.durable:
+            what = "removal not durable" if not progress.failed else "unlink failed"
+            raise PartialDeletion(
+                f"maildir: {what}: {progress.error}"
+                + ("" if journaled else " (no room for the journal)"),
+                deleted=progress.deleted,
+                pending=journaled,
+            )
 
     async def delete(self, messages: Sequence[MessageInfo]) -> None:
         if self._lock_fd is None:
@@ -623,6 +728,7 @@ class MaildirMaildrop:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
+            os.close(self._maildir_fd)
 
     async def close(self) -> None:
         self.close_now()
@@ -631,9 +737,11 @@ class MaildirMaildrop:
 class MaildirStore:
     """Maildrops at ``template`` (``{user}``, ``{localpart}``, ``{domain}``, ``{home}``, ``~/``).
 
-    ``fsync`` is the one call that makes data durable; tests inject a failing one to play a
-    full disk.  ``snapshot_budget`` is how many messages' snapshots are kept for reuse by the
-    next open of an unchanged maildrop (:class:`Snapshots`); 0 keeps none.
+    Everything below the template's fixed leading directories is reached without following
+    symlinks (:mod:`mailslot.store.confine`).  ``fsync`` is the one call that makes data
+    durable; tests inject a failing one to play a full disk.  ``snapshot_budget`` is how many
+    messages' snapshots are kept for reuse by the next open of an unchanged maildrop
+    (:class:`Snapshots`); 0 keeps none.
     """
 
     def __init__(
@@ -645,79 +753,172 @@ class MaildirStore:
         snapshot_budget: int = SNAPSHOT_BUDGET,
     ) -> None:
         self._template = template
+        self._root = confine.root_of(template)
         self._fsync = fsync
         self._names = UniqueNames(hostname)
         self._snapshots = Snapshots(snapshot_budget) if snapshot_budget > 0 else None
 
     def path_for(self, user: str, home: str | None = None) -> str:
-        """The Maildir directory of ``user`` (raises :class:`PermanentFailure` if unsafe)."""
-        return expand(self._template, user, home)
+        """The Maildir directory of ``user`` (raises :class:`PermanentFailure` if unsafe).
 
-    def _open(self, maildir: str, lock_fd: int | None) -> MaildirMaildrop:
+        For logs and tests: the store itself never opens this path as a whole.
+        """
+        return self.location_for(user, home).path
+
+    def location_for(self, user: str, home: str | None = None) -> confine.Location:
+        """Where ``user``'s Maildir is: the root and the components to walk below it."""
+        return confine.locate(self._template, user, home, self._root)
+
+    def maildir_directory(self, user: str, home: str | None = None) -> int:
+        """A descriptor of ``user``'s Maildir, walked without symlinks (blocking).
+
+        Raises FileNotFoundError if it does not exist yet, a :class:`StoreError` otherwise.
+        """
         try:
-            ensure_maildir(maildir)
-            if lock_fd is None:
-                lock_fd = _lock(maildir)
+            return confine.open_maildir(self.location_for(user, home))
+        except FileNotFoundError:
+            raise
         except OSError as exc:
-            if lock_fd is not None:
-                os.close(lock_fd)
             raise store_error(exc) from None
+
+    def _open(self, location: confine.Location, held: tuple[int, int] | None) -> MaildirMaildrop:
+        if held is None:
+            try:
+                maildir_fd = confine.open_maildir(location, create=True)
+            except OSError as exc:
+                raise store_error(exc) from None
+            held = maildir_fd, _lock_or_close(maildir_fd, location.path)
+        maildir_fd, lock_fd = held
         try:
-            expunge.recover(maildir, self._fsync)
-            messages, locations = take_snapshot(maildir, snapshots=self._snapshots)
+            new, cur = _subdirectories(maildir_fd, location.path, create=True)
+            try:
+                expunge.recover(maildir_fd, self._fsync)
+                messages, locations = take_snapshot(
+                    location.path, maildir_fd, new, cur, snapshots=self._snapshots
+                )
+            finally:
+                os.close(new)
+                os.close(cur)
         except OSError as exc:
             os.close(lock_fd)
+            os.close(maildir_fd)
             raise store_error(exc) from None
         except BaseException:
             os.close(lock_fd)
+            os.close(maildir_fd)
             raise
-        return MaildirMaildrop(maildir, lock_fd, messages, locations, self._fsync)
+        return MaildirMaildrop(location.path, maildir_fd, lock_fd, messages, locations, self._fsync)
 
-    def _open_quick(self, maildir: str, lock_fd: int) -> MaildirMaildrop | None:
-        """Open a small maildrop without blocking work (see the module docstring), or None."""
+    def _open_quick(
+        self, location: confine.Location, maildir_fd: int, lock_fd: int
+    ) -> MaildirMaildrop | None:
+        """Open a small maildrop without blocking work (see the module docstring), or None.
+
+        On None the descriptors stay open for the worker thread.
+        """
         try:
             # An interrupted deletion is finished in the thread.  A journal's temporary file
             # alone (a crash before the rename) deletes nothing, so it does not stop a quick
             # open: the thread's recover() or the next journal write removes it.
-            if fsutil.lexists(maildir + "/" + expunge.JOURNAL):
+            if fsutil.lexists(maildir_fd, expunge.JOURNAL):
                 return None
-            messages, locations = take_snapshot(
-                maildir, limit=INLINE_LIMIT, snapshots=self._snapshots
-            )
+            try:
+                new_st, cur_st = _lstat_subdirectories(maildir_fd, location.path)
+                if self._snapshots is not None:
+                    stamps = _stamps_of(new_st, cur_st, _now())
+                    known = (
+                        None if stamps is None else self._snapshots.unchanged(location.path, stamps)
+                    )
+                    if known is not None:
+                        return MaildirMaildrop(
+                            location.path,
+                            maildir_fd,
+                            lock_fd,
+                            known.messages,
+                            known.locations,
+                            self._fsync,
+                        )
+                new, cur = _subdirectories(maildir_fd, location.path, create=False)
+            except FileNotFoundError:
+                return None  # the thread creates it
+            try:
+                messages, locations = take_snapshot(
+                    location.path,
+                    maildir_fd,
+                    new,
+                    cur,
+                    limit=INLINE_LIMIT,
+                    snapshots=self._snapshots,
+                )
+            finally:
+                os.close(new)
+                os.close(cur)
         except _WouldBlock:
             return None
         except OSError as exc:
             os.close(lock_fd)
+            os.close(maildir_fd)
             raise store_error(exc) from None
         except BaseException:
             os.close(lock_fd)
+            os.close(maildir_fd)
             raise
-        return MaildirMaildrop(maildir, lock_fd, messages, locations, self._fsync)
+        return MaildirMaildrop(location.path, maildir_fd, lock_fd, messages, locations, self._fsync)
 
     async def open(self, user: str, home: str | None = None) -> MaildirMaildrop:
-        maildir = self.path_for(user, home)
-        lock_fd: int | None = None
+        location = self.location_for(user, home)
+        held: tuple[int, int] | None = None
         try:
-            lock_fd = _lock(maildir)
-        except (FileNotFoundError, NotADirectoryError):
+            maildir_fd = confine.open_maildir(location)
+        except FileNotFoundError:
             pass  # a new user: the worker thread creates the Maildir, then locks it
         except OSError as exc:
             raise store_error(exc) from None
-        if lock_fd is not None:
-            maildrop = self._open_quick(maildir, lock_fd)
+        else:
+            lock_fd = _lock_or_close(maildir_fd, location.path)
+            maildrop = self._open_quick(location, maildir_fd, lock_fd)
             if maildrop is not None:
                 return maildrop
-        fd = lock_fd
-        return await _in_thread(lambda: self._open(maildir, fd), MaildirMaildrop.close_now)
+            held = maildir_fd, lock_fd
+
+        def release() -> None:
+            if held is not None:
+                os.close(held[1])
+                os.close(held[0])
+
+        return await _in_thread(
+            lambda: self._open(location, held), MaildirMaildrop.close_now, release
+        )
 
     def _deliver(self, user: str, data: bytes, home: str | None) -> str:
-        maildir = self.path_for(user, home)
+        location = self.location_for(user, home)
         name = self._names.make(len(data), wire_size(data))
-        tmp_path = os.path.join(maildir, "tmp", name)
-        new_path = os.path.join(maildir, "new", name)
         try:
-            ensure_maildir(maildir)
-            fd = os.open(tmp_path, _CREATE_MESSAGE, 0o600)
+            maildir_fd = confine.open_maildir(location, create=True)
+            try:
+                new, cur = _subdirectories(maildir_fd, location.path, create=True)
+                os.close(cur)
+                try:
+                    shown = os.path.join(location.path, "tmp")
+                    tmp = confine.open_directory(maildir_fd, "tmp", shown)
+                except BaseException:
+                    os.close(new)
+                    raise
+            finally:
+                os.close(maildir_fd)
+        except OSError as exc:
+            raise store_error(exc) from None
+        try:
+            self._write_message(tmp, new, name, data)
+        finally:
+            os.close(tmp)
+            os.close(new)
+        return name
+
+    def _write_message(self, tmp: int, new: int, name: str, data: bytes) -> None:
+        """Write into tmp/, fsync, rename into new/, fsync new/ (the Maildir protocol)."""
+        try:
+            fd = os.open(name, _CREATE_MESSAGE, 0o600, dir_fd=tmp)
         except OSError as exc:
             raise store_error(exc) from None
         try:
@@ -726,19 +927,18 @@ class MaildirStore:
                 self._fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp_path, new_path)
+            os.rename(name, name, src_dir_fd=tmp, dst_dir_fd=new)
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(tmp_path)
+                os.unlink(name, dir_fd=tmp)
             raise store_error(exc) from None
         try:
-            fsutil.fsync_directory(os.path.join(maildir, "new"), self._fsync)
+            self._fsync(new)
         except OSError as exc:
             # Not known to be durable, so the sender will retry: do not leave a duplicate.
             with contextlib.suppress(OSError):
-                os.unlink(new_path)
+                os.unlink(name, dir_fd=new)
             raise store_error(exc) from None
-        return name
 
     async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
         return await asyncio.to_thread(self._deliver, user, data, home)

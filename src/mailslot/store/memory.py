@@ -4,7 +4,10 @@ It keeps the contract of :mod:`mailslot.store.base` exactly as the Maildir backe
 shared contract suite in tests/store runs both): one exclusive lock per user (RFC 1939 section
 8, ``[IN-USE]`` of RFC 2449), a snapshot taken at open, all-or-nothing deletion, RFC 1939 wire
 sizes and unique-ids that are never reused.  ``fail`` lets a test make the next call of an
-operation raise a chosen :class:`StoreError` (``store.fail["delete"] = TemporaryFailure()``).
+operation raise a chosen :class:`StoreError` (``store.fail["delete"] = TemporaryFailure()``);
+``fail_removal_at`` makes a deletion fail to remove its n-th message (from 1), as the Maildir
+backend does when an unlink keeps failing: the others go, :class:`PartialDeletion` is raised
+and that one goes at the next open.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    PartialDeletion,
     StoreError,
     TemporaryFailure,
 )
@@ -57,8 +61,16 @@ class MemoryMaildrop:
         if not self._open:
             raise TemporaryFailure("maildrop is closed")
         self._store._take_fault("delete")
-        keys = {m.key for m in messages} & self._keys
-        self._store._remove(self._user, keys)
+        keys = [key for key in dict.fromkeys(m.key for m in messages) if key in self._keys]
+        stop = self._store.fail_removal_at
+        if stop is not None and stop <= len(keys):
+            self._store.fail_removal_at = None
+            failed = keys.pop(stop - 1)
+            self._store._remove(self._user, set(keys))
+            # As a journal would: it is removed before the next snapshot.
+            self._store._pending.setdefault(self._user, set()).add(failed)
+            raise PartialDeletion("removal failed", deleted=len(keys), pending=True)
+        self._store._remove(self._user, set(keys))
 
     async def close(self) -> None:
         if self._open:
@@ -74,6 +86,8 @@ class MemoryStore:
         self._locked: set[str] = set()
         self._serial = itertools.count(1)
         self.fail: dict[str, StoreError] = {}
+        self.fail_removal_at: int | None = None
+        self._pending: dict[str, set[str]] = {}
 
     def _take_fault(self, operation: str) -> None:
         error = self.fail.pop(operation, None)
@@ -112,6 +126,7 @@ class MemoryStore:
         if user in self._locked:
             raise MaildropLocked("maildrop is in use")
         self._locked.add(user)
+        self._remove(user, self._pending.pop(user, set()))
         messages = [
             MessageInfo(key=stored.key, uid=stored.key, size=wire_size(stored.data))
             for stored in self._boxes.get(user, ())

@@ -15,6 +15,7 @@ import re
 
 from mailslot.store import fsutil
 
+NAME = ".mailslot-sizes"
 HEADER = b"mailslot-sizes 1\n"
 _LINE = re.compile(r"^(.+) (\d+) (\d+)$", re.MULTILINE)
 _TRAILER = b"end "
@@ -27,9 +28,12 @@ def cacheable(base: str) -> bool:
     return "\n" not in base and "\r" not in base
 
 
-def load(path: str) -> CacheEntries:
-    """Return the cached entries, or none at all if the file is missing or damaged."""
-    data = fsutil.read_own_file(path)
+def load(maildir: int, name: str = NAME) -> CacheEntries:
+    """Return the cached entries, or none at all if the file is missing or damaged.
+
+    ``maildir`` is the descriptor of the Maildir directory (:mod:`mailslot.store.confine`).
+    """
+    data = fsutil.read_own_file(maildir, name)
     if data is None or not data.startswith(HEADER):
         return {}
     body_end = data.rfind(b"\n", 0, len(data) - 1) + 1
@@ -46,11 +50,11 @@ def load(path: str) -> CacheEntries:
     return {base: (int(physical), int(wire)) for base, physical, wire in rows}
 
 
-def save(path: str, entries: CacheEntries) -> None:
+def save(maildir: int, entries: CacheEntries, name: str = NAME) -> None:
     """Replace the cache atomically (write a temporary file, then rename over)."""
     body = b"".join(
         b"%s %d %d\n" % (os.fsencode(base), physical, wire)
         for base, (physical, wire) in sorted(entries.items())
     )
     data = HEADER + body + _TRAILER + hashlib.sha256(body).hexdigest().encode() + b"\n"
-    fsutil.replace_file(path, data)
+    fsutil.replace_file(maildir, name, data)
