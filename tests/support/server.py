@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -124,7 +125,9 @@ class MailslotServer:
         limits: Mapping[str, Any] | None = None,
         extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
+        file_limit: int | None = None,
     ) -> None:
+        """``file_limit``: the server's RLIMIT_NOFILE, soft and hard (it raises soft to hard)."""
         self.directory = directory
         self.tls_files = tls_files
         directory.mkdir(parents=True, exist_ok=True)
@@ -138,6 +141,7 @@ class MailslotServer:
         self.config_path = directory / "mailslot.toml"
         self.log_path = directory / "server.log"
         self.env = dict(env or {})
+        self.file_limit = file_limit
         self.process: subprocess.Popen[bytes] | None = None
         config = "".join(
             toml_table(
@@ -215,6 +219,7 @@ class MailslotServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
                 env=env,
+                preexec_fn=None if self.file_limit is None else self._limit_files,
             )
         deadline = time.monotonic() + STARTUP_DEADLINE
         context = self.tls_files.client_context()
@@ -233,6 +238,10 @@ class MailslotServer:
             self.kill()
             raise RuntimeError(f"mailslot did not come up: {exc}\n{self.log()}") from None
         return self
+
+    def _limit_files(self) -> None:
+        assert self.file_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after a deadline; return the exit status."""
