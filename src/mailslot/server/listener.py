@@ -40,6 +40,7 @@ from mailslot.config import ListenerConfig
 from mailslot.log import escape
 from mailslot.protocol.connection import CoreConfig
 from mailslot.protocol.responses import Code, err
+from mailslot.server.limits import RefusalLog
 from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
 from mailslot.server.session import (
     Session,
@@ -89,7 +90,10 @@ class Pop3Listener:
         :meth:`start` binds one."""
         self.config = config
         self._context = dataclasses.replace(
-            context, label=config.tls, proxy_protocol=config.proxy_protocol
+            context,
+            label=config.tls,
+            proxy_protocol=config.proxy_protocol,
+            refusals=RefusalLog(logger),
         )
         self._sock = sock
         self._accepting = False
@@ -284,6 +288,7 @@ class Pop3Listener:
         """Stop accepting; wait up to ``deadline`` seconds (``None``: as long as they last) for
         sessions, then end them."""
         self._stop_accepting()
+        self._context.refusals.flush()
         sessions = self._context.sessions
         if self._handshakes or sessions:
             waiting = [*self._handshakes, *(s.closed() for s in sessions)]
