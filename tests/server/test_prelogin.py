@@ -120,7 +120,7 @@ def test_a_client_hello_trickled_a_byte_at_a_time_is_cut_off_at_the_login_deadli
         received, closed = trickle(sock, client_hello())
     assert closed
     assert received == b""
-    assert wait_for_log(caplog, "TLS handshake failed")
+    assert wait_for_log(caplog, "TLS handshake failed: login timeout")
 
 
 def test_an_stls_handshake_trickled_is_cut_off_at_the_login_deadline(
@@ -135,7 +135,7 @@ def test_an_stls_handshake_trickled_is_cut_off_at_the_login_deadline(
         received, closed = trickle(sock, client_hello())
     assert closed
     assert received == b""
-    assert wait_for_log(caplog, "TLS handshake failed")
+    assert wait_for_log(caplog, "TLS handshake failed: login timeout")
 
 
 def test_whole_commands_before_login_do_not_move_the_login_deadline(

@@ -271,6 +271,8 @@ class Pop3Listener:
                 reason = escape(exc) or (
                     "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
                 )
+                if loop.time() >= deadline:
+                    reason = f"login timeout: {reason}"
                 logger.info("peer=%s TLS handshake failed: %s", peer, reason)
                 transport.abort()  # type: ignore[attr-defined]
                 return

@@ -628,7 +628,10 @@ class Session(asyncio.Protocol):
                 ),
             )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
-            self.log.info("TLS handshake failed: %s", escape(exc) or type(exc).__name__)
+            reason = escape(exc) or type(exc).__name__
+            if context.loop.time() >= self._deadline:
+                reason = f"login timeout: {reason}"
+            self.log.info("TLS handshake failed: %s", reason)
             return False
         if transport is None:  # the peer went away during the handshake
             return False
