@@ -2,7 +2,8 @@
 
 The driver is the connection's asyncio protocol: the transport's callbacks feed the sans-IO
 core, and only work that does wait runs in a task.  It owns every timer (RFC 1939 section
-3: the autologout timer of at least 10 minutes after login; a short one before), performs
+3: the autologout timer of at least 10 minutes after login; before it, a deadline counted
+from the accept that no amount of trickled bytes moves), performs
 what the core asks (authentication, opening the maildrop, streaming message bytes with
 back-pressure, the UPDATE commit, the STLS handshake) and maps backend errors to the core's
 failure reasons.  A session that ends in any
