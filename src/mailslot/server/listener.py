@@ -31,6 +31,7 @@ import errno
 import functools
 import logging
 import math
+import os
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
@@ -59,7 +60,6 @@ _ACCEPT_BATCH = 64
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_RETRY = 0.1  # seconds without accepting after EMFILE/ENFILE
 _EXHAUSTED_LOG_WINDOW = 10.0  # at most one EMFILE/ENFILE line per listener this often
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 def listening_socket(config: ListenerConfig) -> socket.socket:
@@ -97,6 +97,8 @@ class Pop3Listener:
         )
         self._sock = sock
         self._accepting = False
+        self._family = socket.AF_INET
+        self._kind = socket.SOCK_STREAM
         self._retry: asyncio.TimerHandle | None = None
         self._exhausted = 0  # EMFILE/ENFILE on accept since the last such log line
         self._exhausted_logged = -math.inf
@@ -120,6 +122,7 @@ class Pop3Listener:
         loop = self._context.loop = asyncio.get_running_loop()
         if self._sock is None:
             self._sock = listening_socket(self.config)
+        self._family, self._kind = self._sock.family, self._sock.type
         self._accepting = True
         loop.add_reader(self._sock.fileno(), self._accept)
         logger.info(
@@ -139,9 +142,12 @@ class Pop3Listener:
         context = self._context
         limits = context.limits
         implicit = self.config.tls == "implicit"
+        family, kind = self._family, self._kind
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, peer = listening.accept()
+                # socket.accept() without its socket object: a refused connection needs none,
+                # and an accepted one gets it below without accept()'s getsockopt()s.
+                fd, peer = listening._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -155,19 +161,21 @@ class Pop3Listener:
             refusal = limits.acquire_connection(address)
             if refusal is not None:
                 # Refused before a transport or protocol exists: a flood costs an accept,
-                # a send and a close per connection.
+                # a write and a close per connection.
                 context.refusals.refused(address, refusal)
                 if not implicit:
+                    refusal_reply = err(refusal.capitalize() + ".", Code.SYS_TEMP)
+                    # A new socket's empty send buffer takes the line without blocking.
                     with contextlib.suppress(OSError):
-                        sock.send(err(refusal.capitalize() + ".", Code.SYS_TEMP), _DONTWAIT)
-                sock.close()
+                        os.write(fd, refusal_reply)
+                os.close(fd)
                 continue
             factory: Callable[[], asyncio.Protocol]
             if implicit:
                 factory = functools.partial(_AwaitingHandshake, self._handshake, address)
             else:
                 factory = functools.partial(Session, context, address=address)
-            _connect(context, factory, sock, address)
+            _connect(context, factory, socket.socket(family, kind, 0, fd), address)
 
     def _out_of_descriptors(self, exc: OSError) -> None:
         """EMFILE or ENFILE: log it (once a window) and retry in a moment.
