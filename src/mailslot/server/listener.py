@@ -146,7 +146,8 @@ class Pop3Listener:
         for _ in range(_ACCEPT_BATCH):
             try:
                 # socket.accept() without its socket object: a refused connection needs none,
-                # and an accepted one gets it below without accept()'s getsockopt()s.
+                # and an accepted one gets it below without accept()'s family and type
+                # look-ups (socket.accept() itself calls _accept()).
                 fd, peer = listening._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 return
@@ -189,7 +190,7 @@ class Pop3Listener:
         now = loop.time()
         if now >= self._exhausted_logged + _EXHAUSTED_LOG_WINDOW:
             logger.warning(
-                "cannot accept on %s: %s (%d times since the last such line); "
+                "cannot accept on %s: %s (failed accepts since the last such line: %d); "
                 "accepting again in %gs",
                 format_address(self._sock.getsockname() if self._sock else None),
                 escape(exc.strerror or exc),
