@@ -14,6 +14,10 @@ Each attack runs against a fresh server (``server.workers = 2``, a throwaway dir
   ``--fd-per-ip``), ``--fd-flood`` silent implicit-TLS
   connections from 127.0.0.1 held open, then ``--probes`` clients from 127.0.0.2 that each
   handshake, read the greeting and QUIT: how many fail while the flood is held and after it.
+- ``emfile``: one worker, its open-file limit lowered while it runs (``prlimit``) to 10 more
+  than it holds, 40 silent plain connections from 127.0.0.1: how many are greeted, dropped
+  (closed with nothing sent) or left waiting in the queue, the server's CPU time over 2 s,
+  whether 127.0.0.2 is served during and after the flood, and the log lines about accept.
 
 Traffic goes only to the loopback addresses of this machine; every loop is bounded.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import resource
 import select
 import socket
@@ -35,7 +40,7 @@ from pathlib import Path
 from tests.support.server import Listener, MailslotServer
 from tests.support.tls import TlsFiles, make_tls_files
 
-ATTACKS = ("trickle-capa", "trickle-proxy", "trickle-hello", "flood", "fdflood")
+ATTACKS = ("trickle-capa", "trickle-proxy", "trickle-hello", "flood", "fdflood", "emfile")
 
 
 @contextlib.contextmanager
@@ -204,6 +209,68 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         print(f"fdflood: {len(lines)} log lines about refusals or descriptors")
         for line in lines[:5]:
             print("  ", line[:200])
+    if "emfile" in args.only:
+        emfile(tmp, tls)
+
+
+def emfile(tmp: Path, tls: TlsFiles) -> None:
+    srv = MailslotServer(
+        tmp / "emfile",
+        tls,
+        listeners=(Listener("none"),),
+        allow_plaintext=True,
+        limits={"max_connections_per_ip": 100000, "login_timeout": 60},
+    )
+    with srv:
+        assert srv.process is not None
+        pid = srv.process.pid
+        address = srv.listener("none")
+        spare = len(os.listdir(f"/proc/{pid}/fd")) + 10
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (spare, spare))
+        flood = [socket.create_connection(address) for _ in range(40)]
+        started = cpu_seconds(pid)
+        time.sleep(2.0)
+        cpu = cpu_seconds(pid) - started
+        greeted = dropped = waiting = 0
+        for sock in flood:
+            if not select.select([sock], [], [], 0)[0]:
+                waiting += 1
+                continue
+            try:
+                data = sock.recv(100, socket.MSG_PEEK)
+            except OSError:
+                data = b""
+            if data.startswith(b"+OK"):
+                greeted += 1
+            else:
+                dropped += 1
+        during = plain_probe(address)
+        for sock in flood:
+            sock.close()
+        time.sleep(1.0)
+        after = plain_probe(address)
+    print(
+        f"emfile: greeted {greeted}, dropped {dropped}, waiting {waiting}; server CPU {cpu:.2f} s "
+        f"over 2 s; 127.0.0.2 served during the flood: {during}, after it: {after}"
+    )
+    lines = [line for line in srv.log().splitlines() if "accept" in line.lower()]
+    print(f"emfile: {len(lines)} log lines about accept")
+    for line in lines[:3]:
+        print("  ", line[:200])
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def plain_probe(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=3, source_address=("127.0.0.2", 0)) as s:
+            return s.makefile("rb").readline().startswith(b"+OK")
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
