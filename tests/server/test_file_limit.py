@@ -8,36 +8,14 @@ connections to what the limit allows and answers the rest ``-ERR [SYS/TEMP]`` at
 
 from __future__ import annotations
 
-import resource
 import socket
-import subprocess
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from typing import Any
+from contextlib import ExitStack
 
 from tests.support.server import Listener, ServerFactory
 
 from mailslot.server.runner import connections_within
 
 FILE_LIMIT = 200
-
-
-@contextmanager
-def _children_file_limit(limit: int) -> Iterator[None]:
-    """Processes started inside get a hard open-file limit of ``limit`` (ours is untouched)."""
-    real_popen = subprocess.Popen
-
-    def limited() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-    def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
-        return real_popen(*args, preexec_fn=limited, **kwargs)
-
-    subprocess.Popen = popen  # type: ignore[assignment,misc]
-    try:
-        yield
-    finally:
-        subprocess.Popen = real_popen  # type: ignore[misc]
 
 
 def test_connections_within_keeps_a_reserve_and_three_descriptors_per_session() -> None:
@@ -47,13 +25,11 @@ def test_connections_within_keeps_a_reserve_and_three_descriptors_per_session() 
 
 def test_connections_beyond_the_file_limit_get_sys_temp(mailslot_factory: ServerFactory) -> None:
     server = mailslot_factory(
-        start=False,
         listeners=(Listener("none"),),
         allow_plaintext=True,
         limits={"max_connections": 10_000, "max_connections_per_ip": 10_000},
+        file_limit=FILE_LIMIT,
     )
-    with _children_file_limit(FILE_LIMIT):
-        server.start()
     affordable = connections_within(FILE_LIMIT)
     host, port = server.listener("none")
     with ExitStack() as stack:

@@ -73,7 +73,7 @@ def test_login_timeout_closes_with_err(
     with tls_wire(server) as wire:
         assert wire.line().startswith(b"-ERR")
         assert wire.read_until_eof() == b""
-    assert wait_for_log(caplog, "reason=idle timeout user=-")
+    assert wait_for_log(caplog, "reason=login timeout user=-")
 
 
 def test_activity_keeps_the_session_alive_past_the_idle_timeout(

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import ssl
@@ -159,9 +160,11 @@ class MailslotServer:
         extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
         run_as_root: str | None = RUN_AS_ROOT,
+        file_limit: int | None = None,
     ) -> None:
         """``run_as_root``: written to ``[server]`` when the tests run as root and
-        ``extra_sections`` give the server no ``user``; ``None`` writes neither."""
+        ``extra_sections`` give the server no ``user``; ``None`` writes neither.
+        ``file_limit``: the server's RLIMIT_NOFILE, soft and hard (it raises soft to hard)."""
         self.directory = directory
         self.tls_files = tls_files
         directory.mkdir(parents=True, exist_ok=True)
@@ -175,6 +178,7 @@ class MailslotServer:
         self.config_path = directory / "mailslot.toml"
         self.log_path = directory / "server.log"
         self.env = dict(env or {})
+        self.file_limit = file_limit
         self.process: subprocess.Popen[bytes] | None = None
         config = "".join(
             toml_table(
@@ -259,6 +263,7 @@ class MailslotServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
                 env=env,
+                preexec_fn=None if self.file_limit is None else self._limit_files,
             )
         deadline = time.monotonic() + STARTUP_DEADLINE
         context = self.tls_files.client_context()
@@ -277,6 +282,10 @@ class MailslotServer:
             self.kill()
             raise RuntimeError(f"mailslot did not come up: {exc}\n{self.log()}") from None
         return self
+
+    def _limit_files(self) -> None:
+        assert self.file_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after a deadline; return the exit status."""

@@ -1,10 +1,22 @@
 """Listening sockets for POP3: implicit TLS (RFC 8314 section 3.3), STLS (RFC 2595), plain.
 
-Each accepted connection first takes a slot from the connection limits, then becomes a
-:class:`~mailslot.server.session.Session`.  With ``proxy_protocol``, a HAProxy PROXY header
-(:mod:`mailslot.server.proxy`) comes first, before the greeting or the TLS ClientHello, and
-the client address it carries stands for the peer in the limits, the failure penalty and
-the log; a connection without a valid header is closed with one log line and nothing sent.
+The listener accepts connections itself rather than through ``loop.create_server()``: each
+takes a slot from the connection limits the moment it is accepted, and one over a limit is
+answered ``-ERR [SYS/TEMP]`` (RFC 3206 section 4; a plain close on implicit TLS) and closed
+there, before a transport or a protocol exists for it; refusals are logged a line per address
+and window (:class:`~mailslot.server.limits.RefusalLog`).  Out of descriptors (EMFILE,
+ENFILE), it logs that, at most once a window, and stops accepting for a moment, leaving the
+waiting connections queued: uvloop (libuv) would silently accept and close every queued
+connection, whoever it came from, and asyncio logs each failure.
+
+Accepted, a connection becomes a :class:`~mailslot.server.session.Session`.  With
+``proxy_protocol``, a HAProxy PROXY header (:mod:`mailslot.server.proxy`) comes first,
+before the greeting or the TLS ClientHello; until it arrives the connection counts against
+the proxy's address, then the client address it carries stands for the peer in the limits,
+the failure penalty and the log; a connection without a valid header is closed with one log
+line and nothing sent.  The whole login phase (header, TLS handshake, commands until a
+successful login) ends ``[limits] login_timeout`` after the accept, however slowly the
+client keeps sending.
 
 Shutdown stops accepting at once, lets running sessions finish until a deadline, then
 cancels the rest (which deletes nothing: only a completed QUIT commits).
@@ -13,9 +25,13 @@ cancels the rest (which deletes nothing: only a completed QUIT commits).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import functools
 import logging
+import math
+import os
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
@@ -24,12 +40,26 @@ from typing import Any, cast
 from mailslot.config import ListenerConfig
 from mailslot.log import escape
 from mailslot.protocol.connection import CoreConfig
+from mailslot.protocol.responses import Code, err
+from mailslot.server.limits import RefusalLog
 from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
-from mailslot.server.session import Session, SessionContext, format_address, proxy_refused
+from mailslot.server.session import (
+    Session,
+    SessionContext,
+    format_address,
+    handshake_timeout,
+    proxy_refused,
+)
 
 logger = logging.getLogger("mailslot.listener")
 
 BACKLOG = 1024  # pending connections per listening socket, before the workers accept them
+# Connections accepted per readiness event, as asyncio does, so that a flood does not keep
+# the loop from the sessions it already has.
+_ACCEPT_BATCH = 64
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_RETRY = 0.1  # seconds without accepting after EMFILE/ENFILE
+_EXHAUSTED_LOG_WINDOW = 10.0  # at most one EMFILE/ENFILE line per listener this often
 
 
 def listening_socket(config: ListenerConfig) -> socket.socket:
@@ -60,10 +90,18 @@ class Pop3Listener:
         :meth:`start` binds one."""
         self.config = config
         self._context = dataclasses.replace(
-            context, label=config.tls, proxy_protocol=config.proxy_protocol
+            context,
+            label=config.tls,
+            proxy_protocol=config.proxy_protocol,
+            refusals=RefusalLog(logger),
         )
         self._sock = sock
-        self._server: asyncio.Server | None = None
+        self._accepting = False
+        self._family = socket.AF_INET
+        self._kind = socket.SOCK_STREAM
+        self._retry: asyncio.TimerHandle | None = None
+        self._exhausted = 0  # EMFILE/ENFILE on accept since the last such log line
+        self._exhausted_logged = -math.inf
         self._handshakes: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -82,25 +120,93 @@ class Pop3Listener:
 
     async def start(self) -> None:
         loop = self._context.loop = asyncio.get_running_loop()
-        factory: Callable[[], asyncio.Protocol]
-        if self.config.tls == "implicit":
-            factory = functools.partial(_AwaitingHandshake, self._handshake)
-        else:
-            factory = functools.partial(Session, self._context)
-        if self._sock is not None:
-            self._server = await loop.create_server(factory, sock=self._sock, backlog=BACKLOG)
-        else:
-            self._server = await loop.create_server(
-                factory, self.config.address, self.config.port, reuse_address=True, backlog=BACKLOG
-            )
-        for sock in self._server.sockets:
-            logger.info(
-                "listening: pop3 %s tls=%s", format_address(sock.getsockname()), self.config.tls
-            )
+        if self._sock is None:
+            self._sock = listening_socket(self.config)
+        self._family, self._kind = self._sock.family, self._sock.type
+        self._accepting = True
+        loop.add_reader(self._sock.fileno(), self._accept)
+        logger.info(
+            "listening: pop3 %s tls=%s",
+            format_address(self._sock.getsockname()),
+            self.config.tls,
+        )
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return tuple(self._server.sockets) if self._server else ()
+        return (self._sock,) if self._sock is not None and self._sock.fileno() >= 0 else ()
+
+    def _accept(self) -> None:
+        """Accept what is queued, up to a batch: count each connection or refuse it at once."""
+        listening = self._sock
+        assert listening is not None
+        context = self._context
+        limits = context.limits
+        implicit = self.config.tls == "implicit"
+        family, kind = self._family, self._kind
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                # socket.accept() without its socket object: a refused connection needs none,
+                # and an accepted one gets it below without accept()'s family and type
+                # look-ups (socket.accept() itself calls _accept()).
+                fd, peer = listening._accept()  # type: ignore[attr-defined]
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_DESCRIPTORS:
+                    self._out_of_descriptors(exc)
+                    return
+                # ECONNABORTED and the like: that client is gone; the next may not be.
+                logger.debug("accept failed: %s", exc)
+                continue
+            address = str(peer[0])
+            refusal = limits.acquire_connection(address)
+            if refusal is not None:
+                # Refused before a transport or protocol exists: a flood costs an accept,
+                # a write and a close per connection.
+                context.refusals.refused(address, refusal)
+                if not implicit:
+                    refusal_reply = err(refusal.capitalize() + ".", Code.SYS_TEMP)
+                    # A new socket's empty send buffer takes the line without blocking.
+                    with contextlib.suppress(OSError):
+                        os.write(fd, refusal_reply)
+                os.close(fd)
+                continue
+            factory: Callable[[], asyncio.Protocol]
+            if implicit:
+                factory = functools.partial(_AwaitingHandshake, self._handshake, address)
+            else:
+                factory = functools.partial(Session, context, address=address)
+            _connect(context, factory, socket.socket(family, kind, 0, fd), address)
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        """EMFILE or ENFILE: log it (once a window) and retry in a moment.
+
+        The queued connections stay queued rather than being accepted and dropped; they are
+        served as soon as descriptors are free.  Not retrying at once is what keeps the loop
+        from spinning on a listening socket that stays readable.
+        """
+        self._exhausted += 1
+        loop = self._context.loop
+        now = loop.time()
+        if now >= self._exhausted_logged + _EXHAUSTED_LOG_WINDOW:
+            logger.warning(
+                "cannot accept on %s: %s (failed accepts since the last such line: %d); "
+                "accepting again in %gs",
+                format_address(self._sock.getsockname() if self._sock else None),
+                escape(exc.strerror or exc),
+                self._exhausted,
+                _ACCEPT_RETRY,
+            )
+            self._exhausted = 0
+            self._exhausted_logged = now
+        assert self._sock is not None
+        loop.remove_reader(self._sock.fileno())
+        self._retry = loop.call_later(_ACCEPT_RETRY, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._retry = None
+        if self._accepting and self._sock is not None:
+            self._context.loop.add_reader(self._sock.fileno(), self._accept)
 
     async def _handshake(
         self, transport: asyncio.BaseTransport, waiting: _AwaitingHandshake
@@ -108,30 +214,49 @@ class Pop3Listener:
         """RFC 8314 section 3.3: TLS from the first byte, then the session as usual.
 
         The handshake is run here rather than by the listening socket so that the context
-        can be swapped on reload and a failed handshake is logged as one line.
+        can be swapped on reload and a failed handshake is logged as one line.  The PROXY
+        header and the handshake are part of the login phase: they end by its deadline, and
+        the session's commands get only what is left of it.
         """
-        loop = asyncio.get_running_loop()
+        context = self._context
+        loop = context.loop
+        deadline = loop.time() + context.login_timeout
         task = asyncio.current_task()
-        assert task is not None and self._context.tls is not None
+        assert task is not None and context.tls is not None
         self._handshakes.add(task)
+        address = waiting.address
+        counted = True  # the count is ours until the session has begun
         try:
             header: ProxyHeader | None = None
             if self.config.proxy_protocol:
+                limit = min(deadline, loop.time() + context.handshake_timeout)
                 try:
-                    async with asyncio.timeout(self._context.handshake_timeout):
+                    async with asyncio.timeout_at(limit):
                         header = await waiting.proxy_header()
                 except (ProxyProtocolError, TimeoutError) as exc:
                     proxy_refused(transport.get_extra_info("peername"), exc)
                     transport.abort()  # type: ignore[attr-defined]
                     return
-            session = Session(self._context, header)
+                if header.source is not None:
+                    # Count the client the header names rather than the proxy, before the
+                    # handshake: a refusal costs no TLS.
+                    client = str(header.source[0])
+                    refusal = context.limits.move_connection(address, client)
+                    if refusal is not None:
+                        context.refusals.refused(client, refusal)
+                        transport.abort()  # type: ignore[attr-defined]
+                        return
+                    address = client
+            session = Session(context, header, address=address, deadline=deadline)
             handshake = asyncio.ensure_future(
                 loop.start_tls(
                     cast(asyncio.WriteTransport, transport),
                     session,
-                    self._context.tls.current,
+                    context.tls.current,
                     server_side=True,
-                    ssl_handshake_timeout=self._context.handshake_timeout,
+                    ssl_handshake_timeout=handshake_timeout(
+                        context.handshake_timeout, deadline - loop.time()
+                    ),
                 )
             )
             try:
@@ -155,21 +280,26 @@ class Pop3Listener:
                 reason = escape(exc) or (
                     "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
                 )
+                if loop.time() >= deadline:
+                    reason = f"login timeout: {reason}"
                 logger.info("peer=%s TLS handshake failed: %s", peer, reason)
                 transport.abort()  # type: ignore[attr-defined]
                 return
             if tls_transport is None:  # the peer went away during the handshake
                 return
             # start_tls() leaves connection_made to the caller.
+            counted = False
             session.connection_made(tls_transport)
         finally:
+            if counted:
+                context.limits.release_connection(address)
             self._handshakes.discard(task)
 
     async def close(self, deadline: float | None) -> None:
         """Stop accepting; wait up to ``deadline`` seconds (``None``: as long as they last) for
         sessions, then end them."""
-        if self._server is not None:
-            self._server.close()
+        self._stop_accepting()
+        self._context.refusals.flush()
         sessions = self._context.sessions
         if self._handshakes or sessions:
             waiting = [*self._handshakes, *(s.closed() for s in sessions)]
@@ -181,8 +311,16 @@ class Pop3Listener:
             rest = [*self._handshakes, *(s.closed() for s in sessions)]
             if rest:
                 await asyncio.wait(rest, timeout=5)
-        if self._server is not None:
-            await self._server.wait_closed()
+
+    def _stop_accepting(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._sock is not None and self._sock.fileno() >= 0:
+            if self._accepting:
+                self._context.loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+        self._accepting = False
 
 
 class _AwaitingHandshake(asyncio.Protocol):
@@ -196,8 +334,10 @@ class _AwaitingHandshake(asyncio.Protocol):
     def __init__(
         self,
         handshake: Callable[[asyncio.BaseTransport, _AwaitingHandshake], Coroutine[Any, Any, None]],
+        address: str,
     ) -> None:
         self._handshake = handshake
+        self.address = address  # what the connection is counted under
         self._transport: asyncio.ReadTransport | None = None
         self.early = bytearray()
         self._more: asyncio.Future[None] | None = None
@@ -254,6 +394,43 @@ class _AwaitingHandshake(asyncio.Protocol):
                 await self._more
             finally:
                 self._more = None
+
+
+def _connect(
+    context: SessionContext,
+    factory: Callable[[], asyncio.Protocol],
+    sock: socket.socket,
+    address: str,
+) -> None:
+    """Give an accepted socket a transport and a protocol from ``factory``.
+
+    ``connect_accepted_socket()`` is a coroutine that only waits for the transport's
+    ``connection_made``; it is stepped by hand, as a task would, without the task: the
+    accept path is hot (thousands of logins a second).
+    """
+    coro = context.loop.connect_accepted_socket(factory, sock)
+    _step(context, coro, address, None)
+
+
+def _step(
+    context: SessionContext,
+    coro: Coroutine[Any, Any, object],
+    address: str,
+    _done: asyncio.Future[Any] | None,
+) -> None:
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return
+    except Exception as exc:
+        # No protocol has begun (a transport that cannot open the socket): the count is ours.
+        context.limits.release_connection(address)
+        logger.warning("peer=%s cannot serve an accepted connection: %s", address, escape(exc))
+        return
+    # What awaiting a future yields: the future, flagged as blocking (asyncio's Task clears
+    # the flag when it takes the future over, and so do we).
+    waiting._asyncio_future_blocking = False
+    waiting.add_done_callback(functools.partial(_step, context, coro, address))
 
 
 def _feed_early_data(transport: asyncio.BaseTransport, data: bytes) -> None:

@@ -2,7 +2,8 @@
 
 The driver is the connection's asyncio protocol: the transport's callbacks feed the sans-IO
 core, and only work that does wait runs in a task.  It owns every timer (RFC 1939 section
-3: the autologout timer of at least 10 minutes after login; a short one before), performs
+3: the autologout timer of at least 10 minutes after login; before it, a deadline counted
+from the accept that no amount of trickled bytes moves), performs
 what the core asks (authentication, opening the maildrop, streaming message bytes with
 back-pressure, the UPDATE commit, the STLS handshake) and maps backend errors to the core's
 failure reasons.  A session that ends in any
@@ -28,7 +29,7 @@ from mailslot.protocol import events as ev
 from mailslot.protocol.connection import Connection, CoreConfig
 from mailslot.protocol.responses import Code, Failure, err
 from mailslot.protocol.state import State
-from mailslot.server.limits import Limits
+from mailslot.server.limits import Limits, RefusalLog
 from mailslot.server.penalty import FailurePenalty
 from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
 from mailslot.server.tls import TlsContexts
@@ -145,6 +146,7 @@ class SessionContext:
     deadlines: ReadDeadlines = field(init=False)
     # Open connections; a dict, as ReadDeadlines' buckets are, for its size.
     sessions: dict[Session, None] = field(default_factory=dict)
+    refusals: RefusalLog = field(default_factory=lambda: RefusalLog(logger))
     # Set by the listener when it starts.  Kept rather than asked for: on Linux each
     # asyncio.get_running_loop() costs a getpid() system call.
     loop: asyncio.AbstractEventLoop = field(init=False)
@@ -203,7 +205,17 @@ class Session(asyncio.Protocol):
         "header",
     )
 
-    def __init__(self, context: SessionContext, header: ProxyHeader | None = None) -> None:
+    def __init__(
+        self,
+        context: SessionContext,
+        header: ProxyHeader | None = None,
+        *,
+        address: str,
+        deadline: float = 0.0,
+    ) -> None:
+        """``address``: what the listener counted the connection under when it accepted it;
+        the session releases that count once it has begun.  ``deadline``: the end of the
+        login phase (loop time), when the listener already started it (implicit TLS)."""
         self._context = context
         self._conn = Connection(context.core)
         self.header = header  # given by the listener when it read one before TLS
@@ -211,7 +223,7 @@ class Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._early: bytearray | None = None
         self._proxy: ProxyParser | None = None
-        self._address = "unknown"
+        self._address = address
         self._via = ""
         self._counted = False
         self._maildrop: Maildrop | None = None
@@ -220,9 +232,10 @@ class Session(asyncio.Protocol):
         self._retrieved = 0
         self._octets = 0
         # The read deadline, watched by the listener's ReadDeadlines (in bucket _slot, or
-        # None) and moved forward lazily, rather than a timer per read.
+        # None) and moved forward lazily, rather than a timer per read.  Before login it is
+        # the login deadline, fixed from the accept; after, the idle timeout's.
         self._slot: int | None = None
-        self._deadline = 0.0
+        self._deadline = deadline
         self._task: asyncio.Task[None] | None = None
         self._read_paused = False
         self._write_paused = False
@@ -241,8 +254,12 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._context.sessions[self] = None
-        if self._context.proxy_protocol and self.header is None:
+        context = self._context
+        context.sessions[self] = None
+        self._counted = True  # the listener's count is the session's to release from now on
+        if not self._deadline:
+            self._deadline = context.loop.time() + context.login_timeout
+        if context.proxy_protocol and self.header is None:
             self._phase = _PROXY
             self._proxy = ProxyParser()
             self._wait_for_data()
@@ -335,18 +352,21 @@ class Session(asyncio.Protocol):
         if header is not None:
             self._via = f" proxy={format_address(peer)} header=v{header.version}/{header.command}"
             peer = header.source or peer
-        self._address = address = str(peer[0]) if peer else "unknown"
+        address = str(peer[0]) if peer else self._address
         context = self._context
+        if address != self._address:
+            # A PROXY header named the client: count it rather than the proxy from now on.
+            refusal = context.limits.move_connection(self._address, address)
+            if refusal is not None:
+                context.refusals.refused(address, refusal)
+                self._phase = _ENDED
+                self._release_connection()
+                transport.write(err(refusal.capitalize() + ".", Code.SYS_TEMP))
+                transport.close()
+                return
+            self._address = address
         self._prefix = session_prefix(next(context.ids), format_address(peer))
         self._phase = _SERVING
-        refusal = context.limits.acquire_connection(address)
-        if refusal is not None:
-            self.log.info("refused: %s", refusal)
-            self._conn.data_to_send()  # a refused client gets no greeting, only the refusal
-            transport.write(err(refusal.capitalize() + ".", Code.SYS_TEMP))
-            self._end("refused")
-            return
-        self._counted = True
         early, self._early = self._early, None
         if early:
             self._conn.receive_data(bytes(early))
@@ -375,7 +395,13 @@ class Session(asyncio.Protocol):
         transport = self._transport_or_fail()
         proxy_refused(transport.get_extra_info("peername"), exc)
         self._phase = _ENDED
+        self._release_connection()
         transport.abort()
+
+    def _release_connection(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._context.limits.release_connection(self._address)
 
     # ------------------------------------------------------------------ the core's events
 
@@ -462,12 +488,17 @@ class Session(asyncio.Protocol):
     # ------------------------------------------------------------------ timers
 
     def _wait_for_data(self) -> None:
-        """Start (or move) the read deadline of the current state."""
+        """Start (or move) the read deadline of the current state.
+
+        Before login the deadline stays where the accept put it: a client that trickles a
+        byte now and then must not hold a connection (and a descriptor) for ever.  After
+        login each read moves it, as RFC 1939 section 3's autologout timer.
+        """
         context = self._context
-        timeout = (
-            context.idle_timeout if self._conn.state == State.TRANSACTION else context.login_timeout
-        )
-        self._deadline = deadline = context.loop.time() + timeout
+        if self._conn.state == State.TRANSACTION:
+            self._deadline = deadline = context.loop.time() + context.idle_timeout
+        else:
+            deadline = self._deadline
         deadlines = context.deadlines
         slot = deadlines.slot(deadline)
         if self._slot is None or slot < self._slot:
@@ -492,9 +523,12 @@ class Session(asyncio.Protocol):
             self._context.deadlines.add(self, self._slot)
         elif self._phase == _PROXY:
             self._proxy_refused(TimeoutError())
-        else:
+        elif self._conn.state == State.TRANSACTION:
             self._transport_or_fail().write(err("Disconnected for inactivity."))
             self._end("idle timeout")
+        else:
+            self._transport_or_fail().write(err("Login timeout, disconnecting."))
+            self._end("login timeout")
 
     # ------------------------------------------------------------------ writing
 
@@ -582,16 +616,24 @@ class Session(asyncio.Protocol):
         if self._phase != _STLS:  # bytes came in the clear after STLS (see data_received)
             return False
         self._phase = _HANDSHAKE
+        context = self._context
+        assert context.tls is not None
         try:
-            transport = await self._context.loop.start_tls(
+            transport = await context.loop.start_tls(
                 self._transport_or_fail(),
                 self,
-                self._context.tls.current,
+                context.tls.current,
                 server_side=True,
-                ssl_handshake_timeout=self._context.handshake_timeout,
+                # The handshake is part of the login phase: it ends by the login deadline.
+                ssl_handshake_timeout=handshake_timeout(
+                    context.handshake_timeout, self._deadline - context.loop.time()
+                ),
             )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
-            self.log.info("TLS handshake failed: %s", escape(exc) or type(exc).__name__)
+            reason = escape(exc) or type(exc).__name__
+            if context.loop.time() >= self._deadline:
+                reason = f"login timeout: {reason}"
+            self.log.info("TLS handshake failed: %s", reason)
             return False
         if transport is None:  # the peer went away during the handshake
             return False
@@ -699,9 +741,7 @@ class Session(asyncio.Protocol):
     def _close(self, reason: str, abort: bool) -> None:
         transport = self._transport_or_fail()
         self._phase = _ENDED
-        if self._counted:
-            self._counted = False
-            self._context.limits.release_connection(self._address)
+        self._release_connection()
         data = self._conn.data_to_send()
         if self._lost:
             self._forget()  # else connection_lost() does, once the transport is closed
@@ -798,6 +838,12 @@ class _Started(Coroutine[Any, Any, None]):
     def _finished(self) -> None:
         if self._then is not None:
             self._then()
+
+
+def handshake_timeout(configured: float, remaining: float) -> float:
+    """A TLS handshake's timeout before login: ``[tls] handshake_timeout``, but not beyond
+    the login deadline, ``remaining`` seconds away (start_tls() wants more than 0)."""
+    return max(0.001, min(configured, remaining))
 
 
 def proxy_refused(peer: object, exc: Exception) -> None:
