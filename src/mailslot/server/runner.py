@@ -24,10 +24,10 @@ import resource
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from mailslot import log, privileges
+from mailslot import log, privileges, systemd
 from mailslot.auth.passwdfile import PasswdFileAuthenticator
 from mailslot.config import Config, ListenerConfig
 from mailslot.delivery.transactions import Transactions
@@ -144,11 +144,16 @@ class Application:
     def reload_tls(self) -> None:
         if self.tls is None:
             return
+        # Said to systemd only by the main process (a lone worker); a supervisor's workers
+        # have no NOTIFY_SOCKET (Supervisor).
+        systemd.reloading()
         try:
             self.tls.reload()
         except (OSError, ssl.SSLError) as exc:
             logger.error("TLS reload failed, keeping the old certificate: %s", exc)
             return
+        finally:
+            systemd.ready()
         logger.info("TLS certificate reloaded from %s", self.config.tls.certificate)
 
     async def retire(self) -> None:
@@ -231,6 +236,7 @@ async def _serve(
         stopping.cancel()
         retiring.cancel()
     logger.info("shutting down")
+    systemd.stopping()
     await app.stop()
     return 0
 
@@ -311,16 +317,29 @@ def _warn_unless_reloadable(config: Config, identity: Identity) -> None:
 
 
 def listening_sockets(
-    config: Config, owner: Identity | None = None
+    config: Config,
+    owner: Identity | None = None,
+    inherited: Iterable[socket.socket] = (),
 ) -> dict[ListenerConfig, socket.socket]:
     """A listening socket for every listener of ``config``, POP3 and LMTP; on an error (the
     port is taken, say) the ones already bound are closed again.  An LMTP Unix socket is
-    ``owner``'s, so that the workers, once they are ``owner``, still own it."""
+    ``owner``'s, so that the workers, once they are ``owner``, still own it.
+
+    A POP3 listener whose address and port one of ``inherited`` (sockets systemd passed:
+    :func:`mailslot.systemd.listen_fds`) is bound to takes that socket instead of binding.
+    """
+    spare = {_bound_to(sock): sock for sock in inherited}
     bound: dict[ListenerConfig, socket.socket] = {}
     try:
         for listener in config.listeners:
             if listener.protocol == "pop3":
-                bound[listener] = listening_socket(listener)
+                given = spare.pop((listener.address, listener.port), None)
+                if given is not None:
+                    logger.info(
+                        "pop3 %s: socket passed by systemd",
+                        format_address((listener.address, listener.port)),
+                    )
+                bound[listener] = given or listening_socket(listener)
             elif listener.protocol == "lmtp":
                 from mailslot.delivery.lmtp import lmtp_socket
 
@@ -331,7 +350,21 @@ def listening_sockets(
         for sock in bound.values():
             sock.close()
         raise
+    finally:
+        for (address, port), sock in spare.items():
+            logger.warning(
+                "a socket passed by systemd (%s) matches no listener; closing it",
+                format_address((address, port)),
+            )
+            sock.close()
     return bound
+
+
+def _bound_to(sock: socket.socket) -> tuple[str, int]:
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        return str(name[0]), int(name[1])
+    return str(name), 0
 
 
 def tls_for(config: Config) -> tls.TlsContexts | None:
@@ -410,14 +443,19 @@ def run(config: Config) -> int:
     # [server] user; docs/configuration.md).
     try:
         contexts = tls_for(config)
-        sockets = listening_sockets(config, identity)
+        sockets = listening_sockets(config, identity, systemd.listen_fds())
     except OSError as exc:  # ssl.SSLError included
         logger.error("cannot start: %s", exc)
         return 75  # EX_TEMPFAIL, as a worker that cannot start
     if identity is not None:
         logger.info("serving as %s:%s", identity.user, identity.group)
     if workers == 1:
-        started = None if identity is None else (lambda: _warn_unless_reloadable(config, identity))
+
+        def started() -> None:
+            systemd.ready()
+            if identity is not None:
+                _warn_unless_reloadable(config, identity)
+
         try:
             return _run_worker(config, 0, sockets, contexts, started, identity)
         finally:

@@ -31,12 +31,14 @@ import contextlib
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from mailslot import systemd
 from mailslot.config import Config, ListenerConfig
 from mailslot.server import tls
 
@@ -69,11 +71,19 @@ class _Worker:
     pid: int
     started: int  # the read end of a pipe the worker writes one byte to once it serves
     retiring: bool = False
+    serving: bool = False  # it said so (read by poll())
+
+    def poll(self) -> bool:
+        """Whether the worker said it serves yet; never waits."""
+        if not self.serving and select.select([self.started], [], [], 0)[0]:
+            with contextlib.suppress(OSError):
+                self.serving = os.read(self.started, 1) == b"."
+        return self.serving
 
     def has_started(self) -> bool:
         """Whether the worker said it serves (call once it has exited: a read never waits)."""
         try:
-            return os.read(self.started, 1) == b"."
+            return self.serving or os.read(self.started, 1) == b"."
         except OSError:
             return False
         finally:
@@ -101,6 +111,9 @@ class Supervisor:
         self.workers: dict[int, _Worker] = {}  # by pid
         self._stopping = False
         self._status = 0
+        # Workers to hear from before systemd is told the server serves (again): the first
+        # generation, then each new one of a reload.
+        self._awaited: list[_Worker] = []
 
     # ------------------------------------------------------------------ running
 
@@ -112,19 +125,32 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS | _PARENT_SIGNALS)
         try:
             for index in range(self.count):
-                self.spawn(index)
+                self._awaited.append(self.workers[self.spawn(index)])
             while self.workers:
-                info = signal.sigtimedwait(_PARENT_SIGNALS, _WAKE_EVERY)
+                info = signal.sigtimedwait(_PARENT_SIGNALS, self._wake_every())
                 signum = info.si_signo if info is not None else signal.SIGCHLD
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     self.stop(signum)
                 elif signum == signal.SIGHUP:
                     self.reload()
                 self.reap()
+                self._announce()
         finally:
             self._close_sockets()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS | _PARENT_SIGNALS)
         return self._status
+
+    def _wake_every(self) -> float:
+        # Often while waiting for workers to serve, so systemd hears of it soon.
+        return _WAKE_EVERY / 20 if self._awaited else _WAKE_EVERY
+
+    def _announce(self) -> None:
+        """Tell systemd the server serves once every awaited worker does (or is gone)."""
+        if not self._awaited or self._stopping:
+            return
+        if all(w.pid not in self.workers or w.poll() for w in self._awaited):
+            self._awaited.clear()
+            systemd.ready()
 
     def spawn(self, index: int) -> int:
         """Fork worker ``index`` of the current generation; its pid."""
@@ -148,6 +174,8 @@ class Supervisor:
                 for fd in [readable, *(other.started for other in self.workers.values())]:
                     os.close(fd)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                # Only this parent speaks to systemd (NotifyAccess=main).
+                os.environ.pop("NOTIFY_SOCKET", None)
                 code = self._worker_main(
                     self.config,
                     index,
@@ -165,13 +193,16 @@ class Supervisor:
         """SIGHUP: a new generation of workers with the certificate and key read again."""
         if self._stopping:
             return
+        systemd.reloading()
         try:
             contexts = self._load_contexts()
         except (OSError, ssl.SSLError) as exc:
             logger.error("TLS reload failed, keeping the old certificate: %s", exc)
+            systemd.ready()
             return
         if contexts is None:
             logger.info("SIGHUP: no TLS certificate configured, nothing to reload")
+            systemd.ready()
             return
         old = [worker for worker in self.workers.values() if not worker.retiring]
         previous, self.contexts = self.contexts, contexts
@@ -185,7 +216,9 @@ class Supervisor:
             for pid in new:
                 self.workers[pid].retiring = True
                 _signal(pid, RETIRE)
+            systemd.ready()
             return
+        self._awaited = [self.workers[pid] for pid in new]
         for worker in old:
             worker.retiring = True
         logger.info(
@@ -200,6 +233,7 @@ class Supervisor:
     def stop(self, signum: int) -> None:
         """SIGTERM / SIGINT: no more connections; every worker is told."""
         self._stopping = True
+        systemd.stopping()
         self._close_sockets()  # the ports refuse connections as soon as the workers stop
         for pid in self.workers:
             _signal(pid, signum)
