@@ -484,6 +484,17 @@ def test_quick_start_uses_environment_data_dir(
     assert runner.configs[0].source == tmp_path / "env-data" / "mailslot.toml"
 
 
+def test_quick_start_remakes_a_deleted_certificate_of_an_existing_configuration(
+    tmp_path: Path, runner: FakeRunner, ports: tuple[int, int]
+) -> None:
+    data = tmp_path / "data"
+    assert main(["serve", "--data-dir", str(data)]) == 0
+    (data / "fullchain.pem").unlink()
+    (data / "privkey.pem").unlink()
+    assert main(["serve", "--data-dir", str(data)]) == 0
+    _handshake(data, "localhost")
+
+
 def test_quick_start_completes_an_interrupted_first_run(
     tmp_path: Path, runner: FakeRunner, ports: tuple[int, int]
 ) -> None:

@@ -176,7 +176,9 @@ def _quick_start(data_dir: Path | None) -> Config:
     if existing.exists():
         # Before anything is made or printed: a port taken now would fail the server after
         # the one-time password had been shown.  (A new configuration gets free ports.)
-        _refuse_busy_ports(_load(existing), existing)
+        # Without file checks: a file the quick start makes (a deleted certificate) is
+        # made again by prepare() below.
+        _refuse_busy_ports(_load(existing, check_files=False), existing)
     try:
         start = quickstart.prepare(directory)
     except (OSError, ValueError) as exc:
