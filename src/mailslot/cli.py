@@ -380,6 +380,17 @@ def add_deliver(subparsers: SubParsers) -> None:
     register(subparsers)
 
 
+# -- doctor ----------------------------------------------------------------------------------
+
+
+def add_doctor(subparsers: SubParsers) -> None:
+    """``mailslot doctor`` lives in its own package (a client: it imports nothing of the
+    server); ``mailslot.doctor.command.register(subparsers)`` adds its parser and handler."""
+    from mailslot.doctor.command import register
+
+    register(subparsers)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
@@ -387,6 +398,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_check_config,
     add_user,
     add_deliver,
+    add_doctor,
 )
 
 

@@ -1,0 +1,166 @@
+"""``mailslot doctor`` against servers set up to be wrong: each fault is the failure it is.
+
+Each server is the threaded ``ssl`` POP3 server of tests/support/faultypop3.py on 127.0.0.1;
+the doctor runs as a subprocess with ``--json``.  The first test is the control: the same
+server set up right passes, so a fault test's failure comes from its fault.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+from typing import Any
+
+import trustme
+from cryptography import x509
+from tests.doctor.conftest import Pki, doctor_args, run_doctor
+
+NOW = datetime.datetime.now(datetime.UTC)
+
+
+def intermediate_subject(pki: Pki) -> str:
+    cert = x509.load_pem_x509_certificate(pki.intermediate.cert_pem.bytes())
+    return cert.subject.rfc4514_string()
+
+
+def test_a_correct_server_passes(faulty: Any, pki: Pki) -> None:
+    server = faulty()
+    outcome = run_doctor(
+        *doctor_args(server, pki), "--user", "alice", "--password-stdin", stdin="secret\n"
+    )
+    failures = [c for c in outcome.report["checks"] if c["status"] == "failure"]
+    assert failures == [], outcome.stdout
+    assert outcome.status == 0
+    assert outcome.status_of("pop3.login") == "ok"
+    assert outcome.checks("pop3.login")[0]["details"]["messages"] == 2
+    assert "secret" not in outcome.stdout + outcome.stderr
+
+
+def test_self_signed(faulty: Any, pki: Pki) -> None:
+    server = faulty(pki.self_signed("selfsigned"))
+    outcome = run_doctor(*doctor_args(server, pki))
+    assert outcome.status == 1
+    for port in (server.implicit_port, server.stls_port):
+        chain = outcome.checks("cert.chain", port)[0]
+        assert chain["status"] == "failure"
+        assert "self-signed" in chain["summary"]
+        assert chain["details"]["verify_code"] == 18  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+
+
+def test_expired(faulty: Any, pki: Pki) -> None:
+    server = faulty(
+        pki.leaf(
+            "expired",
+            not_before=NOW - datetime.timedelta(days=90),
+            not_after=NOW - datetime.timedelta(days=1),
+        )
+    )
+    outcome = run_doctor(*doctor_args(server, pki))
+    assert outcome.status == 1
+    expiry = outcome.checks("cert.expiry", server.implicit_port)[0]
+    assert expiry["status"] == "failure"
+    assert expiry["summary"].startswith("expired on")
+    assert outcome.status_of("cert.chain", server.implicit_port) == "failure"
+    assert outcome.status_of("cert.name", server.implicit_port) == "ok"
+
+
+def test_expiring_soon_is_a_warning(faulty: Any, pki: Pki) -> None:
+    server = faulty(pki.leaf("soon", not_after=NOW + datetime.timedelta(days=10)))
+    outcome = run_doctor(*doctor_args(server, pki))
+    expiry = outcome.checks("cert.expiry", server.implicit_port)[0]
+    assert expiry["status"] == "warning"
+    assert expiry["details"]["days_left"] in (9, 10)
+    assert outcome.status == 0, outcome.stdout
+
+
+def test_wrong_name(faulty: Any, pki: Pki) -> None:
+    server = faulty(pki.leaf("wrongname", "mail.example.org"))
+    outcome = run_doctor(*doctor_args(server, pki))
+    assert outcome.status == 1
+    name = outcome.checks("cert.name", server.implicit_port)[0]
+    assert name["status"] == "failure"
+    assert name["details"]["names"] == ["mail.example.org"]
+    # The chain itself is fine: the name is a separate finding.
+    assert outcome.status_of("cert.chain", server.implicit_port) == "ok"
+
+
+def test_ip_literal_not_in_the_certificate(faulty: Any, pki: Pki) -> None:
+    server = faulty(pki.leaf("nameonly", "localhost"))
+    outcome = run_doctor(*doctor_args(server, pki, host="127.0.0.1"))
+    assert outcome.status == 1
+    assert outcome.status_of("cert.name", server.implicit_port) == "failure"
+    assert outcome.status_of("dns.resolve") == "ok"
+
+
+def test_missing_intermediate(faulty: Any, pki: Pki) -> None:
+    server = faulty(pki.leaf("leafonly", chain=False))
+    outcome = run_doctor(*doctor_args(server, pki))
+    assert outcome.status == 1
+    for port in (server.implicit_port, server.stls_port):
+        missing = outcome.checks("cert.intermediates", port)[0]
+        assert missing["status"] == "failure", outcome.stdout
+        assert missing["summary"].startswith("missing intermediate")
+        assert missing["details"]["missing"] == intermediate_subject(pki)
+        assert outcome.status_of("cert.chain", port) == "failure"
+
+
+def test_tls_1_0_allowed(faulty: Any, pki: Pki) -> None:
+    server = faulty(minimum=ssl.TLSVersion.TLSv1)
+    outcome = run_doctor(*doctor_args(server, pki))
+    assert outcome.status == 1
+    assert outcome.status_of("tls.v1_0", server.implicit_port) == "failure"
+    assert outcome.status_of("tls.v1_1", server.implicit_port) == "failure"
+    assert outcome.status_of("tls.v1_0", server.stls_port) == "failure"
+    # SECLEVEL=0 and TLS 1.0 bring CBC and static-RSA suites with them.
+    assert outcome.status_of("tls.suites", server.implicit_port) in ("warning", "failure")
+
+
+def test_cleartext_user_before_stls(faulty: Any, pki: Pki) -> None:
+    server = faulty(capa_plain=("UIDL", "USER", "SASL PLAIN SCRAM-SHA-256", "STLS"))
+    outcome = run_doctor(*doctor_args(server, pki))
+    assert outcome.status == 1
+    check = outcome.checks("pop3.cleartext-auth", server.stls_port)[0]
+    assert check["status"] == "failure"
+    assert check["details"]["offered"] == ["USER", "SASL PLAIN"]
+
+
+def test_no_stls(faulty: Any, pki: Pki) -> None:
+    server = faulty(capa_plain=("UIDL", "TOP"))
+    outcome = run_doctor(*doctor_args(server, pki))
+    assert outcome.status == 1
+    assert outcome.status_of("pop3.stls", server.stls_port) == "failure"
+    # Without STLS there is no TLS on that port to check.
+    assert outcome.checks("tls.handshake", server.stls_port) == []
+
+
+def test_weak_suites_only_cbc(faulty: Any, pki: Pki) -> None:
+    server = faulty(ciphers="ECDHE+AES128+SHA:ECDHE+AESGCM", minimum=ssl.TLSVersion.TLSv1_2)
+    outcome = run_doctor(*doctor_args(server, pki))
+    suites = outcome.checks("tls.suites", server.implicit_port)[0]
+    assert suites["status"] == "warning", outcome.stdout
+    assert suites["details"]["cbc"], suites
+    assert suites["details"]["broken"] == []
+
+
+def test_static_rsa_without_forward_secrecy(faulty: Any, pki: Pki) -> None:
+    # Static-RSA key exchange needs an RSA certificate (trustme's default is ECDSA).
+    leaf = pki.intermediate.issue_cert("localhost", key_type=trustme.KeyType.RSA)
+    cert, key = pki.directory / "rsa.pem", pki.directory / "rsa-key.pem"
+    cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    server = faulty((cert, key), ciphers="AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256")
+    outcome = run_doctor(*doctor_args(server, pki))
+    suites = outcome.checks("tls.suites", server.implicit_port)[0]
+    assert suites["status"] == "warning", outcome.stdout
+    assert suites["details"]["no_forward_secrecy"] == ["AES128-GCM-SHA256"]
+    assert outcome.status_of("cert.key", server.implicit_port) == "ok"
+
+
+def test_groups_beyond_the_expected_three(faulty: Any, pki: Pki) -> None:
+    # Python's default server context takes X448, P-521 and the ffdhe groups too.
+    server = faulty()
+    outcome = run_doctor(*doctor_args(server, pki, groups=True))
+    groups = outcome.checks("tls.groups", server.implicit_port)[0]
+    assert groups["status"] == "warning", outcome.stdout
+    assert groups["details"]["accepted"][:3] == ["X25519", "P-256", "P-384"]
+    assert {"X448", "P-521", "ffdhe"} <= set(groups["details"]["accepted"])
