@@ -8,6 +8,7 @@ server set up right passes, so a fault test's failure comes from its fault.
 from __future__ import annotations
 
 import datetime
+import socket
 import ssl
 from typing import Any
 
@@ -164,3 +165,18 @@ def test_groups_beyond_the_expected_three(faulty: Any, pki: Pki) -> None:
     assert groups["status"] == "warning", outcome.stdout
     assert groups["details"]["accepted"][:3] == ["X25519", "P-256", "P-384"]
     assert {"X448", "P-521", "ffdhe"} <= set(groups["details"]["accepted"])
+
+
+def test_only_stls_login_goes_over_stls(faulty: Any, pki: Pki) -> None:
+    server = faulty()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        args = doctor_args(server, pki)
+        args[args.index("--port") + 1] = str(closed.getsockname()[1])
+        outcome = run_doctor(*args, "--user", "alice", "--password-stdin", stdin="secret\n")
+    port = int(args[args.index("--port") + 1])
+    assert outcome.status_of("connect", port) == "warning"
+    login = outcome.checks("pop3.login")[0]
+    assert login["status"] == "ok", outcome.stdout
+    assert login["port"] == server.stls_port
+    assert outcome.status == 0
