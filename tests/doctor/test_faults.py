@@ -180,3 +180,16 @@ def test_only_stls_login_goes_over_stls(faulty: Any, pki: Pki) -> None:
     assert login["status"] == "ok", outcome.stdout
     assert login["port"] == server.stls_port
     assert outcome.status == 0
+
+
+def test_a_client_side_refusal_is_not_read_as_the_server_refusing(faulty: Any, pki: Pki) -> None:
+    """At OpenSSL 3's default security level the client itself aborts a TLS 1.0 handshake
+    that the server accepted ("legacy sigalg disallowed"): that is "could not check"."""
+    from mailslot.doctor.tls import Endpoint, accepts_version
+
+    server = faulty(minimum=ssl.TLSVersion.TLSv1)
+    endpoint = Endpoint("127.0.0.1", server.implicit_port, False, 5.0)
+    assert accepts_version(endpoint, "1.0") is True
+    result = accepts_version(endpoint, "1.0", ciphers="DEFAULT")
+    assert isinstance(result, str), result
+    assert "local OpenSSL" in result

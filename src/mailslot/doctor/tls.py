@@ -62,6 +62,33 @@ class Inconclusive(Exception):
     """The probe failed for a reason other than the server refusing TLS parameters."""
 
 
+class Refused(Exception):
+    """The server refused the handshake: an alert, a lower or higher version, or a close."""
+
+
+# Reasons (OpenSSL's SSL_R_* names, as ssl.SSLError.reason) that mean the *server* said no.
+# Any other reason is the local OpenSSL stopping a handshake the server was willing to make
+# (at OpenSSL 3's default security level, e.g. LEGACY_SIGALG_DISALLOWED_OR_UNSUPPORTED after a
+# TLS 1.0 ServerHello): reading that as a refusal would call an accepted TLS 1.0 "refused".
+_SERVER_REFUSALS = (
+    "UNSUPPORTED_PROTOCOL",
+    "WRONG_VERSION_NUMBER",
+    "VERSION_TOO_LOW",
+    "UNEXPECTED_EOF_WHILE_READING",
+    "UNEXPECTED_MESSAGE",
+)
+
+
+def refused_by_server(exc: ssl.SSLError) -> bool:
+    """Whether a failed handshake is the server's refusal (see _SERVER_REFUSALS)."""
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return True
+    reason = exc.reason or ""
+    return reason.startswith(("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")) or (
+        reason in _SERVER_REFUSALS
+    )
+
+
 def probe_context(
     minimum: ssl.TLSVersion | None = None,
     maximum: ssl.TLSVersion | None = None,
@@ -116,13 +143,19 @@ def peer_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
 
 
 def handshake(endpoint: Endpoint, context: ssl.SSLContext) -> Handshake:
-    """One handshake; raises ssl.SSLError when the server refuses, Inconclusive otherwise."""
+    """One handshake; raises :class:`Refused` when the server refuses, else
+    :class:`Inconclusive` for anything that is not an answer about the parameters."""
     try:
         opened = open_session(
             endpoint.host, endpoint.port, endpoint.timeout, context=context, stls=endpoint.stls
         )
-    except ssl.SSLError:
-        raise
+    except ssl.SSLError as exc:
+        if refused_by_server(exc):
+            raise Refused(exc.reason or str(exc)) from exc
+        raise Inconclusive(f"the local OpenSSL stopped the handshake: {exc.reason or exc}") from exc
+    except (ConnectionResetError, BrokenPipeError) as exc:
+        # A server that drops the connection at our ClientHello refuses it.
+        raise Refused(str(exc)) from exc
     except (OSError, Pop3Error) as exc:
         raise Inconclusive(str(exc) or type(exc).__name__) from exc
     sock = opened.channel.sock
@@ -145,15 +178,15 @@ _VERSIONS = {
 }
 
 
-def _accepts(endpoint: Endpoint, version: str) -> bool | str:
+def accepts_version(endpoint: Endpoint, version: str, ciphers: str = ALL_CIPHERS) -> bool | str:
     """True/False, or the reason it could not be checked."""
     tls = _VERSIONS[version]
-    context = probe_context(tls, tls)
+    context = probe_context(tls, tls, ciphers)
     if not can_offer(context):
         return f"the local OpenSSL ({ssl.OPENSSL_VERSION}) cannot offer TLS {version}"
     try:
         handshake(endpoint, context)
-    except ssl.SSLError:
+    except Refused:
         return False
     except Inconclusive as exc:
         return f"the probe failed: {exc}"
@@ -166,7 +199,7 @@ def check_versions(endpoint: Endpoint) -> list[Check]:
     checks: list[Check] = []
     for version in ("1.0", "1.1"):
         id = f"tls.v{version.replace('.', '_')}"
-        accepted = _accepts(endpoint, version)
+        accepted = accepts_version(endpoint, version)
         if accepted is True:
             checks.append(
                 failure(
@@ -189,7 +222,7 @@ def check_versions(endpoint: Endpoint) -> list[Check]:
                     port,
                 )
             )
-    modern = {version: _accepts(endpoint, version) for version in ("1.2", "1.3")}
+    modern = {version: accepts_version(endpoint, version) for version in ("1.2", "1.3")}
     offered = [v for v, accepted in modern.items() if accepted is True]
     unknown = {v: reason for v, reason in modern.items() if isinstance(reason, str)}
     detail = {"offered": offered}
@@ -279,7 +312,7 @@ def _accepted_suites(endpoint: Endpoint, names: list[str]) -> tuple[list[str], s
         )
         try:
             chosen = handshake(endpoint, context).cipher
-        except ssl.SSLError:
+        except Refused:
             break
         except Inconclusive as exc:
             return accepted, str(exc)
