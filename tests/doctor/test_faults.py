@@ -193,3 +193,37 @@ def test_a_client_side_refusal_is_not_read_as_the_server_refusing(faulty: Any, p
     result = accepts_version(endpoint, "1.0", ciphers="DEFAULT")
     assert isinstance(result, str), result
     assert "local OpenSSL" in result
+
+
+def test_a_server_that_never_greets(faulty: Any, pki: Pki) -> None:
+    # Listening sockets that are never accepted from: connections complete in the kernel's
+    # backlog, and no byte ever comes.  The doctor gives up after --timeout per connection.
+    with socket.socket() as implicit, socket.socket() as plain:
+        for sock in (implicit, plain):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(8)
+        implicit_port, plain_port = implicit.getsockname()[1], plain.getsockname()[1]
+        outcome = run_doctor(
+            "127.0.0.1",
+            "--port",
+            str(implicit.getsockname()[1]),
+            "--stls-port",
+            str(plain.getsockname()[1]),
+            "--timeout",
+            "1",
+            "--no-groups",
+        )
+    assert outcome.status == 1
+    assert outcome.status_of("tls.handshake", implicit_port) == "failure"
+    assert outcome.status_of("pop3.greeting", plain_port) == "failure"
+
+
+def test_plaintext_on_the_pop3s_port(faulty: Any, pki: Pki) -> None:
+    server = faulty()
+    args = doctor_args(server, pki)
+    args[args.index("--port") + 1] = str(server.stls_port)  # plaintext POP3 where TLS belongs
+    outcome = run_doctor(*args)
+    handshake = outcome.checks("tls.handshake", server.stls_port)[0]
+    assert handshake["status"] == "failure"
+    assert "does not speak TLS" in handshake["fix"]
+    assert outcome.status == 1

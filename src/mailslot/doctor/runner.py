@@ -190,14 +190,11 @@ def _tls_checks(
         session = _tls_session(endpoint)
     except (OSError, Pop3Error) as exc:
         what = "STLS" if endpoint.stls else "the TLS handshake"
-        return [
-            failure(
-                "tls.handshake",
-                f"{what} failed: {exc}",
-                "check the server's TLS configuration and log",
-                port,
-            )
-        ], False
+        fix = "check the server's TLS configuration and log"
+        if isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER":
+            # The answer was not TLS at all: typically plaintext POP3 on the POP3S port.
+            fix = "this port does not speak TLS: serve implicit TLS here (RFC 8314 section 3.3)"
+        return [failure("tls.handshake", f"{what} failed: {exc}", fix, port)], False
     shake = session.handshake
     checks = [
         ok(
