@@ -76,7 +76,7 @@ def test_name_by_ip_uses_ip_ids_only(p256: ec.EllipticCurvePrivateKey) -> None:
         p256, names=[x509.DNSName("127.0.0.1"), x509.IPAddress(ipaddress.ip_address("::1"))]
     )
     assert certificate.check_name(cert, "::1", True, 995).status is Status.OK
-    # A DNS-ID spelling an address is not an IP-ID (RFC 9525 section 6.2.1).
+    # A DNS-ID spelling an address is not an IP-ID: addresses match IP-IDs only (RFC 9525).
     assert certificate.check_name(cert, "127.0.0.1", True, 995).status is Status.FAILURE
 
 

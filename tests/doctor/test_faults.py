@@ -227,3 +227,13 @@ def test_plaintext_on_the_pop3s_port(faulty: Any, pki: Pki) -> None:
     assert handshake["status"] == "failure"
     assert "does not speak TLS" in handshake["fix"]
     assert outcome.status == 1
+
+
+def test_bytes_after_the_stls_ok_fail_stls(faulty: Any, pki: Pki) -> None:
+    # Anything between "+OK" and the handshake would later pass for protected data.
+    server = faulty(after_stls_ok=b"+OK injected\r\n")
+    outcome = run_doctor(*doctor_args(server, pki))
+    handshake = outcome.checks("tls.handshake", server.stls_port)[0]
+    assert handshake["status"] == "failure"
+    assert "after its +OK to STLS" in handshake["summary"]
+    assert outcome.status == 1

@@ -36,6 +36,7 @@ class FaultyPop3:
     capa_tls: Sequence[str] = DEFAULT_CAPA_TLS
     password: str = "secret"
     messages: int = 2
+    after_stls_ok: bytes = b""  # sent right after "+OK" to STLS, before the handshake
     _sockets: list[socket.socket] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -99,7 +100,7 @@ class FaultyPop3:
                 body = "".join(f"{cap}\r\n" for cap in ("CAPA", *lines))
                 sock.sendall(f"+OK capabilities\r\n{body}.\r\n".encode())
             elif verb == "STLS" and not secure:
-                sock.sendall(b"+OK begin TLS\r\n")
+                sock.sendall(b"+OK begin TLS\r\n" + self.after_stls_ok)
                 tls = self.context.wrap_socket(sock, server_side=True)
                 self._dialogue(tls, True, greet=False)
                 tls.close()

@@ -9,7 +9,7 @@
   from elsewhere is a failure.
 * ``cert.name``: RFC 9525 section 6 (which obsoletes RFC 6125): DNS-IDs and IP-IDs of the
   subjectAltName only, a wildcard only as the whole left-most label, no fallback to the
-  subject's CN (section 6.4.4, rejected by modern clients).
+  subject's CN (RFC 6125 section 6.4.4 allowed one; RFC 9525 dropped it, as clients have).
 * ``cert.expiry``: a warning within :data:`EXPIRY_WARNING_DAYS` days of notAfter.
 * ``cert.key``: RSA below 2048 bits fails (NIST SP 800-131A, CA/B Forum Baseline Requirements
   6.1.5); ECDSA P-256 and P-384 are ok; other keys are a warning (few POP3 clients take them).

@@ -11,7 +11,7 @@
   (it tells an attacker which CVEs to try); without one it is ok.
 * ``pop3.stls``: port 110 lists STLS in CAPA (RFC 2595 section 4) and the upgrade works.
 * ``pop3.cleartext-auth``: before TLS, CAPA must list neither USER nor a SASL PLAIN or LOGIN
-  mechanism (RFC 2595 section 2.2, RFC 8314 section 4.1): a failure if it does.
+  mechanism (RFC 2595 section 2.3, RFC 8314 section 4.1): a failure if it does.
 * ``pop3.login``: with ``--user``, USER/PASS (or AUTH PLAIN, RFC 5034) over verified TLS, then
   STAT and QUIT (RFC 1939 sections 5 and 6).  The password is never printed.
 """
@@ -162,7 +162,7 @@ def check_cleartext_auth(caps: Capabilities, port: int) -> Check:
         return failure(
             "pop3.cleartext-auth",
             f"before TLS the server offers {', '.join(offered)}: clients may send passwords "
-            "in the clear (RFC 2595 section 2.2, RFC 8314 section 4.1)",
+            "in the clear (RFC 2595 section 2.3, RFC 8314 section 4.1)",
             "refuse logins before STLS (mailslot: the default; Dovecot: "
             "auth_allow_cleartext = no / disable_plaintext_auth = yes)",
             port,
