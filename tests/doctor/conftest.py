@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -49,7 +50,12 @@ class Outcome:
         return {(c["id"], c["port"]): c["status"] for c in self.report["checks"]}
 
 
-def run_doctor(*args: str, stdin: str | None = None, json_output: bool = True) -> Outcome:
+def run_doctor(
+    *args: str,
+    stdin: str | None = None,
+    json_output: bool = True,
+    env: dict[str, str] | None = None,
+) -> Outcome:
     command = [sys.executable, "-m", "mailslot", "doctor", *args]
     if json_output:
         command.append("--json")
@@ -61,6 +67,7 @@ def run_doctor(*args: str, stdin: str | None = None, json_output: bool = True) -
         timeout=DOCTOR_DEADLINE,
         check=False,
         stdin=None if stdin is not None else subprocess.DEVNULL,
+        env=None if env is None else {**os.environ, **env},
     )
     report = json.loads(done.stdout) if json_output and done.stdout.strip() else {}
     return Outcome(done.returncode, report, done.stdout, done.stderr)

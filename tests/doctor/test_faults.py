@@ -8,13 +8,17 @@ server set up right passes, so a fault test's failure comes from its fault.
 from __future__ import annotations
 
 import datetime
+import shutil
 import socket
 import ssl
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import trustme
 from cryptography import x509
 from tests.doctor.conftest import Pki, doctor_args, run_doctor
+from tests.support.programs import require_program
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -237,3 +241,20 @@ def test_bytes_after_the_stls_ok_fail_stls(faulty: Any, pki: Pki) -> None:
     assert handshake["status"] == "failure"
     assert "after its +OK to STLS" in handshake["summary"]
     assert outcome.status == 1
+
+
+def test_roots_from_a_hashed_certificate_directory(faulty: Any, pki: Pki, tmp_path: Path) -> None:
+    """A trust store that is only a directory (SSL_CERT_DIR, capath) still counts as roots:
+    OpenSSL reads it lazily, so SSLContext.get_ca_certs() does not list it."""
+    openssl = require_program("openssl")
+    store = tmp_path / "certs"
+    store.mkdir()
+    shutil.copy(pki.ca_pem, store / "doctor-root.pem")
+    subprocess.run([openssl, "rehash", str(store)], check=True, capture_output=True)
+    server = faulty()
+    args = [a for a in doctor_args(server, pki) if a not in ("--cafile", str(pki.ca_pem))]
+    outcome = run_doctor(
+        *args, env={"SSL_CERT_FILE": str(tmp_path / "none.pem"), "SSL_CERT_DIR": str(store)}
+    )
+    assert outcome.status_of("cert.chain", server.implicit_port) == "ok", outcome.stdout
+    assert outcome.status_of("cert.intermediates", server.implicit_port) == "ok"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import os
 import ssl
 import warnings
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from mailslot.doctor import certificate, groups, pop3
 from mailslot.doctor.dns import ip_literal, resolve
@@ -38,6 +41,8 @@ from mailslot.doctor.tls import (
     peer_chain,
     probe_context,
 )
+
+_MAX_CERT_FILE = 1 << 20  # a certificate directory entry larger than this is not a certificate
 
 
 def _utcnow() -> datetime.datetime:
@@ -72,15 +77,38 @@ def _trust_label(cafile: Path | None) -> str:
     return "the system trust store" + (f" and {cafile}" if cafile is not None else "")
 
 
-def _roots(context: ssl.SSLContext) -> list[x509.Certificate]:
-    roots = []
+@functools.cache
+def _roots(cafile: Path | None) -> tuple[x509.Certificate, ...]:
+    """The trusted certificates, parsed: the system store's file and directory, and ``cafile``.
+
+    ``SSLContext.get_ca_certs()`` lists only what was loaded from a file; OpenSSL reads a
+    hashed directory (capath) lazily, so a system whose store is only a directory would look
+    empty and every complete chain would seem to lack its root.  The directory is read here.
+    """
+    context = verify_context(cafile)
+    blobs = [bytes(der) for der in context.get_ca_certs(binary_form=True)]
+    directory = ssl.get_default_verify_paths().capath
+    if directory and os.path.isdir(directory):
+        for entry in sorted(os.listdir(directory)):
+            path = os.path.join(directory, entry)
+            with contextlib.suppress(OSError):
+                if os.path.isfile(path) and os.path.getsize(path) < _MAX_CERT_FILE:
+                    with open(path, "rb") as handle:
+                        blobs.append(handle.read())
+    roots: dict[bytes, x509.Certificate] = {}
     with warnings.catch_warnings():
         # Some system roots predate RFC 5280's positive serial numbers; cryptography warns.
         warnings.simplefilter("ignore")
-        for der in context.get_ca_certs(binary_form=True):
+        for blob in blobs:
             with contextlib.suppress(ValueError):
-                roots.append(x509.load_der_x509_certificate(bytes(der)))
-    return roots
+                loaded = (
+                    x509.load_pem_x509_certificates(blob)
+                    if blob.lstrip().startswith(b"-----")
+                    else [x509.load_der_x509_certificate(blob)]
+                )
+                for cert in loaded:
+                    roots.setdefault(cert.fingerprint(hashes.SHA256()), cert)
+    return tuple(roots.values())
 
 
 def _connect_check(host: str, port: int, timeout: float) -> str | None:
@@ -211,12 +239,13 @@ def _tls_checks(
             checks.append(pop3.check_capa(session.caps, port))
             checks.append(pop3.check_implementation(session.caps, port))
     if shake.chain:
-        context = verify_context(options.cafile)
         verification = _verify(endpoint, options.cafile)
         leaf = shake.chain[0]
         checks += [
             certificate.check_chain(shake.chain, verification, port),
-            certificate.check_intermediates(shake.chain, _roots(context), verification, port),
+            certificate.check_intermediates(
+                shake.chain, _roots(options.cafile), verification, port
+            ),
             certificate.check_name(leaf, endpoint.host, _is_ip(endpoint.host), port),
             certificate.check_expiry(leaf, options.now(), port),
             certificate.check_key(leaf, port),
