@@ -8,10 +8,15 @@ server set up right passes, so a fault test's failure comes from its fault.
 from __future__ import annotations
 
 import datetime
+import os
+import pty
+import select
 import shutil
 import socket
 import ssl
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +263,43 @@ def test_roots_from_a_hashed_certificate_directory(faulty: Any, pki: Pki, tmp_pa
     )
     assert outcome.status_of("cert.chain", server.implicit_port) == "ok", outcome.stdout
     assert outcome.status_of("cert.intermediates", server.implicit_port) == "ok"
+
+
+def test_password_prompt_on_a_terminal_is_not_echoed(faulty: Any, pki: Pki) -> None:
+    """Without --password-stdin the password is asked on the terminal (getpass): a real
+    pseudo-terminal here, whose output must not show the password typed."""
+    server = faulty()
+    command = [
+        sys.executable,
+        "-m",
+        "mailslot",
+        "doctor",
+        *doctor_args(server, pki),
+        "--user",
+        "alice",
+    ]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its controlling terminal is the pty
+        os.execv(sys.executable, command)  # noqa: S606 - a fixed argv, no shell involved
+    output = b""
+    deadline = time.monotonic() + 60  # a hang guard for the reads below, not a threshold
+    while b"Password for alice: " not in output and time.monotonic() < deadline:
+        if select.select([fd], [], [], 1.0)[0]:
+            output += os.read(fd, 1024)
+    os.write(fd, b"secret\n")
+    while time.monotonic() < deadline:
+        if not select.select([fd], [], [], 1.0)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = output.decode(errors="replace")
+    assert "secret" not in text
+    assert "logged in as 'alice': 2 message(s)" in text
+    assert os.waitstatus_to_exitcode(status) == 0, text
