@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from mailslot.doctor import certificate, groups, pop3
+from mailslot.doctor.groups import Probe
 from mailslot.doctor.net import MultiLine
 from mailslot.doctor.results import Status
 from mailslot.doctor.tls import Endpoint, suite_categories
@@ -181,16 +182,29 @@ ENDPOINT = Endpoint("127.0.0.1", 995, False, 1.0)
 
 def test_groups_rules() -> None:
     def accepts(*names: str) -> groups.Prober:
-        return lambda _endpoint, group, _tls13: (
-            group in names or (group.startswith("ffdhe") and "ffdhe" in names)
-        )
+        def probe(_endpoint: Endpoint, group: str, _tls13: bool, _c: str | None) -> Probe:
+            found = group in names or (group.startswith("ffdhe") and "ffdhe" in names)
+            return Probe.ACCEPTED if found else Probe.REFUSED
 
-    assert groups.check_groups(ENDPOINT, True, accepts(*groups.EXPECTED)).status is Status.OK
-    odd = groups.check_groups(ENDPOINT, True, accepts("X25519", "X448"))
+        return probe
+
+    expected = groups.check_groups(ENDPOINT, True, prober=accepts(*groups.EXPECTED))
+    assert expected.status is Status.OK
+    odd = groups.check_groups(ENDPOINT, True, prober=accepts("X25519", "X448"))
     assert odd.status is Status.WARNING
-    only_ffdhe = groups.check_groups(ENDPOINT, True, accepts("ffdhe"))
+    only_ffdhe = groups.check_groups(ENDPOINT, True, prober=accepts("ffdhe"))
     assert only_ffdhe.status is Status.FAILURE
-    missing = groups.check_groups(ENDPOINT, True, lambda *_: None)
+    missing = groups.check_groups(ENDPOINT, True, prober=lambda *_: Probe.UNAVAILABLE)
+    assert missing.status is Status.WARNING
+    # Not determined (the server preferred the certificate's curve) is not accepted.
+    undetermined = groups.check_groups(
+        ENDPOINT,
+        False,
+        "P-256",
+        prober=lambda _e, g, _t, _c: Probe.ACCEPTED if g == "P-256" else Probe.UNKNOWN,
+    )
+    assert undetermined.status is Status.OK
+    assert undetermined.details["not_determined"] == ["X25519", "P-384", "X448", "P-521"]
     assert missing.status is Status.WARNING
     assert "could not check" in missing.summary
 

@@ -152,18 +152,53 @@ def test_weak_suites_only_cbc(faulty: Any, pki: Pki) -> None:
     assert suites["details"]["broken"] == []
 
 
-def test_static_rsa_without_forward_secrecy(faulty: Any, pki: Pki) -> None:
+def _rsa_leaf(pki: Pki) -> tuple[Path, Path]:
     # Static-RSA key exchange needs an RSA certificate (trustme's default is ECDSA).
     leaf = pki.intermediate.issue_cert("localhost", key_type=trustme.KeyType.RSA)
     cert, key = pki.directory / "rsa.pem", pki.directory / "rsa-key.pem"
     cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(str(key))
-    server = faulty((cert, key), ciphers="AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256")
+    return cert, key
+
+
+def test_static_rsa_without_forward_secrecy(faulty: Any, pki: Pki) -> None:
+    server = faulty(_rsa_leaf(pki), ciphers="AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256")
     outcome = run_doctor(*doctor_args(server, pki))
     suites = outcome.checks("tls.suites", server.implicit_port)[0]
     assert suites["status"] == "warning", outcome.stdout
     assert suites["details"]["no_forward_secrecy"] == ["AES128-GCM-SHA256"]
     assert outcome.status_of("cert.key", server.implicit_port) == "ok"
+
+
+def test_null_encryption_accepted(faulty: Any, pki: Pki) -> None:
+    server = faulty(_rsa_leaf(pki), ciphers="ECDHE-RSA-AES128-GCM-SHA256:NULL-SHA256:@SECLEVEL=0")
+    outcome = run_doctor(*doctor_args(server, pki))
+    suites = outcome.checks("tls.suites", server.implicit_port)[0]
+    assert suites["status"] == "failure", outcome.stdout
+    assert suites["details"]["broken"] == ["NULL-SHA256"]
+    assert outcome.status == 1
+
+
+def test_tls_1_2_only(faulty: Any, pki: Pki) -> None:
+    server = faulty(maximum=ssl.TLSVersion.TLSv1_2)
+    outcome = run_doctor(*doctor_args(server, pki, groups=True))
+    modern = outcome.checks("tls.modern", server.implicit_port)[0]
+    assert modern["status"] == "warning"
+    assert modern["details"]["offered"] == ["1.2"]
+    # Over TLS 1.2 the groups are probed with ECDHE, without the finite-field ones, each
+    # beside the certificate's P-256; where the server prefers P-256 nothing is learnt.
+    groups = outcome.checks("tls.groups", server.implicit_port)[0]
+    details = groups["details"]
+    assert details["accepted"][:2] == ["X25519", "P-256"], outcome.stdout
+    assert "ffdhe" not in details["accepted"] + details["not_determined"]
+    assert set(details["accepted"] + details["not_determined"]) == {
+        "X25519",
+        "P-256",
+        "P-384",
+        "X448",
+        "P-521",
+    }
+    assert outcome.status_of("tls.handshake", server.implicit_port) == "ok"
 
 
 def test_groups_beyond_the_expected_three(faulty: Any, pki: Pki) -> None:

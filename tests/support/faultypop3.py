@@ -31,6 +31,7 @@ class FaultyPop3:
     certificate: Path  # PEM: the chain as served (leaf first)
     private_key: Path
     minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    maximum: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED
     ciphers: str | None = None
     capa_plain: Sequence[str] = DEFAULT_CAPA_PLAIN
     capa_tls: Sequence[str] = DEFAULT_CAPA_TLS
@@ -50,6 +51,7 @@ class FaultyPop3:
         with warnings.catch_warnings():  # ssl deprecates TLSv1 and TLSv1_1: the point here
             warnings.simplefilter("ignore", DeprecationWarning)
             context.minimum_version = self.minimum
+            context.maximum_version = self.maximum
         self.context = context
         self.implicit_port = self._listen(tls=True)
         self.stls_port = self._listen(tls=False)

@@ -370,3 +370,11 @@ def check_key(cert: x509.Certificate, port: int) -> Check:
         port,
         type=name,
     )
+
+
+def openssl_curve(cert: x509.Certificate) -> str | None:
+    """The NIST name ("P-256") of an ECDSA leaf's curve, as ``openssl -groups`` takes it."""
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return None
+    return {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}.get(key.curve.name)

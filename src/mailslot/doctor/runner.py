@@ -258,7 +258,8 @@ def _tls_checks(
     offered = offered if isinstance(offered, list) else []
     checks.append(check_suites(endpoint, "1.2" in offered))
     if options.probe_groups and offered:
-        checks.append(groups.check_groups(endpoint, "1.3" in offered))
+        curve = certificate.openssl_curve(shake.chain[0]) if shake.chain else None
+        checks.append(groups.check_groups(endpoint, "1.3" in offered, curve))
     return checks, True
 
 
