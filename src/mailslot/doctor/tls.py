@@ -11,7 +11,7 @@ Checks:
 * ``tls.v1_0``, ``tls.v1_1``: RFC 8996 deprecates TLS 1.0 and 1.1; accepting either fails.
 * ``tls.modern``: TLS 1.2 (RFC 5246) and TLS 1.3 (RFC 8446) offered; RFC 9325 section 3.1.1
   asks for 1.2 and recommends 1.3.  No 1.3 is a warning, neither is a failure.
-* ``tls.suites``: TLS 1.2 cipher suites, by category (RFC 9325 section 4, RFC 7465, RFC 8429):
+* ``tls.suites``: TLS 1.2 cipher suites, by category (RFC 9325 section 4, RFC 7465):
   broken ones (NULL, anonymous, export, RC4, DES, 3DES, MD5) fail; static-RSA key exchange (no
   forward secrecy, RFC 9325 section 4.1) and CBC modes (Lucky13-class padding oracles; RFC 9325
   section 4.2 recommends AEAD only) are warnings.  TLS 1.3 has only AEAD forward-secret suites.
@@ -43,10 +43,6 @@ class Endpoint:
     port: int
     stls: bool
     timeout: float
-
-    @property
-    def label(self) -> str:
-        return f"port {self.port} ({'STLS' if self.stls else 'implicit TLS'})"
 
 
 @dataclass
