@@ -401,6 +401,8 @@ def test_quick_start_first_and_second_run(
         f"curl --cacert {data}/ca.pem --ssl-reqd pop3://127.0.0.1:{stls}/1 -u demo:{password}"
         in out
     )
+    doctor = f"mailslot doctor 127.0.0.1 --port {pop3s} --stls-port {stls} --cafile {data}/ca.pem"
+    assert doctor in out
 
     # The runner got the written config, loaded and validated.
     (config,) = runner.configs

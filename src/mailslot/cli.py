@@ -505,6 +505,17 @@ def _this_program() -> list[str]:
     return [sys.executable, "-m", "mailslot"]
 
 
+# -- doctor ----------------------------------------------------------------------------------
+
+
+def add_doctor(subparsers: SubParsers) -> None:
+    """``mailslot doctor`` lives in its own package (a client: it imports nothing of the
+    server); ``mailslot.doctor.command.register(subparsers)`` adds its parser and handler."""
+    from mailslot.doctor.command import register
+
+    register(subparsers)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
@@ -513,6 +524,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_user,
     add_deliver,
     add_systemd_unit,
+    add_doctor,
 )
 
 

@@ -209,6 +209,7 @@ def report(start: QuickStart, config: Config, out: TextIO) -> None:
         "\nTry it:\n"
         f"  curl --cacert {ca} pop3s://127.0.0.1:{pop3s}/ -u {DEMO_USER}:{password}\n"
         f"  curl --cacert {ca} --ssl-reqd pop3://127.0.0.1:{stls}/1 -u {DEMO_USER}:{password}\n"
+        f"  mailslot doctor 127.0.0.1 --port {pop3s} --stls-port {stls} --cafile {ca}\n"
         "\n"
     )
     out.flush()

@@ -1,0 +1,126 @@
+"""``mailslot doctor``: the command line of the outside check (docs/doctor.md).
+
+The password for ``--user`` comes from a terminal prompt (getpass) or, with
+``--password-stdin``, from one line of standard input; never from the command line, which other
+users can read in the process list, and it is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
+from mailslot.doctor.net import DEFAULT_PORT, DEFAULT_STLS_PORT, DEFAULT_TIMEOUT
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port")
+    return port
+
+
+def _timeout(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 120:
+        raise argparse.ArgumentTypeError("the timeout must be above 0 and at most 120 seconds")
+    return value
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``doctor`` to the ``mailslot`` command's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "doctor",
+        help="check a live POP3 server from outside",
+        description="Check a running POP3 server (any server, not only mailslot) as the\n"
+        "strictest client would: DNS, ports, certificate chain, name and expiry, TLS\n"
+        "versions, cipher suites and groups, STLS, CAPA, logins before TLS, and with --user\n"
+        "a real login. Each finding is ok, warning or failure, with how to fix it.\n"
+        "Exit status: 0 nothing failed, 1 something failed, 2 could not check at all.",
+        epilog="examples:\n"
+        "  mailslot doctor pop.example.org\n"
+        "  mailslot doctor 127.0.0.1 --port 1995 --stls-port 1110 --cafile mailslot-data/ca.pem\n"
+        "  mailslot doctor pop.example.org --user alice --json > report.json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("host", metavar="HOST", help="name or IP address of the server")
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        metavar="N",
+        help=f"POP3S port, implicit TLS (default {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--stls-port",
+        type=_port,
+        default=DEFAULT_STLS_PORT,
+        metavar="N",
+        help=f"POP3 port with STLS (default {DEFAULT_STLS_PORT})",
+    )
+    parser.add_argument(
+        "--cafile", type=Path, metavar="FILE", help="also trust the CA certificate(s) in FILE (PEM)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"connect and read timeout (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--user", metavar="NAME", help="log in as NAME over TLS, STAT, QUIT")
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read --user's password as one line from standard input",
+    )
+    parser.add_argument(
+        "--no-groups",
+        dest="probe_groups",
+        action="store_false",
+        help="skip the key-exchange group probe (it runs openssl s_client)",
+    )
+    parser.set_defaults(handler=main)
+    return parser
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.user is None:
+        return None
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    return getpass.getpass(f"Password for {args.user}: ")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the checks and print the report; return the exit status (0, 1 or 2)."""
+    # Imported here: every `mailslot` command registers this parser, and `deliver` (run by
+    # the MTA once per message) should not pay for loading cryptography's X.509 code.
+    from mailslot.doctor.render import write_json, write_text
+    from mailslot.doctor.runner import Options, run
+
+    if args.cafile is not None and not args.cafile.is_file():
+        print(f"mailslot doctor: {args.cafile}: no such file", file=sys.stderr)
+        return 2
+    options = Options(
+        host=args.host,
+        port=args.port,
+        stls_port=args.stls_port,
+        cafile=args.cafile,
+        timeout=args.timeout,
+        user=args.user,
+        password=_password(args),
+        probe_groups=args.probe_groups,
+    )
+    report = run(options)
+    if args.json:
+        write_json(report, sys.stdout)
+    else:
+        write_text(report, sys.stdout)
+    sys.stdout.flush()
+    return report.exit_status
