@@ -567,3 +567,47 @@ def test_an_unusable_private_key_makes_serve_exit_with_a_clear_line(
     lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_session_open_at_the_deadline_is_told_sys_temp_before_the_close(
+    servers: Any,
+) -> None:
+    server = servers(extra_sections={"server": {"shutdown_timeout": 0.3}})
+    server.builder("alice").add_all(MESSAGES)
+    with implicit_wire(server) as wire:
+        wire.login("alice", server.password("alice"))
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        rest = wire.read_until_eof()
+    assert rest.startswith(b"-ERR [SYS/TEMP] Server shutting down"), rest
+    assert server.process.wait(POLL_DEADLINE) == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_sigterm_ends_the_open_sessions_at_once(servers: Any, workers: int) -> None:
+    # A deadline far beyond the test's own: only the second signal can end the session.
+    server = servers(extra_sections={"server": {"shutdown_timeout": 3600, "workers": workers}})
+    if workers > 1:
+        ready_workers(server, workers)
+    server.builder("alice").add_all(MESSAGES)
+    with implicit_wire(server) as wire:
+        wire.login("alice", server.password("alice"))
+        assert wire.command("DELE 1").startswith(b"+OK")
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        poll(lambda: "shutting down" in server.log(), "the first signal to be taken")
+        server.process.send_signal(signal.SIGTERM)
+        rest = wire.read_until_eof()
+    assert rest.startswith(b"-ERR [SYS/TEMP]"), rest
+    assert server.process.wait(POLL_DEADLINE) == 0
+    assert "second stop signal: ending the open sessions now" in server.log()
+    assert len(message_files(server.maildir("alice"))) == 3  # no QUIT: nothing deleted
+
+
+def test_start_up_lines_are_said_once_per_server_not_per_worker(servers: Any) -> None:
+    server = servers(extra_sections={"server": {"workers": 2}})
+    ready_workers(server, 2)
+    log = server.log()
+    for listener in server.listeners:
+        if listener.protocol == "pop3":
+            assert log.count(f"listening: pop3 {listener.address}:{listener.port} ") == 1, log

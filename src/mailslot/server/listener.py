@@ -85,10 +85,12 @@ class Pop3Listener:
         context: SessionContext,
         *,
         sock: socket.socket | None = None,
+        announce: bool = True,
     ) -> None:
         """``sock``: an already listening socket (:func:`listening_socket`) to accept from, else
-        :meth:`start` binds one."""
+        :meth:`start` binds one.  ``announce``: log "listening" (one worker of several does)."""
         self.config = config
+        self._announce = announce
         self._context = dataclasses.replace(
             context,
             label=config.tls,
@@ -125,7 +127,8 @@ class Pop3Listener:
         self._family, self._kind = self._sock.family, self._sock.type
         self._accepting = True
         loop.add_reader(self._sock.fileno(), self._accept)
-        logger.info(
+        # Pre-forked workers share the socket: one of them says so for all.
+        (logger.info if self._announce else logger.debug)(
             "listening: pop3 %s tls=%s",
             format_address(self._sock.getsockname()),
             self.config.tls,
@@ -295,15 +298,15 @@ class Pop3Listener:
                 context.limits.release_connection(address)
             self._handshakes.discard(task)
 
-    async def close(self, deadline: float | None) -> None:
+    async def close(self, deadline: float | None, hurry: asyncio.Event | None = None) -> None:
         """Stop accepting; wait up to ``deadline`` seconds (``None``: as long as they last) for
-        sessions, then end them."""
+        sessions, or until ``hurry`` is set (a second SIGTERM), then end them."""
         self._stop_accepting()
         self._context.refusals.flush()
         sessions = self._context.sessions
         if self._handshakes or sessions:
             waiting = [*self._handshakes, *(s.closed() for s in sessions)]
-            await asyncio.wait(waiting, timeout=deadline)
+            await _wait_unless_hurried(waiting, deadline, hurry)
             for task in self._handshakes:
                 task.cancel()
             for session in list(sessions):
@@ -321,6 +324,26 @@ class Pop3Listener:
                 self._context.loop.remove_reader(self._sock.fileno())
             self._sock.close()
         self._accepting = False
+
+
+async def _wait_unless_hurried(
+    waiting: list[asyncio.Future[Any]], deadline: float | None, hurry: asyncio.Event | None
+) -> None:
+    """Wait for ``waiting`` up to ``deadline`` seconds, or until ``hurry`` is set."""
+    if hurry is None:
+        await asyncio.wait(waiting, timeout=deadline)
+        return
+    if hurry.is_set():
+        return
+    everything = asyncio.ensure_future(asyncio.wait(waiting))
+    hurried = asyncio.ensure_future(hurry.wait())
+    try:
+        await asyncio.wait(
+            {everything, hurried}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        everything.cancel()
+        hurried.cancel()
 
 
 class _AwaitingHandshake(asyncio.Protocol):

@@ -67,6 +67,7 @@ class Application:
         self.listeners: list[Pop3Listener] = []
         self.lmtp_servers: list[asyncio.AbstractServer] = []
         self.lmtp_transactions = Transactions()  # DATA commands in progress, all listeners
+        self._hurry = asyncio.Event()  # set by a second stop signal
         self.store = MaildirStore(
             config.store.maildir,
             hostname=config.server.hostname,
@@ -94,7 +95,9 @@ class Application:
         affordable = connections_within(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         if affordable < max_connections:
             # Refusing a connection with -ERR [SYS/TEMP] beats failing a login with EMFILE.
-            logger.warning(
+            # Every worker has the same limit: the first says it for all.
+            say = logger.warning if self.worker == 0 else logger.debug
+            say(
                 "max_connections %d needs more open files than this process may have; "
                 "serving at most %d connections per worker",
                 max_connections,
@@ -121,7 +124,9 @@ class Application:
                 idle_timeout=limits.idle_timeout,
                 handshake_timeout=config.tls.handshake_timeout,
             )
-            pop3 = Pop3Listener(listener, context, sock=self.sockets.get(listener))
+            pop3 = Pop3Listener(
+                listener, context, sock=self.sockets.get(listener), announce=self.worker == 0
+            )
             await pop3.start()
             self.listeners.append(pop3)
 
@@ -164,9 +169,16 @@ class Application:
     async def stop(self) -> None:
         await self._close(self.config.server.shutdown_timeout)
 
+    def hurry(self) -> None:
+        """A second SIGTERM or SIGINT while stopping: end the open sessions now."""
+        if not self._hurry.is_set():
+            logger.info("second stop signal: ending the open sessions now")
+            self._hurry.set()
+
     async def _close(self, deadline: float | None) -> None:
         await asyncio.gather(
-            self._close_lmtp(deadline), *(listener.close(deadline) for listener in self.listeners)
+            self._close_lmtp(deadline),
+            *(listener.close(deadline, self._hurry) for listener in self.listeners),
         )
 
     async def _close_lmtp(self, deadline: float | None) -> None:
@@ -237,6 +249,8 @@ async def _serve(
         retiring.cancel()
     logger.info("shutting down")
     systemd.stopping()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, app.hurry)
     await app.stop()
     return 0
 

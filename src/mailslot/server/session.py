@@ -337,10 +337,17 @@ class Session(asyncio.Protocol):
         return self._done
 
     def shut_down(self) -> None:
-        """End now, at server shutdown: whatever was running is cancelled, nothing deleted."""
+        """End now, at server shutdown: whatever was running is cancelled, nothing deleted.
+
+        A client waiting for its next command is told why (RFC 3206 section 4: ``[SYS/TEMP]``,
+        try again later); one in the middle of a reply is not, as a line there would corrupt it.
+        """
         if self._task is not None:
             self._task.cancel()  # the task ends the session
         elif self._phase < _ENDING:
+            if self._phase == _SERVING and self._transport is not None and not self._lost:
+                self._send()
+                self._transport.write(err("Server shutting down, try again later.", Code.SYS_TEMP))
             self._end("server shutdown")
 
     # ------------------------------------------------------------------ beginning
