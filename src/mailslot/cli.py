@@ -134,7 +134,8 @@ def add_serve(subparsers: SubParsers) -> None:
         "serve",
         "run the POP3 server",
         "Run the server until SIGTERM or SIGINT, which give open sessions\n"
-        "server.shutdown_timeout seconds to end. SIGHUP reloads the TLS certificate and key\n"
+        "server.shutdown_timeout seconds to end (a second one ends them at once).\n"
+        "SIGHUP reloads the TLS certificate and key\n"
         "without dropping sessions (with several workers: new workers start, the old ones\n"
         "end with their sessions). Started as root, it binds its ports and reads the TLS key,\n"
         "then serves as [server] user; without one it refuses to start (status 78) unless\n"
