@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from tests.support.server import free_port
+from tests.support.tls import make_tls_files
 
 from mailslot import __version__, quickstart
 from mailslot.auth.base import AuthenticationFailed
@@ -52,8 +53,11 @@ run_as_root = "the test suite runs as root"
 
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
-    for name in ("cert.pem", "key.pem", "users"):
-        (tmp_path / name).write_text("")
+    (tmp_path / "users").write_text("")
+    # A real chain and key: check-config and serve load them as the server would.
+    files = make_tls_files(tmp_path / "tls")
+    files.certificate.rename(tmp_path / "cert.pem")
+    files.private_key.rename(tmp_path / "key.pem")
     path = tmp_path / "mailslot.toml"
     path.write_text(CONFIG)
     return path

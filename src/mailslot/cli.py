@@ -125,6 +125,50 @@ def _check_identity(config: Config, *, starting: bool) -> None:
     raise CommandError("", EX_CONFIG)
 
 
+def _check_certificates(config: Config) -> None:
+    """The certificate checks of :mod:`mailslot.tls.certificates`, shared by ``check-config``
+    and ``serve``: warnings printed, errors printed and exited 78 like any configuration
+    problem, each as ``FILE:LINE: KEY: message``."""
+    from mailslot.tls.certificates import check_config
+
+    findings = check_config(config)
+    if not findings:
+        return
+    lines = _key_lines(config)
+    warnings = [f for f in findings if f.severity == "warning"]
+    for finding in warnings:
+        line = _line_of(lines, finding.key)
+        problem = ConfigProblem(finding.key, line, f"warning: {finding.message}")
+        print(problem.format(config.source), file=sys.stderr)
+    errors = [
+        ConfigProblem(f.key, _line_of(lines, f.key), f.message)
+        for f in findings
+        if f.severity == "error"
+    ]
+    if errors:
+        _print_problems(ConfigError(errors, config.source))
+        raise CommandError("", EX_CONFIG)
+
+
+def _key_lines(config: Config) -> Any:
+    from mailslot.tomllines import KeyLines
+
+    try:
+        return KeyLines(config.source.read_text(encoding="utf-8")) if config.source else None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _line_of(lines: Any, dotted: str) -> int | None:
+    """The line of ``tls.certificate`` or ``tls.certificates[1].private_key`` in the file."""
+    if lines is None:
+        return None
+    where, _, key = dotted.rpartition(".")
+    table, _, index = where.partition("[")
+    line: int | None = lines.find(table, key, int(index.rstrip("]")) if index else None)
+    return line
+
+
 # -- serve -----------------------------------------------------------------------------------
 
 
@@ -163,6 +207,7 @@ def add_serve(subparsers: SubParsers) -> None:
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args.config) if args.config is not None else _quick_start(args.data_dir)
     _check_identity(config, starting=True)
+    _check_certificates(config)
     # Imported late: `mailslot user` and `check-config` need none of the server's imports.
     runner = importlib.import_module("mailslot.server.runner")
     run: Callable[[Config], int] = runner.run
@@ -212,9 +257,11 @@ def add_check_config(subparsers: SubParsers) -> None:
         subparsers,
         "check-config",
         "validate a configuration file",
-        "Validate a configuration file: TOML syntax, every key and value, and that the\n"
-        "certificate, key and passwd-file it names are readable. Prints OK and a summary,\n"
-        "or every problem with its key and line. Exit status 0 when valid, 78 otherwise.",
+        "Validate a configuration file: TOML syntax, every key and value, that the\n"
+        "passwd-file is readable, and every certificate and key as the server loads them\n"
+        "(PEM, key match, chain order, expiry, names, key type, key file mode). Prints OK\n"
+        "and a summary, or every problem with its key and line; warnings do not fail it.\n"
+        "Exit status 0 when valid, 78 otherwise.",
         "  mailslot check-config --config /etc/mailslot/mailslot.toml\n",
         _check_config,
     )
@@ -224,6 +271,7 @@ def add_check_config(subparsers: SubParsers) -> None:
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _check_identity(config, starting=False)
+    _check_certificates(config)
     print(f"OK: {args.config}: {describe_listeners(config)}")
     return EX_OK
 

@@ -15,7 +15,7 @@ import re
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,14 +38,26 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateConfig:
+    """One ``[[tls.certificates]]``: a further chain and key, served to the names in its
+    subjectAltName (SNI, RFC 6066 section 3)."""
+
+    certificate: Path
+    private_key: Path
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
-    """``[tls]``: certificate chain and key files, reloaded on SIGHUP."""
+    """``[tls]``: certificate chain and key files, reloaded on SIGHUP or when they change."""
 
     certificate: Path | None = None
     private_key: Path | None = None
     handshake_timeout: float = 10.0
-    # Mozilla's Server Side TLS profile (mailslot.server.tls): TLS 1.2 and 1.3, or 1.3 only.
+    # Mozilla's Server Side TLS profile (mailslot.tls.context): TLS 1.2 and 1.3, or 1.3 only.
     profile: Literal["intermediate", "modern"] = "intermediate"
+    # Seconds between looks at the files' stat() for an automatic reload; 0: none.
+    reload_check_interval: float = 5.0
+    certificates: tuple[CertificateConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +305,11 @@ class _Loader:
             if not isinstance(value, dict):
                 self.problem(None, name, f"must be a table ([{name}]), not {_toml_type(value)}")
                 value = {}
+            if name == "tls" and "certificates" in value:
+                value = dict(value)
+                entries = self.certificates(value.pop("certificates"))
+                tables[name] = replace(self.build(cls, value, name), certificates=entries)
+                continue
             tables[name] = self.build(cls, value, name)
         listeners = self.listeners(raw.get("listener", []))
         tables["store"] = self.store(tables["store"])
@@ -369,6 +386,31 @@ class _Loader:
             )
             return ()
         return tuple(self.listener(item, index) for index, item in enumerate(raw))
+
+    def certificates(self, raw: object) -> tuple[CertificateConfig, ...]:
+        """``[[tls.certificates]]``: each entry needs both files."""
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            self.problem(
+                "tls",
+                "certificates",
+                "must be an array of tables: write [[tls.certificates]] with certificate "
+                f"and private_key, not {_toml_type(raw)}",
+            )
+            return ()
+        entries: list[CertificateConfig] = []
+        for index, item in enumerate(raw):
+            values = self.values(CertificateConfig, item, "tls.certificates", index)
+            missing = [key for key in ("certificate", "private_key") if key not in item]
+            for key in missing:
+                self.problem(
+                    "tls.certificates",
+                    None,
+                    f"needs {key} (the {'chain' if key == 'certificate' else 'key'} file, PEM)",
+                    index,
+                )
+            if "certificate" in values and "private_key" in values:
+                entries.append(CertificateConfig(**values))
+        return tuple(entries)
 
     def listener(self, raw: dict[str, Any], index: int) -> ListenerConfig:
         values = self.values(ListenerConfig, raw, "listener", index)
@@ -461,6 +503,25 @@ class _Loader:
             self.required_file(
                 "tls", "private_key", config.tls.private_key, why, "the private key (PEM)"
             )
+        if config.tls.certificates and (
+            config.tls.certificate is None or config.tls.private_key is None
+        ):
+            self.problem(
+                "tls",
+                "certificates",
+                "needs [tls] certificate and private_key as well: the certificate for "
+                "clients that send no name or one no entry serves",
+            )
+        for index, entry in enumerate(config.tls.certificates):
+            for key, what in (("certificate", "the certificate chain"), ("private_key", "the key")):
+                self.required_file(
+                    "tls.certificates",
+                    key,
+                    getattr(entry, key),
+                    "",
+                    f"{what} (PEM)",
+                    index,
+                )
         if config.listeners:
             self.required_file(
                 "auth",
@@ -497,16 +558,29 @@ class _Loader:
             else:
                 seen[where] = index
 
-    def required_file(self, table: str, key: str, path: Path | None, why: str, what: str) -> None:
+    def required_file(
+        self,
+        table: str,
+        key: str,
+        path: Path | None,
+        why: str,
+        what: str,
+        index: int | None = None,
+    ) -> None:
         if path is None:
             self.problem(table, key, f"is required because {why}: name the file holding {what}")
         elif self.check_files:
             if not path.is_file():
                 self.problem(
-                    table, key, f"{path} does not exist or is not a file; it should hold {what}"
+                    table,
+                    key,
+                    f"{path} does not exist or is not a file; it should hold {what}",
+                    index,
                 )
             elif not os.access(path, os.R_OK):
-                self.problem(table, key, f"{path} is not readable by this user (uid {os.getuid()})")
+                self.problem(
+                    table, key, f"{path} is not readable by this user (uid {os.getuid()})", index
+                )
 
     def check_numbers(self, config: Config) -> None:
         limits = config.limits
@@ -533,6 +607,13 @@ class _Loader:
                 "idle_timeout",
                 f"must be at least {_MIN_IDLE_TIMEOUT:g} seconds (RFC 1939 section 3: the "
                 f"autologout timer is at least 10 minutes), not {limits.idle_timeout:g}",
+            )
+        if config.tls.reload_check_interval < 0:
+            self.problem(
+                "tls",
+                "reload_check_interval",
+                f"must be 0 (no automatic reload) or more seconds, not "
+                f"{config.tls.reload_check_interval:g}",
             )
         if config.tls.handshake_timeout <= 0:
             self.problem(

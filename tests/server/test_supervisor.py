@@ -22,7 +22,22 @@ from mailslot.config import Config, ListenerConfig
 from mailslot.server import supervisor
 from mailslot.server.supervisor import RETIRE, Supervisor
 
-CONFIG = cast(Config, SimpleNamespace(tls=SimpleNamespace(certificate="cert.pem")))
+CONFIG = cast(
+    Config, SimpleNamespace(tls=SimpleNamespace(certificate="cert.pem", certificates=()))
+)
+
+
+class Contexts(SimpleNamespace):
+    """A stand-in for TlsContexts: a name, and no warnings from its load."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, warnings=[])
+
+    def __eq__(self, other: object) -> bool:
+        return other == self.name if isinstance(other, str) else super().__eq__(other)
+
+    def __str__(self) -> str:
+        return self.name
 Worker = Callable[[int, Any, Callable[[], None]], int]
 
 
@@ -36,7 +51,7 @@ def unfreeze() -> Iterator[None]:
         gc.unfreeze()
 
 
-def supervise(worker: Worker, load: Callable[[], Any] = lambda: "new") -> int:
+def supervise(worker: Worker, load: Callable[[], Any] = lambda: Contexts("new")) -> int:
     """Run a supervisor of two stand-in workers, given context ``"old"`` and ``load()`` on
     SIGHUP, until it returns; its exit status."""
 

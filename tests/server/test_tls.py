@@ -1,4 +1,4 @@
-"""The TLS policy of server/tls.py over real 127.0.0.1 sockets (RFC 8314 section 3.3,
+"""The TLS policy of mailslot.tls.context over real 127.0.0.1 sockets (RFC 8314 section 3.3,
 RFC 2595 section 4): TLS 1.2+ only, ECDHE AEAD suites on 1.2, no compression, the full chain
 served, and a reload that cannot break the live context.
 """
@@ -12,7 +12,7 @@ import pytest
 import trustme
 from tests.server.tlsprobe import CertFiles, handshake, issue
 
-from mailslot.server import tls
+from mailslot.tls import context as tls
 
 # RFC 7919 ffdhe2048, for the control server that must be able to do DHE.
 FFDHE2048 = """\

@@ -1,12 +1,13 @@
 """Build the server from a :class:`~mailslot.config.Config` and run it until told to stop.
 
 Signals: SIGTERM/SIGINT stop (stop accepting, let sessions finish until
-``server.shutdown_timeout``), SIGHUP reloads the TLS certificate and key without dropping
-sessions.  With ``server.workers`` > 1 a parent binds the listening sockets and forks that many
-workers that all accept from them: a worker busy with other sessions leaves a new connection
-to an idle one.  The parent (:mod:`mailslot.server.supervisor`) replaces a worker that dies
-and, on SIGHUP, starts a new generation of workers while the old one retires.  The maildrop
-lock (flock) is shared by all of them.
+``server.shutdown_timeout``), SIGHUP reloads the TLS certificates and keys without dropping
+sessions; so does a change of those files (:mod:`mailslot.tls.watch`), seen by the process that
+handles SIGHUP. With ``server.workers`` > 1 a parent binds the listening sockets and forks that
+many workers that all accept from them: a worker busy with other sessions leaves a new
+connection to an idle one. The parent (:mod:`mailslot.server.supervisor`) replaces a worker
+that dies and, on SIGHUP, starts a new generation of workers while the old one retires. The
+maildrop lock (flock) is shared by all of them.
 
 Started as root, the process binds every listening socket and loads the TLS certificate and
 key first; each worker then becomes ``[server] user`` (:mod:`mailslot.privileges`) before it
@@ -38,8 +39,17 @@ from mailslot.server.limits import Limits
 from mailslot.server.listener import Pop3Listener, listening_socket
 from mailslot.server.penalty import FailurePenalty
 from mailslot.server.session import SessionContext, format_address
-from mailslot.server.supervisor import RETIRE, WORKER_SIGNALS, Supervisor
+from mailslot.server.supervisor import (
+    RETIRE,
+    WORKER_SIGNALS,
+    Supervisor,
+    log_reload_failure,
+    log_reloaded,
+)
 from mailslot.store.maildir import MaildirStore
+from mailslot.tls.certificates import CertificateError
+from mailslot.tls.context import contexts_for, key_pairs
+from mailslot.tls.watch import FileWatch
 
 logger = logging.getLogger("mailslot")
 
@@ -59,11 +69,15 @@ class Application:
         worker: int = 0,
         sockets: Mapping[ListenerConfig, socket.socket] | None = None,
         contexts: tls.TlsContexts | None = None,
+        watch: FileWatch | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
         self.sockets = sockets or {}
         self.tls = contexts
+        # A lone worker watches the certificate files itself (no parent does it for it).
+        self.watch = watch
+        self._watch_timer: asyncio.TimerHandle | None = None
         self.listeners: list[Pop3Listener] = []
         self.lmtp_servers: list[asyncio.AbstractServer] = []
         self.lmtp_transactions = Transactions()  # DATA commands in progress, all listeners
@@ -83,6 +97,10 @@ class Application:
         self.users.load()
         if self.tls is None:
             self.tls = tls_for(config)
+        if self.watch is not None and self.tls is not None:
+            self._watch_timer = asyncio.get_running_loop().call_later(
+                self.watch.interval, self._look_at_files
+            )
         limits = config.limits
         base = CoreConfig(
             allow_plaintext=config.auth.allow_plaintext_without_tls,
@@ -146,20 +164,32 @@ class Application:
         where = listener.path or format_address((listener.address, listener.port))
         logger.info("listening: lmtp %s", where)
 
-    def reload_tls(self) -> None:
+    def reload_tls(self, changed: bool = False) -> None:
+        """SIGHUP, or ``changed`` files (:class:`FileWatch`): load every certificate again."""
         if self.tls is None:
             return
         # Said to systemd only by the main process (a lone worker); a supervisor's workers
         # have no NOTIFY_SOCKET (Supervisor).
         systemd.reloading()
+        signature = self.watch.signature() if self.watch is not None else None
         try:
             self.tls.reload()
         except (OSError, ssl.SSLError) as exc:
-            logger.error("TLS reload failed, keeping the old certificate: %s", exc)
+            log_reload_failure(exc, changed)
             return
         finally:
             systemd.ready()
-        logger.info("TLS certificate reloaded from %s", self.config.tls.certificate)
+            if self.watch is not None and signature is not None:
+                self.watch.loaded(signature)
+        log_reloaded(self.tls, self.config, changed)
+
+    def _look_at_files(self) -> None:
+        assert self.watch is not None
+        if self.watch.poll() is not None:
+            self.reload_tls(changed=True)
+        self._watch_timer = asyncio.get_running_loop().call_later(
+            self.watch.interval, self._look_at_files
+        )
 
     async def retire(self) -> None:
         """Stop accepting and serve the open sessions to their end, however long they last
@@ -176,6 +206,8 @@ class Application:
             self._hurry.set()
 
     async def _close(self, deadline: float | None) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
         await asyncio.gather(
             self._close_lmtp(deadline),
             *(listener.close(deadline, self._hurry) for listener in self.listeners),
@@ -206,12 +238,13 @@ async def serve(
     sockets: Mapping[ListenerConfig, socket.socket] | None = None,
     ready: Callable[[Application], None] | None = None,
     contexts: tls.TlsContexts | None = None,
+    watch: FileWatch | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     log.attach_loop(loop)
     try:
-        app = Application(config, worker=worker, sockets=sockets, contexts=contexts)
+        app = Application(config, worker=worker, sockets=sockets, contexts=contexts, watch=watch)
         return await _serve(loop, app, ready)
     finally:
         log.detach_loop()
@@ -301,6 +334,7 @@ def _run_worker(
     contexts: tls.TlsContexts | None = None,
     started: Callable[[], None] | None = None,
     identity: Identity | None = None,
+    watch: FileWatch | None = None,
 ) -> int:
     # Before anything of the worker exists: no session, Maildir or passwd-file is ever
     # touched as root.
@@ -312,22 +346,18 @@ def _run_worker(
     ready = None if started is None else (lambda _app: started())
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(
-            serve(config, worker=worker, sockets=sockets, contexts=contexts, ready=ready)
+            serve(
+                config, worker=worker, sockets=sockets, contexts=contexts, ready=ready, watch=watch
+            )
         )
 
 
-def _warn_unless_reloadable(config: Config, identity: Identity) -> None:
-    """A lone worker has no root parent: on SIGHUP it reads the certificate and key as
-    ``identity``.  Said once it serves (it has dropped by then), rather than at the reload."""
-    for path in (config.tls.certificate, config.tls.private_key):
-        if path is not None and not os.access(path, os.R_OK):
-            logger.warning(
-                "%s is not readable by %s:%s: a SIGHUP reload will fail; make it readable "
-                "by the group, or set workers = 2 for a parent that reloads as root",
-                path,
-                identity.user,
-                identity.group,
-            )
+def file_watch(config: Config) -> FileWatch | None:
+    """The watch on every certificate and key file, unless ``reload_check_interval`` is 0."""
+    if config.tls.reload_check_interval <= 0 or config.tls.certificate is None:
+        return None
+    paths = [p for pair in key_pairs(config.tls) for p in (pair.certificate, pair.private_key)]
+    return FileWatch(paths, config.tls.reload_check_interval)
 
 
 def listening_sockets(
@@ -382,10 +412,8 @@ def _bound_to(sock: socket.socket) -> tuple[str, int]:
 
 
 def tls_for(config: Config) -> tls.TlsContexts | None:
-    """The TLS context of ``config``'s certificate and key, if it has them."""
-    if config.tls.certificate is None or config.tls.private_key is None:
-        return None
-    return tls.TlsContexts(config.tls.certificate, config.tls.private_key, config.tls.profile)
+    """The TLS contexts of ``config``'s certificates and keys, if it has them."""
+    return contexts_for(config.tls)
 
 
 def raise_file_limit() -> int:
@@ -455,23 +483,30 @@ def run(config: Config) -> int:
     # With one worker too: the sockets and the key are got while the process may still be
     # root, and the worker drops before it serves (it then reloads the key on SIGHUP as
     # [server] user; docs/configuration.md).
+    #
+    # The watch looks at the files before they are read: a change while they are read is
+    # then seen at its first look.  (`mailslot serve` checked them and printed the warnings.)
+    watch = file_watch(config)
     try:
         contexts = tls_for(config)
-        sockets = listening_sockets(config, identity, systemd.listen_fds())
+    except CertificateError as exc:
+        for finding in exc.findings:
+            if finding.severity == "error":
+                logger.error("cannot start: %s: %s", finding.key, finding.message)
+        return EX_CONFIG
     except OSError as exc:  # ssl.SSLError included
+        logger.error("cannot start: %s", exc)
+        return 75  # EX_TEMPFAIL, as a worker that cannot start
+    try:
+        sockets = listening_sockets(config, identity, systemd.listen_fds())
+    except OSError as exc:
         logger.error("cannot start: %s", exc)
         return 75  # EX_TEMPFAIL, as a worker that cannot start
     if identity is not None:
         logger.info("serving as %s:%s", identity.user, identity.group)
     if workers == 1:
-
-        def started() -> None:
-            systemd.ready()
-            if identity is not None:
-                _warn_unless_reloadable(config, identity)
-
         try:
-            return _run_worker(config, 0, sockets, contexts, started, identity)
+            return _run_worker(config, 0, sockets, contexts, systemd.ready, identity, watch)
         finally:
             for sock in sockets.values():
                 sock.close()
@@ -486,5 +521,5 @@ def run(config: Config) -> int:
         return _run_worker(config, index, sockets, contexts, started, identity)
 
     return Supervisor(
-        config, workers, contexts, sockets, worker_main, lambda: tls_for(config)
+        config, workers, contexts, sockets, worker_main, lambda: tls_for(config), watch
     ).run()

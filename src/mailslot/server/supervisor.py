@@ -4,12 +4,13 @@ The parent binds every listening socket (POP3 and LMTP) and builds the TLS conte
 then forks ``server.workers`` workers that accept from those sockets and share that context.
 It keeps the sockets, so that it can start workers again later:
 
-- **SIGHUP** loads the certificate and key again.  On success the parent forks a new
-  generation of workers with the new context and tells the old generation to retire
-  (:data:`RETIRE`): an old worker stops accepting, serves its open sessions to their end and
-  exits.  A generation shares one context and so its session-ticket keys, and a TLS session
-  resumes on whichever worker takes the next connection (RFC 8446 section 2.2, RFC 5077).
-  On failure the old certificate stays in use and nothing changes.
+- **SIGHUP**, or a change of the certificate or key files (looked at every ``[tls]
+  reload_check_interval`` seconds, :mod:`mailslot.tls.watch`), loads them all again. On success
+  the parent forks a new generation of workers with the new context and tells the old
+  generation to retire (:data:`RETIRE`): an old worker stops accepting, serves its open
+  sessions to their end and exits. A generation shares one context and so its session-ticket
+  keys, and a TLS session resumes on whichever worker takes the next connection (RFC 8446
+  section 2.2, RFC 5077). On failure the old certificate stays in use and nothing changes.
 - **A worker that exits on its own** (a crash, an out-of-memory kill) is replaced by a new one
   with the same index, so the server keeps all its workers.  A worker that exits before it
   has started serving would only fail again: the server then stops, with its exit status.
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from mailslot import systemd
 from mailslot.config import Config, ListenerConfig
 from mailslot.server import tls
+from mailslot.tls.watch import FileWatch
 
 logger = logging.getLogger("mailslot")
 
@@ -101,6 +103,7 @@ class Supervisor:
         sockets: Mapping[ListenerConfig, socket.socket],
         worker_main: WorkerMain,
         load_contexts: Callable[[], tls.TlsContexts | None],
+        watch: FileWatch | None = None,
     ) -> None:
         self.config = config
         self.count = workers
@@ -108,6 +111,7 @@ class Supervisor:
         self.sockets = dict(sockets)
         self._worker_main = worker_main
         self._load_contexts = load_contexts
+        self.watch = watch
         self.workers: dict[int, _Worker] = {}  # by pid
         self._stopping = False
         self._status = 0
@@ -127,7 +131,10 @@ class Supervisor:
             for index in range(self.count):
                 self._awaited.append(self.workers[self.spawn(index)])
             while self.workers:
-                info = signal.sigtimedwait(_PARENT_SIGNALS, self._wake_every())
+                wait = self._wake_every()
+                if self.watch is not None:
+                    wait = min(wait, max(0.01, self.watch.until_due()))
+                info = signal.sigtimedwait(_PARENT_SIGNALS, wait)
                 signum = info.si_signo if info is not None else signal.SIGCHLD
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     self.stop(signum)
@@ -135,6 +142,8 @@ class Supervisor:
                     self.reload()
                 self.reap()
                 self._announce()
+                if self.watch is not None and self.watch.due() and self.watch.poll():
+                    self.reload(changed=True)
         finally:
             self._close_sockets()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS | _PARENT_SIGNALS)
@@ -189,17 +198,22 @@ class Supervisor:
         self.workers[pid] = _Worker(index, pid, readable)
         return pid
 
-    def reload(self) -> None:
-        """SIGHUP: a new generation of workers with the certificate and key read again."""
+    def reload(self, changed: bool = False) -> None:
+        """SIGHUP, or ``changed`` certificate files (:mod:`mailslot.tls.watch`): a new
+        generation of workers with every certificate and key read again."""
         if self._stopping:
             return
         systemd.reloading()
+        signature = self.watch.signature() if self.watch is not None else None
         try:
             contexts = self._load_contexts()
         except (OSError, ssl.SSLError) as exc:
-            logger.error("TLS reload failed, keeping the old certificate: %s", exc)
+            log_reload_failure(exc, changed)
             systemd.ready()
             return
+        finally:
+            if self.watch is not None and signature is not None:
+                self.watch.loaded(signature)
         if contexts is None:
             logger.info("SIGHUP: no TLS certificate configured, nothing to reload")
             systemd.ready()
@@ -221,11 +235,11 @@ class Supervisor:
         self._awaited = [self.workers[pid] for pid in new]
         for worker in old:
             worker.retiring = True
-        logger.info(
-            "TLS certificate reloaded from %s: %d new workers, the old ones retire "
-            "once their sessions end",
-            self.config.tls.certificate,
-            self.count,
+        log_reloaded(
+            contexts,
+            self.config,
+            changed,
+            f": {self.count} new workers, the old ones retire once their sessions end",
         )
         for worker in old:
             _signal(worker.pid, RETIRE)
@@ -277,6 +291,29 @@ class Supervisor:
     def _close_sockets(self) -> None:
         for sock in self.sockets.values():
             sock.close()
+
+
+def log_reloaded(contexts: tls.TlsContexts, config: Config, changed: bool, extra: str = "") -> None:
+    """The reload's warnings (the checks of :mod:`mailslot.tls.certificates`), then one line."""
+    for finding in contexts.warnings:
+        logger.warning("%s: %s", finding.key, finding.message)
+    more = len(config.tls.certificates)
+    what = f"{config.tls.certificate}" + (f" and {more} more" if more else "")
+    why = "the certificate files changed: " if changed else ""
+    logger.info("%sTLS certificate reloaded from %s%s", why, what, extra)
+
+
+def log_reload_failure(exc: BaseException, changed: bool) -> None:
+    """One line per failed reload; after a change of the files the watch tries again only
+    when they change again, so a half-written renewal is said once."""
+    if changed:
+        logger.error(
+            "the certificate files changed, but TLS reload failed, keeping the old "
+            "certificate: %s; trying again when they change",
+            exc,
+        )
+    else:
+        logger.error("TLS reload failed, keeping the old certificate: %s", exc)
 
 
 def _say_started(writable: int) -> None:
