@@ -559,13 +559,15 @@ def test_a_busy_port_makes_serve_exit_non_zero_with_a_clear_line(
 def test_an_unusable_private_key_makes_serve_exit_with_a_clear_line(
     servers: Any, certs: CertFiles, workers: int
 ) -> None:
-    # With 2 workers the parent loads the certificate, before it forks.
+    # Checked before anything starts, as check-config checks it: 78 (EX_CONFIG), like any
+    # configuration problem, with a line naming the key and the file.
     server = servers(start=False, extra_sections={"server": {"workers": workers}})
     Path(certs.private_key).write_text("not a key\n")
     result = _serve_until_it_exits(server)
-    assert result.returncode == 75, result.stderr
-    lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert result.returncode == 78, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "tls.private_key" in line]
     assert len(lines) == 1, result.stderr
+    assert f"{server.config_path}:" in lines[0] and str(certs.private_key) in lines[0]
     assert "Traceback" not in result.stderr
 
 

@@ -22,9 +22,7 @@ from mailslot.config import Config, ListenerConfig
 from mailslot.server import supervisor
 from mailslot.server.supervisor import RETIRE, Supervisor
 
-CONFIG = cast(
-    Config, SimpleNamespace(tls=SimpleNamespace(certificate="cert.pem", certificates=()))
-)
+CONFIG = cast(Config, SimpleNamespace(tls=SimpleNamespace(certificate="cert.pem", certificates=())))
 
 
 class Contexts(SimpleNamespace):
@@ -38,6 +36,8 @@ class Contexts(SimpleNamespace):
 
     def __str__(self) -> str:
         return self.name
+
+
 Worker = Callable[[int, Any, Callable[[], None]], int]
 
 

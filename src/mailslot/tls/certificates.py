@@ -136,6 +136,25 @@ def _date(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _unfinished(path: Path, key: str, data: bytes, blocks: list[_Block]) -> Finding | None:
+    """A ``-----BEGIN`` line with no ``-----END``: a file cut short, or still being written
+    (a renewal caught half way), which would otherwise parse as a shorter chain."""
+    starts = [m.start() for m in re.finditer(rb"-----BEGIN [A-Z0-9 ]+-----", data)]
+    if len(starts) <= len(blocks):
+        return None
+    ends = {b.line for b in blocks}
+    line = next(
+        (n for n in (data.count(b"\n", 0, s) + 1 for s in starts) if n not in ends),
+        data.count(b"\n", 0, starts[-1]) + 1,
+    )
+    return Finding(
+        "error",
+        key,
+        f"{path}:{line}: the file does not parse: the PEM block that starts there has no "
+        "-----END line (the file is cut short, or was still being written); install it whole",
+    )
+
+
 def _read(path: Path, key: str, what: str) -> bytes | Finding:
     try:
         return path.read_bytes()
@@ -171,6 +190,8 @@ def _load_chain(pair: KeyPair) -> tuple[list[x509.Certificate], list[Finding]]:
     blocks = _blocks(data)
     certs = [b for b in blocks if b.label == b"CERTIFICATE"]
     findings: list[Finding] = []
+    if (cut := _unfinished(path, key, data, blocks)) is not None:
+        return [], [cut]
     if not blocks:
         return [], [_not_pem(path, key, data, "certificate chain", "openssl x509")]
     if not certs:
@@ -218,6 +239,8 @@ def _load_key(pair: KeyPair) -> tuple[object | None, list[Finding]]:
     if isinstance(data, Finding):
         return None, [data]
     blocks = _blocks(data)
+    if (cut := _unfinished(path, key, data, blocks)) is not None:
+        return None, [cut]
     if not blocks:
         return None, [_not_pem(path, key, data, "private key", "openssl pkey")]
     if any(b.label == b"ENCRYPTED PRIVATE KEY" or b"ENCRYPTED" in b.pem for b in blocks):
