@@ -3,8 +3,8 @@
 One small ``add_<command>`` function per subcommand registers its parser and handler, so adding
 a command is a few lines.  Exit codes follow BSD sysexits(3), which service managers and mail
 transfer agents understand: 64 usage, 67 unknown user, 69 unavailable, 71 cannot drop
-privileges, 73 cannot create, 78 configuration error (root without ``[server] user``
-included).
+privileges, 73 cannot create, 75 cannot start (a port in use), 78 configuration error (root
+without ``[server] user`` and a certificate or key that fails its checks included).
 """
 
 from __future__ import annotations
@@ -179,10 +179,11 @@ def add_serve(subparsers: SubParsers) -> None:
         "run the POP3 server",
         "Run the server until SIGTERM or SIGINT, which give open sessions\n"
         "server.shutdown_timeout seconds to end (a second one ends them at once).\n"
-        "SIGHUP reloads the TLS certificate and key\n"
-        "without dropping sessions (with several workers: new workers start, the old ones\n"
-        "end with their sessions). Started as root, it binds its ports and reads the TLS key,\n"
-        "then serves as [server] user; without one it refuses to start (status 78) unless\n"
+        "SIGHUP, or a change of the files, reloads the TLS certificates and keys without\n"
+        "dropping sessions (with several workers: new workers start, the old ones end with\n"
+        "their sessions). Certificates that fail their checks (see check-config) stop it\n"
+        "with status 78. Started as root, it binds its ports and reads the TLS key, then\n"
+        "serves as [server] user; without one it refuses to start (status 78) unless\n"
         "[server] run_as_root says why.\n\n"
         "With --config, serve that configuration. Without it, use a quick-start data\n"
         "directory: on first run it is filled with a private CA, a localhost certificate,\n"
