@@ -139,7 +139,10 @@ def test_serve_help_says_what_the_signals_do(capsys: pytest.CaptureFixture[str])
         main(["serve", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "until SIGTERM or SIGINT" in out
-    assert "SIGHUP reloads the TLS certificate and key without dropping sessions" in out
+    assert (
+        "SIGHUP, or a change of the files, reloads the TLS certificates and keys without "
+        "dropping sessions" in out
+    )
 
 
 def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:

@@ -125,13 +125,13 @@ def _check_identity(config: Config, *, starting: bool) -> None:
     raise CommandError("", EX_CONFIG)
 
 
-def _check_certificates(config: Config) -> None:
+def _check_certificates(config: Config, trusted: list[Path] | None = None) -> None:
     """The certificate checks of :mod:`mailslot.tls.certificates`, shared by ``check-config``
     and ``serve``: warnings printed, errors printed and exited 78 like any configuration
-    problem, each as ``FILE:LINE: KEY: message``."""
+    problem, each as ``FILE:LINE: KEY: message``.  ``trusted``: CA files the clients hold."""
     from mailslot.tls.certificates import check_config
 
-    findings = check_config(config)
+    findings = check_config(config, trusted=trusted or [])
     if not findings:
         return
     lines = _key_lines(config)
@@ -208,7 +208,12 @@ def add_serve(subparsers: SubParsers) -> None:
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args.config) if args.config is not None else _quick_start(args.data_dir)
     _check_identity(config, starting=True)
-    _check_certificates(config)
+    # The quick start's certificate is issued by its own CA, which its clients are told to
+    # trust (ca.pem): no warning that this host's trust store lacks it.
+    quick = args.config is None and config.source is not None
+    _check_certificates(
+        config, [config.source.parent / "ca.pem"] if quick and config.source else []
+    )
     # Imported late: `mailslot user` and `check-config` need none of the server's imports.
     runner = importlib.import_module("mailslot.server.runner")
     run: Callable[[Config], int] = runner.run

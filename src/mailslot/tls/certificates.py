@@ -336,11 +336,14 @@ def name_matches(pattern: str, hostname: str) -> bool:
     return bool(label and dot) and rest == pattern[2:]
 
 
-def _trusted_issuers() -> dict[x509.Name, list[x509.Certificate]] | None:
+def _trusted_issuers(
+    trusted: Sequence[Path] = (),
+) -> dict[x509.Name, list[x509.Certificate]] | None:
     """This host's trust store (OpenSSL's default file and directory, which honour
-    ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``) by subject; ``None`` if none can be read."""
+    ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``) and the ``trusted`` files, by subject; ``None``
+    if none can be read."""
     paths = ssl.get_default_verify_paths()
-    files: list[Path] = []
+    files: list[Path] = list(trusted)
     if paths.cafile and os.path.isfile(paths.cafile):
         files.append(Path(paths.cafile))
     if paths.capath and os.path.isdir(paths.capath):
@@ -360,7 +363,9 @@ def _trusted_issuers() -> dict[x509.Name, list[x509.Certificate]] | None:
     return store if found else None
 
 
-def _chain_findings(pair: KeyPair, chain: list[x509.Certificate]) -> list[Finding]:
+def _chain_findings(
+    pair: KeyPair, chain: list[x509.Certificate], trusted: Sequence[Path] = ()
+) -> list[Finding]:
     key = f"{pair.key}.certificate"
     path = pair.certificate
     findings: list[Finding] = []
@@ -390,7 +395,7 @@ def _chain_findings(pair: KeyPair, chain: list[x509.Certificate]) -> list[Findin
                 )
             )
         return findings
-    store = _trusted_issuers()
+    store = _trusted_issuers(trusted)
     issuer = last.issuer.rfc4514_string()
     if store is None:
         findings.append(
@@ -510,9 +515,14 @@ def _key_type_findings(pair: KeyPair, public: object) -> list[Finding]:
 
 
 def load_pair(
-    pair: KeyPair, *, profile: str = "intermediate", now: dt.datetime | None = None
+    pair: KeyPair,
+    *,
+    profile: str = "intermediate",
+    now: dt.datetime | None = None,
+    trusted: Sequence[Path] = (),
 ) -> tuple[Loaded | None, list[Finding]]:
-    """Read and check one pair; :class:`Loaded` unless a finding is an error."""
+    """Read and check one pair; :class:`Loaded` unless a finding is an error.  ``trusted``:
+    CA files to count as trusted beside this host's store (the quick start's own CA)."""
     now = now if now is not None else dt.datetime.now(dt.UTC)
     chain, findings = _load_chain(pair)
     private, key_findings = _load_key(pair)
@@ -539,7 +549,7 @@ def load_pair(
             )
         findings.append(Finding("error", f"{pair.key}.private_key", message))
         return None, findings
-    findings += _chain_findings(pair, chain)
+    findings += _chain_findings(pair, chain, trusted)
     findings += _validity_findings(pair, chain, now, profile)
     findings += _key_type_findings(pair, public)
     names = dns_names(leaf)
@@ -565,12 +575,13 @@ def load_pairs(
     profile: str = "intermediate",
     hostname: str | None = None,
     now: dt.datetime | None = None,
+    trusted: Sequence[Path] = (),
 ) -> tuple[list[Loaded], list[Finding]]:
     """Check every pair, then ``hostname`` against all of them together."""
     loaded: list[Loaded] = []
     findings: list[Finding] = []
     for pair in pairs:
-        result, found = load_pair(pair, profile=profile, now=now)
+        result, found = load_pair(pair, profile=profile, now=now, trusted=trusted)
         findings += found
         if result is not None:
             loaded.append(result)
@@ -682,17 +693,24 @@ def access_findings(
 # -- the whole configuration ------------------------------------------------------------------
 
 
-def check_config(config: Config, now: dt.datetime | None = None) -> list[Finding]:
+def check_config(
+    config: Config, now: dt.datetime | None = None, trusted: Sequence[Path] = ()
+) -> list[Finding]:
     """Every finding for ``config``'s certificates, as ``check-config`` and ``serve`` report
     them: the loading checks, the contexts built as the server builds them (OpenSSL may
-    refuse what passed: a weak signature, say), and the key files' access."""
+    refuse what passed: a weak signature, say), and the key files' access.  ``trusted``: CA
+    files the clients are known to hold (the quick start's)."""
     from mailslot.tls.context import contexts_for, key_pairs
 
     pairs = key_pairs(config.tls)
     if not pairs:
         return []
     loaded, findings = load_pairs(
-        pairs, profile=config.tls.profile, hostname=config.server.hostname, now=now
+        pairs,
+        profile=config.tls.profile,
+        hostname=config.server.hostname,
+        now=now,
+        trusted=trusted,
     )
     if len(loaded) == len(pairs) and not any(f.severity == "error" for f in findings):
         try:
