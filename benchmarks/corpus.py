@@ -206,4 +206,5 @@ def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
     ca.cert_pem.write_to_path(str(ca_path))
     chain_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(str(key_path))
+    key_path.chmod(0o600)  # mailslot refuses a key every account can read
     return ca_path, chain_path, key_path
