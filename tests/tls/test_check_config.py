@@ -101,6 +101,20 @@ def _encrypted(ca: Pki, d: Path) -> tuple[Path, Path]:
     return write(d, leaf, ca.intermediate, key=leaf.key_pem(b"secret"))
 
 
+def _encrypted_legacy(ca: Pki, d: Path) -> tuple[Path, Path]:
+    """The traditional ``-----BEGIN EC PRIVATE KEY-----`` with ``Proc-Type: 4,ENCRYPTED``."""
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = ca.leaf("localhost")
+    pem = leaf.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    assert b"Proc-Type: 4,ENCRYPTED" in pem
+    return write(d, leaf, ca.intermediate, key=pem)
+
+
 def _mismatch(ca: Pki, d: Path) -> tuple[Path, Path]:
     leaf, other = ca.leaf("localhost"), ca.leaf("localhost")
     return write(d, leaf, ca.intermediate, key=other.key_pem())
@@ -144,6 +158,7 @@ BROKEN: dict[str, tuple[Maker, str, str]] = {
     "swapped": (_swapped, "certificate", "holds a private key, not a certificate"),
     "key-is-a-certificate": (_key_holds_certificate, "private_key", "not a private key"),
     "encrypted-key": (_encrypted, "private_key", "is encrypted"),
+    "encrypted-legacy-key": (_encrypted_legacy, "private_key", "is encrypted"),
     "mismatch": (_mismatch, "private_key", "does not belong to the certificate"),
     "leaf-second": (_leaf_second, "private_key", "belongs to certificate 2 of the file"),
     "wrong-order": (_wrong_order, "certificate", "did not issue certificate"),

@@ -64,7 +64,7 @@ MIN_RSA_BITS = 2048
 PROFILE_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
-_KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
+_KEY_LABELS = {b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"DSA PRIVATE KEY"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +243,9 @@ def _load_key(pair: KeyPair) -> tuple[object | None, list[Finding]]:
         return None, [cut]
     if not blocks:
         return None, [_not_pem(path, key, data, "private key", "openssl pkey")]
-    if any(b.label == b"ENCRYPTED PRIVATE KEY" or b"ENCRYPTED" in b.pem for b in blocks):
+    if any(
+        b.label == b"ENCRYPTED PRIVATE KEY" or b"Proc-Type: 4,ENCRYPTED" in b.pem for b in blocks
+    ):
         return None, [
             Finding(
                 "error",
