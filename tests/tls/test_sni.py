@@ -186,3 +186,27 @@ def _serial(wire: Pop3Wire) -> int:
     der = wire._tls.obj.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_a_reload_reads_every_certificate_again(site: Site, tmp_path: Path) -> None:
+    (cert, key), (entry_cert, entry_key), *_ = site.pairs
+    live = tmp_path / "entry"
+    live.mkdir()
+    certificate, private_key = live / "fullchain.pem", live / "privkey.pem"
+    certificate.write_bytes(entry_cert.read_bytes())
+    private_key.write_bytes(entry_key.read_bytes())
+    contexts = TlsContexts(
+        cert, key, more=[KeyPair("tls.certificates[0]", certificate, private_key)]
+    )
+    client = site.ca.client()
+    assert handshake(contexts.current, client, "mail.example.org").serial == site.mail.serial
+    renewed = site.ca.leaf("mail.example.org", "example.org")
+    write(live, renewed, site.ca.intermediate)
+    contexts.reload()
+    assert handshake(contexts.current, client, "mail.example.org").serial == renewed.serial
+    assert handshake(contexts.current, client, "localhost").serial == site.default.serial
+    # A broken entry refuses the whole reload: the entry's old certificate stays too.
+    private_key.write_bytes(site.default.key_pem())
+    with pytest.raises(ssl.SSLError, match="does not belong to the certificate"):
+        contexts.reload()
+    assert handshake(contexts.current, client, "mail.example.org").serial == renewed.serial
