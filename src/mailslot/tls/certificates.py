@@ -31,6 +31,7 @@ certificate) or a warning (it can be served, but some clients or scanners will o
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import grp
 import ipaddress
 import itertools
@@ -343,20 +344,34 @@ def _trusted_issuers(
 ) -> dict[x509.Name, list[x509.Certificate]] | None:
     """This host's trust store (OpenSSL's default file and directory, which honour
     ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``) and the ``trusted`` files, by subject; ``None``
-    if none can be read."""
+    if none can be read.  Parsed once per version of its files (some 150 roots take 50-150
+    ms to parse; a reload of many certificates asks once per certificate)."""
     paths = ssl.get_default_verify_paths()
     files: list[Path] = list(trusted)
     if paths.cafile and os.path.isfile(paths.cafile):
         files.append(Path(paths.cafile))
     if paths.capath and os.path.isdir(paths.capath):
         files.extend(p for p in Path(paths.capath).iterdir() if p.name.endswith((".0", ".pem")))
+    versions: list[tuple[str, int]] = []
+    for file in files:
+        try:
+            versions.append((str(file), file.stat().st_mtime_ns))
+        except OSError:
+            continue
+    return _load_store(tuple(versions))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_store(
+    files: tuple[tuple[str, int], ...],
+) -> dict[x509.Name, list[x509.Certificate]] | None:
     store: dict[x509.Name, list[x509.Certificate]] = {}
     found = False
-    for file in files:
+    for name, _version in files:
         try:
             with warnings.catch_warnings():  # a store's old roots with negative serials
                 warnings.simplefilter("ignore")
-                certs = x509.load_pem_x509_certificates(file.read_bytes())
+                certs = x509.load_pem_x509_certificates(Path(name).read_bytes())
         except (OSError, ValueError):
             continue
         found = True
