@@ -125,29 +125,43 @@ def _check_identity(config: Config, *, starting: bool) -> None:
     raise CommandError("", EX_CONFIG)
 
 
-def _check_certificates(config: Config, trusted: list[Path] | None = None) -> None:
+def _check_certificates(
+    config: Config, trusted: list[Path] | None = None, *, serving: bool = False
+) -> None:
     """The certificate checks of :mod:`mailslot.tls.certificates`, shared by ``check-config``
-    and ``serve``: warnings printed, errors printed and exited 78 like any configuration
-    problem, each as ``FILE:LINE: KEY: message``.  ``trusted``: CA files the clients hold."""
+    and ``serve``: errors printed and exited 78 like any configuration problem, each as
+    ``FILE:LINE: KEY: message``; warnings printed the same way by ``check-config``, and
+    logged by ``serve`` (whose standard error is its log, one record per line).
+    ``trusted``: CA files the clients are known to hold."""
     from mailslot.tls.certificates import check_config
 
     findings = check_config(config, trusted=trusted or [])
     if not findings:
         return
     lines = _key_lines(config)
-    warnings = [f for f in findings if f.severity == "warning"]
-    for finding in warnings:
-        line = _line_of(lines, finding.key)
-        problem = ConfigProblem(finding.key, line, f"warning: {finding.message}")
-        print(problem.format(config.source), file=sys.stderr)
-    errors = [
-        ConfigProblem(f.key, _line_of(lines, f.key), f.message)
-        for f in findings
-        if f.severity == "error"
-    ]
-    if errors:
-        _print_problems(ConfigError(errors, config.source))
+    problems = {
+        severity: [
+            ConfigProblem(f.key, _line_of(lines, f.key), f.message)
+            for f in findings
+            if f.severity == severity
+        ]
+        for severity in ("error", "warning")
+    }
+    if problems["error"]:
+        _print_problems(ConfigError(problems["error"], config.source))
         raise CommandError("", EX_CONFIG)
+    if serving:
+        import logging
+
+        from mailslot import log
+
+        log.setup(config.log.level)  # the server's own; runner.run() keeps it
+        for problem in problems["warning"]:
+            logging.getLogger("mailslot").warning("%s", problem.format(config.source))
+        return
+    for problem in problems["warning"]:
+        warning = ConfigProblem(problem.key, problem.line, f"warning: {problem.message}")
+        print(warning.format(config.source), file=sys.stderr)
 
 
 def _key_lines(config: Config) -> Any:
@@ -210,10 +224,9 @@ def _serve(args: argparse.Namespace) -> int:
     _check_identity(config, starting=True)
     # The quick start's certificate is issued by its own CA, which its clients are told to
     # trust (ca.pem): no warning that this host's trust store lacks it.
-    quick = args.config is None and config.source is not None
-    _check_certificates(
-        config, [config.source.parent / "ca.pem"] if quick and config.source else []
-    )
+    quick_ca = config.source.parent / "ca.pem" if config.source is not None else None
+    trusted = [quick_ca] if args.config is None and quick_ca is not None else []
+    _check_certificates(config, trusted, serving=True)
     # Imported late: `mailslot user` and `check-config` need none of the server's imports.
     runner = importlib.import_module("mailslot.server.runner")
     run: Callable[[Config], int] = runner.run
