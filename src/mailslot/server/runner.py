@@ -505,8 +505,12 @@ def run(config: Config) -> int:
     if identity is not None:
         logger.info("serving as %s:%s", identity.user, identity.group)
     if workers == 1:
+
+        def started() -> None:
+            systemd.ready()
+
         try:
-            return _run_worker(config, 0, sockets, contexts, systemd.ready, identity, watch)
+            return _run_worker(config, 0, sockets, contexts, started, identity, watch)
         finally:
             for sock in sockets.values():
                 sock.close()
