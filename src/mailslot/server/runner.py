@@ -485,7 +485,7 @@ def run(config: Config) -> int:
     # [server] user; docs/configuration.md).
     #
     # The watch looks at the files before they are read: a change while they are read is
-    # then seen at its first look.  (`mailslot serve` checked them and printed the warnings.)
+    # then seen at its first look.  (`mailslot serve` has checked them and logged the warnings.)
     watch = file_watch(config)
     try:
         contexts = tls_for(config)
