@@ -433,6 +433,35 @@ def add_deliver(subparsers: SubParsers) -> None:
     register(subparsers)
 
 
+# -- db --------------------------------------------------------------------------------------
+
+
+def add_db(subparsers: SubParsers) -> None:
+    parser = _subparser(
+        subparsers,
+        "db",
+        "create or upgrade the PostgreSQL store's schema",
+        "For [store] backend = \"postgresql\" (docs/postgresql.md). 'upgrade' creates the\n"
+        "schema in an empty database or applies what it lacks, in one transaction: running it\n"
+        "twice is harmless. 'status' shows the version found and the one needed. A server\n"
+        "refuses to start (status 78) on a schema it does not know. Exit status: 0 done,\n"
+        "69 the database cannot be reached, 75 (status) older than needed, 78 a configuration\n"
+        "problem or a schema newer than this mailslot.",
+        "  mailslot db upgrade --config /etc/mailslot/mailslot.toml\n"
+        "  MAILSLOT_DSN=postgresql://mailslot@db/mail mailslot db status --config mailslot.toml\n",
+        _db,
+    )
+    parser.add_argument("action", choices=("upgrade", "status"), help="what to do")
+    parser.add_argument("--config", type=Path, metavar="FILE", required=True, help="config file")
+
+
+def _db(args: argparse.Namespace) -> int:
+    config = _load(args.config, check_files=False)
+    command = importlib.import_module("mailslot.store.postgresql.command")
+    run: Callable[[Config, str], int] = command.run
+    return run(config, args.action)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
@@ -440,6 +469,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_check_config,
     add_user,
     add_deliver,
+    add_db,
 )
 
 

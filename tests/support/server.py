@@ -157,11 +157,13 @@ class MailslotServer:
         tls_profile: str | None = None,
         limits: Mapping[str, Any] | None = None,
         extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
+        store: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         run_as_root: str | None = RUN_AS_ROOT,
     ) -> None:
         """``run_as_root``: written to ``[server]`` when the tests run as root and
-        ``extra_sections`` give the server no ``user``; ``None`` writes neither."""
+        ``extra_sections`` give the server no ``user``; ``None`` writes neither.  ``store``:
+        more ``[store]`` keys (``backend = "postgresql"``, ``dsn``, ...)."""
         self.directory = directory
         self.tls_files = tls_files
         directory.mkdir(parents=True, exist_ok=True)
@@ -201,7 +203,9 @@ class MailslotServer:
                 "failure_delay_max": failure_delay_max,
             },
         )
-        config += toml_table("store", {"maildir": f"{self.mail_root}/{{user}}/Maildir"})
+        config += toml_table(
+            "store", {"maildir": f"{self.mail_root}/{{user}}/Maildir", **(store or {})}
+        )
         if limits:
             config += toml_table("limits", limits)
         sections = {name: dict(values) for name, values in (extra_sections or {}).items()}

@@ -39,7 +39,7 @@ from mailslot.server.listener import Pop3Listener, listening_socket
 from mailslot.server.penalty import FailurePenalty
 from mailslot.server.session import SessionContext, format_address
 from mailslot.server.supervisor import RETIRE, WORKER_SIGNALS, Supervisor
-from mailslot.store.maildir import MaildirStore
+from mailslot.store import backends
 
 logger = logging.getLogger("mailslot")
 
@@ -67,11 +67,7 @@ class Application:
         self.listeners: list[Pop3Listener] = []
         self.lmtp_servers: list[asyncio.AbstractServer] = []
         self.lmtp_transactions = Transactions()  # DATA commands in progress, all listeners
-        self.store = MaildirStore(
-            config.store.maildir,
-            hostname=config.server.hostname,
-            snapshot_budget=config.store.snapshot_cache,
-        )
+        self.store = backends.build(config)
         if config.auth.passwd_file is None:
             raise ValueError("[auth] passwd_file is required")
         # At most one stat() of the passwd-file per second rather than one per login.
@@ -158,6 +154,9 @@ class Application:
 
     async def stop(self) -> None:
         await self._close(self.config.server.shutdown_timeout)
+        close = getattr(self.store, "aclose", None)  # a database pool
+        if close is not None:
+            await close()
 
     async def _close(self, deadline: float | None) -> None:
         await asyncio.gather(
@@ -373,6 +372,31 @@ EX_OSERR = 71  # sysexits(3): a system call failed (here: dropping privileges)
 EX_CONFIG = 78
 
 
+def _start_database(config: Config) -> int:
+    """Before any worker: refuse a schema this mailslot does not know (EX_CONFIG), clear this
+    node's leases of an earlier life.  A database that cannot be reached is no reason not to
+    start: logins answer [SYS/TEMP] until it is back.  Returns 0 to go on."""
+    from mailslot.store.postgresql.schema import SchemaMismatch
+    from mailslot.store.postgresql.store import DATABASE_ERRORS, start_node
+
+    node = backends.node_id(config)
+    assert config.store.dsn is not None
+    try:
+        cleared = asyncio.run(start_node(config.store.dsn, node))
+    except SchemaMismatch as exc:
+        logger.error("cannot start: %s", exc)
+        return EX_CONFIG
+    except DATABASE_ERRORS as exc:
+        logger.warning(
+            "database unavailable at start (%s); serving anyway, logins answer [SYS/TEMP] "
+            "until it is back",
+            log.escape(f"{type(exc).__name__}: {exc}"),
+        )
+        return 0
+    logger.info("store: postgresql, node %s, %d stale leases of this node cleared", node, cleared)
+    return 0
+
+
 def run(config: Config) -> int:
     """Serve ``config`` until SIGTERM/SIGINT; returns the exit code."""
     log.setup(config.log.level)
@@ -389,6 +413,15 @@ def run(config: Config) -> int:
         return EX_CONFIG
     if identity is None and os.geteuid() == 0:
         logger.warning("serving as root: [server] run_as_root = %r", config.server.run_as_root)
+    try:
+        config = backends.with_dsn(config)
+    except backends.DsnMissing as exc:
+        logger.error("cannot start: %s", exc)
+        return EX_CONFIG
+    if config.store.backend == "postgresql":
+        status = _start_database(config)
+        if status:
+            return status
     limit = raise_file_limit()
     logger.info("open file limit: %d per worker process", limit)
     workers = max(1, config.server.workers)

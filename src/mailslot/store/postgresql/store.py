@@ -178,6 +178,10 @@ class PostgresStore:
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
         """A pooled connection; database errors raised inside become TemporaryFailure."""
+        if asyncio.current_task() is None:
+            # The session runs work that may not wait outside any task, until it does wait
+            # (server.session): asyncpg's timeouts need a task, so wait once to get one.
+            await asyncio.sleep(0)
         try:
             pool = await self._get_pool()
             async with pool.acquire(timeout=self._connect_timeout) as connection:
@@ -273,3 +277,16 @@ async def _release_quietly(lease: Lease) -> None:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def start_node(dsn: str, node: str, connect_timeout: float = 5.0) -> int:
+    """At a node's start, before any worker serves: check the schema (raises
+    :class:`~mailslot.store.postgresql.schema.SchemaMismatch`) and clear the node's leases
+    of an earlier life; return how many.  Other errors are asyncpg's or OSError."""
+    connection = await asyncpg.connect(dsn, timeout=connect_timeout, statement_cache_size=0)
+    try:
+        await schema.check(connection)
+        status = await connection.execute(queries.CLEAR_NODE_LEASES, node)
+    finally:
+        await connection.close()
+    return int(status.split()[-1])
