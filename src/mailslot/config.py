@@ -72,6 +72,7 @@ class StoreConfig:
     dsn_file: Path | None = None
     pool_size: int = 10  # connections per worker process
     lease_seconds: float = 30.0  # the maildrop lease's lifetime, renewed every third of it
+    statement_cache_size: int = 100  # prepared statements per connection; 0 behind PgBouncer
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +460,12 @@ class _Loader:
             )
         if store.pool_size < 1:
             self.problem("store", "pool_size", f"must be 1 or more, not {store.pool_size}")
+        if store.statement_cache_size < 0:
+            self.problem(
+                "store",
+                "statement_cache_size",
+                f"must be 0 (none, behind PgBouncer) or more, not {store.statement_cache_size}",
+            )
         if store.lease_seconds < 1.0:
             self.problem(
                 "store",

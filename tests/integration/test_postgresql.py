@@ -339,3 +339,28 @@ def test_db_upgrade_creates_then_is_harmless(postgres: PostgresServer, tmp_path:
         "schema is at version 1: nothing to do",
     )
     assert db("status").returncode == 0
+
+
+def test_mailslot_deliver_writes_into_the_database_with_the_dsn_from_the_environment(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    server = node(mailslot_factory, dsn, "node-a")
+    # The DSN only in the environment of `mailslot deliver`, as an MTA's pipe would pass it.
+    config = server.config_path.read_text().replace(f'dsn = "{dsn}"\n', "")
+    assert dsn not in config
+    piped = server.directory / "deliver.toml"
+    piped.write_text(config)
+    result = subprocess.run(
+        [sys.executable, "-m", "mailslot", "deliver", "--config", str(piped), "--user", "alice"],
+        input=b"Subject: piped\n\nhello\n",
+        capture_output=True,
+        env={**os.environ, "MAILSLOT_DSN": dsn},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    client = login(server)
+    (_, lines, _) = client.retr(1)
+    client.quit()
+    assert lines[-1] == b"hello"
+    assert b"Subject: piped" in lines

@@ -39,6 +39,7 @@ from mailslot.delivery.message import (
     top_trace_fields,
 )
 from mailslot.delivery.recipient import RecipientRejected
+from mailslot.store.base import Store
 
 DEFAULT_CONFIG = Path("/etc/mailslot/mailslot.toml")
 # Room for the mbox From line and the MTA's trace fields on top of max_message_size.
@@ -197,7 +198,26 @@ async def _deliver(args: argparse.Namespace, source: BinaryIO) -> int:
     from mailslot.store.maildir import MaildirStore
 
     users = PasswdFileAuthenticator(config.auth.passwd_file)
-    agent = DeliveryAgent(config.delivery, MaildirStore(config.store.maildir), users)
+    store: Store = MaildirStore(config.store.maildir)
+    if config.store.backend == "postgresql":
+        from mailslot.store import backends
+
+        try:
+            store = backends.postgres_store(config)
+        except backends.DsnMissing as exc:
+            raise DeliverError(f"configuration error: {exc}", st.EX_CONFIG) from None
+    try:
+        return await _deliver_into(args, source, config, store, users)
+    finally:
+        close = getattr(store, "aclose", None)  # a database pool
+        if close is not None:
+            await close()
+
+
+async def _deliver_into(
+    args: argparse.Namespace, source: BinaryIO, config: Config, store: Store, users: Any
+) -> int:
+    agent = DeliveryAgent(config.delivery, store, users)
 
     raw = _read_message(source, config.delivery.max_message_size)
     data, from_line_sender = split_mbox_from(raw)

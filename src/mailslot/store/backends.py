@@ -68,6 +68,7 @@ def postgres_store(config: Config) -> PostgresStore:
         pool_size=config.store.pool_size,
         lease_seconds=config.store.lease_seconds,
         node=node_id(config),
+        statement_cache_size=config.store.statement_cache_size,
     )
 
 
