@@ -226,9 +226,8 @@ class PostgresStore:
             except BaseException:
                 await _release_quietly(lease)
                 raise
-        messages = [
-            MessageInfo(key=_key(account, seq), uid=uidl, size=size) for seq, uidl, size in rows
-        ]
+        # Positional and inline: a 100,000-message listing is built at every login.
+        messages = [MessageInfo(f"{account}/{seq}", uidl, size) for seq, uidl, size in rows]
         lease.start()
         return PostgresMaildrop(self, lease, messages)
 
