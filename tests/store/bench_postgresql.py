@@ -22,8 +22,9 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mailslot.store.postgresql import PostgresStore, schema  # noqa: E402
-from tests.support.postgres import running_postgres  # noqa: E402
+from tests.support.postgres import running_postgres
+
+from mailslot.store.postgresql import PostgresStore, schema
 
 BODY = b"From: a@example.org\nSubject: hello\n\n" + b"body line\n" * 40
 
