@@ -376,6 +376,8 @@ def _start_database(config: Config) -> int:
     """Before any worker: refuse a schema this mailslot does not know (EX_CONFIG), clear this
     node's leases of an earlier life.  A database that cannot be reached is no reason not to
     start: logins answer [SYS/TEMP] until it is back.  Returns 0 to go on."""
+    from asyncpg.exceptions import ClientConfigurationError
+
     from mailslot.store.postgresql.schema import SchemaMismatch
     from mailslot.store.postgresql.store import DATABASE_ERRORS, start_node
 
@@ -385,6 +387,9 @@ def _start_database(config: Config) -> int:
         cleared = asyncio.run(start_node(config.store.dsn, node))
     except SchemaMismatch as exc:
         logger.error("cannot start: %s", exc)
+        return EX_CONFIG
+    except (ValueError, ClientConfigurationError) as exc:  # a malformed DSN
+        logger.error("cannot start: [store] dsn: %s", log.escape(exc))
         return EX_CONFIG
     except DATABASE_ERRORS as exc:
         logger.warning(

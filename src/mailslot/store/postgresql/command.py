@@ -43,6 +43,9 @@ def run(config: Config, action: str) -> int:
     except schema.SchemaMismatch as exc:
         print(f"mailslot: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except (ValueError, asyncpg.exceptions.ClientConfigurationError) as exc:
+        print(f"mailslot: [store] dsn: {exc}", file=sys.stderr)
+        return EX_CONFIG
     except DATABASE_ERRORS as exc:
         print(f"mailslot: cannot use the database: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
