@@ -47,12 +47,20 @@ def upgraded(postgres: PostgresServer) -> str:
 
 
 def node(
-    factory: ServerFactory, dsn: str, name: str, *, lease: float = 30.0, **options: Any
+    factory: ServerFactory,
+    dsn: str,
+    name: str,
+    *,
+    lease: float = 30.0,
+    server: dict[str, Any] | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
+    **options: Any,
 ) -> MailslotServer:
+    """A server of the shared store named ``name`` ([server] node_id)."""
     return factory(
         listeners=LISTENERS,
         store={"backend": "postgresql", "dsn": dsn, "lease_seconds": lease, "pool_size": 4},
-        extra_sections={"server": {"node_id": name}},
+        extra_sections={"server": {"node_id": name, **(server or {})}, **(sections or {})},
         **options,
     )
 
@@ -381,3 +389,39 @@ def test_mailslot_deliver_writes_into_the_database_with_the_dsn_from_the_environ
     client.quit()
     assert lines[-1] == b"hello"
     assert b"Subject: piped" in lines
+
+
+def test_workers_of_one_node_share_the_lease_and_each_connects_after_its_fork(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    server = node(
+        mailslot_factory,
+        dsn,
+        "node-a",
+        server={"workers": 2},
+    )
+    holder = login(server)
+    # Several attempts, so that both workers (which one accepts is the kernel's choice)
+    # meet the lease.
+    for _ in range(6):
+        reply, _ = try_login(server)
+        assert b"[IN-USE]" in reply
+    holder.quit()
+    client = login(server)
+    client.quit()
+    assert "Traceback" not in server.log()
+
+
+def test_lmtp_quota_counts_what_the_database_holds(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    server = node(
+        mailslot_factory,
+        dsn,
+        "node-a",
+        sections={"delivery": {"quota_messages": 1}},
+    )
+    lmtp_deliver(server, "alice", b"Subject: one\r\n\r\nfirst\r\n")
+    with pytest.raises(smtplib.SMTPException):
+        lmtp_deliver(server, "alice", b"Subject: two\r\n\r\nsecond\r\n")
+    assert messages_in(dsn) == 1
