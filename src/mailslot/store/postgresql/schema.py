@@ -77,8 +77,9 @@ async def check(connection: Any) -> None:
         raise SchemaMismatch(found, wanted)
 
 
-async def upgrade(connection: Any) -> tuple[int, int]:
-    """Apply the missing migrations; return (version before, version after)."""
+async def upgrade(connection: Any, target: int | None = None) -> tuple[int, int]:
+    """Apply the missing migrations, up to ``target`` (default: all); return (version
+    before, version after)."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", _UPGRADE_LOCK)
         await connection.execute(
@@ -89,9 +90,10 @@ async def upgrade(connection: Any) -> tuple[int, int]:
         shipped = migrations()
         if before > len(shipped):
             raise SchemaMismatch(before, len(shipped))
-        for migration in shipped[before:]:
+        after = len(shipped) if target is None else min(target, len(shipped))
+        for migration in shipped[before:after]:
             await connection.execute(migration.sql)
             await connection.execute(
                 "INSERT INTO mailslot_schema (version) VALUES ($1)", migration.version
             )
-    return before, len(shipped)
+    return before, max(before, after)
