@@ -378,8 +378,9 @@ def _start_database(config: Config) -> int:
     start: logins answer [SYS/TEMP] until it is back.  Returns 0 to go on."""
     from asyncpg.exceptions import ClientConfigurationError
 
+    from mailslot.store.postgresql.pool import DATABASE_ERRORS
     from mailslot.store.postgresql.schema import SchemaMismatch
-    from mailslot.store.postgresql.store import DATABASE_ERRORS, start_node
+    from mailslot.store.postgresql.store import start_node
 
     node = backends.node_id(config)
     assert config.store.dsn is not None

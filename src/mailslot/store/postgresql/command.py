@@ -18,7 +18,7 @@ import asyncpg
 from mailslot.config import Config
 from mailslot.store import backends
 from mailslot.store.postgresql import schema
-from mailslot.store.postgresql.store import DATABASE_ERRORS
+from mailslot.store.postgresql.pool import DATABASE_ERRORS
 
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75

@@ -16,10 +16,8 @@ database error becomes :class:`~mailslot.store.base.TemporaryFailure` (``[SYS/TE
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -34,22 +32,13 @@ from mailslot.store.base import (
 )
 from mailslot.store.postgresql import queries, schema
 from mailslot.store.postgresql.lease import Lease, fenced
+from mailslot.store.postgresql.pool import DATABASE_ERRORS, LazyPool, describe
 from mailslot.store.wiresize import wire_size
 
 logger = logging.getLogger("mailslot.store")
 
 # Bytes per substring() query: 64 TOAST chunks; about 42 ms per MiB on PostgreSQL 15.
 DB_CHUNK = 256 * 1024
-
-# What a lost or broken database looks like through asyncpg.
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-    OSError,
-    TimeoutError,
-    schema.SchemaMismatch,
-)
 
 
 def header_length(data: bytes) -> int:
@@ -134,7 +123,7 @@ class PostgresStore:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | LazyPool,
         *,
         pool_size: int = 10,
         lease_seconds: float = 30.0,
@@ -142,67 +131,32 @@ class PostgresStore:
         connect_timeout: float = 5.0,
         statement_cache_size: int = 100,
     ) -> None:
-        self._dsn = dsn
-        self.pool_size = pool_size
+        if isinstance(dsn, LazyPool):
+            self.pool = dsn
+        else:
+            self.pool = LazyPool(
+                dsn,
+                size=pool_size,
+                connect_timeout=connect_timeout,
+                statement_cache_size=statement_cache_size,
+            )
         self.lease_seconds = lease_seconds
         self.node = node
-        self._connect_timeout = connect_timeout
-        self._statement_cache_size = statement_cache_size
-        self._pool: Any = None
-        self._pool_owner: tuple[int, asyncio.AbstractEventLoop] | None = None
-        self._pool_lock: asyncio.Lock | None = None
-        self._schema_checked = False
-
-    # -- connections -------------------------------------------------------------------------
-
-    async def _get_pool(self) -> Any:
-        owner = (os.getpid(), asyncio.get_running_loop())
-        if self._pool is not None and self._pool_owner == owner:
-            return self._pool
-        if self._pool_owner != owner:
-            # Made in another process (before a fork) or another event loop: unusable here.
-            self._pool, self._pool_owner, self._pool_lock = None, owner, asyncio.Lock()
-            self._schema_checked = False
-        assert self._pool_lock is not None
-        async with self._pool_lock:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    self._dsn,
-                    min_size=0,
-                    max_size=self.pool_size,
-                    timeout=self._connect_timeout,
-                    statement_cache_size=self._statement_cache_size,
-                )
-        return self._pool
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
         """A pooled connection; database errors raised inside become TemporaryFailure."""
-        if asyncio.current_task() is None:
-            # The session runs work that may not wait outside any task, until it does wait
-            # (server.session): asyncpg's timeouts need a task, so wait once to get one.
-            await asyncio.sleep(0)
         try:
-            pool = await self._get_pool()
-            async with pool.acquire(timeout=self._connect_timeout) as connection:
-                if not self._schema_checked:
-                    await schema.check(connection)
-                    self._schema_checked = True
+            async with self.pool.acquire() as connection:
                 yield connection
         except StoreError:
             raise
         except DATABASE_ERRORS as exc:
-            raise TemporaryFailure(f"database: {_describe(exc)}") from exc
+            raise TemporaryFailure(f"database: {describe(exc)}") from exc
 
     async def aclose(self) -> None:
         """Close the pool (at shutdown)."""
-        pool, self._pool = self._pool, None
-        if pool is not None and self._pool_owner is not None:
-            if self._pool_owner[1] is asyncio.get_running_loop():
-                with contextlib.suppress(*DATABASE_ERRORS):
-                    await asyncio.wait_for(pool.close(), self._connect_timeout)
-            else:
-                pool.terminate()
+        await self.pool.aclose()
 
     # -- the Store protocol ------------------------------------------------------------------
 
@@ -271,11 +225,6 @@ def _seq(key: str) -> int:
 async def _release_quietly(lease: Lease) -> None:
     with contextlib.suppress(StoreError):
         await lease.release()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def start_node(dsn: str, node: str, connect_timeout: float = 5.0) -> int:
