@@ -10,10 +10,12 @@ included).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import importlib
+import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +250,12 @@ def add_user(subparsers: SubParsers) -> None:
     database = argparse.ArgumentParser(add_help=False)
     group = database.add_argument_group("user database (one is required)")
     which = group.add_mutually_exclusive_group(required=True)
-    which.add_argument("--config", type=Path, metavar="FILE", help="use [auth] passwd_file of FILE")
+    which.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help='use the user database of FILE: [auth] passwd_file, or backend = "postgresql"',
+    )
     which.add_argument("--passwd-file", type=Path, metavar="FILE", help="use this passwd-file")
     password = argparse.ArgumentParser(add_help=False)
     password.add_argument(
@@ -322,14 +329,34 @@ def add_user(subparsers: SubParsers) -> None:
     )
 
 
-def _passwd_file(args: argparse.Namespace) -> Path:
+def _passwd_file(args: argparse.Namespace) -> Any:
+    """The passwd-file's Path, or, for ``[auth] backend = "postgresql"``, the table's admin
+    (mailslot.auth.postgresql.PostgresUsers, whose methods are coroutines)."""
     if args.passwd_file is not None:
         return Path(args.passwd_file)
     # The passwd-file may not exist yet when the first user is added.
     config = _load(args.config, check_files=False)
+    if config.auth.backend == "postgresql":
+        from mailslot.auth.postgresql import PostgresUsers
+        from mailslot.store import backends
+        from mailslot.store.postgresql.pool import LazyPool
+
+        try:
+            return PostgresUsers(LazyPool(backends.resolve_dsn(config.store), size=1))
+        except backends.DsnMissing as exc:
+            raise CommandError(str(exc), EX_CONFIG) from exc
     if config.auth.passwd_file is None:
         raise CommandError(f"{args.config} has no [auth] passwd_file", EX_CONFIG)
     return config.auth.passwd_file
+
+
+def _database_call(coroutine: Coroutine[Any, Any, object]) -> None:
+    from mailslot.store.postgresql.pool import DATABASE_ERRORS, describe
+
+    try:
+        asyncio.run(coroutine)
+    except DATABASE_ERRORS as exc:
+        raise CommandError(f"the user database: {describe(exc)}", EX_UNAVAILABLE) from exc
 
 
 def _valid_name(name: str) -> str:
@@ -361,7 +388,9 @@ def _admin_call(action: Callable[[], object], name: str) -> None:
     from mailslot.auth import admin
 
     try:
-        action()
+        result = action()
+        if inspect.iscoroutine(result):  # the PostgreSQL user table
+            _database_call(result)
     except admin.UserExists as exc:
         raise CommandError(f"user {name!r} already exists") from exc
     except admin.NoSuchUser as exc:
@@ -377,9 +406,12 @@ def _user_add(args: argparse.Namespace) -> int:
 
     path, name = _passwd_file(args), _valid_name(args.name)
     password = _read_password(args)
-    _admin_call(
-        lambda: admin.add_user(path, name, password, scheme=args.scheme, home=args.home), name
-    )
+    if isinstance(path, Path):
+        _admin_call(
+            lambda: admin.add_user(path, name, password, scheme=args.scheme, home=args.home), name
+        )
+    else:
+        _admin_call(lambda: path.add_user(name, password, scheme=args.scheme, home=args.home), name)
     print(f"added {name!r} to {path}", file=sys.stderr)
     return EX_OK
 
@@ -389,7 +421,10 @@ def _user_passwd(args: argparse.Namespace) -> int:
 
     path, name = _passwd_file(args), _valid_name(args.name)
     password = _read_password(args)
-    _admin_call(lambda: admin.set_password(path, name, password), name)
+    if isinstance(path, Path):
+        _admin_call(lambda: admin.set_password(path, name, password), name)
+    else:
+        _admin_call(lambda: path.set_password(name, password), name)
     print(f"changed the password of {name!r} in {path}", file=sys.stderr)
     return EX_OK
 
@@ -398,7 +433,10 @@ def _user_delete(args: argparse.Namespace) -> int:
     from mailslot.auth import admin
 
     path, name = _passwd_file(args), _valid_name(args.name)
-    _admin_call(lambda: admin.delete_user(path, name), name)
+    if isinstance(path, Path):
+        _admin_call(lambda: admin.delete_user(path, name), name)
+    else:
+        _admin_call(lambda: path.delete_user(name), name)
     print(f"deleted {name!r} from {path}", file=sys.stderr)
     return EX_OK
 
@@ -408,7 +446,14 @@ def _user_list(args: argparse.Namespace) -> int:
 
     path = _passwd_file(args)
     names: list[str] = []
-    _admin_call(lambda: names.extend(admin.list_users(path)), "")
+    if isinstance(path, Path):
+        _admin_call(lambda: names.extend(admin.list_users(path)), "")
+    else:
+
+        async def listed() -> None:
+            names.extend(await path.list_users())
+
+        _admin_call(listed, "")
     for name in names:
         print(name)
     return EX_OK

@@ -52,6 +52,8 @@ class TlsConfig:
 class AuthConfig:
     """``[auth]``: the user database and login policy."""
 
+    # "postgresql": users in the database of [store] dsn (docs/postgresql.md).
+    backend: Literal["passwd-file", "postgresql"] = "passwd-file"
     passwd_file: Path | None = None
     allow_plaintext_without_tls: bool = False
     failure_delay: float = 2.0
@@ -494,7 +496,7 @@ class _Loader:
             self.required_file(
                 "tls", "private_key", config.tls.private_key, why, "the private key (PEM)"
             )
-        if config.listeners:
+        if config.listeners and config.auth.backend == "passwd-file":
             self.required_file(
                 "auth",
                 "passwd_file",

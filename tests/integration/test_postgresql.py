@@ -427,3 +427,47 @@ def test_lmtp_quota_counts_what_the_database_holds(
     with pytest.raises(smtplib.SMTPException):
         lmtp_deliver(server, "alice", b"Subject: two\r\n\r\nsecond\r\n")
     assert messages_in(dsn) == 1
+
+
+def test_users_in_postgresql_added_with_mailslot_user_log_in_on_every_node(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    servers = [
+        node(mailslot_factory, dsn, name, auth={"backend": "postgresql"})
+        for name in ("node-a", "node-b")
+    ]
+    config = servers[0].config_path
+
+    def user(*args: str, password: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailslot", "user", *args, "--config", str(config)],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    added = user("add", "dave", password="dave's first pw")
+    assert added.returncode == 0, added.stderr
+    assert "the PostgreSQL user table" in added.stderr
+    assert user("add", "dave", password="again").returncode == 1
+    assert user("list").stdout.split() == ["dave"]
+    lmtp_deliver(servers[0], "dave", b"Subject: for dave\r\n\r\nhi\r\n")
+    for server in servers:
+        client = pop3_connect(server, "implicit")
+        client.user("dave")
+        client.pass_("dave's first pw")
+        assert client.stat()[0] == 1
+        client.quit()
+    # alice is only in the passwd-file, which this backend does not read.
+    reply, _ = try_login(servers[1], "alice")
+    assert b"-ERR [AUTH]" in reply
+    assert user("passwd", "dave", password="second pw").returncode == 0
+    client = pop3_connect(servers[1], "implicit")
+    client.user("dave")
+    with pytest.raises(poplib.error_proto):
+        client.pass_("dave's first pw")
+    client.close()
+    assert user("delete", "dave").returncode == 0
+    assert user("delete", "dave").returncode == 67

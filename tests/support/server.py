@@ -158,12 +158,14 @@ class MailslotServer:
         limits: Mapping[str, Any] | None = None,
         extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
         store: Mapping[str, Any] | None = None,
+        auth: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         run_as_root: str | None = RUN_AS_ROOT,
     ) -> None:
         """``run_as_root``: written to ``[server]`` when the tests run as root and
         ``extra_sections`` give the server no ``user``; ``None`` writes neither.  ``store``:
-        more ``[store]`` keys (``backend = "postgresql"``, ``dsn``, ...)."""
+        more ``[store]`` keys (``backend = "postgresql"``, ``dsn``, ...); ``auth``: more ``[auth]``
+        keys."""
         self.directory = directory
         self.tls_files = tls_files
         directory.mkdir(parents=True, exist_ok=True)
@@ -201,6 +203,7 @@ class MailslotServer:
                 "allow_plaintext_without_tls": allow_plaintext,
                 "failure_delay": failure_delay,
                 "failure_delay_max": failure_delay_max,
+                **(auth or {}),
             },
         )
         config += toml_table(

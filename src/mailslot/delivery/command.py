@@ -191,27 +191,27 @@ def _drop_privileges(path: Path, config: Config) -> None:
 async def _deliver(args: argparse.Namespace, source: BinaryIO) -> int:
     config = _load_config(args.config)
     _drop_privileges(args.config, config)
-    if config.auth.passwd_file is None:
+    if config.auth.backend == "passwd-file" and config.auth.passwd_file is None:
         raise DeliverError(f"{args.config}: [auth] passwd_file is not set", st.EX_CONFIG)
     # Imported here so that a broken backend is reported as one line, not an import traceback.
-    from mailslot.auth.passwdfile import PasswdFileAuthenticator
+    from mailslot.auth import backends as auth_backends
+    from mailslot.store import backends
     from mailslot.store.maildir import MaildirStore
 
-    users = PasswdFileAuthenticator(config.auth.passwd_file)
     store: Store = MaildirStore(config.store.maildir)
-    if config.store.backend == "postgresql":
-        from mailslot.store import backends
-
-        try:
+    try:
+        if config.store.backend == "postgresql":
             store = backends.postgres_store(config)
-        except backends.DsnMissing as exc:
-            raise DeliverError(f"configuration error: {exc}", st.EX_CONFIG) from None
+        users = auth_backends.build(config, store)
+    except backends.DsnMissing as exc:
+        raise DeliverError(f"configuration error: {exc}", st.EX_CONFIG) from None
     try:
         return await _deliver_into(args, source, config, store, users)
     finally:
-        close = getattr(store, "aclose", None)  # a database pool
-        if close is not None:
-            await close()
+        for owner in (users, store):  # a database pool, closed once
+            close = getattr(owner, "aclose", None)
+            if close is not None:
+                await close()
 
 
 async def _deliver_into(

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mailslot import log, privileges
-from mailslot.auth.passwdfile import PasswdFileAuthenticator
+from mailslot.auth import backends as auth_backends
 from mailslot.config import Config, ListenerConfig
 from mailslot.delivery.transactions import Transactions
 from mailslot.privileges import Identity, PrivilegeError
@@ -68,14 +68,14 @@ class Application:
         self.lmtp_servers: list[asyncio.AbstractServer] = []
         self.lmtp_transactions = Transactions()  # DATA commands in progress, all listeners
         self.store = backends.build(config)
-        if config.auth.passwd_file is None:
-            raise ValueError("[auth] passwd_file is required")
-        # At most one stat() of the passwd-file per second rather than one per login.
-        self.users = PasswdFileAuthenticator(config.auth.passwd_file, recheck=1.0)
+        # At most one stat() of a passwd-file per second rather than one per login.
+        self.users = auth_backends.build(config, self.store, recheck=1.0)
 
     async def start(self) -> None:
         config = self.config
-        self.users.load()
+        load = getattr(self.users, "load", None)  # a passwd-file, read at once to fail early
+        if load is not None:
+            load()
         if self.tls is None:
             self.tls = tls_for(config)
         limits = config.limits
@@ -154,9 +154,10 @@ class Application:
 
     async def stop(self) -> None:
         await self._close(self.config.server.shutdown_timeout)
-        close = getattr(self.store, "aclose", None)  # a database pool
-        if close is not None:
-            await close()
+        for owner in (self.store, self.users):  # database pools (a shared one closes once)
+            close = getattr(owner, "aclose", None)
+            if close is not None:
+                await close()
 
     async def _close(self, deadline: float | None) -> None:
         await asyncio.gather(
@@ -424,7 +425,7 @@ def run(config: Config) -> int:
     except backends.DsnMissing as exc:
         logger.error("cannot start: %s", exc)
         return EX_CONFIG
-    if config.store.backend == "postgresql":
+    if backends.uses_database(config):
         status = _start_database(config)
         if status:
             return status

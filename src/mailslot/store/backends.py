@@ -48,10 +48,15 @@ def resolve_dsn(store: StoreConfig) -> str:
     return dsn
 
 
+def uses_database(config: Config) -> bool:
+    """Whether the store or the user database is in PostgreSQL."""
+    return config.store.backend == "postgresql" or config.auth.backend == "postgresql"
+
+
 def with_dsn(config: Config) -> Config:
-    """``config`` with its PostgreSQL DSN resolved into ``[store] dsn`` (unchanged for
-    Maildir); raises :class:`DsnMissing`."""
-    if config.store.backend != "postgresql":
+    """``config`` with its PostgreSQL DSN resolved into ``[store] dsn`` (unchanged without
+    a database); raises :class:`DsnMissing`."""
+    if not uses_database(config):
         return config
     return replace(config, store=replace(config.store, dsn=resolve_dsn(config.store)))
 
