@@ -470,3 +470,11 @@ def test_postgresql_store_key_problems(conf_dir: Path, text: str, key: str, word
     problem = only(conf_dir, BASE + f"[store]\n{text}\n")
     assert problem.key == key
     assert words in problem.message
+
+
+def test_auth_backend_postgresql_needs_no_passwd_file(conf_dir: Path) -> None:
+    text = BASE.replace('passwd_file = "users"', 'backend = "postgresql"')
+    config = parse(conf_dir, text)
+    assert (config.auth.backend, config.auth.passwd_file) == ("postgresql", None)
+    problem = only(conf_dir, BASE.replace('passwd_file = "users"', ""))
+    assert problem.key == "auth.passwd_file"
