@@ -267,3 +267,22 @@ def test_upgrade_from_each_earlier_version_keeps_the_mail(postgres: PostgresServ
             await store.aclose()
 
         run(scenario())
+
+
+def test_two_upgrades_at_once_apply_each_migration_once(postgres: PostgresServer) -> None:
+    """Two nodes running ``mailslot db upgrade`` at the same moment."""
+    dsn = postgres.database("race")
+    latest = schema.latest()
+
+    async def scenario() -> None:
+        connections = [await asyncpg.connect(dsn) for _ in range(2)]
+        try:
+            results = await asyncio.gather(*(schema.upgrade(c) for c in connections))
+            assert sorted(results) == [(0, latest), (latest, latest)]
+            count = await connections[0].fetchval("SELECT count(*) FROM mailslot_schema")
+            assert count == latest
+        finally:
+            for connection in connections:
+                await connection.close()
+
+    run(scenario())
