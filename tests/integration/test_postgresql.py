@@ -196,7 +196,9 @@ def test_a_killed_holder_deletes_nothing_and_frees_the_user_within_the_lease(
     taken, waited = login_when_free(second)
     assert taken.stat()[0] == 1  # nothing deleted
     taken.quit()
-    assert waited < lease + 5  # within the lease's lifetime (and the polling)
+    # Within the lease's lifetime; the slack is for the polling and a loaded machine, the
+    # hard bound being TAKEOVER_DEADLINE.
+    assert waited < lease + 10
     assert messages_in(dsn) == 1
 
 
@@ -227,13 +229,13 @@ def test_a_frozen_holder_is_fenced_at_quit_and_deletes_nothing(
 def test_a_live_session_keeps_its_lease_past_its_lifetime(
     mailslot_factory: ServerFactory, dsn: str
 ) -> None:
-    lease = 1.5
+    lease = 3.0
     first = node(mailslot_factory, dsn, "node-a", lease=lease)
     second = node(mailslot_factory, dsn, "node-b", lease=lease)
     lmtp_deliver(first, "alice", b"Subject: renewed\r\n\r\nbody\r\n")
     client = login(first)
     client.dele(1)
-    deadline = time.monotonic() + 3 * lease
+    deadline = time.monotonic() + 2 * lease
     while time.monotonic() < deadline:  # polling across several renewals
         reply, _ = try_login(second)
         assert b"[IN-USE]" in reply
