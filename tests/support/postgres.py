@@ -95,7 +95,11 @@ class PostgresServer:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "TZ": "UTC"}
         kwargs: dict[str, object] = {}
         if self.account is not None:
-            kwargs = {"user": self.account.pw_uid, "group": self.account.pw_gid}
+            kwargs = {
+                "user": self.account.pw_uid,
+                "group": self.account.pw_gid,
+                "extra_groups": [],  # not root's supplementary groups
+            }
             env["HOME"] = str(self.directory)
         return subprocess.run(  # type: ignore[call-overload, no-any-return]
             args,
