@@ -473,3 +473,18 @@ def test_users_in_postgresql_added_with_mailslot_user_log_in_on_every_node(
     client.close()
     assert user("delete", "dave").returncode == 0
     assert user("delete", "dave").returncode == 67
+
+
+def test_a_node_stopped_with_sigterm_gives_its_leases_back(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    first = node(mailslot_factory, dsn, "node-a", lease=600.0, server={"shutdown_timeout": 1})
+    second = node(mailslot_factory, dsn, "node-b", lease=600.0)
+    client = login(first)
+    assert first.stop() == 0
+    client.sock.close()
+    reply, taken = try_login(second)  # at once: no lease of node-a is left to expire
+    assert reply.startswith(b"+OK"), reply
+    assert taken is not None
+    taken.quit()
+    assert "Traceback" not in first.log()
