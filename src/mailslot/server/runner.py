@@ -373,37 +373,6 @@ EX_OSERR = 71  # sysexits(3): a system call failed (here: dropping privileges)
 EX_CONFIG = 78
 
 
-def _start_database(config: Config) -> int:
-    """Before any worker: refuse a schema this mailslot does not know (EX_CONFIG), clear this
-    node's leases of an earlier life.  A database that cannot be reached is no reason not to
-    start: logins answer [SYS/TEMP] until it is back.  Returns 0 to go on."""
-    from asyncpg.exceptions import ClientConfigurationError
-
-    from mailslot.store.postgresql.pool import DATABASE_ERRORS
-    from mailslot.store.postgresql.schema import SchemaMismatch
-    from mailslot.store.postgresql.store import start_node
-
-    node = backends.node_id(config)
-    assert config.store.dsn is not None
-    try:
-        cleared = asyncio.run(start_node(config.store.dsn, node))
-    except SchemaMismatch as exc:
-        logger.error("cannot start: %s", exc)
-        return EX_CONFIG
-    except (ValueError, ClientConfigurationError) as exc:  # a malformed DSN
-        logger.error("cannot start: [store] dsn: %s", log.escape(exc))
-        return EX_CONFIG
-    except DATABASE_ERRORS as exc:
-        logger.warning(
-            "database unavailable at start (%s); serving anyway, logins answer [SYS/TEMP] "
-            "until it is back",
-            log.escape(f"{type(exc).__name__}: {exc}"),
-        )
-        return 0
-    logger.info("store: postgresql, node %s, %d stale leases of this node cleared", node, cleared)
-    return 0
-
-
 def run(config: Config) -> int:
     """Serve ``config`` until SIGTERM/SIGINT; returns the exit code."""
     log.setup(config.log.level)
@@ -425,10 +394,9 @@ def run(config: Config) -> int:
     except backends.DsnMissing as exc:
         logger.error("cannot start: %s", exc)
         return EX_CONFIG
-    if backends.uses_database(config):
-        status = _start_database(config)
-        if status:
-            return status
+    status = backends.start(config)  # PostgreSQL: the schema, this node's old leases
+    if status:
+        return status
     limit = raise_file_limit()
     logger.info("open file limit: %d per worker process", limit)
     workers = max(1, config.server.workers)

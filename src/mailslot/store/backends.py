@@ -8,6 +8,7 @@ the first use.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import replace
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from mailslot.store.postgresql import PostgresStore
 
 DSN_VARIABLE = "MAILSLOT_DSN"
+EX_CONFIG = 78  # sysexits(3)
+
+logger = logging.getLogger("mailslot")
 
 
 class DsnMissing(Exception):
@@ -88,3 +92,39 @@ def build(config: Config) -> Store:
         hostname=config.server.hostname,
         snapshot_budget=config.store.snapshot_cache,
     )
+
+
+def start(config: Config) -> int:
+    """Once per server start, before any worker: with a database, refuse a schema this
+    mailslot does not know or a malformed DSN (return 78, ``EX_CONFIG``, after one log line)
+    and clear this node's leases of an earlier life.  A database that cannot be reached is
+    no reason not to start: logins answer ``[SYS/TEMP]`` until it is back.  0: go on."""
+    if not uses_database(config):
+        return 0
+    import asyncio
+
+    from asyncpg.exceptions import ClientConfigurationError
+
+    from mailslot.log import escape
+    from mailslot.store.postgresql.pool import DATABASE_ERRORS
+    from mailslot.store.postgresql.schema import SchemaMismatch
+    from mailslot.store.postgresql.store import start_node
+
+    node = node_id(config)
+    try:
+        cleared = asyncio.run(start_node(resolve_dsn(config.store), node))
+    except SchemaMismatch as exc:
+        logger.error("cannot start: %s", exc)
+        return EX_CONFIG
+    except (ValueError, ClientConfigurationError) as exc:  # a malformed DSN
+        logger.error("cannot start: [store] dsn: %s", escape(exc))
+        return EX_CONFIG
+    except DATABASE_ERRORS as exc:
+        logger.warning(
+            "database unavailable at start (%s); serving anyway, logins answer [SYS/TEMP] "
+            "until it is back",
+            escape(f"{type(exc).__name__}: {exc}"),
+        )
+        return 0
+    logger.info("database: node %s, %d stale leases of this node cleared", node, cleared)
+    return 0
