@@ -354,6 +354,17 @@ def test_db_upgrade_creates_then_is_harmless(postgres: PostgresServer, tmp_path:
             check=False,
         )
 
+    text = config.read_text()
+    config.write_text(text.replace('backend = "postgresql"', 'backend = "maildir"'))
+    refused = db("upgrade")
+    assert refused.returncode == 78
+    assert "there is no database" in refused.stderr
+    # Users alone in PostgreSQL need the schema too.
+    config.write_text(
+        text.replace('backend = "postgresql"', 'backend = "maildir"').replace(
+            "[auth]\n", '[auth]\nbackend = "postgresql"\n'
+        )
+    )
     status = db("status")
     assert (status.returncode, status.stdout.strip()) == (
         75,

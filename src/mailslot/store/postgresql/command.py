@@ -26,10 +26,10 @@ EX_CONFIG = 78
 
 
 def run(config: Config, action: str) -> int:
-    if config.store.backend != "postgresql":
+    if not backends.uses_database(config):
         print(
-            f'mailslot: {config.source}: [store] backend is "{config.store.backend}", '
-            'not "postgresql": there is no database',
+            f'mailslot: {config.source}: neither [store] nor [auth] has backend = "postgresql":'
+            " there is no database",
             file=sys.stderr,
         )
         return EX_CONFIG
