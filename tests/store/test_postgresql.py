@@ -286,3 +286,19 @@ def test_two_upgrades_at_once_apply_each_migration_once(postgres: PostgresServer
                 await connection.close()
 
     run(scenario())
+
+
+def test_a_database_that_stops_answering_fails_the_statement(dsn: str) -> None:
+    """A statement that gets no answer (here: pg_sleep) ends at the command timeout."""
+    from mailslot.store.postgresql.pool import LazyPool
+
+    async def scenario() -> None:
+        store = PostgresStore(LazyPool(dsn, size=1, command_timeout=0.5))
+        with pytest.raises(TemporaryFailure, match="Timeout"):
+            async with store.connection() as connection:
+                await connection.execute("SELECT pg_sleep(30)")
+        maildrop = await store.open("alice")  # the pool recovers
+        await maildrop.close()
+        await store.aclose()
+
+    run(scenario())

@@ -38,11 +38,15 @@ class LazyPool:
         *,
         size: int = 10,
         connect_timeout: float = 5.0,
+        command_timeout: float = 30.0,
         statement_cache_size: int = 100,
     ) -> None:
         self._dsn = dsn
         self.size = size
         self.connect_timeout = connect_timeout
+        # A database that stops answering (a partition without a reset) must not hold a
+        # session for ever: its statement fails, the client gets [SYS/TEMP].
+        self.command_timeout = command_timeout
         self._statement_cache_size = statement_cache_size
         self._pool: Any = None
         self._owner: tuple[int, asyncio.AbstractEventLoop] | None = None
@@ -65,6 +69,7 @@ class LazyPool:
                     min_size=0,
                     max_size=self.size,
                     timeout=self.connect_timeout,
+                    command_timeout=self.command_timeout,
                     statement_cache_size=self._statement_cache_size,
                 )
         return self._pool
