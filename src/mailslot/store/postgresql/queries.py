@@ -1,8 +1,9 @@
 """The SQL the PostgreSQL store sends, in one place (schema: ``migrations/``).
 
 Every statement is one round trip.  A login is three (account, lease, snapshot); a RETR is one
-per 256 KiB; a QUIT with deletions is one transaction of two statements; a delivery is one
-transaction (account, then one statement inserting the listing and the body).
+per 256 KiB; a QUIT with deletions is one transaction of two statements (four round trips with
+BEGIN and COMMIT); a delivery is one transaction (account, then one statement inserting the
+listing and the body).
 """
 
 ACCOUNT = "SELECT account_id FROM mailslot_accounts WHERE name = $1"
