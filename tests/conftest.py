@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,11 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # so `tests.support` imports under a bare `pytest` too
     sys.path.insert(0, str(_ROOT))
 
+from tests.support.postgres import (  # noqa: E402
+    PostgresServer,
+    PostgresUnavailable,
+    running_postgres,
+)
 from tests.support.server import MailslotServer, ServerFactory  # noqa: E402
 from tests.support.tls import TlsFiles, make_tls_files  # noqa: E402
 
@@ -21,6 +27,21 @@ from tests.support.tls import TlsFiles, make_tls_files  # noqa: E402
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """A throwaway root CA, intermediate and localhost/127.0.0.1/::1 certificate."""
     return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster for the whole session (tests/support/postgres.py).
+
+    Without PostgreSQL the tests that need it skip, saying why; under CI=true they fail.
+    """
+    try:
+        with running_postgres() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no PostgreSQL: {exc}")
+        pytest.skip(f"no PostgreSQL: {exc}")
 
 
 @pytest.fixture

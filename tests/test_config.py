@@ -436,3 +436,45 @@ def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(tmp_path / "absent.toml")
     assert "cannot read the file" in info.value.problems[0].message
+
+
+def test_postgresql_store_keys(conf_dir: Path) -> None:
+    (conf_dir / "dsn").write_text("postgresql://mailslot@db/mail\n")
+    config = parse(
+        conf_dir,
+        BASE + '[store]\nbackend = "postgresql"\ndsn_file = "dsn"\npool_size = 4\n'
+        'lease_seconds = 12\nstatement_cache_size = 0\n[server]\nnode_id = "pop-1"\n',
+    )
+    store = config.store
+    assert (store.backend, store.dsn_file, store.pool_size) == ("postgresql", conf_dir / "dsn", 4)
+    assert (store.lease_seconds, store.statement_cache_size) == (12.0, 0)
+    assert config.server.node_id == "pop-1"
+    defaults = parse(conf_dir, BASE)
+    assert (defaults.store.backend, defaults.store.lease_seconds) == ("maildir", 30.0)
+    assert defaults.server.node_id is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ('backend = "mysql"', "store.backend", '"maildir", "postgresql"'),
+        ('dsn = "postgresql://a/b"\ndsn_file = "dsn"', "store.dsn_file", "not both"),
+        ('backend = "postgresql"\ndsn_file = "missing"', "store.dsn_file", "does not exist"),
+        ("pool_size = 0", "store.pool_size", "1 or more"),
+        ("lease_seconds = 0.5", "store.lease_seconds", "at least 1"),
+        ("statement_cache_size = -1", "store.statement_cache_size", "behind PgBouncer"),
+    ],
+)
+def test_postgresql_store_key_problems(conf_dir: Path, text: str, key: str, words: str) -> None:
+    (conf_dir / "dsn").write_text("postgresql://mailslot@db/mail\n")
+    problem = only(conf_dir, BASE + f"[store]\n{text}\n")
+    assert problem.key == key
+    assert words in problem.message
+
+
+def test_auth_backend_postgresql_needs_no_passwd_file(conf_dir: Path) -> None:
+    text = BASE.replace('passwd_file = "users"', 'backend = "postgresql"')
+    config = parse(conf_dir, text)
+    assert (config.auth.backend, config.auth.passwd_file) == ("postgresql", None)
+    problem = only(conf_dir, BASE.replace('passwd_file = "users"', ""))
+    assert problem.key == "auth.passwd_file"

@@ -10,10 +10,12 @@ without ``[server] user`` and a certificate or key that fails its checks include
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import importlib
+import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +320,12 @@ def add_user(subparsers: SubParsers) -> None:
     database = argparse.ArgumentParser(add_help=False)
     group = database.add_argument_group("user database (one is required)")
     which = group.add_mutually_exclusive_group(required=True)
-    which.add_argument("--config", type=Path, metavar="FILE", help="use [auth] passwd_file of FILE")
+    which.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help='use the user database of FILE: [auth] passwd_file, or backend = "postgresql"',
+    )
     which.add_argument("--passwd-file", type=Path, metavar="FILE", help="use this passwd-file")
     password = argparse.ArgumentParser(add_help=False)
     password.add_argument(
@@ -392,14 +399,34 @@ def add_user(subparsers: SubParsers) -> None:
     )
 
 
-def _passwd_file(args: argparse.Namespace) -> Path:
+def _passwd_file(args: argparse.Namespace) -> Any:
+    """The passwd-file's Path, or, for ``[auth] backend = "postgresql"``, the table's admin
+    (mailslot.auth.postgresql.PostgresUsers, whose methods are coroutines)."""
     if args.passwd_file is not None:
         return Path(args.passwd_file)
     # The passwd-file may not exist yet when the first user is added.
     config = _load(args.config, check_files=False)
+    if config.auth.backend == "postgresql":
+        from mailslot.auth.postgresql import PostgresUsers
+        from mailslot.store import backends
+        from mailslot.store.postgresql.pool import LazyPool
+
+        try:
+            return PostgresUsers(LazyPool(backends.resolve_dsn(config.store), size=1))
+        except backends.DsnMissing as exc:
+            raise CommandError(str(exc), EX_CONFIG) from exc
     if config.auth.passwd_file is None:
         raise CommandError(f"{args.config} has no [auth] passwd_file", EX_CONFIG)
     return config.auth.passwd_file
+
+
+def _database_call(coroutine: Coroutine[Any, Any, object]) -> None:
+    from mailslot.store.postgresql.pool import DATABASE_ERRORS, describe
+
+    try:
+        asyncio.run(coroutine)
+    except DATABASE_ERRORS as exc:
+        raise CommandError(f"the user database: {describe(exc)}", EX_UNAVAILABLE) from exc
 
 
 def _valid_name(name: str) -> str:
@@ -431,7 +458,9 @@ def _admin_call(action: Callable[[], object], name: str) -> None:
     from mailslot.auth import admin
 
     try:
-        action()
+        result = action()
+        if inspect.iscoroutine(result):  # the PostgreSQL user table
+            _database_call(result)
     except admin.UserExists as exc:
         raise CommandError(f"user {name!r} already exists") from exc
     except admin.NoSuchUser as exc:
@@ -447,9 +476,12 @@ def _user_add(args: argparse.Namespace) -> int:
 
     path, name = _passwd_file(args), _valid_name(args.name)
     password = _read_password(args)
-    _admin_call(
-        lambda: admin.add_user(path, name, password, scheme=args.scheme, home=args.home), name
-    )
+    if isinstance(path, Path):
+        _admin_call(
+            lambda: admin.add_user(path, name, password, scheme=args.scheme, home=args.home), name
+        )
+    else:
+        _admin_call(lambda: path.add_user(name, password, scheme=args.scheme, home=args.home), name)
     print(f"added {name!r} to {path}", file=sys.stderr)
     return EX_OK
 
@@ -459,7 +491,10 @@ def _user_passwd(args: argparse.Namespace) -> int:
 
     path, name = _passwd_file(args), _valid_name(args.name)
     password = _read_password(args)
-    _admin_call(lambda: admin.set_password(path, name, password), name)
+    if isinstance(path, Path):
+        _admin_call(lambda: admin.set_password(path, name, password), name)
+    else:
+        _admin_call(lambda: path.set_password(name, password), name)
     print(f"changed the password of {name!r} in {path}", file=sys.stderr)
     return EX_OK
 
@@ -468,7 +503,10 @@ def _user_delete(args: argparse.Namespace) -> int:
     from mailslot.auth import admin
 
     path, name = _passwd_file(args), _valid_name(args.name)
-    _admin_call(lambda: admin.delete_user(path, name), name)
+    if isinstance(path, Path):
+        _admin_call(lambda: admin.delete_user(path, name), name)
+    else:
+        _admin_call(lambda: path.delete_user(name), name)
     print(f"deleted {name!r} from {path}", file=sys.stderr)
     return EX_OK
 
@@ -478,7 +516,14 @@ def _user_list(args: argparse.Namespace) -> int:
 
     path = _passwd_file(args)
     names: list[str] = []
-    _admin_call(lambda: names.extend(admin.list_users(path)), "")
+    if isinstance(path, Path):
+        _admin_call(lambda: names.extend(admin.list_users(path)), "")
+    else:
+
+        async def listed() -> None:
+            names.extend(await path.list_users())
+
+        _admin_call(listed, "")
     for name in names:
         print(name)
     return EX_OK
@@ -584,6 +629,35 @@ def add_doctor(subparsers: SubParsers) -> None:
     register(subparsers)
 
 
+# -- db --------------------------------------------------------------------------------------
+
+
+def add_db(subparsers: SubParsers) -> None:
+    parser = _subparser(
+        subparsers,
+        "db",
+        "create or upgrade the PostgreSQL store's schema",
+        "For [store] backend = \"postgresql\" (docs/postgresql.md). 'upgrade' creates the\n"
+        "schema in an empty database or applies what it lacks, in one transaction: running it\n"
+        "twice is harmless. 'status' shows the version found and the one needed. A server\n"
+        "refuses to start (status 78) on a schema it does not know. Exit status: 0 done,\n"
+        "69 the database cannot be reached, 75 (status) older than needed, 78 a configuration\n"
+        "problem or a schema newer than this mailslot.",
+        "  mailslot db upgrade --config /etc/mailslot/mailslot.toml\n"
+        "  MAILSLOT_DSN=postgresql://mailslot@db/mail mailslot db status --config mailslot.toml\n",
+        _db,
+    )
+    parser.add_argument("action", choices=("upgrade", "status"), help="what to do")
+    parser.add_argument("--config", type=Path, metavar="FILE", required=True, help="config file")
+
+
+def _db(args: argparse.Namespace) -> int:
+    config = _load(args.config, check_files=False)
+    command = importlib.import_module("mailslot.store.postgresql.command")
+    run: Callable[[Config, str], int] = command.run
+    return run(config, args.action)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
@@ -593,6 +667,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_deliver,
     add_systemd_unit,
     add_doctor,
+    add_db,
 )
 
 

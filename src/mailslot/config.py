@@ -64,6 +64,8 @@ class TlsConfig:
 class AuthConfig:
     """``[auth]``: the user database and login policy."""
 
+    # "postgresql": users in the database of [store] dsn (docs/postgresql.md).
+    backend: Literal["passwd-file", "postgresql"] = "passwd-file"
     passwd_file: Path | None = None
     allow_plaintext_without_tls: bool = False
     failure_delay: float = 2.0
@@ -77,6 +79,14 @@ class StoreConfig:
     maildir: str = "/var/mail/{user}/Maildir"
     # Messages whose listing each worker keeps to reuse at the next login (0: none).
     snapshot_cache: int = 200_000
+    # "postgresql": maildrops in a database shared by every node (docs/postgresql.md).  The
+    # DSN comes from dsn, dsn_file or $MAILSLOT_DSN, so no password need sit in this file.
+    backend: Literal["maildir", "postgresql"] = "maildir"
+    dsn: str | None = None
+    dsn_file: Path | None = None
+    pool_size: int = 10  # connections per worker process
+    lease_seconds: float = 30.0  # the maildrop lease's lifetime, renewed every third of it
+    statement_cache_size: int = 100  # prepared statements per connection; 0 behind PgBouncer
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,8 @@ class ServerConfig:
     user: str | None = None
     group: str | None = None  # default: the user's primary group
     run_as_root: str | None = None
+    # Names this node's maildrop leases in a shared store; unique per running server.
+    node_id: str | None = None  # default: the host name
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +492,30 @@ class _Loader:
             self.problem(
                 "store", "snapshot_cache", f"must be 0 (none) or more, not {store.snapshot_cache}"
             )
-        return StoreConfig(maildir=template, snapshot_cache=store.snapshot_cache)
+        self.store_database(store)
+        return replace(store, maildir=template)
+
+    def store_database(self, store: StoreConfig) -> None:
+        if store.dsn is not None and store.dsn_file is not None:
+            self.problem("store", "dsn_file", "give dsn or dsn_file, not both")
+        if store.backend == "postgresql" and store.dsn_file is not None and self.check_files:
+            self.required_file(
+                "store", "dsn_file", store.dsn_file, "it is set", "the PostgreSQL DSN"
+            )
+        if store.pool_size < 1:
+            self.problem("store", "pool_size", f"must be 1 or more, not {store.pool_size}")
+        if store.statement_cache_size < 0:
+            self.problem(
+                "store",
+                "statement_cache_size",
+                f"must be 0 (none, behind PgBouncer) or more, not {store.statement_cache_size}",
+            )
+        if store.lease_seconds < 1.0:
+            self.problem(
+                "store",
+                "lease_seconds",
+                f"must be at least 1 (it is renewed every third of it), not {store.lease_seconds}",
+            )
 
     # -- cross-checks ------------------------------------------------------------------------
 
@@ -522,7 +557,7 @@ class _Loader:
                     f"{what} (PEM)",
                     index,
                 )
-        if config.listeners:
+        if config.listeners and config.auth.backend == "passwd-file":
             self.required_file(
                 "auth",
                 "passwd_file",

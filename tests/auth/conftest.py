@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
 from passlib.hash import bcrypt
 
@@ -42,8 +43,29 @@ def write_passwd(path: Path, stored: dict[str, str], homes: dict[str, str]) -> N
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-@pytest.fixture(params=["passwdfile", "memory"])
+async def _fill_postgresql(dsn: str) -> None:
+    from mailslot.store.postgresql import schema
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        await schema.upgrade(connection)
+        await connection.executemany(
+            "INSERT INTO mailslot_users (name, password, home) VALUES ($1, $2, $3)",
+            [(name, value, HOMES.get(name)) for name, value in STORED.items()],
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["passwdfile", "memory", "postgresql"])
 def authenticator(request: pytest.FixtureRequest, tmp_path: Path) -> Authenticator:
+    if request.param == "postgresql":
+        from mailslot.auth.postgresql import PostgresAuthenticator
+        from mailslot.store.postgresql.pool import LazyPool
+
+        dsn = request.getfixturevalue("postgres").database("auth")
+        run(_fill_postgresql(dsn))
+        return PostgresAuthenticator(LazyPool(dsn, size=2))
     if request.param == "memory":
         # The fake takes plaintext for carol, as a test would write it.
         users = dict(STORED, carol=PASSWORDS["carol"])

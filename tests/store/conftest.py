@@ -5,6 +5,7 @@ parametrises its path-io backends), plus tiny helpers to drive coroutines withou
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import os
@@ -13,13 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
+from tests.support.postgres import PostgresServer
 
 from mailslot.store import expunge
 from mailslot.store.base import Maildrop, MessageInfo, Store
 from mailslot.store.maildir import MaildirStore
 from mailslot.store.maildirnames import base_of
 from mailslot.store.memory import MemoryStore
+from mailslot.store.postgresql import PostgresStore, schema
 
 T = TypeVar("T")
 
@@ -52,6 +56,8 @@ class Backend:
     remove_behind_back: Callable[[str, str], None]
     # Make the next deletion's n-th removal (from 1) keep failing, as on EIO.
     fail_removal_at: Callable[[int], None]
+    # A deletion is one transaction: a failure part-way removes nothing (PostgreSQL).
+    atomic_delete: bool = False
 
 
 def _maildir_backend(root: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
@@ -92,12 +98,64 @@ def _memory_backend() -> Backend:
     return Backend("memory", store, lambda user, key: store._remove(user, {key}), fail_removal_at)
 
 
-@pytest.fixture(params=["maildir", "memory"])
+def _postgresql_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    dsn = postgres.database("contract")
+    run(_upgrade(dsn))
+    store = PostgresStore(dsn, pool_size=4, lease_seconds=30.0, node="contract")
+
+    def sql(statement: str, *args: object) -> None:
+        # Called from inside a test's event loop: a connection of its own, in a thread.
+        async def execute() -> None:
+            connection = await asyncpg.connect(dsn)
+            try:
+                await connection.execute(statement, *args)
+            finally:
+                await connection.close()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, execute()).result()
+
+    def remove(user: str, key: str) -> None:
+        sql(
+            "DELETE FROM mailslot_messages WHERE seq = $2 AND account_id = "
+            "(SELECT account_id FROM mailslot_accounts WHERE name = $1)",
+            user,
+            int(key.partition("/")[2]),
+        )
+
+    def fail_removal_at(n: int) -> None:
+        # The n-th row the next deletion removes raises, as a failing disk would.
+        sql("CREATE SEQUENCE fail_counter")
+        sql(
+            "CREATE FUNCTION fail_nth() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF nextval('fail_counter') = {int(n)} THEN RAISE EXCEPTION 'injected'; END IF; "
+            "RETURN OLD; END $$"
+        )
+        sql(
+            "CREATE TRIGGER fail_nth BEFORE DELETE ON mailslot_messages "
+            "FOR EACH ROW EXECUTE FUNCTION fail_nth()"
+        )
+
+    yield Backend("postgresql", store, remove, fail_removal_at, atomic_delete=True)
+
+
+async def _upgrade(dsn: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await schema.upgrade(connection)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["maildir", "memory", "postgresql"])
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Backend]:
     if request.param == "maildir":
         yield _maildir_backend(tmp_path, monkeypatch)
+    elif request.param == "postgresql":
+        yield from _postgresql_backend(request)
     else:
         yield _memory_backend()
 

@@ -158,13 +158,17 @@ class MailslotServer:
         tls_profile: str | None = None,
         limits: Mapping[str, Any] | None = None,
         extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
+        store: Mapping[str, Any] | None = None,
+        auth: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         run_as_root: str | None = RUN_AS_ROOT,
         file_limit: int | None = None,
     ) -> None:
         """``run_as_root``: written to ``[server]`` when the tests run as root and
         ``extra_sections`` give the server no ``user``; ``None`` writes neither.
-        ``file_limit``: the server's RLIMIT_NOFILE, soft and hard (it raises soft to hard)."""
+        ``file_limit``: the server's RLIMIT_NOFILE, soft and hard (it raises soft to hard).
+        ``store``: more ``[store]`` keys (``backend = "postgresql"``, ``dsn``, ...); ``auth``:
+        more ``[auth]`` keys."""
         self.directory = directory
         self.tls_files = tls_files
         directory.mkdir(parents=True, exist_ok=True)
@@ -203,9 +207,12 @@ class MailslotServer:
                 "allow_plaintext_without_tls": allow_plaintext,
                 "failure_delay": failure_delay,
                 "failure_delay_max": failure_delay_max,
+                **(auth or {}),
             },
         )
-        config += toml_table("store", {"maildir": f"{self.mail_root}/{{user}}/Maildir"})
+        config += toml_table(
+            "store", {"maildir": f"{self.mail_root}/{{user}}/Maildir", **(store or {})}
+        )
         if limits:
             config += toml_table("limits", limits)
         sections = {name: dict(values) for name, values in (extra_sections or {}).items()}

@@ -39,6 +39,7 @@ from mailslot.delivery.message import (
     top_trace_fields,
 )
 from mailslot.delivery.recipient import RecipientRejected
+from mailslot.store.base import Store
 
 DEFAULT_CONFIG = Path("/etc/mailslot/mailslot.toml")
 # Room for the mbox From line and the MTA's trace fields on top of max_message_size.
@@ -190,14 +191,33 @@ def _drop_privileges(path: Path, config: Config) -> None:
 async def _deliver(args: argparse.Namespace, source: BinaryIO) -> int:
     config = _load_config(args.config)
     _drop_privileges(args.config, config)
-    if config.auth.passwd_file is None:
+    if config.auth.backend == "passwd-file" and config.auth.passwd_file is None:
         raise DeliverError(f"{args.config}: [auth] passwd_file is not set", st.EX_CONFIG)
     # Imported here so that a broken backend is reported as one line, not an import traceback.
-    from mailslot.auth.passwdfile import PasswdFileAuthenticator
+    from mailslot.auth import backends as auth_backends
+    from mailslot.store import backends
     from mailslot.store.maildir import MaildirStore
 
-    users = PasswdFileAuthenticator(config.auth.passwd_file)
-    agent = DeliveryAgent(config.delivery, MaildirStore(config.store.maildir), users)
+    store: Store = MaildirStore(config.store.maildir)
+    try:
+        if config.store.backend == "postgresql":
+            store = backends.postgres_store(config)
+        users = auth_backends.build(config, store)
+    except backends.DsnMissing as exc:
+        raise DeliverError(f"configuration error: {exc}", st.EX_CONFIG) from None
+    try:
+        return await _deliver_into(args, source, config, store, users)
+    finally:
+        for owner in (users, store):  # a database pool, closed once
+            close = getattr(owner, "aclose", None)
+            if close is not None:
+                await close()
+
+
+async def _deliver_into(
+    args: argparse.Namespace, source: BinaryIO, config: Config, store: Store, users: Any
+) -> int:
+    agent = DeliveryAgent(config.delivery, store, users)
 
     raw = _read_message(source, config.delivery.max_message_size)
     data, from_line_sender = split_mbox_from(raw)

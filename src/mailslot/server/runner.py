@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from mailslot import log, privileges, systemd
-from mailslot.auth.passwdfile import PasswdFileAuthenticator
+from mailslot.auth import backends as auth_backends
 from mailslot.config import Config, ListenerConfig
 from mailslot.delivery.transactions import Transactions
 from mailslot.privileges import Identity, PrivilegeError
@@ -46,7 +46,7 @@ from mailslot.server.supervisor import (
     log_reload_failure,
     log_reloaded,
 )
-from mailslot.store.maildir import MaildirStore
+from mailslot.store import backends
 from mailslot.tls.certificates import CertificateError
 from mailslot.tls.context import contexts_for, key_pairs
 from mailslot.tls.watch import FileWatch
@@ -82,19 +82,15 @@ class Application:
         self.lmtp_servers: list[asyncio.AbstractServer] = []
         self.lmtp_transactions = Transactions()  # DATA commands in progress, all listeners
         self._hurry = asyncio.Event()  # set by a second stop signal
-        self.store = MaildirStore(
-            config.store.maildir,
-            hostname=config.server.hostname,
-            snapshot_budget=config.store.snapshot_cache,
-        )
-        if config.auth.passwd_file is None:
-            raise ValueError("[auth] passwd_file is required")
-        # At most one stat() of the passwd-file per second rather than one per login.
-        self.users = PasswdFileAuthenticator(config.auth.passwd_file, recheck=1.0)
+        self.store = backends.build(config)
+        # At most one stat() of a passwd-file per second rather than one per login.
+        self.users = auth_backends.build(config, self.store, recheck=1.0)
 
     async def start(self) -> None:
         config = self.config
-        self.users.load()
+        load = getattr(self.users, "load", None)  # a passwd-file, read at once to fail early
+        if load is not None:
+            load()
         if self.tls is None:
             self.tls = tls_for(config)
         if self.watch is not None and self.tls is not None:
@@ -198,6 +194,10 @@ class Application:
 
     async def stop(self) -> None:
         await self._close(self.config.server.shutdown_timeout)
+        for owner in (self.store, self.users):  # database pools (a shared one closes once)
+            close = getattr(owner, "aclose", None)
+            if close is not None:
+                await close()
 
     def hurry(self) -> None:
         """A second SIGTERM or SIGINT while stopping: end the open sessions now."""
@@ -464,6 +464,14 @@ def run(config: Config) -> int:
         return EX_CONFIG
     if identity is None and os.geteuid() == 0:
         logger.warning("serving as root: [server] run_as_root = %r", config.server.run_as_root)
+    try:
+        config = backends.with_dsn(config)
+    except backends.DsnMissing as exc:
+        logger.error("cannot start: %s", exc)
+        return EX_CONFIG
+    status = backends.start(config)  # PostgreSQL: the schema, this node's old leases
+    if status:
+        return status
     limit = raise_file_limit()
     logger.info("open file limit: %d per worker process", limit)
     workers = max(1, config.server.workers)

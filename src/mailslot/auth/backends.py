@@ -1,0 +1,36 @@
+"""Choosing the user database from ``[auth] backend`` (docs/configuration.md).
+
+``"passwd-file"`` reads ``[auth] passwd_file``; ``"postgresql"`` reads ``mailslot_users`` in
+the database named by ``[store]``'s ``dsn``/``dsn_file``/``$MAILSLOT_DSN``, through the
+store's own pool when the store is in PostgreSQL too (one pool per worker, not two).
+"""
+
+from __future__ import annotations
+
+from mailslot.auth.base import Authenticator
+from mailslot.config import Config
+
+
+def build(config: Config, store: object = None, *, recheck: float = 0.0) -> Authenticator:
+    """The authenticator ``config`` names; nothing is read or connected yet.
+
+    ``recheck``: how often a passwd-file is checked for changes (seconds, 0: every call).
+    """
+    if config.auth.backend == "postgresql":
+        from mailslot.auth.postgresql import PostgresAuthenticator
+        from mailslot.store import backends
+        from mailslot.store.postgresql.pool import LazyPool
+
+        pool = getattr(store, "pool", None)
+        if not isinstance(pool, LazyPool):
+            pool = LazyPool(
+                backends.resolve_dsn(config.store),
+                size=config.store.pool_size,
+                statement_cache_size=config.store.statement_cache_size,
+            )
+        return PostgresAuthenticator(pool)
+    from mailslot.auth.passwdfile import PasswdFileAuthenticator
+
+    if config.auth.passwd_file is None:
+        raise ValueError("[auth] passwd_file is required")
+    return PasswdFileAuthenticator(config.auth.passwd_file, recheck=recheck)

@@ -1,0 +1,134 @@
+"""Users in PostgreSQL (``[auth] backend = "postgresql"``), beside the PostgreSQL store.
+
+The table ``mailslot_users`` (schema version 2, docs/postgresql.md) holds what a passwd-file
+line holds: the name, the stored ``{SCHEME}data`` (the schemes of :mod:`mailslot.auth.schemes`,
+so a passwd-file's lines move over as they are) and the home.  Every login costs one query and
+one verification, the same for an unknown user, an invalid name, an unusable hash and a wrong
+password (RFC 3206 section 5's single ``[AUTH]``; :mod:`mailslot.auth.verification`): an
+invalid name is looked up as the empty name, which matches no row.  A database that cannot be
+reached is :class:`~mailslot.auth.base.TemporaryAuthFailure` (``[SYS/TEMP]``).
+
+The administration functions (``mailslot user add|passwd|delete|list``) mirror
+:mod:`mailslot.auth.admin`'s for a passwd-file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mailslot.auth import schemes, usernames
+from mailslot.auth.admin import NoSuchUser, UserExists
+from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
+from mailslot.auth.verification import Verifier, choose_dummy, verify_or_dummy
+from mailslot.store.postgresql.pool import DATABASE_ERRORS, LazyPool, describe
+
+__all__ = ["PostgresAuthenticator", "PostgresUsers"]
+
+log = logging.getLogger(__name__)
+
+_USER = "SELECT name, password, home FROM mailslot_users WHERE name = $1"
+# The dummy's scheme is the one most users have (choose_dummy); a sample says which.
+_SAMPLE = "SELECT password FROM mailslot_users ORDER BY changed DESC LIMIT 100"
+
+
+class PostgresAuthenticator:
+    """An :class:`~mailslot.auth.base.Authenticator` over ``mailslot_users``."""
+
+    def __init__(
+        self, pool: LazyPool, *, allow_md5: bool = False, verifier: Verifier | None = None
+    ) -> None:
+        self._pool = pool
+        self._allow_md5 = allow_md5
+        self._verify: Verifier = verifier or functools.partial(schemes.verify, allow_md5=allow_md5)
+        self._dummy: str | None = None
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        try:
+            async with self._pool.acquire() as connection:
+                yield connection
+        except DATABASE_ERRORS as exc:
+            log.warning("user database unavailable: %s", describe(exc))
+            raise TemporaryAuthFailure(describe(exc)) from exc
+
+    async def _row(self, username: str) -> Any:
+        name = username if usernames.is_valid(username) else ""
+        async with self._connection() as connection:
+            row = await connection.fetchrow(_USER, name)
+            if self._dummy is None:
+                sample = await connection.fetch(_SAMPLE)
+                self._dummy = choose_dummy((r[0] for r in sample), allow_md5=self._allow_md5)
+        return row
+
+    async def authenticate(self, username: str, password: str) -> User:
+        row = await self._row(username)
+        stored = None
+        if row is not None and schemes.identify(row[1], allow_md5=self._allow_md5) is not None:
+            stored = row[1]
+        assert self._dummy is not None
+        matched = await verify_or_dummy(self._verify, password, stored, self._dummy)
+        if not matched or row is None:
+            raise AuthenticationFailed
+        return User(name=row[0], home=row[2])
+
+    async def lookup(self, username: str) -> User | None:
+        if not usernames.is_valid(username):
+            return None
+        async with self._connection() as connection:
+            row = await connection.fetchrow(_USER, username)
+        return None if row is None else User(name=row[0], home=row[2])
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+class PostgresUsers:
+    """``mailslot user`` against ``mailslot_users``; names are validated by the caller."""
+
+    def __init__(self, pool: LazyPool) -> None:
+        self._pool = pool
+
+    def __str__(self) -> str:
+        # Never the DSN: it may hold a password.
+        return "the PostgreSQL user table"
+
+    async def add_user(
+        self, name: str, password: str, *, scheme: str = "ARGON2ID", home: str | None = None
+    ) -> None:
+        stored = schemes.hash_password(password, scheme)
+        async with self._pool.acquire() as connection:
+            status = await connection.execute(
+                "INSERT INTO mailslot_users (name, password, home) VALUES ($1, $2, $3)"
+                " ON CONFLICT (name) DO NOTHING",
+                name,
+                stored,
+                home or None,
+            )
+        if status.endswith(" 0"):
+            raise UserExists(name)
+
+    async def set_password(self, name: str, password: str, scheme: str = "ARGON2ID") -> None:
+        stored = schemes.hash_password(password, scheme)
+        async with self._pool.acquire() as connection:
+            status = await connection.execute(
+                "UPDATE mailslot_users SET password = $2, changed = now() WHERE name = $1",
+                name,
+                stored,
+            )
+        if status.endswith(" 0"):
+            raise NoSuchUser(name)
+
+    async def delete_user(self, name: str) -> None:
+        async with self._pool.acquire() as connection:
+            status = await connection.execute("DELETE FROM mailslot_users WHERE name = $1", name)
+        if status.endswith(" 0"):
+            raise NoSuchUser(name)
+
+    async def list_users(self) -> list[str]:
+        async with self._pool.acquire() as connection:
+            rows = await connection.fetch("SELECT name FROM mailslot_users ORDER BY name")
+        return [row[0] for row in rows]

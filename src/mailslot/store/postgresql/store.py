@@ -1,0 +1,240 @@
+"""Maildrops in PostgreSQL: many nodes, one mail store (docs/postgresql.md).
+
+The contract is :mod:`mailslot.store.base`'s, as the Maildir backend keeps it: RFC 1939
+section 8's exclusive lock is a lease (:mod:`.lease`) that holds across every process and
+node; the snapshot (section 5's message numbers) is the account's messages in arrival order,
+read from a covering index; UIDLs (section 7) are stored, 1-70 printable octets, never reused
+in an account; sizes are the stored CRLF wire sizes (section 11).  RETR and TOP stream the
+body from the database in 256 KiB substrings, one query per chunk as the client takes them,
+so no large message is ever held whole and no connection is held while a client is slow.
+QUIT's deletion (section 6) is one transaction that first checks the session's lease token.
+
+Connections come from an asyncpg pool made lazily in the process and event loop that uses it
+(a pool must not cross a fork), so a server starts while the database is down; every
+database error becomes :class:`~mailslot.store.base.TemporaryFailure` (``[SYS/TEMP]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from mailslot.store.base import (
+    MaildropLocked,
+    MessageGone,
+    MessageInfo,
+    StoreError,
+    TemporaryFailure,
+)
+from mailslot.store.postgresql import queries, schema
+from mailslot.store.postgresql.lease import Lease, fenced
+from mailslot.store.postgresql.pool import DATABASE_ERRORS, LazyPool, describe
+from mailslot.store.wiresize import wire_size
+
+logger = logging.getLogger("mailslot.store")
+
+# Bytes per substring() query: 64 TOAST chunks; about 42 ms per MiB on PostgreSQL 15.
+DB_CHUNK = 256 * 1024
+
+
+def header_length(data: bytes) -> int:
+    """Octets of ``data`` up to and including the empty line ending the header (RFC 5322
+    section 2.1), or all of it if there is none: what TOP sends before the body's lines."""
+    if data.startswith(b"\n"):
+        return 1
+    if data.startswith(b"\r\n"):
+        return 2
+    ends = [
+        found + len(blank) for blank in (b"\n\n", b"\n\r\n") if (found := data.find(blank)) >= 0
+    ]
+    return min(ends) if ends else len(data)
+
+
+class PostgresMaildrop:
+    """One user's maildrop under a held lease, open for a single POP3 session."""
+
+    def __init__(self, store: PostgresStore, lease: Lease, messages: Sequence[MessageInfo]) -> None:
+        self._store = store
+        self._lease = lease
+        self._messages = tuple(messages)
+        self._keys = frozenset(m.key for m in self._messages)
+        self._open = True
+
+    @property
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._messages
+
+    @property
+    def lease(self) -> Lease:
+        return self._lease
+
+    async def read(self, message: MessageInfo, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        if not self._open:
+            raise TemporaryFailure("maildrop is closed")
+        if message.key not in self._keys:
+            raise MessageGone("message is not in this maildrop")
+        seq = _seq(message.key)
+        step = chunk_size * max(1, DB_CHUNK // chunk_size)
+        offset = 1  # substring() counts from 1
+        while True:
+            async with self._store.connection() as connection:
+                data = await connection.fetchval(
+                    queries.READ_CHUNK, self._lease.account, seq, offset, step
+                )
+            if data is None:
+                raise MessageGone("message has been removed")
+            for start in range(0, len(data), chunk_size):
+                yield data[start : start + chunk_size]
+            if len(data) < step:
+                return
+            offset += step
+
+    async def delete(self, messages: Sequence[MessageInfo]) -> None:
+        if not self._open:
+            raise TemporaryFailure("maildrop is closed")
+        seqs = sorted({_seq(m.key) for m in messages if m.key in self._keys})
+        if not seqs:
+            return
+        async with self._store.connection() as connection, fenced(connection, self._lease) as ours:
+            if not ours:
+                self._lease.lost = True
+                raise TemporaryFailure(
+                    "the maildrop's lease was lost (another session holds it): nothing deleted"
+                )
+            await connection.execute(queries.DELETE_MESSAGES, self._lease.account, seqs)
+
+    async def close(self) -> None:
+        if self._open:
+            self._open = False
+            await self._lease.release()
+
+
+class PostgresStore:
+    """Maildrops in one PostgreSQL database, shared by every worker and node.
+
+    ``pool_size`` connections at most per process; ``lease_seconds`` is the lifetime of a
+    maildrop's lease, renewed every third of it; ``node`` names this node's leases (a node
+    starting clears its own earlier ones: :meth:`clear_node_leases`).
+    """
+
+    def __init__(
+        self,
+        dsn: str | LazyPool,
+        *,
+        pool_size: int = 10,
+        lease_seconds: float = 30.0,
+        node: str = "localhost",
+        connect_timeout: float = 5.0,
+        statement_cache_size: int = 100,
+    ) -> None:
+        if isinstance(dsn, LazyPool):
+            self.pool = dsn
+        else:
+            self.pool = LazyPool(
+                dsn,
+                size=pool_size,
+                connect_timeout=connect_timeout,
+                statement_cache_size=statement_cache_size,
+            )
+        self.lease_seconds = lease_seconds
+        self.node = node
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; database errors raised inside become TemporaryFailure."""
+        try:
+            async with self.pool.acquire() as connection:
+                yield connection
+        except StoreError:
+            raise
+        except DATABASE_ERRORS as exc:
+            raise TemporaryFailure(f"database: {describe(exc)}") from exc
+
+    async def aclose(self) -> None:
+        """Close the pool (at shutdown)."""
+        await self.pool.aclose()
+
+    # -- the Store protocol ------------------------------------------------------------------
+
+    async def _account(self, connection: Any, user: str) -> int:
+        account = await connection.fetchval(queries.ACCOUNT, user)
+        if account is None:
+            account = await connection.fetchval(queries.CREATE_ACCOUNT, user)
+        return int(account)
+
+    async def open(self, user: str, home: str | None = None) -> PostgresMaildrop:
+        async with self.connection() as connection:
+            account = await self._account(connection, user)
+            token = await connection.fetchval(
+                queries.ACQUIRE_LEASE, account, self.node, self.lease_seconds
+            )
+            if token is None:
+                raise MaildropLocked("maildrop is in use")
+            lease = Lease(self.connection, account, int(token), self.lease_seconds)
+            try:
+                rows = await connection.fetch(queries.SNAPSHOT, account)
+            except BaseException:
+                await _release_quietly(lease)
+                raise
+        # Positional and inline: a 100,000-message listing is built at every login.
+        messages = [MessageInfo(f"{account}/{seq}", uidl, size) for seq, uidl, size in rows]
+        lease.start()
+        return PostgresMaildrop(self, lease, messages)
+
+    async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
+        data = bytes(data)
+        async with self.connection() as connection, connection.transaction():
+            account = await self._account(connection, user)
+            seq = await connection.fetchval(
+                queries.DELIVER, account, wire_size(data), len(data), header_length(data), data
+            )
+        return _key(account, seq)
+
+    async def usage(self, user: str, home: str | None = None) -> Any:
+        """What ``user``'s maildrop holds, for the delivery quota."""
+        from mailslot.delivery.quota import Usage
+
+        async with self.connection() as connection:
+            account = await connection.fetchval(queries.ACCOUNT, user)
+            if account is None:
+                return Usage(0, 0)
+            messages, octets = await connection.fetchrow(queries.USAGE, account)
+        return Usage(int(octets), int(messages))
+
+    async def clear_node_leases(self) -> int:
+        """Drop every lease of this node: called when the node starts, when none of its
+        sessions can be alive.  Returns how many there were."""
+        async with self.connection() as connection:
+            status = await connection.execute(queries.CLEAR_NODE_LEASES, self.node)
+        return int(status.split()[-1])
+
+
+def _key(account: int, seq: int) -> str:
+    """A message's key: its account and arrival number, unique in the database."""
+    return f"{account}/{seq}"
+
+
+def _seq(key: str) -> int:
+    return int(key.partition("/")[2])
+
+
+async def _release_quietly(lease: Lease) -> None:
+    with contextlib.suppress(StoreError):
+        await lease.release()
+
+
+async def start_node(dsn: str, node: str, connect_timeout: float = 5.0) -> int:
+    """At a node's start, before any worker serves: check the schema (raises
+    :class:`~mailslot.store.postgresql.schema.SchemaMismatch`) and clear the node's leases
+    of an earlier life; return how many.  Other errors are asyncpg's or OSError."""
+    connection = await asyncpg.connect(dsn, timeout=connect_timeout, statement_cache_size=0)
+    try:
+        await schema.check(connection)
+        status = await connection.execute(queries.CLEAR_NODE_LEASES, node)
+    finally:
+        await connection.close()
+    return int(status.split()[-1])
