@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from mailslot.store.dovecotformat import UidlFormat
 from mailslot.tomllines import KeyLines
 
 TlsMode = Literal["implicit", "starttls", "none"]
@@ -65,6 +66,12 @@ class StoreConfig:
     maildir: str = "/var/mail/{user}/Maildir"
     # Messages whose listing each worker keeps to reuse at the next login (0: none).
     snapshot_cache: int = 200_000
+    # Dovecot's pop3_uidl_format, read with dovecot-uidlist; None: base-name unique-ids.
+    uidl_format: str | None = None
+    # Dovecot's pop3_reuse_xuidl: a message's X-UIDL header is its unique-id.
+    reuse_xuidl: bool = False
+    # Flag messages retrieved with RETR as seen (Dovecot's pop3_no_flag_updates = no).
+    flag_updates: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +445,20 @@ class _Loader:
             self.problem(
                 "store", "snapshot_cache", f"must be 0 (none) or more, not {store.snapshot_cache}"
             )
-        return StoreConfig(maildir=template, snapshot_cache=store.snapshot_cache)
+        if store.uidl_format is not None:
+            try:
+                UidlFormat(store.uidl_format)
+            except ValueError as exc:
+                self.problem("store", "uidl_format", f"{exc} (Dovecot's pop3_uidl_format syntax)")
+        elif store.reuse_xuidl:
+            self.problem("store", "reuse_xuidl", "needs uidl_format (it reads dovecot-uidlist)")
+        return StoreConfig(
+            maildir=template,
+            snapshot_cache=store.snapshot_cache,
+            uidl_format=store.uidl_format,
+            reuse_xuidl=store.reuse_xuidl,
+            flag_updates=store.flag_updates,
+        )
 
     # -- cross-checks ------------------------------------------------------------------------
 

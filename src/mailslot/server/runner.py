@@ -71,6 +71,9 @@ class Application:
             config.store.maildir,
             hostname=config.server.hostname,
             snapshot_budget=config.store.snapshot_cache,
+            uidl_format=config.store.uidl_format,
+            reuse_xuidl=config.store.reuse_xuidl,
+            flag_updates=config.store.flag_updates,
         )
         if config.auth.passwd_file is None:
             raise ValueError("[auth] passwd_file is required")
