@@ -325,7 +325,11 @@ def unlock(maildir: int, held: os.stat_result) -> None:
 
 
 def _next_uidvalidity(maildir: int) -> int:
-    """mailbox_uidvalidity_next() for the Maildir's own control directory."""
+    """mailbox_uidvalidity_next() for the Maildir's own control directory.
+
+    The files it creates get the Maildir's owner when we run as root, since Dovecot, as
+    the mail user, opens ``dovecot-uidvalidity`` for writing.
+    """
     now = int(_clock()) & 0xFFFFFFFF or 1
     data = fsutil.read_own_file(maildir, UIDVALIDITY)
     current = None
@@ -342,7 +346,11 @@ def _next_uidvalidity(maildir: int) -> int:
                         markers.append(int(name[len(UIDVALIDITY) + 1 :], 16))
         if not markers:
             with contextlib.suppress(OSError):
-                os.close(os.open(f"{UIDVALIDITY}.{now:08x}", _EXCL, 0o444, dir_fd=maildir))
+                fd = os.open(f"{UIDVALIDITY}.{now:08x}", _EXCL, 0o444, dir_fd=maildir)
+                try:
+                    _give_away(maildir, fd)
+                finally:
+                    os.close(fd)
             _write_uidvalidity(maildir, now)
             return now
         current = max(markers)
@@ -368,6 +376,19 @@ def _next_uidvalidity(maildir: int) -> int:
 def _write_uidvalidity(maildir: int, value: int) -> None:
     with contextlib.suppress(OSError):
         fsutil.replace_file(maildir, UIDVALIDITY, f"{value:08x}".encode())
+        fd = os.open(UIDVALIDITY, _READ, dir_fd=maildir)
+        try:
+            _give_away(maildir, fd)
+            os.fchmod(fd, stat.S_IMODE(os.fstat(maildir).st_mode) & 0o666 or 0o600)
+        finally:
+            os.close(fd)
+
+
+def _give_away(maildir: int, fd: int) -> None:
+    """As root, make the file ``fd`` the Maildir owner's (Dovecot runs as the mail user)."""
+    if os.geteuid() == 0:
+        st = os.fstat(maildir)
+        os.fchown(fd, st.st_uid, st.st_gid)
 
 
 # --------------------------------------------------------------------------- assigning UIDs
