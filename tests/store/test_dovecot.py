@@ -21,7 +21,7 @@ from mailslot.store.base import MaildropLocked, MessageInfo, TemporaryFailure
 from mailslot.store.dovecotformat import UidlFormat
 from mailslot.store.maildir import MaildirStore
 
-from .conftest import read_all, run
+from .conftest import directory, read_all, run
 
 BASES = [f"16500000{i:02d}.M{i}P1.host,S=10,W=11" for i in range(1, 4)]
 
@@ -78,6 +78,9 @@ def _uids(store: MaildirStore) -> list[tuple[str, str]]:
 def test_format_expands_as_dovecot_var_expand(fmt: str, expected: str) -> None:
     value = UidlFormat(fmt).expand(42, 1234567890, BASES[0], "guid-from-uidlist")
     assert value == expected
+    # The template made for a whole listing gives the same.
+    extensions = {BASES[0]: {"G": "guid-from-uidlist"}}
+    assert UidlFormat(fmt).expand_all([42], 1234567890, [BASES[0]], extensions) == [expected]
 
 
 @pytest.mark.parametrize("fmt", ["", "%m", "%{md5}", "%q", "%{nope}", "%08X", "%Hu", "%{uid"])
@@ -98,17 +101,47 @@ def test_parse_version_3_with_extensions_and_render_round_trip() -> None:
     )
     uidlist = dovecot.parse(data)
     assert (uidlist.uidvalidity, uidlist.next_uid, uidlist.header_rest) == (1234, 10, "Xother")
-    assert uidlist.records["a,S=1"].extensions == {"W": "100", "P": "saved"}
-    assert uidlist.records["b"].extensions == {"P": ""}
-    assert uidlist.records["c"].uid == 7
-    assert dovecot.parse(uidlist.render()).records == uidlist.records
+    assert uidlist.uids == {"a,S=1": 1, "b": 3, "c": 7}
+    assert uidlist.extensions == {
+        "a,S=1": {"W": "100", "P": "saved"},
+        "b": {"P": ""},
+        "c": {"O": "2", "G": "guid"},
+    }
+    again = dovecot.parse(uidlist.render())
+    assert (again.uids, again.extensions) == (uidlist.uids, uidlist.extensions)
+
+
+def test_records_appended_in_place_are_read_alone(tmp_path: Path) -> None:
+    """Dovecot appends new records to the same file; only those are parsed again, and the
+    result is what reading the whole file gives.  A partly written last line waits."""
+    path = tmp_path / "dovecot-uidlist"
+    path.write_bytes(b"3 V5 N3 G" + b"0" * 32 + b"\n1 :a\n2 Pp :b\n")
+    with directory(tmp_path) as fd:
+        first = dovecot.read(fd)
+        assert first is not None
+        with path.open("ab") as f:
+            f.write(b"3 :c\n7 Gg O1 :d\n8 :e-half-writ")
+        grown = dovecot.read(fd, first)
+        assert grown is not None and grown.uids is not first.uids
+        whole = dovecot.parse(path.read_bytes())
+        for uidlist in (grown, whole):
+            assert uidlist.uids == {"a": 1, "b": 2, "c": 3, "d": 7}
+            assert uidlist.extensions == {"b": {"P": "p"}, "d": {"G": "g", "O": "1"}}
+            assert uidlist.next_uid == 8
+        assert first.uids == {"a": 1, "b": 2}  # the cached one is not changed under a reader
+        with path.open("ab") as f:
+            f.write(b"ten\n")
+        assert dovecot.read(fd, grown).uids["e-half-written"] == 8  # type: ignore[union-attr]
+        # A rewritten file (another header) is read whole.
+        path.write_bytes(b"3 V6 N2 G" + b"0" * 32 + b"\n1 :z\n" + b" " * 200)
+        again = dovecot.read(fd, grown)
+        assert again is not None and (again.uidvalidity, again.uids) == (6, {"z": 1})
 
 
 def test_version_1_and_next_uid_after_the_last_record() -> None:
     uidlist = dovecot.parse(b"1 99 2\n1 a\n5 b:2,S\n")
     assert (uidlist.uidvalidity, uidlist.next_uid) == (99, 6)
-    assert [r.uid for r in uidlist.records.values()] == [1, 5]
-    assert "b" in uidlist.records
+    assert uidlist.uids == {"a": 1, "b": 5}
 
 
 @pytest.mark.parametrize(
@@ -342,9 +375,9 @@ def test_as_root_the_uidlist_and_renamed_files_keep_the_mail_users_owner(
     tmp_path: Path,
 ) -> None:
     box = _maildir(tmp_path)
-    for directory, dirs, files in os.walk(tmp_path / "alice"):
+    for parent, dirs, files in os.walk(tmp_path / "alice"):
         for name in (*dirs, *files):
-            os.chown(os.path.join(directory, name), 4321, 4322)
+            os.chown(os.path.join(parent, name), 4321, 4322)
     os.chown(tmp_path / "alice", 4321, 4322)
     store = _store(tmp_path)
     _retrieve(store, [1], quit=True, delete=[])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 import re
 import secrets
@@ -70,39 +71,85 @@ class CorruptUidlist(TemporaryFailure):
 
 
 @dataclass(slots=True)
-class Record:
-    uid: int
-    base: str
-    extensions: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
 class Uidlist:
-    """One parsed ``dovecot-uidlist``; ``records`` maps base names to records."""
+    """One parsed ``dovecot-uidlist``.
+
+    ``uids`` maps each base name to its UID, in UID order; ``extensions`` holds the fields
+    of the records that have any (few do: a dict per record would double the parse time).
+    """
 
     version: int
     uidvalidity: int
     next_uid: int
     guid: str
     header_rest: str
-    records: dict[str, Record]
+    uids: dict[str, int]
+    extensions: dict[str, dict[str, str]] = field(default_factory=dict)
     stamps: tuple[int, int, int, int] | None = None  # ino, size, mtime_ns, ctime_ns
+    # For reading only what Dovecot appended since (it appends records in place):
+    header_line: bytes = b""  # the first line, newline included
+    parsed: int = 0  # bytes of whole lines read
+    last_uid: int = 0
 
     def render(self) -> bytes:
         """The file as Dovecot writes it (version 3), records in UID order."""
         header = f"3 V{self.uidvalidity} N{self.next_uid} G{self.guid}"
         lines = [header + (" " + self.header_rest if self.header_rest else "")]
-        for record in sorted(self.records.values(), key=lambda r: r.uid):
-            ext = "".join(f" {key}{value}" for key, value in record.extensions.items())
-            lines.append(f"{record.uid}{ext} :{record.base}")
+        extensions = self.extensions
+        for base, uid in sorted(self.uids.items(), key=operator.itemgetter(1)):
+            ext = extensions.get(base)
+            fields = "".join(f" {key}{value}" for key, value in ext.items()) if ext else ""
+            lines.append(f"{uid}{fields} :{base}")
         return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
+# The records Dovecot writes: "<uid>[ <Key><value>...] :<base>"; anything else (version 1,
+# odd spacing, a ":" or "/" in a name) goes through the line-by-line reader.
+_RECORDS = re.compile(r"(?:\d+(?: [A-Z][^ \n]*)* :[^\n:/]+\n)*")
+_RECORD = re.compile(r"(\d+)((?: [A-Z][^ \n]*)*) :([^\n]*)\n")
+
+
 def parse(data: bytes) -> Uidlist:
-    """Parse a uidlist; raise :class:`CorruptUidlist` where Dovecot would call it corrupted."""
+    """Parse a uidlist; raise :class:`CorruptUidlist` where Dovecot would call it corrupted.
+
+    A last line without its newline is being appended by Dovecot (under its lock) and is
+    left out: the message it names is read again once the lock is free.
+    """
     text = data.decode("utf-8", "surrogateescape")
-    lines = text.split("\n")
-    header = lines[0]
+    header, _, body = text.partition("\n")
+    body = body[: body.rfind("\n") + 1]
+    uidlist = _header(header)
+    uidlist.header_line = data[: data.find(b"\n") + 1]
+    uidlist.parsed = len(uidlist.header_line) + len(body.encode("utf-8", "surrogateescape"))
+    if uidlist.version == 3 and _RECORDS.fullmatch(body):
+        found = _RECORD.findall(body)
+        uids = list(map(int, map(operator.itemgetter(0), found)))
+        bases = list(map(operator.itemgetter(2), found))
+        if (
+            (not uids or (uids[0] > 0 and uids[-1] < (1 << 32) - 1))
+            and all(map(operator.lt, uids, uids[1:]))
+            and len(set(bases)) == len(bases)
+        ):
+            uidlist.uids = dict(zip(bases, uids, strict=True))
+            for _, fields, base in filter(operator.itemgetter(1), found):
+                uidlist.extensions[base] = _fields(fields)
+            if uids:
+                uidlist.next_uid = max(uidlist.next_uid, uids[-1] + 1)
+                uidlist.last_uid = uids[-1]
+            return uidlist
+    _records(uidlist, body.split("\n"))
+    return uidlist
+
+
+def _fields(text: str) -> dict[str, str]:
+    extensions: dict[str, str] = {}
+    for item in text.split(" "):
+        if item and "A" <= item[0] <= "Z":
+            extensions.setdefault(item[0], item[1:])
+    return extensions
+
+
+def _header(header: str) -> Uidlist:
     if len(header) < 2 or not header[0].isdigit() or header[1] != " ":
         raise CorruptUidlist("dovecot-uidlist: invalid version number")
     version = int(header[0])
@@ -133,9 +180,15 @@ def parse(data: bytes) -> Uidlist:
         raise CorruptUidlist(f"dovecot-uidlist: unsupported version {version}")
     if not 0 < uidvalidity < 1 << 32 or not 0 < next_uid < 1 << 32:
         raise CorruptUidlist("dovecot-uidlist: broken header")
-    records: dict[str, Record] = {}
-    last = 0
-    for line in lines[1:]:
+    return Uidlist(version, uidvalidity, next_uid, guid, " ".join(rest), {})
+
+
+def _records(uidlist: Uidlist, lines: list[str]) -> None:
+    """Dovecot's line-by-line reading, for every file the fast path does not take."""
+    uids = uidlist.uids
+    all_extensions = uidlist.extensions
+    last = uidlist.last_uid
+    for line in lines:
         if not line:
             continue
         head, _, tail = line.partition(" ")
@@ -146,23 +199,28 @@ def parse(data: bytes) -> Uidlist:
             raise CorruptUidlist("dovecot-uidlist: UIDs not ordered")
         last = uid
         extensions: dict[str, str] = {}
-        if version == 3:
+        if uidlist.version == 3:
+            # Fields up to the first item that starts with ":" (a value may hold one).
+            items = []
             tail = tail.lstrip(" ")
             while tail and tail[0] != ":":
                 item, _, tail = tail.partition(" ")
+                items.append(item)
                 tail = tail.lstrip(" ")
-                if "A" <= item[0] <= "Z":
-                    extensions.setdefault(item[0], item[1:])
+            extensions = _fields(" ".join(items))
             tail = tail[1:]
         if not tail or "/" in tail:
             raise CorruptUidlist("dovecot-uidlist: broken file name")
         base = tail.partition(":")[0]
-        previous = records.pop(base, None)
-        if previous is not None and previous.uid == uid:
-            extensions = {**previous.extensions, **extensions}
-        records[base] = Record(uid, base, extensions)
-    next_uid = max(next_uid, last + 1)
-    return Uidlist(version, uidvalidity, next_uid, guid, " ".join(rest), records)
+        if uids.pop(base, None) == uid:  # a record repeated: its fields add up
+            extensions = {**all_extensions.get(base, {}), **extensions}
+        uids[base] = uid
+        if extensions:
+            all_extensions[base] = extensions
+        else:
+            all_extensions.pop(base, None)
+    uidlist.next_uid = max(uidlist.next_uid, last + 1)
+    uidlist.last_uid = last
 
 
 def _stamps(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -178,8 +236,13 @@ def stamps(maildir: int) -> tuple[int, int, int, int] | None:
     return _stamps(st) if stat.S_ISREG(st.st_mode) else None
 
 
-def read(maildir: int) -> Uidlist | None:
-    """The uidlist of the Maildir ``maildir``, or None; raises :class:`CorruptUidlist`."""
+def read(maildir: int, known: Uidlist | None = None) -> Uidlist | None:
+    """The uidlist of the Maildir ``maildir``, or None; raises :class:`CorruptUidlist`.
+
+    ``known`` is an earlier reading of it: if the file is the same one, grown, with the same
+    first line, only the records appended since are read (Dovecot appends new messages'
+    records in place; parsing 100,000 again for each new one would cost a login 0.2 s).
+    """
     try:
         fd = os.open(UIDLIST, _READ, dir_fd=maildir)
     except FileNotFoundError:
@@ -192,14 +255,44 @@ def read(maildir: int) -> Uidlist | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise CorruptUidlist("dovecot-uidlist is not a regular file")
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
+        if (
+            known is not None
+            and known.stamps is not None
+            and known.stamps[0] == st.st_ino
+            and st.st_size > known.parsed > 0
+            and os.pread(fd, len(known.header_line), 0) == known.header_line
+        ):
+            tail = _read_from(fd, known.parsed)
+            tail = tail[: tail.rfind(b"\n") + 1]
+            grown = Uidlist(
+                known.version,
+                known.uidvalidity,
+                known.next_uid,
+                known.guid,
+                known.header_rest,
+                dict(known.uids),
+                dict(known.extensions),
+                _stamps(st),
+                known.header_line,
+                known.parsed + len(tail),
+                known.last_uid,
+            )
+            _records(grown, tail.decode("utf-8", "surrogateescape").split("\n"))
+            return grown
+        data = _read_from(fd, 0)
     finally:
         os.close(fd)
-    uidlist = parse(b"".join(chunks))
+    uidlist = parse(data)
     uidlist.stamps = _stamps(st)
     return uidlist
+
+
+def _read_from(fd: int, offset: int) -> bytes:
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class UidlistCache:
@@ -219,7 +312,7 @@ class UidlistCache:
             if known is not None and known.stamps == now:
                 self._entries.move_to_end(path)
                 return known
-        uidlist = read(maildir)
+        uidlist = read(maildir, known)
         if uidlist is not None:
             self.put(path, uidlist)
         return uidlist
@@ -417,11 +510,11 @@ def assign(maildir: int, bases: list[str], fsync: Fsync, wait: float = LOCK_WAIT
             uidlist = Uidlist(3, _next_uidvalidity(maildir), 1, secrets.token_hex(16), "", {})
         else:
             uidlist = current
-        missing = sorted((b for b in bases if b not in uidlist.records), key=sort_key)
+        missing = sorted((b for b in bases if b not in uidlist.uids), key=sort_key)
         if not missing and current is not None:
             return current
         for base in missing:
-            uidlist.records[base] = Record(uidlist.next_uid, base)
+            uidlist.uids[base] = uidlist.next_uid
             uidlist.next_uid += 1
         if not uidlist.guid:
             uidlist.guid = secrets.token_hex(16)
@@ -434,7 +527,8 @@ def assign(maildir: int, bases: list[str], fsync: Fsync, wait: float = LOCK_WAIT
                 if os.geteuid() == 0:  # keep the mail user's file theirs
                     os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode or 0o600)
-                fsutil.write_all(fd, uidlist.render())
+                data = uidlist.render()
+                fsutil.write_all(fd, data)
                 fsync(fd)
                 st = os.fstat(fd)
             finally:
@@ -445,6 +539,9 @@ def assign(maildir: int, bases: list[str], fsync: Fsync, wait: float = LOCK_WAIT
                 os.unlink(_TEMP, dir_fd=maildir)
             raise
         uidlist.stamps = _stamps(st)
+        uidlist.header_line = data[: data.find(b"\n") + 1]
+        uidlist.parsed = len(data)
+        uidlist.last_uid = max(uidlist.uids.values(), default=0)
         return uidlist
     finally:
         unlock(maildir, held)
@@ -528,45 +625,57 @@ class Compat:
         bases: list[str],
         header: Callable[[str], bytes | None],
         quick: bool,
-    ) -> tuple[list[int], list[str], object]:
-        """POP3 order (indexes into ``bases``) and unique-ids, and the uidlist's stamps.
+    ) -> tuple[list[int], list[str], list[str], object]:
+        """POP3 order (indexes into ``bases``, and those bases), the unique-ids in that
+        order, and the uidlist's stamps.
 
         ``bases`` are the messages to list; ``header(base)`` reads the start of one (for
         X-UIDL).  A base the uidlist lacks is given its UID first (under the lock).
         """
         uidlist = self._cache.get(path, maildir)
-        records = None if uidlist is None else uidlist.records
-        if records is None or any(base not in records for base in bases):
+        known = None if uidlist is None else uidlist.uids
+        if known is None or not all(map(known.__contains__, bases)):
             if quick:
                 raise NeedsThread
             uidlist = assign(maildir, bases, self._fsync, self._wait)
             self._cache.put(path, uidlist)
-            records = uidlist.records
         assert uidlist is not None
-        found = [records[base] for base in bases]
-        index = sorted(range(len(bases)), key=lambda i: found[i].uid)
-        ordered = [(i, found[i]) for i in index if "O" in found[i].extensions]
-        if ordered:
+        uids = list(map(uidlist.uids.__getitem__, bases))
+        index = sorted(range(len(bases)), key=uids.__getitem__)
+        extensions = uidlist.extensions
+        if extensions and any("O" in extensions.get(base, ()) for base in bases):
             # POP3 order numbers first, lowest first; the rest after them, by UID.
-            def order(i: int) -> int:
-                value = found[i].extensions.get("O", "")
-                return int(value) if value.isdigit() else 1 << 32
+            def order(i: int) -> tuple[int, int]:
+                value = extensions.get(bases[i], {}).get("O")
+                if value is None:
+                    return 1, 0
+                return 0, int(value) if value.isdigit() else 1 << 32
 
-            index.sort(key=lambda i: (0, order(i)) if "O" in found[i].extensions else (1, 0))
-        validity = uidlist.uidvalidity
-        expand = self.format.expand
-        uids: list[str] = []
-        for i in index:
-            record, base = found[i], bases[i]
-            saved = record.extensions.get("P")
+            index.sort(key=order)
+        ordered = list(map(bases.__getitem__, index))
+        numbers = list(map(uids.__getitem__, index))
+        made = self.format.expand_all(numbers, uidlist.uidvalidity, ordered, extensions)
+        special = (
+            [
+                n
+                for n, base in enumerate(ordered)
+                if "P" in extensions.get(base, ()) or self.reuse_xuidl
+            ]
+            if extensions or self.reuse_xuidl
+            else []
+        )
+        for n in special:
+            base = ordered[n]
+            saved = extensions.get(base, {}).get("P")
             if saved is not None:
-                value = saved or base  # an empty P stands for the base name
-            elif self.reuse_xuidl and (xuidl := self._xuidl(base, header, quick)) is not None:
-                value = xuidl
-            else:
-                value = expand(record.uid, validity, base, record.extensions.get("G") or base)
-            uids.append(_unique_id(value, base))
-        return index, uids, uidlist.stamps
+                made[n] = saved or base  # an empty P stands for the base name
+            elif (xuidl := self._xuidl(base, header, quick)) is not None:
+                made[n] = xuidl
+        # Every unique-id must go on the wire: one check of all of them at once.
+        joined = "".join(made)
+        if not (joined.isascii() and joined.isprintable() and " " not in joined) or "" in made:
+            made = [_unique_id(value, base) for value, base in zip(made, ordered, strict=True)]
+        return index, ordered, made, uidlist.stamps
 
     def _xuidl(self, base: str, header: Callable[[str], bytes | None], quick: bool) -> str | None:
         with self._xuidl_lock:

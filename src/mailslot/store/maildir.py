@@ -492,8 +492,11 @@ def _dovecot_messages(
 ) -> tuple[tuple[MessageInfo, ...], object]:
     """The snapshot in Dovecot's order with Dovecot's unique-ids, and the uidlist's stamps."""
     # A message that vanished while it was measured has no size and is not listed.
-    listed = [base for base, size in zip(bases, sizes, strict=True) if size is not None]
-    wires = [size for size in sizes if size is not None]
+    if None in sizes:
+        listed = [base for base, size in zip(bases, sizes, strict=True) if size is not None]
+        wires = [size for size in sizes if size is not None]
+    else:
+        listed, wires = bases, cast(list[int], sizes)
 
     def header(base: str) -> bytes | None:
         directory, name = _where(new, cur, locations[base])
@@ -507,14 +510,13 @@ def _dovecot_messages(
             os.close(fd)
 
     try:
-        index, uids, made_from = dovecot.view(path, maildir, listed, header, quick)
+        index, keys, uids, made_from = dovecot.view(path, maildir, listed, header, quick)
     except dovecot_compat.NeedsThread:
         raise _WouldBlock from None
     except OSError as exc:
         raise store_error(exc) from None
     with _gc_paused() if len(listed) > INLINE_LIMIT else contextlib.nullcontext():
-        keys = [listed[i] for i in index]
-        messages = tuple(map(MessageInfo, keys, uids, [wires[i] for i in index]))
+        messages = tuple(map(MessageInfo, keys, uids, map(wires.__getitem__, index)))
     return messages, made_from
 
 
