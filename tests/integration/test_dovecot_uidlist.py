@@ -18,6 +18,7 @@ the mail user.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import smtplib
 import subprocess
@@ -323,3 +324,42 @@ def test_no_flag_updates(pair_factory: object) -> None:
         wire.multiline()
         assert wire.command("QUIT").startswith(b"+OK")
     assert "\\Seen" not in pair.flags()[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_a_server_that_drops_to_the_mail_user_shares_the_maildir(tls_files: TlsFiles) -> None:
+    """``[server] user`` is Dovecot's mail user: what mailslot writes is that user's."""
+    dovecot = DovecotServer(tls_files, DEFAULT_USERS, settings={"pop3_uidl_format": "%u%v"})
+    # Below Dovecot's 0755 directory, so that the dropped workers can reach their files.
+    directory = dovecot.directory / "mailslot"
+    mailslot = MailslotServer(
+        directory,
+        tls_files,
+        listeners=(*DEFAULT_LISTENERS, Listener("none", protocol="lmtp")),
+        extra_sections={
+            "server": {"user": pwd.getpwuid(dovecot.uid).pw_name},
+            "store": {"maildir": f"{dovecot.mail_root}/{{user}}/Maildir", "uidl_format": "%u%v"},
+        },
+    )
+    os.chown(mailslot.passwd_path, dovecot.uid, dovecot.gid)
+    try:
+        _fill(dovecot.maildir("alice"), 3)
+        dovecot.start()
+        mailslot.start()
+        pair = Pair(dovecot, mailslot)
+        before = pair.listings("mailslot")  # mailslot writes the uidlist, as the mail user
+        with pair.session("mailslot") as wire:
+            assert wire.command("RETR 1").startswith(b"+OK")
+            wire.multiline()
+            assert wire.command("QUIT").startswith(b"+OK")
+        assert pair.listings("dovecot") == before, dovecot.log()
+        with smtplib.LMTP(*mailslot.listener("none", protocol="lmtp")) as lmtp:
+            lmtp.sendmail("sender@example.org", ["alice"], CORPUS[0])  # no chown after it
+        pair.assert_same()
+        assert "\\Seen" in pair.flags()[0]
+        for path in pair.maildir.rglob("*"):
+            st = path.lstat()
+            assert (st.st_uid, st.st_gid) == (dovecot.uid, dovecot.gid), path
+    finally:
+        mailslot.stop()
+        dovecot.stop()
