@@ -359,6 +359,9 @@ def test_dovecot_store_keys(conf_dir: Path) -> None:
         ('uidl_format = ""', "store.uidl_format", "must not be empty"),
         ("reuse_xuidl = true", "store.reuse_xuidl", "needs uidl_format"),
         ('flag_updates = "no"', "store.flag_updates", "true or false"),
+        ('deleted_flag = "Gone"', "store.deleted_flag", "needs uidl_format"),
+        ('uidl_format = "%u"\ndeleted_flag = "a b"', "store.deleted_flag", "not an IMAP keyword"),
+        ('uidl_format = "%u"\ndeleted_flag = "\\\\Deleted"', "store.deleted_flag", "keyword"),
     ],
 )
 def test_dovecot_store_keys_are_validated(conf_dir: Path, text: str, key: str, words: str) -> None:

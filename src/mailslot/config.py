@@ -72,6 +72,8 @@ class StoreConfig:
     reuse_xuidl: bool = False
     # Flag messages retrieved with RETR as seen (Dovecot's pop3_no_flag_updates = no).
     flag_updates: bool = True
+    # Dovecot's pop3_deleted_flag: DELE hides with this IMAP keyword instead of removing.
+    deleted_flag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,9 @@ _TABLES: dict[str, type[Any]] = {
 _TOP_LEVEL = ("listener", *_TABLES)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _MAILDIR_PLACEHOLDERS = ("user", "localpart", "domain", "home")
+# An IMAP keyword (RFC 3501 section 9, flag-keyword = atom): no space, control or
+# atom-special, and not a system flag (those start with a backslash).
+_KEYWORD = re.compile(r"[!#$&\'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 # RFC 1939 section 3: the autologout timer MUST be at least 10 minutes.
@@ -452,12 +457,24 @@ class _Loader:
                 self.problem("store", "uidl_format", f"{exc} (Dovecot's pop3_uidl_format syntax)")
         elif store.reuse_xuidl:
             self.problem("store", "reuse_xuidl", "needs uidl_format (it reads dovecot-uidlist)")
+        if store.deleted_flag is not None:
+            if store.uidl_format is None:
+                self.problem(
+                    "store", "deleted_flag", "needs uidl_format (keywords live in dovecot-keywords)"
+                )
+            elif not _KEYWORD.fullmatch(store.deleted_flag):
+                self.problem(
+                    "store",
+                    "deleted_flag",
+                    f'"{store.deleted_flag}" is not an IMAP keyword (RFC 3501 atom, no \\)',
+                )
         return StoreConfig(
             maildir=template,
             snapshot_cache=store.snapshot_cache,
             uidl_format=store.uidl_format,
             reuse_xuidl=store.reuse_xuidl,
             flag_updates=store.flag_updates,
+            deleted_flag=store.deleted_flag,
         )
 
     # -- cross-checks ------------------------------------------------------------------------

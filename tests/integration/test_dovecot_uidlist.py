@@ -117,6 +117,8 @@ def pair_factory(tls_files: TlsFiles, mailslot_factory: object) -> Iterator[obje
             store["reuse_xuidl"] = True
         if settings.get("pop3_no_flag_updates") == "yes":
             store["flag_updates"] = False
+        if "pop3_deleted_flag" in settings:
+            store["deleted_flag"] = settings["pop3_deleted_flag"]
         mailslot = mailslot_factory(  # type: ignore[operator]
             listeners=(*DEFAULT_LISTENERS, Listener("none", protocol="lmtp")),
             extra_sections={"store": store},
@@ -363,3 +365,27 @@ def test_a_server_that_drops_to_the_mail_user_shares_the_maildir(tls_files: TlsF
     finally:
         mailslot.stop()
         dovecot.stop()
+
+
+def test_hide_instead_of_delete(pair_factory: object) -> None:
+    """pop3_deleted_flag: DELE flags the message with a keyword at QUIT, and neither server
+    lists a flagged message again; the file stays, for IMAP users to see."""
+    pair: Pair = pair_factory("%08Xu%08Xv", pop3_deleted_flag="POP3Deleted")  # type: ignore[operator]
+    _fill(pair.maildir, 4)
+    pair.dovecot.start()
+    pair.assert_same()
+    with pair.session("mailslot") as wire:
+        assert wire.command("DELE 1").startswith(b"+OK")
+        assert wire.command("DELE 3").startswith(b"+OK")
+        assert wire.command("QUIT").startswith(b"+OK")
+    _, uidl = pair.assert_same()
+    assert len(uidl.splitlines()) == 2 + 1
+    flags = pair.flags()
+    assert len(flags) == 4
+    assert ["POP3Deleted" in f.split() for f in flags] == [True, False, True, False]
+    with pair.session("dovecot") as wire:
+        assert wire.command("DELE 1").startswith(b"+OK")
+        assert wire.command("QUIT").startswith(b"+OK")
+    _, uidl = pair.assert_same()
+    assert len(uidl.splitlines()) == 1 + 1
+    assert len(list((pair.maildir / "cur").iterdir())) == 4

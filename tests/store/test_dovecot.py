@@ -390,3 +390,41 @@ def test_as_root_the_uidlist_and_renamed_files_keep_the_mail_users_owner(
     for path in box.glob("dovecot-uidvalidity*"):  # Dovecot opens it for writing
         st = path.stat()
         assert (st.st_uid, st.st_gid) == (4321, 4322), path.name
+
+
+# --------------------------------------------------------------------------- hiding
+
+
+def _hide(store: MaildirStore, numbers: list[int]) -> None:
+    async def scenario() -> None:
+        maildrop = await store.open("alice")
+        try:
+            await maildrop.delete([maildrop.messages[n - 1] for n in numbers])
+        finally:
+            await maildrop.close()
+
+    run(scenario())
+
+
+def test_deleted_flag_hides_with_the_next_free_keyword_letter(tmp_path: Path) -> None:
+    box = _maildir(tmp_path)
+    (box / "new" / "1650000099.M9P1.host,S=10,W=11").write_bytes(b"x\n")
+    (box / "dovecot-keywords").write_text("0 Junk\n2 NonJunk\n")
+    store = _store(tmp_path, deleted_flag="$POP3Deleted")
+    _hide(store, [1, 4])
+    assert (box / "dovecot-keywords").read_text() == "0 Junk\n2 NonJunk\n1 $POP3Deleted\n"
+    names = sorted(os.listdir(box / "cur"))
+    assert names[0] == f"{BASES[0]}:2,b" and names[3] == "1650000099.M9P1.host,S=10,W=11:2,b"
+    assert os.listdir(box / "new") == []
+    assert [k for k, _ in _uids(store)] == BASES[1:]
+    assert not (box / dovecot.LOCK).exists()
+
+
+def test_deleted_flag_without_a_free_letter_deletes_nothing(tmp_path: Path) -> None:
+    box = _maildir(tmp_path)
+    (box / "dovecot-keywords").write_text("".join(f"{i} k{i}\n" for i in range(26)))
+    store = _store(tmp_path, deleted_flag="Gone")
+    with pytest.raises(TemporaryFailure):
+        _hide(store, [1])
+    assert len(_uids(store)) == 3
+    assert sorted(os.listdir(box / "cur")) == [f"{b}:2," for b in BASES]

@@ -74,6 +74,7 @@ class Application:
             uidl_format=config.store.uidl_format,
             reuse_xuidl=config.store.reuse_xuidl,
             flag_updates=config.store.flag_updates,
+            deleted_flag=config.store.deleted_flag,
         )
         if config.auth.passwd_file is None:
             raise ValueError("[auth] passwd_file is required")

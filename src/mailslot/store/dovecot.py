@@ -602,12 +602,14 @@ class Compat:
         *,
         fsync: Fsync = os.fsync,
         reuse_xuidl: bool = False,
+        deleted_flag: str | None = None,
         wait: float = LOCK_WAIT,
     ) -> None:
         from mailslot.store.dovecotformat import UidlFormat
 
         self.format = UidlFormat(uidl_format)
         self.reuse_xuidl = reuse_xuidl
+        self.deleted_flag = deleted_flag
         self._fsync = fsync
         self._wait = wait
         self._cache = UidlistCache()
@@ -616,7 +618,20 @@ class Compat:
 
     def key(self, maildir: int) -> object:
         """What a cached snapshot of this maildrop must have been made from to be reused."""
-        return stamps(maildir)
+        if self.deleted_flag is None:
+            return stamps(maildir)
+        return stamps(maildir), keyword_stamps(maildir)
+
+    def hidden(self, maildir: int) -> str | None:
+        """The flag letter of messages hidden instead of deleted, if any has it."""
+        if self.deleted_flag is None:
+            return None
+        return keywords(maildir).get(self.deleted_flag)
+
+    def hide_letter(self, maildir: int) -> str:
+        """The flag letter to hide messages with (registered in dovecot-keywords)."""
+        assert self.deleted_flag is not None
+        return keyword_letter(maildir, self.deleted_flag, self._fsync, self._wait)
 
     def view(
         self,
@@ -675,6 +690,8 @@ class Compat:
         joined = "".join(made)
         if not (joined.isascii() and joined.isprintable() and " " not in joined) or "" in made:
             made = [_unique_id(value, base) for value, base in zip(made, ordered, strict=True)]
+        if self.deleted_flag is not None:
+            return index, ordered, made, (uidlist.stamps, keyword_stamps(maildir))
         return index, ordered, made, uidlist.stamps
 
     def _xuidl(self, base: str, header: Callable[[str], bytes | None], quick: bool) -> str | None:
@@ -705,3 +722,89 @@ def x_uidl(head: bytes) -> str | None:
                 value += " " + more.strip()
             return value.strip() or None
     return None
+
+
+# --------------------------------------------------------------------------- keywords
+
+
+KEYWORDS = "dovecot-keywords"
+_KEYWORDS_TEMP = "dovecot-keywords.mailslot-tmp"
+MAX_KEYWORDS = 26  # the letters a-z
+
+
+def keywords(maildir: int) -> dict[str, str]:
+    """``dovecot-keywords``: keyword -> the Maildir flag letter it is written as.
+
+    Each line is ``<index> <keyword>``; index 0 is ``a``, 25 is ``z`` (Dovecot wiki, Maildir
+    format).  Lines Dovecot would skip are skipped.
+    """
+    data = fsutil.read_own_file(maildir, KEYWORDS)
+    found: dict[str, str] = {}
+    if not data:
+        return found
+    for line in data.decode("utf-8", "surrogateescape").split("\n"):
+        index, _, name = line.partition(" ")
+        if not (index.isdigit() and index.isascii()) or not name or name in found:
+            continue
+        if int(index) < MAX_KEYWORDS:
+            found[name] = chr(ord("a") + int(index))
+    return found
+
+
+def keyword_stamps(maildir: int) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(KEYWORDS, dir_fd=maildir, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return _stamps(st)
+
+
+def keyword_letter(maildir: int, keyword: str, fsync: Fsync, wait: float = LOCK_WAIT) -> str:
+    """The letter of ``keyword``, added to ``dovecot-keywords`` if it is not there yet.
+
+    Dovecot changes that file only while it holds the uidlist's lock, and so do we.  Raises
+    :class:`TemporaryFailure` when all 26 letters are taken.
+    """
+    known = keywords(maildir)
+    if keyword in known:
+        return known[keyword]
+    held = lock(maildir, wait)
+    try:
+        data = fsutil.read_own_file(maildir, KEYWORDS) or b""
+        known = keywords(maildir)
+        if keyword in known:
+            return known[keyword]
+        used = {ord(letter) - ord("a") for letter in known.values()}
+        free = next((i for i in range(MAX_KEYWORDS) if i not in used), None)
+        if free is None:
+            raise TemporaryFailure("dovecot-keywords: all 26 keyword letters are taken")
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        data += f"{free} {keyword}\n".encode("utf-8", "surrogateescape")
+        uid, gid, mode = _owner(maildir, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_KEYWORDS_TEMP, dir_fd=maildir)
+        fd = os.open(_KEYWORDS_TEMP, _EXCL, 0o600, dir_fd=maildir)
+        try:
+            try:
+                if os.geteuid() == 0:
+                    os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode or 0o600)
+                fsutil.write_all(fd, data)
+                fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(_KEYWORDS_TEMP, KEYWORDS, src_dir_fd=maildir, dst_dir_fd=maildir)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(_KEYWORDS_TEMP, dir_fd=maildir)
+            raise
+        return chr(ord("a") + free)
+    finally:
+        unlock(maildir, held)
+
+
+def has_flag(name: str, letter: str) -> bool:
+    """Whether the Maildir file ``name`` (``<base>:2,<flags>``) carries ``letter``."""
+    _, sep, flags = name.rpartition(":2,")
+    return bool(sep) and letter in flags

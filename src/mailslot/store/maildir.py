@@ -48,6 +48,7 @@ from mailslot.store.base import (
     StoreError,
     TemporaryFailure,
 )
+from mailslot.store.dovecot import has_flag
 from mailslot.store.fsutil import Fsync
 from mailslot.store.maildirnames import UniqueNames, base_of, parse_bases, uids_of
 from mailslot.store.wiresize import WireSizeCounter, wire_size
@@ -492,6 +493,13 @@ def _dovecot_messages(
 ) -> tuple[tuple[MessageInfo, ...], object]:
     """The snapshot in Dovecot's order with Dovecot's unique-ids, and the uidlist's stamps."""
     # A message that vanished while it was measured has no size and is not listed.
+    letter = dovecot.hidden(maildir)
+    if letter is not None:
+        # Hidden instead of deleted (pop3_deleted_flag): never listed again.
+        sizes = [
+            None if size is None or has_flag(locations[base], letter) else size
+            for base, size in zip(bases, sizes, strict=True)
+        ]
     if None in sizes:
         listed = [base for base, size in zip(bases, sizes, strict=True) if size is not None]
         wires = [size for size in sizes if size is not None]
@@ -653,6 +661,7 @@ class MaildirMaildrop:
     __slots__ = (
         "_flag_updates",
         "_fsync",
+        "_hide",
         "_locations",
         "_lock_fd",
         "_maildir_fd",
@@ -670,6 +679,7 @@ class MaildirMaildrop:
         locations: dict[str, str],
         fsync: Fsync,
         flag_updates: bool = True,
+        hide: Callable[[int], str] | None = None,
     ) -> None:
         self._path = path
         self._maildir_fd = maildir_fd
@@ -678,6 +688,7 @@ class MaildirMaildrop:
         self._locations = locations
         self._fsync = fsync
         self._flag_updates = flag_updates
+        self._hide = hide  # the flag letter to hide with instead of deleting, if set
         self._seen: dict[str, None] | None = None  # keys retrieved with RETR, in order
 
     @property
@@ -853,9 +864,83 @@ class MaildirMaildrop:
             # A new dict: the snapshot cache and other sessions share the old one.
             self._locations = {**self._locations, **moved}
 
+    def _hide_messages(self, keys: list[str], hide: Callable[[int], str]) -> None:
+        """Flag ``keys`` with the hiding keyword instead of removing them (Dovecot's
+        ``pop3_deleted_flag``); say how far it got as :meth:`_delete` does.
+
+        A file still in new/ moves to cur/ with the flag.  The renames are made durable
+        before QUIT's +OK, as a removal would be.
+        """
+        try:
+            letter = hide(self._maildir_fd)
+            cur = self._subdirectory("cur")
+        except OSError as exc:
+            raise store_error(exc) from None
+        done = 0
+        error: OSError | None = None
+        moved: dict[str, str] = {}
+        try:
+            for key in keys:
+                location = self._locations[key]
+                sub, _, name = relative_path(location).rpartition("/")
+                target = dovecot_compat.with_flag(name, letter)
+                if target == name and sub == "cur":
+                    done += 1
+                    continue
+                try:
+                    source = cur if sub == "cur" else self._subdirectory(sub)
+                    try:
+                        os.rename(name, target, src_dir_fd=source, dst_dir_fd=cur)
+                    finally:
+                        if source != cur:
+                            os.close(source)
+                except FileNotFoundError:
+                    found = self._relocate(key)
+                    if found is None:
+                        done += 1  # removed meanwhile: hidden all the same
+                        continue
+                    sub, _, name = found.rpartition("/")
+                    source = cur if sub == "cur" else self._subdirectory(sub)
+                    try:
+                        os.rename(
+                            name,
+                            dovecot_compat.with_flag(name, letter),
+                            src_dir_fd=source,
+                            dst_dir_fd=cur,
+                        )
+                    except OSError as exc:
+                        error = exc
+                        break
+                    finally:
+                        if source != cur:
+                            os.close(source)
+                    target = dovecot_compat.with_flag(name, letter)
+                except OSError as exc:
+                    error = exc
+                    break
+                moved[key] = target
+                done += 1
+            if moved:
+                try:
+                    self._fsync(cur)
+                except OSError as exc:
+                    error, done = exc, 0
+        finally:
+            os.close(cur)
+            if moved:
+                self._locations = {**self._locations, **moved}
+        if error is not None:
+            raise (
+                PartialDeletion(f"{store_error(error)} (hiding)", deleted=done, pending=False)
+                if done
+                else store_error(error)
+            )
+
     def _commit(self, keys: list[str], seen: list[str]) -> None:
         try:
-            if keys:
+            if keys and self._hide is not None:
+                self._hide_messages(keys, self._hide)
+            elif keys:
                 self._delete(keys)
         finally:
             if seen:
@@ -913,18 +998,26 @@ class MaildirStore:
         uidl_format: str | None = None,
         reuse_xuidl: bool = False,
         flag_updates: bool = True,
+        deleted_flag: str | None = None,
     ) -> None:
         self._template = template
         self._dovecot = (
             None
             if uidl_format is None
-            else dovecot_compat.Compat(uidl_format, fsync=fsync, reuse_xuidl=reuse_xuidl)
+            else dovecot_compat.Compat(
+                uidl_format, fsync=fsync, reuse_xuidl=reuse_xuidl, deleted_flag=deleted_flag
+            )
         )
         self._flag_updates = flag_updates
+        self._hide = None if deleted_flag is None else self._dovecot_hide_letter
         self._root = confine.root_of(template)
         self._fsync = fsync
         self._names = UniqueNames(hostname)
         self._snapshots = Snapshots(snapshot_budget) if snapshot_budget > 0 else None
+
+    def _dovecot_hide_letter(self, maildir: int) -> str:
+        assert self._dovecot is not None
+        return self._dovecot.hide_letter(maildir)
 
     def path_for(self, user: str, home: str | None = None) -> str:
         """The Maildir directory of ``user`` (raises :class:`PermanentFailure` if unsafe).
@@ -981,7 +1074,14 @@ class MaildirStore:
             os.close(maildir_fd)
             raise
         return MaildirMaildrop(
-            location.path, maildir_fd, lock_fd, messages, locations, self._fsync, self._flag_updates
+            location.path,
+            maildir_fd,
+            lock_fd,
+            messages,
+            locations,
+            self._fsync,
+            self._flag_updates,
+            self._hide,
         )
 
     def _open_quick(
@@ -1016,6 +1116,7 @@ class MaildirStore:
                             known.locations,
                             self._fsync,
                             self._flag_updates,
+                            self._hide,
                         )
                 new, cur = _subdirectories(maildir_fd, location.path, create=False)
             except FileNotFoundError:
@@ -1044,7 +1145,14 @@ class MaildirStore:
             os.close(maildir_fd)
             raise
         return MaildirMaildrop(
-            location.path, maildir_fd, lock_fd, messages, locations, self._fsync, self._flag_updates
+            location.path,
+            maildir_fd,
+            lock_fd,
+            messages,
+            locations,
+            self._fsync,
+            self._flag_updates,
+            self._hide,
         )
 
     async def open(self, user: str, home: str | None = None) -> MaildirMaildrop:
