@@ -389,3 +389,30 @@ def test_hide_instead_of_delete(pair_factory: object) -> None:
     _, uidl = pair.assert_same()
     assert len(uidl.splitlines()) == 1 + 1
     assert len(list((pair.maildir / "cur").iterdir())) == 4
+
+
+def test_a_mailslot_session_survives_dovecot_flagging_its_messages(pair_factory: object) -> None:
+    """Both at the same time: while a mailslot session is open, Dovecot's RETR renames a
+    file (\\Seen); mailslot still serves it under the same number and UIDL, and flags the
+    others it retrieved at QUIT."""
+    pair: Pair = pair_factory("%08Xu%08Xv")  # type: ignore[operator]
+    builder = MaildirBuilder(pair.maildir)
+    for data in CORPUS[:3]:
+        builder.add(data, folder="cur")
+    pair.dovecot.start()
+    before = pair.assert_same()
+    with pair.session("mailslot") as ours:
+        with pair.session("dovecot") as theirs:
+            for n in (1, 2):
+                assert theirs.command(f"RETR {n}").startswith(b"+OK")
+                theirs.multiline()
+            assert theirs.command("QUIT").startswith(b"+OK")
+        assert all(name.endswith(":2,S") for name in sorted(os.listdir(pair.maildir / "cur"))[:2])
+        for n in (1, 3):
+            assert ours.command(f"RETR {n}").startswith(b"+OK")
+            assert ours.multiline() == retr_wire(CORPUS[n - 1])
+        assert ours.command("UIDL").startswith(b"+OK")
+        assert ours.multiline() == before[1]
+        assert ours.command("QUIT").startswith(b"+OK")
+    assert [f.split() for f in pair.flags()] == [["\\Seen"]] * 3
+    assert pair.assert_same() == before

@@ -240,12 +240,14 @@ def test_without_a_format_nothing_of_dovecot_is_read_or_written(tmp_path: Path) 
 
 def test_unprintable_saved_uidls_are_digested_long_ones_kept(tmp_path: Path) -> None:
     box = _maildir(tmp_path)
-    long = "L" * 200
+    long, longer = "L" * 480, "M" * 481  # the longest that fits a 512-octet line, and more
     (box / "dovecot-uidlist").write_text(
         f"3 V7 N9 G{'0' * 32}\n1 P{long} :{BASES[0]}\n2 P\x01bad :{BASES[1]}\n3 P :{BASES[2]}\n"
     )
     uids = [u for _, u in _uids(_store(tmp_path))]
     assert uids[0] == long and uids[1].startswith("H") and uids[2] == BASES[2]
+    (box / "dovecot-uidlist").write_text(f"3 V7 N9 G{'0' * 32}\n1 P{longer} :{BASES[0]}\n")
+    assert _uids(_store(tmp_path))[0][1].startswith("H")
 
 
 # --------------------------------------------------------------------------- the lock

@@ -576,13 +576,18 @@ class NeedsThread(Exception):
 _XUIDL_CACHE = 200_000
 
 
+# The longest unique-id sent: "+OK <n> <uid>" must fit RFC 2449's 512-octet response line.
+MAX_UID = 480
+
+
 def _unique_id(value: str, base: str) -> str:
     """``value`` if it can go on the wire (0x21-0x7E, RFC 1939 section 7), else a digest.
 
     Dovecot sends names longer than 70 octets whole, and so do we (the client compares what
-    it saw); a value with a space or a control character would break the UIDL line.
+    it saw); a value with a space or a control character would break the UIDL line, and
+    one over :data:`MAX_UID` octets (only a saved one can be) the 512-octet line limit.
     """
-    if value and value.isascii() and value.isprintable() and " " not in value:
+    if 0 < len(value) <= MAX_UID and value.isascii() and value.isprintable() and " " not in value:
         return value
     from mailslot.store.maildirnames import uid_of
 
@@ -688,7 +693,8 @@ class Compat:
                 made[n] = xuidl
         # Every unique-id must go on the wire: one check of all of them at once.
         joined = "".join(made)
-        if not (joined.isascii() and joined.isprintable() and " " not in joined) or "" in made:
+        plain = joined.isascii() and joined.isprintable() and " " not in joined
+        if not plain or "" in made or (made and max(map(len, made)) > MAX_UID):
             made = [_unique_id(value, base) for value, base in zip(made, ordered, strict=True)]
         if self.deleted_flag is not None:
             return index, ordered, made, (uidlist.stamps, keyword_stamps(maildir))
