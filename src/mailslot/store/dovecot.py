@@ -1,5 +1,8 @@
 """Dovecot's ``dovecot-uidlist``: the IMAP UIDs, POP3 order and saved UIDLs of a Maildir.
 
+RFC 1939 section 7 asks that a unique-id never change for a message; a site moving from
+Dovecot keeps that promise only by sending Dovecot's own, which come from this file.
+
 Dovecot 2.3 numbers every message of a Maildir in ``<maildir>/dovecot-uidlist`` (Dovecot wiki,
 "Maildir format", and src/lib-storage/index/maildir/maildir-uidlist.c, read to learn the
 format).  Version 3 starts with ``3 V<uidvalidity> N<next uid> G<mailbox guid>`` (and maybe

@@ -5,7 +5,10 @@ RFC 1939 section 3 and 8 ask for an exclusive lock and a stable snapshot for the
 and vanishes with a dead process), finishes an interrupted deletion
 (:mod:`mailslot.store.expunge`), moves new/ into cur/ as ``<base>:2,`` as Dovecot does, and lists
 cur/ in delivery order.  Unique-ids (RFC 1939 section 7) and keys are derived from the immutable
-base name only, so they survive the loss of every file of ours.  Sizes are RFC 1939 wire sizes:
+base name only, so they survive the loss of every file of ours; with a ``uidl_format``, unique-ids
+and order are Dovecot's instead, from ``dovecot-uidlist`` (:mod:`mailslot.store.dovecot`).
+Messages sent whole by RETR are flagged seen (``S``) when the session ends, as Dovecot does,
+unless ``flag_updates`` is off.  Sizes are RFC 1939 wire sizes:
 ``,W=`` in the name, else the size cache (:mod:`mailslot.store.sizecache`), else computed once.
 
 Only regular files whose names do not start with ``.`` are ever listed or opened; symlinks,
