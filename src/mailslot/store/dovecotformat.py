@@ -21,6 +21,7 @@ This module is pure (no I/O): :mod:`mailslot.config` validates a format with it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,7 +80,9 @@ class UidlFormat:
         if template == "":
             template = self._templates[uidvalidity] = self._template(uidvalidity)
             if len(self._templates) > 16:  # UIDVALIDITY changes rarely; keep a few
-                self._templates.pop(next(iter(self._templates)))
+                # Worker threads share this dict: another may have emptied it meanwhile.
+                with contextlib.suppress(StopIteration, RuntimeError):
+                    self._templates.pop(next(iter(self._templates)), None)
         if template is not None:
             return list(map(template.format, uids, filenames, guids))
         return list(map(self.expand, uids, [uidvalidity] * len(uids), filenames, guids))
