@@ -54,8 +54,11 @@ class Backend:
     fail_removal_at: Callable[[int], None]
 
 
-def _maildir_backend(root: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
-    store = MaildirStore(str(root / "{user}" / "Maildir"))
+def _maildir_backend(
+    root: Path, monkeypatch: pytest.MonkeyPatch, uidl_format: str | None = None
+) -> Backend:
+    # With a uidl_format: unique-ids and order from dovecot-uidlist (store.dovecot).
+    store = MaildirStore(str(root / "{user}" / "Maildir"), uidl_format=uidl_format)
 
     def fail_removal_at(n: int) -> None:
         bases: list[str] = []
@@ -80,7 +83,7 @@ def _maildir_backend(root: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
                 if base_of(name) == key:
                     os.unlink(directory / name)
 
-    return Backend("maildir", store, remove, fail_removal_at)
+    return Backend("maildir" if uidl_format is None else "dovecot", store, remove, fail_removal_at)
 
 
 def _memory_backend() -> Backend:
@@ -92,12 +95,14 @@ def _memory_backend() -> Backend:
     return Backend("memory", store, lambda user, key: store._remove(user, {key}), fail_removal_at)
 
 
-@pytest.fixture(params=["maildir", "memory"])
+@pytest.fixture(params=["maildir", "dovecot", "memory"])
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Backend]:
     if request.param == "maildir":
         yield _maildir_backend(tmp_path, monkeypatch)
+    elif request.param == "dovecot":
+        yield _maildir_backend(tmp_path, monkeypatch, "%08Xu%08Xv")
     else:
         yield _memory_backend()
 
