@@ -828,13 +828,37 @@ class MaildirMaildrop:
         gone = set(deleted)  # a deleted message is not worth a rename (Dovecot skips it too)
         return [key for key in seen if key not in gone]
 
-    def _flag_seen(self, keys: list[str]) -> None:
-        """Rename ``cur/<base>:2,<flags>`` to carry ``S`` (flags kept sorted); best effort.
+    def _add_flag(self, cur: int, key: str, letter: str, *, from_new: bool) -> str | None:
+        """Rename ``key``'s file to carry the flag ``letter`` (flags kept sorted); return
+        its name in cur/, or None if it is gone (or in new/, unless ``from_new``).
 
         The base name, and so the key and the unique-id, never changes.  A file renamed by
-        another program meanwhile is looked up again by its base (as :meth:`read` does); a
-        file left in new/ is left alone.
+        another program meanwhile is looked up again by its base, as :meth:`read` does.
+        Raises OSError (other than a vanished file) and :class:`StoreError`.
         """
+        location = self._locations.get(key)
+        for _ in range(2):
+            if location is None:
+                return None
+            sub, _, name = relative_path(location).rpartition("/")
+            if sub != "cur" and not from_new:
+                return None
+            target = dovecot_compat.with_flag(name, letter)
+            if sub == "cur" and (target == name or fsutil.lexists(cur, target)):
+                return target  # flagged already (by another program, maybe)
+            source = cur if sub == "cur" else self._subdirectory(sub)
+            try:
+                os.rename(name, target, src_dir_fd=source, dst_dir_fd=cur)
+                return target
+            except FileNotFoundError:
+                location = self._relocate(key)
+            finally:
+                if source != cur:
+                    os.close(source)
+        return None
+
+    def _flag_seen(self, keys: list[str]) -> None:
+        """Flag ``keys`` seen (``S``) in cur/; best effort: a flag is not worth an error."""
         try:
             cur = self._subdirectory("cur")
         except OSError:
@@ -842,25 +866,12 @@ class MaildirMaildrop:
         moved: dict[str, str] = {}
         try:
             for key in keys:
-                location = self._locations.get(key)
-                for _ in range(2):
-                    if location is None or "/" in location:
-                        break
-                    target = dovecot_compat.with_flag(location, "S")
-                    if target == location or fsutil.lexists(cur, target):
-                        break  # flagged already (by another program, maybe)
-                    try:
-                        os.rename(location, target, src_dir_fd=cur, dst_dir_fd=cur)
-                    except FileNotFoundError:
-                        found = self._relocate(key)
-                        location = found[4:] if found and found.startswith("cur/") else None
-                        continue
-                    except OSError:
-                        break
-                    moved[key] = target
-                    break
-        except StoreError:
-            pass  # _relocate could not list cur/: the flags are not worth an error
+                try:
+                    name = self._add_flag(cur, key, "S", from_new=False)
+                except (OSError, StoreError):
+                    continue
+                if name is not None:
+                    moved[key] = name
         finally:
             os.close(cur)
         if moved:
@@ -884,60 +895,28 @@ class MaildirMaildrop:
         moved: dict[str, str] = {}
         try:
             for key in keys:
-                location = self._locations[key]
-                sub, _, name = relative_path(location).rpartition("/")
-                target = dovecot_compat.with_flag(name, letter)
-                if target == name and sub == "cur":
-                    done += 1
-                    continue
                 try:
-                    source = cur if sub == "cur" else self._subdirectory(sub)
-                    try:
-                        os.rename(name, target, src_dir_fd=source, dst_dir_fd=cur)
-                    finally:
-                        if source != cur:
-                            os.close(source)
-                except FileNotFoundError:
-                    found = self._relocate(key)
-                    if found is None:
-                        done += 1  # removed meanwhile: hidden all the same
-                        continue
-                    sub, _, name = found.rpartition("/")
-                    source = cur if sub == "cur" else self._subdirectory(sub)
-                    try:
-                        os.rename(
-                            name,
-                            dovecot_compat.with_flag(name, letter),
-                            src_dir_fd=source,
-                            dst_dir_fd=cur,
-                        )
-                    except OSError as exc:
-                        error = exc
-                        break
-                    finally:
-                        if source != cur:
-                            os.close(source)
-                    target = dovecot_compat.with_flag(name, letter)
+                    name = self._add_flag(cur, key, letter, from_new=True)
                 except OSError as exc:
                     error = exc
                     break
-                moved[key] = target
-                done += 1
+                done += 1  # a file removed meanwhile is hidden all the same
+                if name is not None:
+                    moved[key] = name
             if moved:
                 try:
                     self._fsync(cur)
-                except OSError as exc:
-                    error, done = exc, 0
+                except OSError as exc:  # hidden, maybe not for good: say so
+                    error = exc
         finally:
             os.close(cur)
             if moved:
                 self._locations = {**self._locations, **moved}
-        if error is not None:
-            raise (
-                PartialDeletion(f"{store_error(error)} (hiding)", deleted=done, pending=False)
-                if done
-                else store_error(error)
-            )
+        if error is None:
+            return
+        if not done:
+            raise store_error(error) from None
+        raise PartialDeletion(f"{store_error(error)} (hiding)", deleted=done, pending=False)
 
     def _commit(self, keys: list[str], seen: list[str]) -> None:
         try:
