@@ -7,6 +7,7 @@ corrupt files, a uidlist rewritten behind a cached snapshot, owners, the quick p
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mailslot.store import dovecot, maildir
-from mailslot.store.base import MaildropLocked, MessageInfo, TemporaryFailure
+from mailslot.store.base import MaildropLocked, MessageInfo, PartialDeletion, TemporaryFailure
 from mailslot.store.dovecotformat import UidlFormat
 from mailslot.store.maildir import MaildirStore
 
@@ -430,3 +431,33 @@ def test_deleted_flag_without_a_free_letter_deletes_nothing(tmp_path: Path) -> N
         _hide(store, [1])
     assert len(_uids(store)) == 3
     assert sorted(os.listdir(box / "cur")) == [f"{b}:2," for b in BASES]
+
+
+def test_hiding_not_made_durable_is_reported_as_partial(tmp_path: Path) -> None:
+    _maildir(tmp_path)
+    failing = False
+
+    def fsync(fd: int) -> None:
+        if failing:
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+    store = _store(tmp_path, deleted_flag="Gone", fsync=fsync)
+    _uids(store)  # the uidlist and the keyword are written while fsync works
+    box = tmp_path / "alice" / "Maildir"
+    with directory(box) as fd:
+        assert dovecot.keyword_letter(fd, "Gone", os.fsync) == "a"
+
+    async def scenario() -> None:
+        nonlocal failing
+        maildrop = await store.open("alice")
+        try:
+            failing = True
+            with pytest.raises(PartialDeletion) as caught:
+                await maildrop.delete([maildrop.messages[0]])
+            assert (caught.value.deleted, caught.value.pending) == (1, False)
+        finally:
+            failing = False
+            await maildrop.close()
+
+    run(scenario())
