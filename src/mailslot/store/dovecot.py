@@ -108,8 +108,8 @@ class Uidlist:
 
 # The records Dovecot writes: "<uid>[ <Key><value>...] :<base>"; anything else (version 1,
 # odd spacing, a ":" or "/" in a name) goes through the line-by-line reader.
-_RECORDS = re.compile(r"(?:\d+(?: [A-Z][^ \n]*)* :[^\n:/]+\n)*")
-_RECORD = re.compile(r"(\d+)((?: [A-Z][^ \n]*)*) :([^\n]*)\n")
+# One match per line, from its start: as many matches as lines means every line is one.
+_RECORD = re.compile(r"^(\d+)((?: [A-Z][^ \n]*)*) :([^\n:/]+)\n", re.MULTILINE)
 
 
 def parse(data: bytes) -> Uidlist:
@@ -124,8 +124,8 @@ def parse(data: bytes) -> Uidlist:
     uidlist = _header(header)
     uidlist.header_line = data[: data.find(b"\n") + 1]
     uidlist.parsed = len(uidlist.header_line) + len(body.encode("utf-8", "surrogateescape"))
-    if uidlist.version == 3 and _RECORDS.fullmatch(body):
-        found = _RECORD.findall(body)
+    found = _RECORD.findall(body) if uidlist.version == 3 else []
+    if found and len(found) == body.count("\n"):
         uids = list(map(int, map(operator.itemgetter(0), found)))
         bases = list(map(operator.itemgetter(2), found))
         if (
