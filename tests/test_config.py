@@ -343,6 +343,33 @@ def test_snapshot_cache_is_a_count_of_zero_or_more(conf_dir: Path) -> None:
     assert "0 (none) or more" in problem.message
 
 
+def test_dovecot_store_keys(conf_dir: Path) -> None:
+    store = parse(conf_dir, BASE).store
+    assert (store.uidl_format, store.reuse_xuidl, store.flag_updates) == (None, False, True)
+    text = '[store]\nuidl_format = "%08Xu%08Xv"\nreuse_xuidl = true\nflag_updates = false\n'
+    store = parse(conf_dir, BASE + text).store
+    assert (store.uidl_format, store.reuse_xuidl, store.flag_updates) == ("%08Xu%08Xv", True, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ('uidl_format = "%m"', "store.uidl_format", "not available for Maildir"),
+        ('uidl_format = "%q"', "store.uidl_format", "unknown variable %q"),
+        ('uidl_format = ""', "store.uidl_format", "must not be empty"),
+        ("reuse_xuidl = true", "store.reuse_xuidl", "needs uidl_format"),
+        ('flag_updates = "no"', "store.flag_updates", "true or false"),
+        ('deleted_flag = "Gone"', "store.deleted_flag", "needs uidl_format"),
+        ('uidl_format = "%u"\ndeleted_flag = "a b"', "store.deleted_flag", "not an IMAP keyword"),
+        ('uidl_format = "%u"\ndeleted_flag = "\\\\Deleted"', "store.deleted_flag", "keyword"),
+    ],
+)
+def test_dovecot_store_keys_are_validated(conf_dir: Path, text: str, key: str, words: str) -> None:
+    problem = only(conf_dir, BASE + f"[store]\n{text}\n")
+    assert problem.key == key
+    assert words in problem.message
+
+
 def test_maildir_must_separate_users(conf_dir: Path) -> None:
     problem = only(conf_dir, BASE + '[store]\nmaildir = "/var/mail/{domain}"\n')
     assert "share one maildrop" in problem.message

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from mailslot.store.dovecotformat import UidlFormat
 from mailslot.tomllines import KeyLines
 
 TlsMode = Literal["implicit", "starttls", "none"]
@@ -87,6 +88,14 @@ class StoreConfig:
     pool_size: int = 10  # connections per worker process
     lease_seconds: float = 30.0  # the maildrop lease's lifetime, renewed every third of it
     statement_cache_size: int = 100  # prepared statements per connection; 0 behind PgBouncer
+    # Dovecot's pop3_uidl_format, read with dovecot-uidlist; None: base-name unique-ids.
+    uidl_format: str | None = None
+    # Dovecot's pop3_reuse_xuidl: a message's X-UIDL header is its unique-id.
+    reuse_xuidl: bool = False
+    # Flag messages retrieved with RETR as seen (Dovecot's pop3_no_flag_updates = no).
+    flag_updates: bool = True
+    # Dovecot's pop3_deleted_flag: DELE hides with this IMAP keyword instead of removing.
+    deleted_flag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +209,9 @@ _TABLES: dict[str, type[Any]] = {
 _TOP_LEVEL = ("listener", *_TABLES)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _MAILDIR_PLACEHOLDERS = ("user", "localpart", "domain", "home")
+# An IMAP keyword (RFC 3501 section 9, flag-keyword = atom): no space, control or
+# atom-special, and not a system flag (those start with a backslash).
+_KEYWORD = re.compile(r"[!#$&\'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 # RFC 1939 section 3: the autologout timer MUST be at least 10 minutes.
@@ -492,6 +504,24 @@ class _Loader:
             self.problem(
                 "store", "snapshot_cache", f"must be 0 (none) or more, not {store.snapshot_cache}"
             )
+        if store.uidl_format is not None:
+            try:
+                UidlFormat(store.uidl_format)
+            except ValueError as exc:
+                self.problem("store", "uidl_format", f"{exc} (Dovecot's pop3_uidl_format syntax)")
+        elif store.reuse_xuidl:
+            self.problem("store", "reuse_xuidl", "needs uidl_format (it reads dovecot-uidlist)")
+        if store.deleted_flag is not None:
+            if store.uidl_format is None:
+                self.problem(
+                    "store", "deleted_flag", "needs uidl_format (keywords live in dovecot-keywords)"
+                )
+            elif not _KEYWORD.fullmatch(store.deleted_flag):
+                self.problem(
+                    "store",
+                    "deleted_flag",
+                    f'"{store.deleted_flag}" is not an IMAP keyword (RFC 3501 atom, no \\)',
+                )
         self.store_database(store)
         return replace(store, maildir=template)
 

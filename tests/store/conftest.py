@@ -60,8 +60,11 @@ class Backend:
     atomic_delete: bool = False
 
 
-def _maildir_backend(root: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
-    store = MaildirStore(str(root / "{user}" / "Maildir"))
+def _maildir_backend(
+    root: Path, monkeypatch: pytest.MonkeyPatch, uidl_format: str | None = None
+) -> Backend:
+    # With a uidl_format: unique-ids and order from dovecot-uidlist (store.dovecot).
+    store = MaildirStore(str(root / "{user}" / "Maildir"), uidl_format=uidl_format)
 
     def fail_removal_at(n: int) -> None:
         bases: list[str] = []
@@ -86,7 +89,7 @@ def _maildir_backend(root: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
                 if base_of(name) == key:
                     os.unlink(directory / name)
 
-    return Backend("maildir", store, remove, fail_removal_at)
+    return Backend("maildir" if uidl_format is None else "dovecot", store, remove, fail_removal_at)
 
 
 def _memory_backend() -> Backend:
@@ -148,7 +151,7 @@ async def _upgrade(dsn: str) -> None:
         await connection.close()
 
 
-@pytest.fixture(params=["maildir", "memory", "postgresql"])
+@pytest.fixture(params=["maildir", "dovecot", "memory", "postgresql"])
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Backend]:

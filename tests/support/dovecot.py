@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .passwd import PasswdUser, password_field
@@ -141,7 +141,10 @@ class DovecotServer:
         tls_files: TlsFiles,
         users: Sequence[PasswdUser],
         directory: Path | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
+        """``settings`` are more lines of dovecot.conf (``pop3_uidl_format`` replaces the
+        default ``%f``), written as ``key = value``."""
         self.binary = require_program("dovecot")
         self.major, self.minor, self.version = dovecot_version()
         # Dovecot's unprivileged processes must traverse every ancestor of base_dir and the
@@ -174,6 +177,18 @@ class DovecotServer:
         for sub in ("run", "state"):
             (directory / sub).mkdir(exist_ok=True)
         template = _CONF_23 if (self.major, self.minor) < (2, 4) else _CONF_24
+        extra = dict(settings or {})
+        if "pop3_uidl_format" in extra:
+            uidl = extra.pop("pop3_uidl_format").replace("{", "{{").replace("}", "}}")
+            template = template.replace("pop3_uidl_format = %f", f"pop3_uidl_format = {uidl}")
+            template = template.replace(
+                "pop3_uidl_format = %{{file_name}}", f"pop3_uidl_format = {uidl}"
+            )
+        template += (
+            "".join(f"{key} = {value}\n" for key, value in extra.items())
+            .replace("{", "{{")
+            .replace("}", "}}")
+        )
         self.config_path.write_text(
             template.format(
                 version=self.version,

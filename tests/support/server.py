@@ -210,12 +210,16 @@ class MailslotServer:
                 **(auth or {}),
             },
         )
-        config += toml_table(
-            "store", {"maildir": f"{self.mail_root}/{{user}}/Maildir", **(store or {})}
+        sections = {name: dict(values) for name, values in (extra_sections or {}).items()}
+        # extra_sections["store"] adds to (or replaces the maildir of) the one [store] table.
+        store = (
+            {"maildir": f"{self.mail_root}/{{user}}/Maildir"}
+            | dict(store or {})
+            | sections.pop("store", {})
         )
+        config += toml_table("store", store)
         if limits:
             config += toml_table("limits", limits)
-        sections = {name: dict(values) for name, values in (extra_sections or {}).items()}
         server = sections.setdefault("server", {})
         if os.geteuid() == 0 and run_as_root is not None and "user" not in server:
             server.setdefault("run_as_root", run_as_root)

@@ -40,6 +40,7 @@ from mailslot.store.base import (
     MessageInfo,
     PartialDeletion,
     PermanentFailure,
+    SeenFlags,
     Store,
     StoreError,
 )
@@ -688,6 +689,8 @@ class Session(asyncio.Protocol):
             if close is not None:
                 await close()
         conn.message_finished()
+        if event.top_lines is None and isinstance(self._maildrop, SeenFlags):
+            self._maildrop.retrieved(message)  # RETR, not TOP: \Seen, as Dovecot sets it
         self._retrieved += 1
         self._octets += message.size
 

@@ -91,6 +91,10 @@ def build(config: Config) -> Store:
         config.store.maildir,
         hostname=config.server.hostname,
         snapshot_budget=config.store.snapshot_cache,
+        uidl_format=config.store.uidl_format,
+        reuse_xuidl=config.store.reuse_xuidl,
+        flag_updates=config.store.flag_updates,
+        deleted_flag=config.store.deleted_flag,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class StoreError(Exception):
@@ -99,6 +99,15 @@ class Maildrop(Protocol):
 
     async def close(self) -> None:
         """Release the lock. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class SeenFlags(Protocol):
+    """A maildrop that flags messages retrieved whole with RETR as seen (not with TOP)."""
+
+    def retrieved(self, message: MessageInfo) -> None:
+        """``message`` was sent whole for RETR; flag it seen when the session ends."""
         ...
 
 

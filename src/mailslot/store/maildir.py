@@ -5,7 +5,10 @@ RFC 1939 section 3 and 8 ask for an exclusive lock and a stable snapshot for the
 and vanishes with a dead process), finishes an interrupted deletion
 (:mod:`mailslot.store.expunge`), moves new/ into cur/ as ``<base>:2,`` as Dovecot does, and lists
 cur/ in delivery order.  Unique-ids (RFC 1939 section 7) and keys are derived from the immutable
-base name only, so they survive the loss of every file of ours.  Sizes are RFC 1939 wire sizes:
+base name only, so they survive the loss of every file of ours; with a ``uidl_format``, unique-ids
+and order are Dovecot's instead, from ``dovecot-uidlist`` (:mod:`mailslot.store.dovecot`).
+Messages sent whole by RETR are flagged seen (``S``) when the session ends, as Dovecot does,
+unless ``flag_updates`` is off.  Sizes are RFC 1939 wire sizes:
 ``,W=`` in the name, else the size cache (:mod:`mailslot.store.sizecache`), else computed once.
 
 Only regular files whose names do not start with ``.`` are ever listed or opened; symlinks,
@@ -38,6 +41,7 @@ from typing import TypeVar, cast
 
 from mailslot.log import escape
 from mailslot.store import confine, expunge, fsutil, sizecache
+from mailslot.store import dovecot as dovecot_compat
 from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
@@ -47,6 +51,7 @@ from mailslot.store.base import (
     StoreError,
     TemporaryFailure,
 )
+from mailslot.store.dovecot import has_flag
 from mailslot.store.fsutil import Fsync
 from mailslot.store.maildirnames import UniqueNames, base_of, parse_bases, uids_of
 from mailslot.store.wiresize import WireSizeCounter, wire_size
@@ -54,6 +59,7 @@ from mailslot.store.wiresize import WireSizeCounter, wire_size
 LOCK_FILE = ".mailslot.lock"
 SIZE_CACHE = sizecache.NAME
 READ_SIZE = 256 * 1024
+HEADER_READ = 64 * 1024  # how much of a message is read for its X-UIDL header
 # The most messages a maildrop may hold to be opened on the event loop (see above): one
 # getdents batch and a few dozen microseconds of name parsing.
 INLINE_LIMIT = 256
@@ -277,19 +283,27 @@ class Snapshots:
         self._entries: OrderedDict[str, _Snapshot] = OrderedDict()
         self._lock = threading.Lock()  # opens run on the loop and in worker threads
 
-    def get(self, maildir: str, names: list[str]) -> _Snapshot | None:
+    def get(self, maildir: str, names: list[str], uidlist: object = None) -> _Snapshot | None:
         with self._lock:
             snapshot = self._entries.get(maildir)
-            if snapshot is None:
+            if snapshot is None or snapshot.uidlist != uidlist:
                 return None
             self._entries.move_to_end(maildir)
         return snapshot if snapshot.listing() == names else None
 
-    def unchanged(self, maildir: str, stamps: bytes) -> _Snapshot | None:
-        """The snapshot of a maildrop whose new/ and cur/ settled and did not change since."""
+    def unchanged(self, maildir: str, stamps: bytes, uidlist: object = None) -> _Snapshot | None:
+        """The snapshot of a maildrop whose new/ and cur/ settled and did not change since.
+
+        ``uidlist`` is what else the snapshot was made from (``dovecot-uidlist``'s stamps).
+        """
         with self._lock:
             snapshot = self._entries.get(maildir)
-            if snapshot is None or snapshot.stamps is None or snapshot.stamps != stamps:
+            if (
+                snapshot is None
+                or snapshot.stamps is None
+                or snapshot.stamps != stamps
+                or snapshot.uidlist != uidlist
+            ):
                 return None
             self._entries.move_to_end(maildir)
             return snapshot
@@ -316,6 +330,7 @@ class _Snapshot:
     messages: tuple[MessageInfo, ...]
     locations: dict[str, str]  # shared with the sessions: never changed in place
     stamps: bytes | None = None  # of new/ and cur/, if settled (_settled_stamps)
+    uidlist: object = None  # dovecot-uidlist's stamps, when the snapshot was made from it
 
     def count(self) -> int:
         """How many names cur/ listed."""
@@ -364,6 +379,7 @@ def take_snapshot(
     *,
     limit: int | None = None,
     snapshots: Snapshots | None = None,
+    dovecot: dovecot_compat.Compat | None = None,
 ) -> tuple[tuple[MessageInfo, ...], dict[str, str]]:
     """List the maildrop: messages in delivery order and where each key's file is.
 
@@ -385,20 +401,25 @@ def take_snapshot(
     With ``limit`` it only reads (a quick snapshot for the event loop) and raises
     :class:`_WouldBlock` instead of renaming, measuring, rewriting the size cache or listing
     more than ``limit`` messages.
+
+    With ``dovecot``, messages are in ``dovecot-uidlist`` order and their unique-ids are
+    Dovecot's (:mod:`mailslot.store.dovecot`); a cached snapshot is reused only while the
+    uidlist is unchanged too.
     """
     quick = limit is not None
     stamps: bytes | None = None
+    made_from = None if dovecot is None else dovecot.key(maildir)
     if snapshots is not None:
         # Taken before listing: a change made after this is seen by the next open.  Stamps
         # that match a snapshot's are settled too: a change would have made them younger.
         stamps = _settled_stamps(new, cur, _now())
-        known = None if stamps is None else snapshots.unchanged(path, stamps)
+        known = None if stamps is None else snapshots.unchanged(path, stamps, made_from)
         if known is not None:
             return known.messages, known.locations
     stayed = _settle_new(new, cur, quick)
     names = _scan(cur, limit)
     if snapshots is not None and not stayed:
-        known = snapshots.get(path, names)
+        known = snapshots.get(path, names, made_from)
         if known is not None:
             if fsutil.lexists(maildir, SIZE_CACHE):  # as below: every size came from a name
                 _update_cache(maildir, sizecache.load(maildir, SIZE_CACHE), [], {}, quick)
@@ -428,6 +449,24 @@ def take_snapshot(
         # No message needed the cache now; empty it of entries for messages now gone.
         _update_cache(maildir, sizecache.load(maildir, SIZE_CACHE), [], {}, quick)
 
+    if dovecot is not None:
+        messages, made_from = _dovecot_messages(
+            dovecot, path, maildir, new, cur, bases, sizes, locations, quick
+        )
+    else:
+        messages = _delivery_order(bases, orders, sizes, plain)
+    if snapshots is not None and named and not stayed:
+        # Without a copy left in new/ and with one name per base, the locations were built
+        # from the names in listing order and hold nothing else (see _Snapshot.names).
+        listed = None if len(locations) == len(names) else names
+        snapshots.put(path, _Snapshot(listed, messages, locations, stamps, made_from))
+    return messages, locations
+
+
+def _delivery_order(
+    bases: list[str], orders: list[float], sizes: list[int | None], plain: bool
+) -> tuple[MessageInfo, ...]:
+    """The snapshot in delivery order, unique-ids from the base names (maildirnames)."""
     # Delivery order: the float alone (a fast sort) unless two messages share it.
     if len(set(orders)) == len(orders):
         index = sorted(range(len(bases)), key=orders.__getitem__)
@@ -437,18 +476,59 @@ def take_snapshot(
         if plain and None not in sizes:
             # Every key is its own uid: build in directory order, then put in delivery order.
             infos = list(map(MessageInfo, bases, bases, cast(list[int], sizes)))
-            messages = tuple(map(infos.__getitem__, index))
-        else:
-            # A message that vanished while it was measured has no size and is not listed.
-            keys = [bases[i] for i in index if sizes[i] is not None]
-            wires = [size for i in index if (size := sizes[i]) is not None]
-            messages = tuple(map(MessageInfo, keys, uids_of(keys), wires))
-    if snapshots is not None and named and not stayed:
-        # Without a copy left in new/ and with one name per base, the locations were built
-        # from the names in listing order and hold nothing else (see _Snapshot.names).
-        listed = None if len(locations) == len(names) else names
-        snapshots.put(path, _Snapshot(listed, messages, locations, stamps))
-    return messages, locations
+            return tuple(map(infos.__getitem__, index))
+        # A message that vanished while it was measured has no size and is not listed.
+        keys = [bases[i] for i in index if sizes[i] is not None]
+        wires = [size for i in index if (size := sizes[i]) is not None]
+        return tuple(map(MessageInfo, keys, uids_of(keys), wires))
+
+
+def _dovecot_messages(
+    dovecot: dovecot_compat.Compat,
+    path: str,
+    maildir: int,
+    new: int,
+    cur: int,
+    bases: list[str],
+    sizes: list[int | None],
+    locations: dict[str, str],
+    quick: bool,
+) -> tuple[tuple[MessageInfo, ...], object]:
+    """The snapshot in Dovecot's order with Dovecot's unique-ids, and the uidlist's stamps."""
+    # A message that vanished while it was measured has no size and is not listed.
+    letter = dovecot.hidden(maildir)
+    if letter is not None:
+        # Hidden instead of deleted (pop3_deleted_flag): never listed again.
+        sizes = [
+            None if size is None or has_flag(locations[base], letter) else size
+            for base, size in zip(bases, sizes, strict=True)
+        ]
+    if None in sizes:
+        listed = [base for base, size in zip(bases, sizes, strict=True) if size is not None]
+        wires = [size for size in sizes if size is not None]
+    else:
+        listed, wires = bases, cast(list[int], sizes)
+
+    def header(base: str) -> bytes | None:
+        directory, name = _where(new, cur, locations[base])
+        try:
+            fd = os.open(name, _OPEN_MESSAGE, dir_fd=directory)
+        except OSError:
+            return None
+        try:
+            return os.read(fd, HEADER_READ) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        finally:
+            os.close(fd)
+
+    try:
+        index, keys, uids, made_from = dovecot.view(path, maildir, listed, header, quick)
+    except dovecot_compat.NeedsThread:
+        raise _WouldBlock from None
+    except OSError as exc:
+        raise store_error(exc) from None
+    with _gc_paused() if len(listed) > INLINE_LIMIT else contextlib.nullcontext():
+        messages = tuple(map(MessageInfo, keys, uids, map(wires.__getitem__, index)))
+    return messages, made_from
 
 
 def relative_path(location: str) -> str:
@@ -581,7 +661,17 @@ class MaildirMaildrop:
     """
 
     # One per logged-in session, idle ones included: no per-instance __dict__.
-    __slots__ = ("_fsync", "_locations", "_lock_fd", "_maildir_fd", "_messages", "_path")
+    __slots__ = (
+        "_flag_updates",
+        "_fsync",
+        "_hide",
+        "_locations",
+        "_lock_fd",
+        "_maildir_fd",
+        "_messages",
+        "_path",
+        "_seen",
+    )
 
     def __init__(
         self,
@@ -591,6 +681,8 @@ class MaildirMaildrop:
         messages: Sequence[MessageInfo],
         locations: dict[str, str],
         fsync: Fsync,
+        flag_updates: bool = True,
+        hide: Callable[[int], str] | None = None,
     ) -> None:
         self._path = path
         self._maildir_fd = maildir_fd
@@ -598,6 +690,9 @@ class MaildirMaildrop:
         self._messages = tuple(messages)
         self._locations = locations
         self._fsync = fsync
+        self._flag_updates = flag_updates
+        self._hide = hide  # the flag letter to hide with instead of deleting, if set
+        self._seen: dict[str, None] | None = None  # keys retrieved with RETR, in order
 
     @property
     def path(self) -> str:
@@ -715,13 +810,132 @@ class MaildirMaildrop:
                 pending=journaled,
             )
 
+    def retrieved(self, message: MessageInfo) -> None:
+        """RETR sent ``message`` whole: flag it seen when the session ends (not for TOP).
+
+        Dovecot's POP3 server does the same unless ``pop3_no_flag_updates``; IMAP and
+        webmail users then see POP3-downloaded mail as read.
+        """
+        if self._flag_updates and message.key in self._locations:
+            if self._seen is None:
+                self._seen = {}
+            self._seen[message.key] = None
+
+    def _take_seen(self, deleted: Sequence[str] = ()) -> list[str]:
+        seen, self._seen = self._seen, None
+        if not seen:
+            return []
+        gone = set(deleted)  # a deleted message is not worth a rename (Dovecot skips it too)
+        return [key for key in seen if key not in gone]
+
+    def _add_flag(self, cur: int, key: str, letter: str, *, from_new: bool) -> str | None:
+        """Rename ``key``'s file to carry the flag ``letter`` (flags kept sorted); return
+        its name in cur/, or None if it is gone (or in new/, unless ``from_new``).
+
+        The base name, and so the key and the unique-id, never changes.  A file renamed by
+        another program meanwhile is looked up again by its base, as :meth:`read` does.
+        Raises OSError (other than a vanished file) and :class:`StoreError`.
+        """
+        location = self._locations.get(key)
+        for _ in range(2):
+            if location is None:
+                return None
+            sub, _, name = relative_path(location).rpartition("/")
+            if sub != "cur" and not from_new:
+                return None
+            target = dovecot_compat.with_flag(name, letter)
+            if sub == "cur" and (target == name or fsutil.lexists(cur, target)):
+                return target  # flagged already (by another program, maybe)
+            source = cur if sub == "cur" else self._subdirectory(sub)
+            try:
+                os.rename(name, target, src_dir_fd=source, dst_dir_fd=cur)
+                return target
+            except FileNotFoundError:
+                location = self._relocate(key)
+            finally:
+                if source != cur:
+                    os.close(source)
+        return None
+
+    def _flag_seen(self, keys: list[str]) -> None:
+        """Flag ``keys`` seen (``S``) in cur/; best effort: a flag is not worth an error."""
+        try:
+            cur = self._subdirectory("cur")
+        except OSError:
+            return
+        moved: dict[str, str] = {}
+        try:
+            for key in keys:
+                try:
+                    name = self._add_flag(cur, key, "S", from_new=False)
+                except (OSError, StoreError):
+                    continue
+                if name is not None:
+                    moved[key] = name
+        finally:
+            os.close(cur)
+        if moved:
+            # A new dict: the snapshot cache and other sessions share the old one.
+            self._locations = {**self._locations, **moved}
+
+    def _hide_messages(self, keys: list[str], hide: Callable[[int], str]) -> None:
+        """Flag ``keys`` with the hiding keyword instead of removing them (Dovecot's
+        ``pop3_deleted_flag``); say how far it got as :meth:`_delete` does.
+
+        A file still in new/ moves to cur/ with the flag.  The renames are made durable
+        before QUIT's +OK, as a removal would be.
+        """
+        try:
+            letter = hide(self._maildir_fd)
+            cur = self._subdirectory("cur")
+        except OSError as exc:
+            raise store_error(exc) from None
+        done = 0
+        error: OSError | None = None
+        moved: dict[str, str] = {}
+        try:
+            for key in keys:
+                try:
+                    name = self._add_flag(cur, key, letter, from_new=True)
+                except OSError as exc:
+                    error = exc
+                    break
+                done += 1  # a file removed meanwhile is hidden all the same
+                if name is not None:
+                    moved[key] = name
+            if moved:
+                try:
+                    self._fsync(cur)
+                except OSError as exc:  # hidden, maybe not for good: say so
+                    error = exc
+        finally:
+            os.close(cur)
+            if moved:
+                self._locations = {**self._locations, **moved}
+        if error is None:
+            return
+        if not done:
+            raise store_error(error) from None
+        raise PartialDeletion(f"{store_error(error)} (hiding)", deleted=done, pending=False)
+
+    def _commit(self, keys: list[str], seen: list[str]) -> None:
+        try:
+            if keys and self._hide is not None:
+                self._hide_messages(keys, self._hide)
+            elif keys:
+                self._delete(keys)
+        finally:
+            if seen:
+                self._flag_seen(seen)
+
     async def delete(self, messages: Sequence[MessageInfo]) -> None:
         if self._lock_fd is None:
             raise TemporaryFailure("maildrop is closed")
         # Only keys of this snapshot: a stray MessageInfo must never remove another file.
         keys = list(dict.fromkeys(m.key for m in messages if m.key in self._locations))
-        if keys:
-            await asyncio.to_thread(self._delete, keys)
+        seen = self._take_seen(keys)
+        if keys or seen:
+            await asyncio.to_thread(self._commit, keys, seen)
 
     def close_now(self) -> None:
         """Release the lock without awaiting (for cleanup paths). Idempotent."""
@@ -731,7 +945,13 @@ class MaildirMaildrop:
             os.close(self._maildir_fd)
 
     async def close(self) -> None:
-        self.close_now()
+        # A session that ends without QUIT still flags what it retrieved, as Dovecot does.
+        seen = self._take_seen() if self._lock_fd is not None else []
+        try:
+            if seen:
+                await asyncio.to_thread(self._flag_seen, seen)
+        finally:
+            self.close_now()
 
 
 class MaildirStore:
@@ -742,6 +962,12 @@ class MaildirStore:
     durable; tests inject a failing one to play a full disk.  ``snapshot_budget`` is how many
     messages' snapshots are kept for reuse by the next open of an unchanged maildrop
     (:class:`Snapshots`); 0 keeps none.
+
+    With ``uidl_format`` (Dovecot's ``pop3_uidl_format``), unique-ids and message order come
+    from ``dovecot-uidlist`` as Dovecot's POP3 server has them (:mod:`mailslot.store.dovecot`);
+    ``reuse_xuidl`` is ``pop3_reuse_xuidl``.  With ``flag_updates`` a message retrieved with
+    RETR is flagged seen (``S``) when the session ends, as Dovecot does unless
+    ``pop3_no_flag_updates``.
     """
 
     def __init__(
@@ -751,12 +977,29 @@ class MaildirStore:
         fsync: Fsync = os.fsync,
         hostname: str | None = None,
         snapshot_budget: int = SNAPSHOT_BUDGET,
+        uidl_format: str | None = None,
+        reuse_xuidl: bool = False,
+        flag_updates: bool = True,
+        deleted_flag: str | None = None,
     ) -> None:
         self._template = template
+        self._dovecot = (
+            None
+            if uidl_format is None
+            else dovecot_compat.Compat(
+                uidl_format, fsync=fsync, reuse_xuidl=reuse_xuidl, deleted_flag=deleted_flag
+            )
+        )
+        self._flag_updates = flag_updates
+        self._hide = None if deleted_flag is None else self._dovecot_hide_letter
         self._root = confine.root_of(template)
         self._fsync = fsync
         self._names = UniqueNames(hostname)
         self._snapshots = Snapshots(snapshot_budget) if snapshot_budget > 0 else None
+
+    def _dovecot_hide_letter(self, maildir: int) -> str:
+        assert self._dovecot is not None
+        return self._dovecot.hide_letter(maildir)
 
     def path_for(self, user: str, home: str | None = None) -> str:
         """The Maildir directory of ``user`` (raises :class:`PermanentFailure` if unsafe).
@@ -794,7 +1037,12 @@ class MaildirStore:
             try:
                 expunge.recover(maildir_fd, self._fsync)
                 messages, locations = take_snapshot(
-                    location.path, maildir_fd, new, cur, snapshots=self._snapshots
+                    location.path,
+                    maildir_fd,
+                    new,
+                    cur,
+                    snapshots=self._snapshots,
+                    dovecot=self._dovecot,
                 )
             finally:
                 os.close(new)
@@ -807,7 +1055,16 @@ class MaildirStore:
             os.close(lock_fd)
             os.close(maildir_fd)
             raise
-        return MaildirMaildrop(location.path, maildir_fd, lock_fd, messages, locations, self._fsync)
+        return MaildirMaildrop(
+            location.path,
+            maildir_fd,
+            lock_fd,
+            messages,
+            locations,
+            self._fsync,
+            self._flag_updates,
+            self._hide,
+        )
 
     def _open_quick(
         self, location: confine.Location, maildir_fd: int, lock_fd: int
@@ -826,8 +1083,11 @@ class MaildirStore:
                 new_st, cur_st = _lstat_subdirectories(maildir_fd, location.path)
                 if self._snapshots is not None:
                     stamps = _stamps_of(new_st, cur_st, _now())
+                    made_from = None if self._dovecot is None else self._dovecot.key(maildir_fd)
                     known = (
-                        None if stamps is None else self._snapshots.unchanged(location.path, stamps)
+                        None
+                        if stamps is None
+                        else self._snapshots.unchanged(location.path, stamps, made_from)
                     )
                     if known is not None:
                         return MaildirMaildrop(
@@ -837,6 +1097,8 @@ class MaildirStore:
                             known.messages,
                             known.locations,
                             self._fsync,
+                            self._flag_updates,
+                            self._hide,
                         )
                 new, cur = _subdirectories(maildir_fd, location.path, create=False)
             except FileNotFoundError:
@@ -849,6 +1111,7 @@ class MaildirStore:
                     cur,
                     limit=INLINE_LIMIT,
                     snapshots=self._snapshots,
+                    dovecot=self._dovecot,
                 )
             finally:
                 os.close(new)
@@ -863,7 +1126,16 @@ class MaildirStore:
             os.close(lock_fd)
             os.close(maildir_fd)
             raise
-        return MaildirMaildrop(location.path, maildir_fd, lock_fd, messages, locations, self._fsync)
+        return MaildirMaildrop(
+            location.path,
+            maildir_fd,
+            lock_fd,
+            messages,
+            locations,
+            self._fsync,
+            self._flag_updates,
+            self._hide,
+        )
 
     async def open(self, user: str, home: str | None = None) -> MaildirMaildrop:
         location = self.location_for(user, home)
