@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import resource
 import signal
 import socket
@@ -23,13 +25,14 @@ from typing import Any
 
 from mailslot import log
 from mailslot.auth.passwdfile import PasswdFileAuthenticator
+from mailslot.auth.pool import VerifyPool
 from mailslot.config import Config, ListenerConfig
 from mailslot.delivery.transactions import Transactions
 from mailslot.protocol.connection import CoreConfig
 from mailslot.server import tls
 from mailslot.server.limits import Limits
 from mailslot.server.listener import Pop3Listener, listening_socket
-from mailslot.server.penalty import FailurePenalty
+from mailslot.server.penalty import LocalPenaltyState, PenaltyPolicy, PenaltyState
 from mailslot.server.session import SessionContext, format_address
 from mailslot.server.supervisor import RETIRE, WORKER_SIGNALS, Supervisor
 from mailslot.store.maildir import MaildirStore
@@ -52,8 +55,12 @@ class Application:
         worker: int = 0,
         sockets: Mapping[ListenerConfig, socket.socket] | None = None,
         contexts: tls.TlsContexts | None = None,
+        penalty: PenaltyState | None = None,
     ) -> None:
         self.config = config
+        # Made by the parent before forking, so that all workers share it; a lone worker
+        # (or a test) makes its own.
+        self.penalty = penalty if penalty is not None else penalty_state(config)
         self.worker = worker
         self.sockets = sockets or {}
         self.tls = contexts
@@ -68,7 +75,12 @@ class Application:
         if config.auth.passwd_file is None:
             raise ValueError("[auth] passwd_file is required")
         # At most one stat() of the passwd-file per second rather than one per login.
-        self.users = PasswdFileAuthenticator(config.auth.passwd_file, recheck=1.0)
+        self.users = PasswdFileAuthenticator(
+            config.auth.passwd_file,
+            recheck=1.0,
+            pool=VerifyPool(verify_threads(config), config.auth.verify_per_client),
+            failure_floor=config.auth.failure_time_floor,
+        )
 
     async def start(self) -> None:
         config = self.config
@@ -97,7 +109,6 @@ class Application:
         shared_limits = Limits(
             max_connections, limits.max_connections_per_ip, limits.max_sessions_per_user
         )
-        penalty = FailurePenalty(config.auth.failure_delay, config.auth.failure_delay_max)
         for listener in config.listeners:
             if listener.protocol == "lmtp":
                 if self.worker == 0:
@@ -107,12 +118,13 @@ class Application:
                 core=Pop3Listener.core_config(listener, base),
                 store=self.store,
                 users=self.users,
-                penalty=penalty,
+                penalty=self.penalty,
                 limits=shared_limits,
                 tls=self.tls,
                 login_timeout=limits.login_timeout,
                 idle_timeout=limits.idle_timeout,
                 handshake_timeout=config.tls.handshake_timeout,
+                ipv6_prefix=config.auth.ipv6_prefix,
             )
             pop3 = Pop3Listener(listener, context, sock=self.sockets.get(listener))
             await pop3.start()
@@ -182,12 +194,15 @@ async def serve(
     sockets: Mapping[ListenerConfig, socket.socket] | None = None,
     ready: Callable[[Application], None] | None = None,
     contexts: tls.TlsContexts | None = None,
+    penalty: PenaltyState | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     log.attach_loop(loop)
     try:
-        app = Application(config, worker=worker, sockets=sockets, contexts=contexts)
+        app = Application(
+            config, worker=worker, sockets=sockets, contexts=contexts, penalty=penalty
+        )
         return await _serve(loop, app, ready)
     finally:
         log.detach_loop()
@@ -273,12 +288,38 @@ def _run_worker(
     sockets: Mapping[ListenerConfig, socket.socket] | None = None,
     contexts: tls.TlsContexts | None = None,
     started: Callable[[], None] | None = None,
+    *,
+    penalty: PenaltyState | None = None,
 ) -> int:
     ready = None if started is None else (lambda _app: started())
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(
-            serve(config, worker=worker, sockets=sockets, contexts=contexts, ready=ready)
+            serve(
+                config,
+                worker=worker,
+                sockets=sockets,
+                contexts=contexts,
+                ready=ready,
+                penalty=penalty,
+            )
         )
+
+
+def verify_threads(config: Config) -> int:
+    """Threads for slow password checks per worker: ``[auth] verify_pool``, or the cores
+    this process may run on shared among the workers (at least one each)."""
+    if config.auth.verify_pool:
+        return config.auth.verify_pool
+    return max(1, len(os.sched_getaffinity(0)) // max(1, config.server.workers))
+
+
+def penalty_state(config: Config) -> LocalPenaltyState:
+    """The failure penalty of ``config``'s ``[auth]``, in memory its workers share."""
+    auth = config.auth
+    policy = PenaltyPolicy(
+        base=auth.failure_delay, cap=auth.failure_delay_max, free=auth.failure_free_attempts
+    )
+    return LocalPenaltyState(policy, slots=auth.failure_addresses)
 
 
 def listening_sockets(config: Config) -> dict[ListenerConfig, socket.socket]:
@@ -366,6 +407,10 @@ def run(config: Config) -> int:
     except OSError as exc:  # ssl.SSLError included
         logger.error("cannot start: %s", exc)
         return 75  # EX_TEMPFAIL, as a worker that cannot start
+    # The failure penalty's table, made before the first fork: every worker, those that
+    # replace a dead one and each SIGHUP generation, maps the same shared memory, so a
+    # client's failures count once per node whichever worker takes its connections.
+    worker_main = functools.partial(_run_worker, penalty=penalty_state(config))
     return Supervisor(
-        config, workers, contexts, sockets, _run_worker, lambda: tls_for(config)
+        config, workers, contexts, sockets, worker_main, lambda: tls_for(config)
     ).run()
