@@ -122,6 +122,7 @@ class MailslotServer:
         failure_delay: float = 0.2,
         failure_delay_max: float = 0.4,
         limits: Mapping[str, Any] | None = None,
+        auth: Mapping[str, Any] | None = None,
         extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -160,6 +161,7 @@ class MailslotServer:
                 "allow_plaintext_without_tls": allow_plaintext,
                 "failure_delay": failure_delay,
                 "failure_delay_max": failure_delay_max,
+                **(auth or {}),
             },
         )
         config += toml_table("store", {"maildir": f"{self.mail_root}/{{user}}/Maildir"})

@@ -7,8 +7,8 @@ kept every core busy and another client's login waited over a second.  Here:
 - at most ``threads`` checks run at once (about the number of cores the worker may use), in
   threads of the pool's own, so a flood cannot take the threads asyncio lends out elsewhere;
 - checks waiting for a thread are queued per client (its address, or its IPv6 network) and
-  the clients are served round-robin, so a client with many checks waiting delays another's
-  by at most one check per thread, not by its whole queue;
+  the client served longest ago goes first, so a client with many checks waiting delays
+  another's by at most one check per thread, not by its whole queue;
 - a client may have at most ``per_client`` checks queued or running; a further one is
   refused at once (:class:`VerifyRefused`), without a check: the backend answers it as a
   wrong password (RFC 3206 ``[AUTH]``).
@@ -61,6 +61,9 @@ class VerifyPool:
         # futures resolved when that check may take a thread.
         self._queues: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
         self._held: dict[str, int] = {}  # checks queued or running, per client
+        self._active: dict[str, int] = {}  # checks running, per client
+        self._turns = 0
+        self._served: dict[str, int] = {}  # when each client with checks held last had a turn
 
     @property
     def running(self) -> int:
@@ -86,19 +89,19 @@ class VerifyPool:
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._executor, check)
             finally:
-                self._running -= 1
-                self._dispatch()
+                self._release(key)
         finally:
             left = self._held[key] - 1
             if left:
                 self._held[key] = left
             else:
                 del self._held[key]
+                self._served.pop(key, None)
 
     async def _turn(self, key: str) -> None:
         """Return once this check holds one of the pool's threads."""
         if self._running < self.threads and not self._queues:
-            self._running += 1
+            self._take(key)
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queues.setdefault(key, deque()).append(turn)
@@ -108,8 +111,7 @@ class VerifyPool:
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
                 # Granted just as the session ended: hand the thread on.
-                self._running -= 1
-                self._dispatch()
+                self._release(key)
             else:
                 queue = self._queues.get(key)
                 if queue is not None and turn in queue:
@@ -118,9 +120,29 @@ class VerifyPool:
                         del self._queues[key]
             raise
 
+    def _take(self, key: str) -> None:
+        self._running += 1
+        self._active[key] = self._active.get(key, 0) + 1
+        self._turns += 1
+        self._served[key] = self._turns
+
+    def _release(self, key: str) -> None:
+        self._running -= 1
+        left = self._active[key] - 1
+        if left:
+            self._active[key] = left
+        else:
+            del self._active[key]
+        self._dispatch()
+
     def _dispatch(self) -> None:
         while self._running < self.threads and self._queues:
-            key, queue = next(iter(self._queues.items()))
+            # The client with the fewest checks running goes first, then the one served
+            # longest ago: a client whose check just ran does not get a second before
+            # another client gets its first.
+            active, served = self._active, self._served
+            key = min(self._queues, key=lambda k: (active.get(k, 0), served.get(k, 0)))
+            queue = self._queues[key]
             turn = queue.popleft()
             if queue:
                 self._queues.move_to_end(key)  # round-robin: the next client's turn
@@ -128,5 +150,5 @@ class VerifyPool:
                 del self._queues[key]
             if turn.done():
                 continue
-            self._running += 1
+            self._take(key)
             turn.set_result(None)
