@@ -1,0 +1,101 @@
+"""Password guessing from one address: how many passwords does the server check per second?
+
+Starts ``mailslot serve`` with two workers and the default failure penalty (2 s doubling to
+15 s), then runs ``--connections`` guessers from 127.0.0.1 for ``--seconds``: each sends
+``USER alice`` / ``PASS <wrong>`` as fast as it is answered, reconnecting when closed.  The
+checks are counted from the server's log ("login failed" is written once per checked
+password; refused attempts are "login refused"), so nothing is inferred from timing::
+
+    PYTHONPATH=src python -m benchmarks.auth_attack --connections 50 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def _line(reader: socket.SocketIO) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\r\n"):
+        chunk = reader.read(1)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def _guess(port: int, until: float) -> None:
+    while time.monotonic() < until:
+        try:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.settimeout(max(1.0, until - time.monotonic()))
+                reader = socket.SocketIO(sock, "rb")
+                _line(reader)
+                while time.monotonic() < until:
+                    sock.sendall(b"USER alice\r\n")
+                    _line(reader)
+                    sock.sendall(b"PASS guess\r\n")
+                    _line(reader)
+        except OSError:
+            continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "users").write_text("alice:{PLAIN}alice-secret\n")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        (root / "mailslot.toml").write_text(
+            f'[server]\nworkers = 2\n[[listener]]\naddress = "127.0.0.1"\nport = {port}\n'
+            f'tls = "none"\n[auth]\npasswd_file = "users"\nallow_plaintext_without_tls = true\n'
+            f"[limits]\nmax_connections_per_ip = 1000\nmax_bad_commands_before_login = 100000\n"
+            f'[store]\nmaildir = "{root}/mail/{{user}}/Maildir"\n'
+        )
+        log_path = root / "server.log"
+        with open(log_path, "wb") as log:
+            config = str(root / "mailslot.toml")
+            server = subprocess.Popen(
+                [sys.executable, "-m", "mailslot", "serve", "--config", config],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                time.sleep(2.0)
+                until = time.monotonic() + args.seconds
+                threads = [
+                    threading.Thread(target=_guess, args=(port, until), daemon=True)
+                    for _ in range(args.connections)
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            finally:
+                server.terminate()
+                server.wait()
+        text = log_path.read_text(errors="replace")
+    checked = text.count("login failed: user=alice")
+    refused = text.count("login refused")
+    print(
+        f"{args.connections} connections, {args.seconds:g} s: {checked} passwords checked "
+        f"({checked / args.seconds:.2f}/s, {checked * 3600 / args.seconds:.0f}/hour), "
+        f"{refused} attempts refused unchecked"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
