@@ -4,15 +4,21 @@ Starts ``mailslot serve`` with two workers and the default failure penalty (2 s 
 15 s), then runs ``--connections`` guessers from 127.0.0.1 for ``--seconds``: each sends
 ``USER alice`` / ``PASS <wrong>`` as fast as it is answered, reconnecting when closed.  The
 checks are counted from the server's log ("login failed" is written once per checked
-password; refused attempts are "login refused"), so nothing is inferred from timing::
+password; refused attempts are "login refused"), so nothing is inferred from timing.
+``--drop 0.25`` makes each guesser give up on an attempt after 0.25 s and reconnect.
+``--scheme ARGON2ID`` stores alice's password with that scheme; ``--victim`` meanwhile logs
+bob ({PLAIN}) in and out from 127.0.0.2, one login at a time, and prints its latency::
 
     PYTHONPATH=src python -m benchmarks.auth_attack --connections 50 --seconds 60
+    PYTHONPATH=src python -m benchmarks.auth_attack --connections 0 --victim  # unloaded
+    PYTHONPATH=src python -m benchmarks.auth_attack --connections 200 --scheme ARGON2ID --victim
 """
 
 from __future__ import annotations
 
 import argparse
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +37,7 @@ def _line(reader: socket.SocketIO) -> bytes:
     return buf
 
 
-def _guess(port: int, until: float) -> None:
+def _guess(port: int, until: float, drop: float | None) -> None:
     while time.monotonic() < until:
         try:
             with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -41,20 +47,48 @@ def _guess(port: int, until: float) -> None:
                 while time.monotonic() < until:
                     sock.sendall(b"USER alice\r\n")
                     _line(reader)
+                    if drop is not None:
+                        sock.settimeout(drop)
                     sock.sendall(b"PASS guess\r\n")
                     _line(reader)
         except OSError:
             continue
 
 
+def _victim(port: int, until: float, latencies: list[float]) -> None:
+    """bob from 127.0.0.2: connect, USER, PASS, QUIT; the time to PASS's +OK."""
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) as s:
+            reader = socket.SocketIO(s, "rb")
+            _line(reader)
+            s.sendall(b"USER bob\r\nPASS bob-secret\r\n")
+            _line(reader)
+            reply = _line(reader)
+            latencies.append(time.perf_counter() - started)
+            assert reply.startswith(b"+OK"), reply
+            s.sendall(b"QUIT\r\n")
+            _line(reader)
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--drop", type=float, default=None)
+    parser.add_argument("--scheme", default="PLAIN")
+    parser.add_argument("--victim", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "users").write_text("alice:{PLAIN}alice-secret\n")
+        if args.scheme == "PLAIN":
+            alice = "{PLAIN}alice-secret"
+        else:
+            from mailslot.auth import schemes
+
+            alice = schemes.hash_password("alice-secret", args.scheme)
+        (root / "users").write_text(f"alice:{alice}\nbob:{{PLAIN}}bob-secret\n")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
@@ -76,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(2.0)
                 until = time.monotonic() + args.seconds
                 threads = [
-                    threading.Thread(target=_guess, args=(port, until), daemon=True)
+                    threading.Thread(target=_guess, args=(port, until, args.drop), daemon=True)
                     for _ in range(args.connections)
                 ]
+                latencies: list[float] = []
+                if args.victim:
+                    threads.append(
+                        threading.Thread(target=_victim, args=(port, until, latencies), daemon=True)
+                    )
                 for thread in threads:
                     thread.start()
                 for thread in threads:
@@ -94,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({checked / args.seconds:.2f}/s, {checked * 3600 / args.seconds:.0f}/hour), "
         f"{refused} attempts refused unchecked"
     )
+    if latencies:
+        cuts = statistics.quantiles(latencies, n=100)
+        print(
+            f"victim (127.0.0.2, PLAIN): {len(latencies)} logins, p50 {cuts[49] * 1000:.1f} ms, "
+            f"p99 {cuts[98] * 1000:.1f} ms"
+        )
     return 0
 
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from passlib.hash import sha512_crypt
+
 from mailslot.auth import schemes
 
 KINDS = {
@@ -62,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         for kind, scheme in KINDS.items():
             if scheme == "PLAIN":
                 lines.append(f"{kind}:{{PLAIN}}right-{kind}\n")
+            elif scheme == "SHA512-CRYPT":
+                # Dovecot's rounds (doveadm pw), not libpass's default of 656,000.
+                data = sha512_crypt.using(rounds=5000).hash("right-" + kind)
+                lines.append(f"{kind}:{{SHA512-CRYPT}}{data}\n")
             elif scheme is not None:
                 lines.append(f"{kind}:{schemes.hash_password('right-' + kind, scheme)}\n")
         (root / "users").write_text("".join(lines))
