@@ -9,14 +9,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailslot.auth.base import AuthenticationFailed
 from mailslot.auth.memory import MemoryAuthenticator
+from mailslot.auth.passwdfile import PasswdFileAuthenticator
 from mailslot.auth.pool import VerifyPool, VerifyRefused
-from mailslot.auth.verification import answer_failure
+from mailslot.auth.verification import (
+    answer_failure,
+    choose_dummy,
+    failure_floor,
+    measure_costs,
+)
 
 
 class HeldExecutor(concurrent.futures.Executor):
@@ -131,3 +138,38 @@ def test_every_failure_ends_at_the_same_deadline_whatever_the_user() -> None:
             asyncio.run(auth.authenticate(name, "wrong", client="192.0.2.1"))
         ends.append(fake.now - started)
     assert ends == [pytest.approx(2.0)] * 3
+
+
+def test_costs_are_measured_per_scheme_and_set_the_floor() -> None:
+    ticks = iter(range(1000))
+
+    def clock() -> float:
+        return next(ticks) * 0.04  # every check "takes" 0.04 s
+
+    stored = ["{PLAIN}a", "{PLAIN}b", "{SSHA}S55XocB2CN/JntcidijpUAg4uh2M0F5D"]
+    costs = measure_costs(stored, clock=clock)
+    assert costs == {"PLAIN": pytest.approx(0.04), "SSHA": pytest.approx(0.04)}
+    # A scheme already measured is not measured again (a re-read passwd-file).
+    assert measure_costs(stored, known={"PLAIN": 1.0, "SSHA": 2.0}, clock=clock) == {
+        "PLAIN": 1.0,
+        "SSHA": 2.0,
+    }
+    assert failure_floor({"PLAIN": 0.0, "SSHA": 0.2}) == pytest.approx(0.2 * 1.25 + 0.005)
+    assert failure_floor({"SSHA": 0.2}, configured=3.0) == 3.0
+    # The dummy is a hash of the costliest scheme, however few users have it.
+    assert choose_dummy(stored, costs={"PLAIN": 0.0, "SSHA": 0.2}) == stored[2]
+
+
+def test_passwd_file_failures_end_at_the_configured_floor(tmp_path: Path) -> None:
+    fake = FakeTime()
+    path = tmp_path / "passwd"
+    path.write_text("alice:{PLAIN}right\n")
+    auth = PasswdFileAuthenticator(path, failure_floor=5.0, clock=fake.clock, sleep=fake.sleep)
+    for name in ("alice", "nobody", "../x"):
+        started = fake.now
+        with pytest.raises(AuthenticationFailed):
+            asyncio.run(auth.authenticate(name, "wrong", client="192.0.2.1"))
+        assert fake.now - started == pytest.approx(5.0)
+    fake.slept.clear()
+    assert asyncio.run(auth.authenticate("alice", "right")).name == "alice"
+    assert fake.slept == []  # a success is not held

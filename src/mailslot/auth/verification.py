@@ -56,6 +56,9 @@ Sleep = Callable[[float], Awaitable[None]]
 _MARGIN = 1.25
 _SLACK = 0.005  # seconds: a thread hand-off and a wake-up
 _SAMPLES = 3
+# Enough of one scheme's time: a slow hash (argon2id ~0.15 s) is checked once, so that a
+# worker's start is not held up by seconds of measuring.
+_ENOUGH = 0.1
 
 
 @functools.cache
@@ -75,16 +78,17 @@ def measure_costs(
 
     Schemes already in ``known`` keep that cost (a re-read file is not measured again).
     Each new scheme is checked with :func:`mailslot.auth.schemes.verify` (the real cost,
-    whatever verifier a backend was given) ``_SAMPLES`` times against a random password;
-    the median is its cost.  It blocks: call it at start-up or in a worker thread.
+    whatever verifier a backend was given) against a random password, up to ``_SAMPLES``
+    times while the checks took less than ``_ENOUGH`` seconds; the median is its cost.
+    It blocks: call it at start-up or in a worker thread.
     """
     costs = dict(known or {})
     for value in stored:
         scheme = schemes.identify(value, allow_md5=allow_md5)
         if scheme is None or scheme in costs:
             continue
-        samples = []
-        for _ in range(_SAMPLES):
+        samples: list[float] = []
+        while len(samples) < _SAMPLES and sum(samples) < _ENOUGH:
             wrong = secrets.token_urlsafe(12)
             started = clock()
             schemes.verify(wrong, value, allow_md5=allow_md5)
