@@ -55,20 +55,26 @@ def _guess(port: int, until: float, drop: float | None) -> None:
             continue
 
 
-def _victim(port: int, until: float, latencies: list[float]) -> None:
+def _victim(port: int, until: float, latencies: list[float], errors: list[str]) -> None:
     """bob from 127.0.0.2: connect, USER, PASS, QUIT; the time to PASS's +OK."""
     while time.monotonic() < until:
         started = time.perf_counter()
-        with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) as s:
-            reader = socket.SocketIO(s, "rb")
-            _line(reader)
-            s.sendall(b"USER bob\r\nPASS bob-secret\r\n")
-            _line(reader)
-            reply = _line(reader)
-            latencies.append(time.perf_counter() - started)
-            assert reply.startswith(b"+OK"), reply
-            s.sendall(b"QUIT\r\n")
-            _line(reader)
+        try:
+            with socket.create_connection(
+                ("127.0.0.1", port), timeout=120, source_address=("127.0.0.2", 0)
+            ) as s:
+                reader = socket.SocketIO(s, "rb")
+                _line(reader)
+                s.sendall(b"USER bob\r\nPASS bob-secret\r\n")
+                _line(reader)
+                reply = _line(reader)
+                latencies.append(time.perf_counter() - started)
+                if not reply.startswith(b"+OK"):
+                    errors.append(reply.decode("latin-1").strip())
+                s.sendall(b"QUIT\r\n")
+                _line(reader)
+        except OSError as exc:
+            errors.append(f"{type(exc).__name__} after {time.perf_counter() - started:.1f} s")
         time.sleep(0.05)
 
 
@@ -114,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                     for _ in range(args.connections)
                 ]
                 latencies: list[float] = []
+                errors: list[str] = []
                 if args.victim:
-                    threads.append(
-                        threading.Thread(target=_victim, args=(port, until, latencies), daemon=True)
+                    victim = threading.Thread(
+                        target=_victim, args=(port, until, latencies, errors), daemon=True
                     )
+                    threads.append(victim)
                 for thread in threads:
                     thread.start()
                 for thread in threads:
@@ -133,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({checked / args.seconds:.2f}/s, {checked * 3600 / args.seconds:.0f}/hour), "
         f"{refused} attempts refused unchecked"
     )
-    if latencies:
-        cuts = statistics.quantiles(latencies, n=100)
+    if args.victim:
+        cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
         print(
             f"victim (127.0.0.2, PLAIN): {len(latencies)} logins, p50 {cuts[49] * 1000:.1f} ms, "
-            f"p99 {cuts[98] * 1000:.1f} ms"
+            f"p99 {cuts[98] * 1000:.1f} ms, max {max(latencies, default=0) * 1000:.1f} ms, "
+            f"{len(errors)} errors {errors[:3]}"
         )
     return 0
 
