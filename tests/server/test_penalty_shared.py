@@ -7,10 +7,13 @@ check that failed; "login refused" for an attempt refused without one), not time
 from __future__ import annotations
 
 import math
+import os
+import signal
 import threading
 import time
 
 import pytest
+from tests.server.procutil import children
 from tests.server.test_proxy import proxied_wire, v1, wait_for_log
 from tests.support.server import Listener, ServerFactory
 from tests.support.wire import ConnectionClosed, Pop3Wire
@@ -95,3 +98,55 @@ def test_ipv6_addresses_in_one_prefix_share_a_penalty(mailslot_factory: ServerFa
     (line,) = refused
     assert "from 2001:db8::/64:" in line, line
     assert "peer=[2001:db8::2:0:0:2]:1001 " in line or "]:1002 " in line, line
+
+
+def test_the_penalty_survives_the_replacement_of_every_worker(
+    mailslot_factory: ServerFactory,
+) -> None:
+    """The table lives in the parent: workers killed and replaced still see the failure.
+
+    127.0.0.1 fails once (its next check is 30 s away), both workers are killed and
+    replaced, and two more attempts come: one waits for the slot 30 s away, the other is
+    refused without a check.  Were the state made in each worker, both would be checked.
+    """
+    server = mailslot_factory(
+        allow_plaintext=True,
+        failure_delay=30.0,
+        failure_delay_max=30.0,
+        extra_sections={"server": {"workers": 2}},
+    )
+    assert server.process is not None
+    parent = server.process.pid
+    host, port = server.starttls
+    with Pop3Wire(host, port) as first:
+        assert first.command("USER alice").startswith(b"+OK")
+        first.send(b"PASS wrong-password\r\n")  # its -ERR is held 30 s
+        wait_for_log(server, "login failed: user=alice")
+    workers = _poll_children(parent, 2)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    wait_for_log(server, "starting another", 2)
+    replaced = _poll_children(parent, 2, excluding=set(workers))
+    assert not set(replaced) & set(workers)
+    wires = []
+    try:
+        for _ in range(2):
+            wire = Pop3Wire(host, port)
+            wires.append(wire)
+            assert wire.command("USER alice").startswith(b"+OK")
+            wire.send(b"PASS wrong-password\r\n")
+        wait_for_log(server, "login refused, too many failures from 127.0.0.1")
+    finally:
+        for wire in wires:
+            wire.close()
+    assert server.log().count("login failed: user=alice") == 1
+
+
+def _poll_children(parent: int, count: int, excluding: set[int] | None = None) -> list[int]:
+    deadline = time.monotonic() + 20
+    while True:
+        found = [pid for pid in children(parent) if pid not in (excluding or set())]
+        if len(found) == count:
+            return found
+        assert time.monotonic() < deadline, f"workers of {parent}: {children(parent)}"
+        time.sleep(0.02)
