@@ -71,6 +71,12 @@ class AuthConfig:
     allow_plaintext_without_tls: bool = False
     failure_delay: float = 2.0
     failure_delay_max: float = 15.0
+    failure_free_attempts: int = 0
+    ipv6_prefix: int = 64
+    failure_addresses: int = 65536
+    failure_time_floor: float = 0.0
+    verify_pool: int = 0  # 0: the cores, divided among the workers
+    verify_per_client: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -699,6 +705,7 @@ class _Loader:
                 f"must be at least failure_delay ({config.auth.failure_delay:g}), "
                 f"not {config.auth.failure_delay_max:g}",
             )
+        self._check_auth_bounds(config.auth)
         delivery = config.delivery
         if delivery.max_message_size < 1:
             self.problem(
@@ -741,6 +748,20 @@ class _Loader:
                 "run_as_root",
                 "give either user (serve as that account) or run_as_root, not both",
             )
+
+    def _check_auth_bounds(self, auth: AuthConfig) -> None:
+        bounds: tuple[tuple[str, float, float], ...] = (
+            ("failure_free_attempts", 0, 1000),
+            ("ipv6_prefix", 0, 128),
+            ("failure_addresses", 64, 1 << 24),
+            ("failure_time_floor", 0, 10),
+            ("verify_pool", 0, 1024),
+            ("verify_per_client", 1, 1024),
+        )
+        for key, low, high in bounds:
+            value = getattr(auth, key)
+            if not low <= value <= high:
+                self.problem("auth", key, f"must be from {low:g} to {high:g}, not {value:g}")
 
 
 def _is_address(value: str) -> bool:

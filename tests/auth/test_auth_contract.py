@@ -87,3 +87,45 @@ def test_concurrent_logins_are_independent(authenticator: Authenticator) -> None
     results = run(attempts())
     assert [r.name for r in results[:3]] == list(PASSWORDS)  # type: ignore[union-attr]
     assert all(isinstance(r, AuthenticationFailed) for r in results[3:])
+
+
+@pytest.mark.parametrize("name", sorted(PASSWORDS))
+def test_the_client_keyword_changes_nothing_but_who_asks(
+    authenticator: Authenticator, name: str
+) -> None:
+    """``client=`` (the session's address key) is accepted by every backend, with or without
+    a verification pool, and the same credentials give the same answer."""
+    user = run(authenticator.authenticate(name, PASSWORDS[name], client="2001:db8::/64"))
+    assert user.name == name
+    with pytest.raises(AuthenticationFailed):
+        run(authenticator.authenticate(name, PASSWORDS[name] + "x", client="192.0.2.1"))
+
+
+def test_a_client_over_its_share_of_the_pool_fails_without_a_check() -> None:
+    """A backend with a pool refuses a client's check past ``per_client`` as a failure."""
+    from mailslot.auth.memory import MemoryAuthenticator
+    from mailslot.auth.pool import VerifyPool
+
+    calls: list[str] = []
+
+    def verifier(password: str, stored: str) -> bool:
+        calls.append(password)
+        return True
+
+    pool = VerifyPool(1, per_client=1)
+    from passlib.hash import bcrypt
+
+    slow = "{BLF-CRYPT}" + bcrypt.using(rounds=4, ident="2y").hash("unused")
+    auth = MemoryAuthenticator({"alice": slow}, verifier=verifier, pool=pool)
+
+    async def two_at_once() -> list[object]:
+        return await asyncio.gather(
+            auth.authenticate("alice", "one", client="192.0.2.1"),
+            auth.authenticate("alice", "two", client="192.0.2.1"),
+            return_exceptions=True,
+        )
+
+    first, second = asyncio.run(two_at_once())
+    assert first == User("alice", None)
+    assert isinstance(second, AuthenticationFailed)
+    assert calls == ["one"]

@@ -165,19 +165,21 @@ def test_file_gone_after_load_keeps_the_last_good_users(tmp_path: Path) -> None:
     assert run(auth.authenticate("alice", "two")).name == "alice"
 
 
-def test_unknown_user_is_verified_against_a_hash_of_the_most_common_scheme(
+def test_unknown_user_is_verified_against_a_hash_of_the_costliest_scheme(
     tmp_path: Path,
 ) -> None:
+    """Not the most common scheme: then a user of a costlier one answered later, found."""
     path = tmp_path / "passwd"
-    write(path, f"plain:{{PLAIN}}x\nalice:{SSHA_1}\nbob:{SSHA_2}\n")
+    slow = "{BLF-CRYPT}" + bcrypt.using(rounds=4, ident="2y").hash("correct horse")
+    write(path, f"plain:{{PLAIN}}x\nalice:{SSHA_1}\nbob:{SSHA_2}\ncarol:{slow}\n")
     verifier = CountingVerifier()
     auth = PasswdFileAuthenticator(path, verifier=verifier)
     for name in ("mallory", "../x", "a\r\nb", "x" * 300):
         with pytest.raises(AuthenticationFailed):
             run(auth.authenticate(name, "correct horse"))
-    # Each attempt really verified, and against alice's SSHA hash (the first of the most
-    # common scheme), which "correct horse" even matches: the result is still a failure.
-    assert [stored for stored, _ in verifier.calls] == [SSHA_1] * 4
+    # Each attempt really verified, and against carol's bcrypt hash (bcrypt costs more than
+    # a salted SHA-1 or a comparison), which "correct horse" even matches: still a failure.
+    assert [stored for stored, _ in verifier.calls] == [slow] * 4
 
 
 def test_users_without_a_usable_hash_cost_a_dummy_verification(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.passwd import PasswdUser
 from tests.support.server import Listener, MailslotServer, ServerFactory
 from tests.support.wire import ConnectionClosed, Pop3Wire
 
@@ -121,7 +122,6 @@ HOSTILE_NAMES = [
     b"x" * 240,  # as long as a 255-octet command line allows
     "\u00e9l\u00e8ve".encode(),  # UTF-8, valid but unknown
     b"e\xcc\x81",  # not NFC
-    b"\xff\xfe",  # not UTF-8
     b"{user}",
     b"%2e%2e%2fx",
 ]
@@ -169,6 +169,39 @@ def test_hostile_user_names_fail_like_a_wrong_password(mailslot_factory: ServerF
     assert {p.name for p in mailslot.mail_root.iterdir()} == {"alice"}
     assert not Path("/tmp/evil").exists()
     assert mailslot.running
+
+
+# Three byte strings that a lossy decoding ("replace") all made the account j\ufffdrg.
+NOT_UTF8_NAMES = [b"j\xf6rg", b"j\xe4rg", b"j\xffrg", b"\xff\xfe"]
+
+
+def test_user_names_that_are_not_utf8_are_refused_before_lookup(
+    mailslot_factory: ServerFactory,
+) -> None:
+    lossy = PasswdUser("j\ufffdrg", "joerg-secret")
+    server = mailslot_factory(failure_delay=0.0, extra_users=[lossy])
+    server.builder(lossy.name).add(b"Subject: x\n\nx\n")
+    context = server.tls_files.client_context()
+    for name in NOT_UTF8_NAMES:
+        with Pop3Wire(*server.implicit, tls_context=context) as wire:
+            assert wire.command(b"USER " + name).startswith(b"-ERR [AUTH]"), name
+            assert wire.command(b"PASS joerg-secret").startswith(b"-ERR"), name
+            assert wire.command(b"STAT").startswith(b"-ERR"), name
+        authcid = base64.b64encode(b"\0" + name + b"\0joerg-secret")
+        # The authorisation identity is a user name too.
+        authzid = base64.b64encode(name + b"\0" + lossy.name.encode() + b"\0joerg-secret")
+        for raw in (authcid, authzid):
+            with Pop3Wire(*server.implicit, tls_context=context) as wire:
+                assert wire.command(b"AUTH PLAIN " + raw).startswith(b"-ERR [AUTH]"), name
+                assert wire.command(b"AUTH PLAIN") == b"+ \r\n"
+                assert wire.command(raw).startswith(b"-ERR [AUTH]"), name
+    log = server.log()
+    assert "login: user=" not in log
+    assert "login failed" not in log, "refused before lookup, not checked"
+    # The account itself is reachable by its own UTF-8 spelling only.
+    with Pop3Wire(*server.implicit, tls_context=context) as wire:
+        wire.login(lossy.name, lossy.password)
+        assert wire.command("QUIT").startswith(b"+OK")
 
 
 def test_crlf_injection_in_user_name_does_not_log_in(mailslot: MailslotServer) -> None:

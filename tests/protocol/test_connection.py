@@ -154,6 +154,43 @@ def test_password_never_in_repr_for_sasl() -> None:
     assert "hunter2" not in repr(auth)
 
 
+@pytest.mark.parametrize("name", [b"j\xf6rg", b"j\xe4rg", b"j\xffrg", b"\xc3", b"\xed\xa0\x80"])
+def test_user_names_that_are_not_utf8_are_refused(name: bytes) -> None:
+    """Decoded with "replace", j\\xf6rg, j\\xe4rg and j\\xffrg were all j\\ufffdrg."""
+    session = Session(accounts={"j\ufffdrg": "secret"})
+    reply = session.send(b"USER " + name + b"\r\n")
+    assert reply == b"-ERR [AUTH] User name is not valid UTF-8.\r\n"
+    assert session.say("PASS secret").startswith("-ERR No user name given")
+    assert session.of_type(Authenticate) == []
+    assert session.conn.state is State.AUTHORIZATION
+
+
+def test_a_bad_user_name_forgets_the_good_one_before_it() -> None:
+    session = Session()
+    assert session.say("USER alice") == "+OK\r\n"
+    assert session.send(b"USER \xff\r\n").startswith(b"-ERR [AUTH]")
+    assert session.say("PASS secret").startswith("-ERR No user name given")
+    assert session.of_type(Authenticate) == []
+
+
+def test_passwords_that_are_not_utf8_are_refused_unchecked() -> None:
+    session = Session()
+    assert session.say("USER alice") == "+OK\r\n"
+    reply = session.send(b"PASS s\xe9cret\r\n")
+    assert reply == b"-ERR [AUTH] Password is not valid UTF-8.\r\n"
+    assert session.of_type(Authenticate) == []
+
+
+@pytest.mark.parametrize(
+    "response", [b"\x00j\xf6rg\x00secret", b"j\xe4rg\x00alice\x00secret", b"\x00alice\x00s\xe9"]
+)
+def test_sasl_plain_fields_that_are_not_utf8_are_refused(response: bytes) -> None:
+    session = Session(accounts={"j\ufffdrg": "secret", "alice": "secret"})
+    reply = session.say("AUTH PLAIN " + b64(response))
+    assert reply.startswith("-ERR [AUTH]")
+    assert session.of_type(Authenticate) == []
+
+
 def test_pass_without_user() -> None:
     session = Session()
     assert session.say("PASS secret") == "-ERR No user name given; send USER first.\r\n"

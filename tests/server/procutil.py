@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tests.support.wire import Pop3Wire
+
+if TYPE_CHECKING:
+    from tests.support.server import MailslotServer
+
+POLL_DEADLINE = 15.0
+
+
+def poll(condition: Any, what: str, deadline: float = POLL_DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def children(pid: int) -> list[int]:
@@ -70,3 +86,31 @@ def serving_pids(pids: list[int], server_port: int, client_ports: list[int]) -> 
         for port in client_ports
         if port in connections and connections[port] in owners
     }
+
+
+def ready_workers(server: MailslotServer, count: int) -> list[int]:
+    """Poll until ``count`` workers exist and each has greeted a connection.
+
+    A worker that has greeted is in its serve loop, so its signal handlers are installed; a
+    signal sent earlier would meet the default action and kill it.
+    """
+    assert server.process is not None
+    pid = server.process.pid
+    poll(lambda: len(children(pid)) == count, f"{count} worker processes")
+    workers = children(pid)
+    host, port = server.starttls
+    seen: set[int] = set()
+
+    def all_greeted() -> bool:
+        wires = [Pop3Wire(host, port) for _ in range(8)]
+        try:
+            assert all(w.greeting.startswith(b"+OK") for w in wires)
+            owners = serving_pids(workers, port, [w.sock.getsockname()[1] for w in wires])
+            seen.update(owners.values())
+        finally:
+            for wire in wires:
+                wire.close()
+        return seen == set(workers)
+
+    poll(all_greeted, "every worker to greet")
+    return workers

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from tests.server.procutil import children, holders, listening_inodes, serving_pids
+from tests.server.procutil import (
+    children,
+    holders,
+    listening_inodes,
+    ready_workers,
+    serving_pids,
+)
 from tests.server.tlsprobe import CertFiles, issue, serial_of_der
 from tests.support.maildir import message_files
 from tests.support.server import Listener, MailslotServer
@@ -66,34 +72,6 @@ def refuses(host: str, port: int) -> bool:
     except ConnectionRefusedError:
         return True
     return False
-
-
-def ready_workers(server: MailslotServer, count: int) -> list[int]:
-    """Poll until ``count`` workers exist and each has greeted a connection.
-
-    A worker that has greeted is in its serve loop, so its signal handlers are installed; a
-    signal sent earlier would meet the default action and kill it.
-    """
-    assert server.process is not None
-    pid = server.process.pid
-    poll(lambda: len(children(pid)) == count, f"{count} worker processes")
-    workers = children(pid)
-    host, port = server.starttls
-    seen: set[int] = set()
-
-    def all_greeted() -> bool:
-        wires = [Pop3Wire(host, port) for _ in range(8)]
-        try:
-            assert all(w.greeting.startswith(b"+OK") for w in wires)
-            owners = serving_pids(workers, port, [w.sock.getsockname()[1] for w in wires])
-            seen.update(owners.values())
-        finally:
-            for wire in wires:
-                wire.close()
-        return seen == set(workers)
-
-    poll(all_greeted, "every worker to greet")
-    return workers
 
 
 HELD_LIMITS = {"max_connections_per_ip": 500}

@@ -593,8 +593,8 @@ def test_failure_penalty_counts_the_proxied_address_not_the_proxy(
             wire.send(header)
             assert wire.line().startswith(b"+OK")
             assert _fail_login(wire).startswith(b"-ERR [AUTH]")
-    assert penalty.failures("192.0.2.33") == 1
-    assert penalty.failures("127.0.0.1") == 1  # the LOCAL header: the real peer
+    assert penalty.strikes("192.0.2.33") == 1
+    assert penalty.strikes("127.0.0.1") == 1  # the LOCAL header: the real peer
 
 
 def test_connection_limit_is_per_proxied_address(mailslot_factory: ServerFactory) -> None:

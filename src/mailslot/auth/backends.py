@@ -8,29 +8,40 @@ store's own pool when the store is in PostgreSQL too (one pool per worker, not t
 from __future__ import annotations
 
 from mailslot.auth.base import Authenticator
+from mailslot.auth.pool import VerifyPool
 from mailslot.config import Config
 
 
-def build(config: Config, store: object = None, *, recheck: float = 0.0) -> Authenticator:
+def build(
+    config: Config,
+    store: object = None,
+    *,
+    recheck: float = 0.0,
+    pool: VerifyPool | None = None,
+) -> Authenticator:
     """The authenticator ``config`` names; nothing is read or connected yet.
 
     ``recheck``: how often a passwd-file is checked for changes (seconds, 0: every call).
+    ``pool``: where slow hashes are checked, fairly between clients (auth.pool).
     """
+    floor = config.auth.failure_time_floor
     if config.auth.backend == "postgresql":
         from mailslot.auth.postgresql import PostgresAuthenticator
         from mailslot.store import backends
         from mailslot.store.postgresql.pool import LazyPool
 
-        pool = getattr(store, "pool", None)
-        if not isinstance(pool, LazyPool):
-            pool = LazyPool(
+        lazy = getattr(store, "pool", None)
+        if not isinstance(lazy, LazyPool):
+            lazy = LazyPool(
                 backends.resolve_dsn(config.store),
                 size=config.store.pool_size,
                 statement_cache_size=config.store.statement_cache_size,
             )
-        return PostgresAuthenticator(pool)
+        return PostgresAuthenticator(lazy, verify_pool=pool, failure_floor=floor)
     from mailslot.auth.passwdfile import PasswdFileAuthenticator
 
     if config.auth.passwd_file is None:
         raise ValueError("[auth] passwd_file is required")
-    return PasswdFileAuthenticator(config.auth.passwd_file, recheck=recheck)
+    return PasswdFileAuthenticator(
+        config.auth.passwd_file, recheck=recheck, pool=pool, failure_floor=floor
+    )

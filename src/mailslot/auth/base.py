@@ -36,11 +36,18 @@ class User:
 class Authenticator(Protocol):
     """Verifies a user name and password."""
 
-    async def authenticate(self, username: str, password: str) -> User:
+    async def authenticate(
+        self, username: str, password: str, *, client: str | None = None
+    ) -> User:
         """Return the user if ``password`` is right, else raise :class:`AuthenticationFailed`.
 
         ``username`` is untrusted client input: backends validate it with
         :func:`mailslot.auth.usernames.validate` before it reaches a path, query or log line.
+        ``client`` names who asks (the session passes its address, an IPv6 one as its
+        network): slow checks are shared fairly between clients and a client with too many
+        waiting is failed without a check (:mod:`mailslot.auth.pool`).  ``None``: unknown.
+        A failure is raised no earlier than the backend's failure floor after the call began
+        (:mod:`mailslot.auth.verification`), whoever the user and whatever their scheme.
         """
         ...
 

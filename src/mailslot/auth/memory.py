@@ -7,13 +7,24 @@ names are validated with :mod:`mailslot.auth.usernames`, every failure is one
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
+import time
 from collections.abc import Mapping
 
-from mailslot.auth import schemes, usernames
+from mailslot.auth import schemes, usernames, verification
 from mailslot.auth.base import AuthenticationFailed, User
-from mailslot.auth.verification import Verifier, choose_dummy, verify_or_dummy
+from mailslot.auth.pool import VerifyPool
+from mailslot.auth.verification import (
+    Clock,
+    Sleep,
+    Verifier,
+    answer_failure,
+    choose_dummy,
+    measure_costs,
+    verify_or_dummy,
+)
 
 __all__ = ["MemoryAuthenticator"]
 
@@ -37,8 +48,15 @@ class MemoryAuthenticator:
         homes: Mapping[str, str] | None = None,
         allow_md5: bool = False,
         verifier: Verifier | None = None,
+        pool: VerifyPool | None = None,
+        failure_floor: float = 0.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._verify: Verifier = verifier or functools.partial(schemes.verify, allow_md5=allow_md5)
+        self._pool = pool
+        self._clock = clock
+        self._sleep = sleep
         self._stored: dict[str, str] = {}
         self._usable: set[str] = set()
         for name, value in users.items():
@@ -48,16 +66,23 @@ class MemoryAuthenticator:
             if schemes.identify(stored, allow_md5=allow_md5) is not None:
                 self._usable.add(name)
         self._homes = dict(homes or {})
-        self._dummy = choose_dummy(
-            (self._stored[name] for name in self._stored if name in self._usable),
-            allow_md5=allow_md5,
-        )
+        hashes = [self._stored[name] for name in self._stored if name in self._usable]
+        dummy = choose_dummy(hashes, allow_md5=allow_md5)
+        costs = measure_costs([*hashes, dummy], allow_md5=allow_md5)
+        self._dummy = choose_dummy(hashes, allow_md5=allow_md5, costs=costs)
+        self._floor = verification.failure_floor(costs, failure_floor)
 
-    async def authenticate(self, username: str, password: str) -> User:
+    async def authenticate(
+        self, username: str, password: str, *, client: str | None = None
+    ) -> User:
+        started = self._clock()
         usable = usernames.is_valid(username) and username in self._usable
         stored = self._stored[username] if usable else None
-        matched = await verify_or_dummy(self._verify, password, stored, self._dummy)
+        matched = await verify_or_dummy(
+            self._verify, password, stored, self._dummy, pool=self._pool, client=client
+        )
         if not matched:
+            await answer_failure(started, self._floor, self._clock, self._sleep)
             raise AuthenticationFailed
         return User(name=username, home=self._homes.get(username))
 

@@ -26,9 +26,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailslot.auth import schemes, usernames
+from mailslot.auth import schemes, usernames, verification
 from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
-from mailslot.auth.verification import Verifier, choose_dummy, verify_or_dummy
+from mailslot.auth.pool import VerifyPool
+from mailslot.auth.verification import (
+    Sleep,
+    Verifier,
+    answer_failure,
+    choose_dummy,
+    measure_costs,
+    verify_or_dummy,
+)
 
 __all__ = ["Entry", "PasswdFileAuthenticator", "parse_entry"]
 
@@ -71,6 +79,7 @@ class _Table:
     entries: Mapping[str, Entry]
     usable: frozenset[str]  # names whose stored hash verify() could ever accept
     dummy: str
+    floor: float  # a failure is answered this long after the attempt began
 
 
 class PasswdFileAuthenticator:
@@ -84,8 +93,15 @@ class PasswdFileAuthenticator:
         verifier: Verifier | None = None,
         recheck: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        pool: VerifyPool | None = None,
+        failure_floor: float = 0.0,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._path = Path(path)
+        self._pool = pool
+        self._floor = failure_floor
+        self._sleep = sleep
+        self._costs: dict[str, float] = {}  # per scheme, measured once per process
         self._recheck = recheck
         self._clock = clock
         self._checked_at: float | None = None
@@ -109,12 +125,18 @@ class PasswdFileAuthenticator:
                 raise TemporaryAuthFailure(f"cannot read {self._path}: {exc.strerror}") from None
             self._log_unreadable(exc)
 
-    async def authenticate(self, username: str, password: str) -> User:
+    async def authenticate(
+        self, username: str, password: str, *, client: str | None = None
+    ) -> User:
+        started = self._clock()
         table = await self._current()
         entry = table.entries.get(username) if usernames.is_valid(username) else None
         stored = entry.password if entry is not None and entry.name in table.usable else None
-        matched = await verify_or_dummy(self._verify, password, stored, table.dummy)
+        matched = await verify_or_dummy(
+            self._verify, password, stored, table.dummy, pool=self._pool, client=client
+        )
         if not matched or entry is None:
+            await answer_failure(started, table.floor, self._clock, self._sleep)
             raise AuthenticationFailed
         return User(name=entry.name, home=entry.home)
 
@@ -199,12 +221,23 @@ class PasswdFileAuthenticator:
                 " to hash them",
                 self._path,
             )
-        dummy = choose_dummy(
-            (e.password for e in entries.values() if e.name in usable), allow_md5=self._allow_md5
+        hashes = [e.password for e in entries.values() if e.name in usable]
+        # Every scheme's cost, the dummy's included (an empty table's is argon2id): the
+        # failure floor is the slowest of them, and the dummy the costliest.
+        costs = measure_costs(
+            [*hashes, choose_dummy(hashes, allow_md5=self._allow_md5)],
+            allow_md5=self._allow_md5,
+            known=self._costs,
         )
+        self._costs = costs
+        dummy = choose_dummy(hashes, allow_md5=self._allow_md5, costs=costs)
+        present = {schemes.identify(h, allow_md5=self._allow_md5) for h in [*hashes, dummy]}
         return _Table(
             key=(st.st_mtime_ns, st.st_size, st.st_ino),
             entries=entries,
             usable=frozenset(usable),
             dummy=dummy,
+            floor=verification.failure_floor(
+                {s: c for s, c in costs.items() if s in present}, self._floor
+            ),
         )

@@ -14,16 +14,26 @@ The administration functions (``mailslot user add|passwd|delete|list``) mirror
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from mailslot.auth import schemes, usernames
 from mailslot.auth.admin import NoSuchUser, UserExists
 from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
-from mailslot.auth.verification import Verifier, choose_dummy, verify_or_dummy
+from mailslot.auth.pool import VerifyPool
+from mailslot.auth.verification import (
+    Verifier,
+    answer_failure,
+    choose_dummy,
+    failure_floor,
+    measure_costs,
+    verify_or_dummy,
+)
 from mailslot.store.postgresql.pool import DATABASE_ERRORS, LazyPool, describe
 
 __all__ = ["PostgresAuthenticator", "PostgresUsers"]
@@ -39,11 +49,22 @@ class PostgresAuthenticator:
     """An :class:`~mailslot.auth.base.Authenticator` over ``mailslot_users``."""
 
     def __init__(
-        self, pool: LazyPool, *, allow_md5: bool = False, verifier: Verifier | None = None
+        self,
+        pool: LazyPool,
+        *,
+        allow_md5: bool = False,
+        verifier: Verifier | None = None,
+        verify_pool: VerifyPool | None = None,
+        failure_floor: float = 0.0,
     ) -> None:
+        """``verify_pool``: where slow hashes are checked, fairly between clients;
+        ``failure_floor``: the least time a failure takes (more if a scheme costs more)."""
         self._pool = pool
         self._allow_md5 = allow_md5
         self._verify: Verifier = verifier or functools.partial(schemes.verify, allow_md5=allow_md5)
+        self._verify_pool = verify_pool
+        self._configured_floor = failure_floor
+        self._floor = failure_floor
         self._dummy: str | None = None
 
     @contextlib.asynccontextmanager
@@ -60,18 +81,33 @@ class PostgresAuthenticator:
         async with self._connection() as connection:
             row = await connection.fetchrow(_USER, name)
             if self._dummy is None:
-                sample = await connection.fetch(_SAMPLE)
-                self._dummy = choose_dummy((r[0] for r in sample), allow_md5=self._allow_md5)
+                sample = [r[0] for r in await connection.fetch(_SAMPLE)]
+                self._dummy, self._floor = await asyncio.to_thread(self._calibrate, sample)
         return row
 
-    async def authenticate(self, username: str, password: str) -> User:
+    def _calibrate(self, sample: list[str]) -> tuple[str, float]:
+        """The dummy hash (of the costliest scheme in ``sample``) and the failure floor: what
+        a wrong password costs against the costliest, so that every failure takes as long
+        (the schemes of users outside the sample are not measured)."""
+        dummy = choose_dummy(sample, allow_md5=self._allow_md5)
+        costs = measure_costs([*sample, dummy], allow_md5=self._allow_md5)
+        dummy = choose_dummy(sample, allow_md5=self._allow_md5, costs=costs)
+        return dummy, failure_floor(costs, self._configured_floor)
+
+    async def authenticate(
+        self, username: str, password: str, *, client: str | None = None
+    ) -> User:
+        started = time.monotonic()
         row = await self._row(username)
         stored = None
         if row is not None and schemes.identify(row[1], allow_md5=self._allow_md5) is not None:
             stored = row[1]
         assert self._dummy is not None
-        matched = await verify_or_dummy(self._verify, password, stored, self._dummy)
+        matched = await verify_or_dummy(
+            self._verify, password, stored, self._dummy, pool=self._verify_pool, client=client
+        )
         if not matched or row is None:
+            await answer_failure(started, self._floor)
             raise AuthenticationFailed
         return User(name=row[0], home=row[2])
 

@@ -346,16 +346,26 @@ class Connection:
             case cmd.User(name=name):
                 if not self._plaintext_ok:
                     return self._bad(r.PLAINTEXT_DISALLOWED, "USER without TLS", r.Code.AUTH)
-                self._user = name.decode("utf-8", "replace")
+                try:
+                    # Strictly: decoded with "replace", j\xf6rg, j\xe4rg and j\xffrg were all
+                    # the account j\ufffdrg.  RFC 6856 section 2 ("UTF8 USER") promises UTF-8
+                    # names, nothing else; one byte string names one account.
+                    self._user = name.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._user = None
+                    return self._bad(r.NAME_NOT_UTF8, "USER name not UTF-8", r.Code.AUTH)
                 self._reply(r.ok())
             case cmd.Pass(password=password):
                 if not self._plaintext_ok:
                     return self._bad(r.PLAINTEXT_DISALLOWED, "PASS without TLS", r.Code.AUTH)
                 if self._user is None:
                     return self._bad(r.NO_USER, "PASS without USER")
-                return self._authenticate(
-                    Authenticate(self._user, password.decode("utf-8", "replace"))
-                )
+                try:
+                    secret = password.decode("utf-8")
+                except UnicodeDecodeError:
+                    # As for names: two byte strings must not be one password.
+                    return self._bad(r.CREDENTIAL_NOT_UTF8, "PASS not UTF-8", r.Code.AUTH)
+                return self._authenticate(Authenticate(self._user, secret))
             case cmd.Auth(mechanism=None):
                 mechanisms = list(MECHANISMS) if self._plaintext_ok else []
                 self._reply(r.multiline(r.ok(), [m.encode() for m in mechanisms]))

@@ -30,6 +30,7 @@ from typing import Any
 
 from mailslot import log, privileges, systemd
 from mailslot.auth import backends as auth_backends
+from mailslot.auth.pool import VerifyPool
 from mailslot.config import Config, ListenerConfig
 from mailslot.delivery.transactions import Transactions
 from mailslot.privileges import Identity, PrivilegeError
@@ -37,7 +38,7 @@ from mailslot.protocol.connection import CoreConfig
 from mailslot.server import tls
 from mailslot.server.limits import Limits
 from mailslot.server.listener import Pop3Listener, listening_socket
-from mailslot.server.penalty import FailurePenalty
+from mailslot.server.penalty import LocalPenaltyState, PenaltyPolicy, PenaltyState
 from mailslot.server.session import SessionContext, format_address
 from mailslot.server.supervisor import (
     RETIRE,
@@ -70,8 +71,12 @@ class Application:
         sockets: Mapping[ListenerConfig, socket.socket] | None = None,
         contexts: tls.TlsContexts | None = None,
         watch: FileWatch | None = None,
+        penalty: PenaltyState | None = None,
     ) -> None:
         self.config = config
+        # Made by the parent before forking, so that all workers share it; a lone worker
+        # (or a test) makes its own.
+        self.penalty = penalty if penalty is not None else penalty_state(config)
         self.worker = worker
         self.sockets = sockets or {}
         self.tls = contexts
@@ -84,7 +89,12 @@ class Application:
         self._hurry = asyncio.Event()  # set by a second stop signal
         self.store = backends.build(config)
         # At most one stat() of a passwd-file per second rather than one per login.
-        self.users = auth_backends.build(config, self.store, recheck=1.0)
+        self.users = auth_backends.build(
+            config,
+            self.store,
+            recheck=1.0,
+            pool=VerifyPool(verify_threads(config), config.auth.verify_per_client),
+        )
 
     async def start(self) -> None:
         config = self.config
@@ -121,7 +131,6 @@ class Application:
         shared_limits = Limits(
             max_connections, limits.max_connections_per_ip, limits.max_sessions_per_user
         )
-        penalty = FailurePenalty(config.auth.failure_delay, config.auth.failure_delay_max)
         for listener in config.listeners:
             if listener.protocol == "lmtp":
                 if self.worker == 0:
@@ -131,12 +140,13 @@ class Application:
                 core=Pop3Listener.core_config(listener, base),
                 store=self.store,
                 users=self.users,
-                penalty=penalty,
+                penalty=self.penalty,
                 limits=shared_limits,
                 tls=self.tls,
                 login_timeout=limits.login_timeout,
                 idle_timeout=limits.idle_timeout,
                 handshake_timeout=config.tls.handshake_timeout,
+                ipv6_prefix=config.auth.ipv6_prefix,
             )
             pop3 = Pop3Listener(
                 listener, context, sock=self.sockets.get(listener), announce=self.worker == 0
@@ -239,12 +249,20 @@ async def serve(
     ready: Callable[[Application], None] | None = None,
     contexts: tls.TlsContexts | None = None,
     watch: FileWatch | None = None,
+    penalty: PenaltyState | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     log.attach_loop(loop)
     try:
-        app = Application(config, worker=worker, sockets=sockets, contexts=contexts, watch=watch)
+        app = Application(
+            config,
+            worker=worker,
+            sockets=sockets,
+            contexts=contexts,
+            watch=watch,
+            penalty=penalty,
+        )
         return await _serve(loop, app, ready)
     finally:
         log.detach_loop()
@@ -335,6 +353,8 @@ def _run_worker(
     started: Callable[[], None] | None = None,
     identity: Identity | None = None,
     watch: FileWatch | None = None,
+    *,
+    penalty: PenaltyState | None = None,
 ) -> int:
     # Before anything of the worker exists: no session, Maildir or passwd-file is ever
     # touched as root.
@@ -347,7 +367,13 @@ def _run_worker(
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(
             serve(
-                config, worker=worker, sockets=sockets, contexts=contexts, ready=ready, watch=watch
+                config,
+                worker=worker,
+                sockets=sockets,
+                contexts=contexts,
+                ready=ready,
+                watch=watch,
+                penalty=penalty,
             )
         )
 
@@ -358,6 +384,23 @@ def file_watch(config: Config) -> FileWatch | None:
         return None
     paths = [p for pair in key_pairs(config.tls) for p in (pair.certificate, pair.private_key)]
     return FileWatch(paths, config.tls.reload_check_interval)
+
+
+def verify_threads(config: Config) -> int:
+    """Threads for slow password checks per worker: ``[auth] verify_pool``, or the cores
+    this process may run on shared among the workers (at least one each)."""
+    if config.auth.verify_pool:
+        return config.auth.verify_pool
+    return max(1, len(os.sched_getaffinity(0)) // max(1, config.server.workers))
+
+
+def penalty_state(config: Config) -> LocalPenaltyState:
+    """The failure penalty of ``config``'s ``[auth]``, in memory its workers share."""
+    auth = config.auth
+    policy = PenaltyPolicy(
+        base=auth.failure_delay, cap=auth.failure_delay_max, free=auth.failure_free_attempts
+    )
+    return LocalPenaltyState(policy, slots=auth.failure_addresses)
 
 
 def listening_sockets(
@@ -512,13 +555,19 @@ def run(config: Config) -> int:
         return 75  # EX_TEMPFAIL, as a worker that cannot start
     if identity is not None:
         logger.info("serving as %s:%s", identity.user, identity.group)
+    # The failure penalty's table, made before the first fork: every worker, those that
+    # replace a dead one and each SIGHUP generation, maps the same shared memory, so a
+    # client's failures count once per node whichever worker takes its connections.
+    penalty = penalty_state(config)
     if workers == 1:
 
         def started() -> None:
             systemd.ready()
 
         try:
-            return _run_worker(config, 0, sockets, contexts, started, identity, watch)
+            return _run_worker(
+                config, 0, sockets, contexts, started, identity, watch, penalty=penalty
+            )
         finally:
             for sock in sockets.values():
                 sock.close()
@@ -530,7 +579,7 @@ def run(config: Config) -> int:
         contexts: tls.TlsContexts | None,
         started: Callable[[], None],
     ) -> int:
-        return _run_worker(config, index, sockets, contexts, started, identity)
+        return _run_worker(config, index, sockets, contexts, started, identity, penalty=penalty)
 
     return Supervisor(
         config, workers, contexts, sockets, worker_main, lambda: tls_for(config), watch

@@ -30,7 +30,7 @@ from mailslot.protocol.connection import Connection, CoreConfig
 from mailslot.protocol.responses import Code, Failure, err
 from mailslot.protocol.state import State
 from mailslot.server.limits import Limits, RefusalLog
-from mailslot.server.penalty import FailurePenalty
+from mailslot.server.penalty import PenaltyState, address_key
 from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
 from mailslot.server.tls import TlsContexts
 from mailslot.store.base import (
@@ -135,7 +135,7 @@ class SessionContext:
     core: CoreConfig
     store: Store
     users: Authenticator
-    penalty: FailurePenalty
+    penalty: PenaltyState
     limits: Limits
     tls: TlsContexts | None
     login_timeout: float
@@ -143,6 +143,7 @@ class SessionContext:
     handshake_timeout: float
     label: str = "plain"  # the listener's ``tls`` setting, for the log
     proxy_protocol: bool = False
+    ipv6_prefix: int = 64  # an IPv6 client's network, for the failure penalty
     ids: Iterator[str] = field(default_factory=session_ids)
     deadlines: ReadDeadlines = field(init=False)
     # Open connections; a dict, as ReadDeadlines' buckets are, for its size.
@@ -567,23 +568,43 @@ class Session(asyncio.Protocol):
         conn = self._conn
         context = self._context
         name = escape(event.username, 64)
+        # One penalty per client address (an IPv6 one per prefix), whichever worker and
+        # connection the attempt comes on; see mailslot.server.penalty.
+        client = address_key(self._address, context.ipv6_prefix)
+        admission = await context.penalty.reserve(client)
+        if not admission.allowed:
+            # Answered as a failure, and as late, so the client cannot tell it was not tried.
+            self.log.info(
+                "login refused, too many failures from %s: user=%s mechanism=%s",
+                client,
+                name,
+                event.mechanism,
+            )
+            await self._hold(admission.wait)
+            conn.login_failed(Failure.AUTH)
+            return
+        if admission.wait:
+            await self._hold(admission.wait)
+            if self._lost:
+                conn.login_failed(Failure.AUTH)  # nobody to tell: no password check either
+                return
         try:
             if event.authzid is not None and event.authzid != event.username:
                 # No proxy authorisation: acting as another user is refused like a bad password.
                 raise AuthenticationFailed
-            user = await context.users.authenticate(event.username, event.password)
+            user = await context.users.authenticate(event.username, event.password, client=client)
         except AuthenticationFailed:
-            delay = context.penalty.failed(self._address)
+            hold = await context.penalty.failed(client)
             self.log.info("login failed: user=%s mechanism=%s", name, event.mechanism)
-            if delay:
-                await self._flush()
-                await asyncio.sleep(delay)
+            await self._hold(hold)
             conn.login_failed(Failure.AUTH)
             return
         except AuthError:
             self.log.warning("login failed, user database unavailable: user=%s", name)
             conn.login_failed(Failure.SYS_TEMP)
             return
+        # The password was right: whatever happens to the maildrop, the address is forgiven.
+        await context.penalty.succeeded(client)
         if not context.limits.acquire_user(user.name):
             self.log.info("login refused, too many sessions: user=%s", escape(user.name))
             conn.login_failed(Failure.IN_USE)
@@ -605,7 +626,6 @@ class Session(asyncio.Protocol):
             context.limits.release_user(user.name)
             raise
         self._username, self._maildrop = user.name, maildrop
-        context.penalty.succeeded(self._address)
         messages = maildrop.messages
         self.log.info(
             "login: user=%s mechanism=%s messages=%d listener=%s%s tls=%s",
@@ -617,6 +637,12 @@ class Session(asyncio.Protocol):
             tls_description(self._transport_or_fail()),
         )
         conn.login_succeeded(messages)
+
+    async def _hold(self, seconds: float) -> None:
+        """Send what is queued, then wait ``seconds`` before the next reply."""
+        if seconds > 0:
+            await self._flush()
+            await asyncio.sleep(seconds)
 
     async def _start_tls(self) -> bool:
         assert self._context.tls is not None
