@@ -195,7 +195,8 @@ class Driver:
                     self.deleted.clear()
                 else:
                     conn.login_failed(_FAILURES[choice // 4 % len(_FAILURES)])
-                    assert conn.state is State.AUTHORIZATION
+                    # A refused login counts as a bad command: it may be the last one allowed.
+                    assert conn.state is State.AUTHORIZATION or conn.closed
             case RetrieveMessage(number=number, message=message, top_lines=top_lines):
                 assert conn.state is State.TRANSACTION
                 assert 1 <= number <= len(self.snapshot) and number not in self.deleted
