@@ -14,10 +14,16 @@ targets=("$@")
 
 for target in "${targets[@]}"; do
     mkdir -p "$WORK/$target/new" "$WORK/$target/crashes"
-    echo "==> $target: $RUNS inputs" >&2
+    # Command lines are capped at 255 octets and a v1 PROXY header at 107 (v2's cap is tested
+    # with caps of 16-79 octets): longer inputs only make those two slower, not deeper.
+    case "$target" in
+        commands | proxy) max_len=512 ;;
+        *) max_len=2048 ;;
+    esac
+    echo "==> $target: $RUNS inputs of at most $max_len octets" >&2
     start=$(date +%s)
     "$PYTHON" "fuzz/fuzz_$target.py" "$WORK/$target/new" "fuzz/corpus/$target" \
-        -runs="$RUNS" -max_len=2048 -timeout=10 -seed=1 -print_final_stats=1 \
+        -runs="$RUNS" -max_len="$max_len" -timeout=10 -seed=1 -print_final_stats=1 \
         -artifact_prefix="$WORK/$target/crashes/" >"$WORK/$target/fuzz.log" 2>&1 || true
     echo "$target: $(( $(date +%s) - start )) s; $(grep -E '^#[0-9]+ +DONE' "$WORK/$target/fuzz.log" || grep -E 'Uncaught|ERROR' "$WORK/$target/fuzz.log" | head -1)" >&2
 done
