@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the command-line framing and the command parser (RFC 1939 section 3, RFC 2449 section 4).
 
 Input: one octet choosing the line cap, two octets seeding a chunking, then the bytes a client

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz a whole sans-IO POP3 session: arbitrary client bytes in arbitrary states (RFC 1939,
 2449, 2595, 3206, 5034).
 

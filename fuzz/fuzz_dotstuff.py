@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the message pipeline: CRLF ends, TOP filter, dot-stuffing (RFC 1939 sections 3, 7, 11).
 
 Input: one octet choosing RETR or TOP and its line count, two octets seeding a chunking, then

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the Maildir name parser and unique-ids (RFC 1939 section 7; cr.yp.to/proto/maildir.html).
 
 Input: one octet of flags, then file names separated by ``/`` (the one character no name can

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz the PROXY protocol parser, v1 and v2 (HAProxy's proxy-protocol.txt sections 2.1, 2.2).
 
 Input: one octet choosing the v2 cap, two octets seeding a chunking, then the first bytes of

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Fuzz SASL decoding: base64 responses and PLAIN's fields (RFC 5034 section 4, RFC 4616).
 
 Input: one octet choosing what the rest is (a base64 line, or a decoded PLAIN message), then
