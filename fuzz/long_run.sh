@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The long fuzzing run (docs/fuzzing.md): each harness in turn, one at a time, for RUNS inputs
 # (default 1,000,000), from the committed corpus; then each corpus is minimised into a fresh
-# folder with -merge=1.  Logs, new inputs and crash files go to WORK (default fuzz/work/,
+# folder with -set_cover_merge=1.  Logs, new inputs and crash files go to WORK (default fuzz/work/,
 # ignored by git).  Usage: fuzz/long_run.sh [target ...]   (default: every target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-python3}"
+# A merge re-runs the harness as a program (its "#!/usr/bin/env python3"): that python3 must be
+# the one with atheris.
+PATH="$(dirname "$(command -v "$PYTHON")"):$PATH"
 RUNS="${RUNS:-1000000}"
 WORK="${WORK:-fuzz/work}"
 targets=("$@")
@@ -25,13 +28,13 @@ for target in "${targets[@]}"; do
     "$PYTHON" "fuzz/fuzz_$target.py" "$WORK/$target/new" "fuzz/corpus/$target" \
         -runs="$RUNS" -max_len="$max_len" -timeout=10 -seed=1 -print_final_stats=1 \
         -artifact_prefix="$WORK/$target/crashes/" >"$WORK/$target/fuzz.log" 2>&1 || true
-    echo "$target: $(( $(date +%s) - start )) s; $(grep -E '^#[0-9]+ +DONE' "$WORK/$target/fuzz.log" || grep -E 'Uncaught|ERROR' "$WORK/$target/fuzz.log" | head -1)" >&2
+    echo "$target: $(( $(date +%s) - start )) s; $(grep -E '^#[0-9]+[[:space:]]+DONE' "$WORK/$target/fuzz.log" || grep -E 'Uncaught|ERROR' "$WORK/$target/fuzz.log" | head -1)" >&2
 done
 
 for target in "${targets[@]}"; do
-    # Minimise: keep the inputs (committed and new) that together give all the coverage.
+    # Minimise: a smallest set of the inputs (committed and new) with all their features.
     rm -rf "$WORK/$target/merged" && mkdir -p "$WORK/$target/merged"
-    "$PYTHON" "fuzz/fuzz_$target.py" -merge=1 "$WORK/$target/merged" \
+    "$PYTHON" "fuzz/fuzz_$target.py" -set_cover_merge=1 "$WORK/$target/merged" \
         "fuzz/corpus/$target" "$WORK/$target/new" >"$WORK/$target/merge.log" 2>&1
     echo "$target: merged to $(ls "$WORK/$target/merged" | wc -l) inputs" >&2
 done
