@@ -650,6 +650,27 @@ def test_auth_bad_base64(initial: bool) -> None:
     assert session.say("CAPA") == CAPA_PLAIN
 
 
+# Found by fuzz/fuzz_sasl.py: base64 that is not the one encoding of any octets (RFC 4648
+# section 3.3 extra padding, section 3.5 non-zero pad bits) was decoded as if it were.
+@pytest.mark.parametrize(
+    "response",
+    [
+        "AGFsaWNlAHNlY3JldCEh=",  # b64(b"\0alice\0secret!!") with a "=" where none belongs
+        "AGFsaWNlAHNlY3JldB==",  # b64(b"\0alice\0secret") is "...dA==": pad bits not zero
+    ],
+)
+@pytest.mark.parametrize("initial", [True, False])
+def test_auth_non_canonical_base64_is_malformed(response: str, initial: bool) -> None:
+    session = Session()
+    if initial:
+        reply = session.say("AUTH PLAIN " + response)
+    else:
+        session.say("AUTH PLAIN")
+        reply = session.say(response)
+    assert reply == "-ERR [AUTH] Invalid base64 or SASL message.\r\n"
+    assert session.of_type(Authenticate) == []
+
+
 @pytest.mark.parametrize(
     "payload", [b"alice\x00secret", b"\x00alice\x00secret\x00x", b"", b"\x00\x00secret"]
 )

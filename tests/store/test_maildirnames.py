@@ -86,6 +86,21 @@ def test_uids_of_gives_a_colliding_forgery_its_own_digest() -> None:
     assert uids_of([odd, forged]) == [forged, uid_of("\n" + forged)]
 
 
+def test_uids_of_gives_a_forgery_of_a_second_digest_a_digest_of_its_own_too() -> None:
+    """Found by fuzz/fuzz_maildirnames.py: two forged names could take one unique-id.
+
+    ``odd`` is not a uid, so it gets ``uid_of(odd)``; when a name holds that, ``odd`` got
+    ``uid_of("\\n" + odd)``, and when a third name holds that too, both had it: RFC 1939
+    section 7 wants one message per unique-id.
+    """
+    odd = "1600000000.with space"
+    first, second = uid_of(odd), uid_of("\n" + odd)
+    uids = uids_of([second, first, odd])
+    assert uids[:2] == [second, first]
+    assert len(set(uids)) == 3 and len(uids[2]) <= 70 and uids[2].isprintable()
+    assert uids == uids_of([second, first, odd])  # deterministic
+
+
 def _reference(cur: dict[str, bytes]) -> list[tuple[str, str, int]]:
     """The snapshot by definition: one file per base (the least name), sorted by (time, base)."""
     chosen: dict[str, str] = {}
@@ -94,9 +109,10 @@ def _reference(cur: dict[str, bytes]) -> list[tuple[str, str, int]]:
     ordered = sorted(chosen, key=lambda base: (parse(base)[0], base))
     listed, seen = [], set()
     for base in ordered:
-        uid = uid_of(base)
-        if uid in seen:
-            uid = uid_of("\n" + base)
+        uid, salted = uid_of(base), base
+        while uid in seen:
+            salted = "\n" + salted
+            uid = uid_of(salted)
         seen.add(uid)
         wire = parse(base)[1]
         data = cur[chosen[base]]

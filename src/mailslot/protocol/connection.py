@@ -10,7 +10,6 @@ no clock and imports nothing beyond the standard library.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,14 @@ from mailslot.protocol.events import (
     StartTls,
 )
 from mailslot.protocol.framing import TOO_LONG, LineBuffer
-from mailslot.protocol.sasl import MECHANISMS, Challenge, Credentials, Mechanism, SaslError
+from mailslot.protocol.sasl import (
+    MECHANISMS,
+    Challenge,
+    Credentials,
+    Mechanism,
+    SaslError,
+    decode_response,
+)
 from mailslot.protocol.state import KNOWN_VERBS, State, allowed
 
 __all__ = ["Connection", "CoreConfig"]
@@ -477,8 +483,8 @@ class Connection:
     @staticmethod
     def _b64(data: bytes) -> bytes | None:
         try:
-            return base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
+            return decode_response(data)
+        except SaslError:
             return None
 
     def _stls(self) -> Event:

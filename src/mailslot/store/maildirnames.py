@@ -113,15 +113,20 @@ def uids_of(bases: list[str]) -> list[str]:
     """The unique-id of each of ``bases`` (distinct base names, in delivery order).
 
     Each is :func:`uid_of`, except that a uid already given to an earlier base (only a forged
-    ``H<digest>`` name can collide with a digest) is replaced by a digest of its own.  When
-    every base is its own uid (see :func:`parse_bases`), that is simply ``bases``.
+    ``H<digest>`` name can collide with a digest) is replaced by a digest of its own: of
+    ``"\\n" + base``, and while that is taken too (a second forgery), of one more ``"\\n"``
+    in front.  When every base is its own uid (see :func:`parse_bases`), that is simply
+    ``bases``.
     """
     uids: list[str] = []
     seen: set[str] = set()
     for base in bases:
         uid = uid_of(base)
-        if uid in seen:
-            uid = uid_of("\n" + base)
+        salted = base
+        while uid in seen:
+            # Each round needs one more forged name to collide, and they are finite.
+            salted = "\n" + salted
+            uid = uid_of(salted)
         seen.add(uid)
         uids.append(uid)
     return uids
