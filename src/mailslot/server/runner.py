@@ -28,7 +28,7 @@ import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from mailslot import log, privileges, systemd
+from mailslot import log, metrics, privileges, systemd
 from mailslot.auth import backends as auth_backends
 from mailslot.config import Config, ListenerConfig
 from mailslot.delivery.transactions import Transactions
@@ -70,9 +70,13 @@ class Application:
         sockets: Mapping[ListenerConfig, socket.socket] | None = None,
         contexts: tls.TlsContexts | None = None,
         watch: FileWatch | None = None,
+        metrics_socket: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
+        self.metrics = metrics.for_worker(config.metrics)
+        self.metrics_socket = metrics_socket
+        self.exporter: asyncio.AbstractServer | None = None
         self.sockets = sockets or {}
         self.tls = contexts
         # A lone worker watches the certificate files itself (no parent does it for it).
@@ -97,6 +101,8 @@ class Application:
             self._watch_timer = asyncio.get_running_loop().call_later(
                 self.watch.interval, self._look_at_files
             )
+        if self.metrics_socket is not None:
+            self.exporter = await metrics.start_exporter(self.metrics_socket, self.metrics)
         limits = config.limits
         base = CoreConfig(
             allow_plaintext=config.auth.allow_plaintext_without_tls,
@@ -137,6 +143,7 @@ class Application:
                 login_timeout=limits.login_timeout,
                 idle_timeout=limits.idle_timeout,
                 handshake_timeout=config.tls.handshake_timeout,
+                metrics=self.metrics.listener(format_address((listener.address, listener.port))),
             )
             pop3 = Pop3Listener(
                 listener, context, sock=self.sockets.get(listener), announce=self.worker == 0
@@ -177,6 +184,7 @@ class Application:
             systemd.ready()
             if self.watch is not None and signature is not None:
                 self.watch.loaded(signature)
+        self.metrics.certificate(self.config.tls.certificate)
         log_reloaded(self.tls, self.config, changed)
 
     def _look_at_files(self) -> None:
@@ -208,6 +216,8 @@ class Application:
     async def _close(self, deadline: float | None) -> None:
         if self._watch_timer is not None:
             self._watch_timer.cancel()
+        if self.exporter is not None:
+            self.exporter.close()  # the other workers go on serving /metrics
         await asyncio.gather(
             self._close_lmtp(deadline),
             *(listener.close(deadline, self._hurry) for listener in self.listeners),
@@ -239,12 +249,20 @@ async def serve(
     ready: Callable[[Application], None] | None = None,
     contexts: tls.TlsContexts | None = None,
     watch: FileWatch | None = None,
+    metrics_socket: socket.socket | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     log.attach_loop(loop)
     try:
-        app = Application(config, worker=worker, sockets=sockets, contexts=contexts, watch=watch)
+        app = Application(
+            config,
+            worker=worker,
+            sockets=sockets,
+            contexts=contexts,
+            watch=watch,
+            metrics_socket=metrics_socket,
+        )
         return await _serve(loop, app, ready)
     finally:
         log.detach_loop()
@@ -335,6 +353,7 @@ def _run_worker(
     started: Callable[[], None] | None = None,
     identity: Identity | None = None,
     watch: FileWatch | None = None,
+    metrics_socket: socket.socket | None = None,
 ) -> int:
     # Before anything of the worker exists: no session, Maildir or passwd-file is ever
     # touched as root.
@@ -347,7 +366,13 @@ def _run_worker(
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(
             serve(
-                config, worker=worker, sockets=sockets, contexts=contexts, ready=ready, watch=watch
+                config,
+                worker=worker,
+                sockets=sockets,
+                contexts=contexts,
+                ready=ready,
+                watch=watch,
+                metrics_socket=metrics_socket,
             )
         )
 
@@ -512,13 +537,52 @@ def run(config: Config) -> int:
         return 75  # EX_TEMPFAIL, as a worker that cannot start
     if identity is not None:
         logger.info("serving as %s:%s", identity.user, identity.group)
+    # Metrics: a directory every process writes its values into, and the exporter's socket
+    # that every worker serves (mailslot.metrics); made before any worker exists.
+    try:
+        directory = metrics.prepare(config.metrics, identity)
+        try:
+            metrics_socket = metrics.metrics_socket(config.metrics)
+        except OSError:
+            metrics.remove(directory)
+            raise
+    except OSError as exc:
+        for sock in sockets.values():
+            sock.close()
+        logger.error("cannot start: [metrics]: %s", exc)
+        return 75
+    parent = metrics.for_parent(config.metrics)
+    if contexts is not None:
+        parent.certificate(config.tls.certificate)
+    try:
+        return _serve_workers(
+            config, workers, contexts, sockets, identity, watch, metrics_socket, parent
+        )
+    finally:
+        if metrics_socket is not None:
+            metrics_socket.close()
+        metrics.remove(directory)
+
+
+def _serve_workers(
+    config: Config,
+    workers: int,
+    contexts: tls.TlsContexts | None,
+    sockets: dict[ListenerConfig, socket.socket],
+    identity: Identity | None,
+    watch: FileWatch | None,
+    metrics_socket: socket.socket | None,
+    parent: metrics.ParentMetrics,
+) -> int:
     if workers == 1:
 
         def started() -> None:
             systemd.ready()
 
         try:
-            return _run_worker(config, 0, sockets, contexts, started, identity, watch)
+            return _run_worker(
+                config, 0, sockets, contexts, started, identity, watch, metrics_socket
+            )
         finally:
             for sock in sockets.values():
                 sock.close()
@@ -530,8 +594,17 @@ def run(config: Config) -> int:
         contexts: tls.TlsContexts | None,
         started: Callable[[], None],
     ) -> int:
-        return _run_worker(config, index, sockets, contexts, started, identity)
+        return _run_worker(
+            config, index, sockets, contexts, started, identity, None, metrics_socket
+        )
 
     return Supervisor(
-        config, workers, contexts, sockets, worker_main, lambda: tls_for(config), watch
+        config,
+        workers,
+        contexts,
+        sockets,
+        worker_main,
+        lambda: tls_for(config),
+        watch,
+        parent,
     ).run()
