@@ -14,6 +14,7 @@ import os
 import poplib
 import pwd
 import signal
+import smtplib
 import subprocess
 import time
 import urllib.request
@@ -61,7 +62,7 @@ def server(tls_files: TlsFiles) -> Iterator[MailslotServer]:
         server = MailslotServer(
             directory / "server",
             tls_files,
-            listeners=(Listener("implicit"),),
+            listeners=(Listener("implicit"), Listener("none", protocol="lmtp")),
             extra_sections={
                 "server": {
                     "workers": 2,
@@ -141,6 +142,12 @@ def test_counters_match_what_clients_did_over_two_workers(server: MailslotServer
     # No user name or address in any label.
     assert "alice" not in text
     assert "nobody" not in text
+
+    # One LMTP delivery: one 2xx reply.
+    with smtplib.LMTP(*server.listener("none", protocol="lmtp"), timeout=10) as lmtp:
+        lmtp.sendmail("bob@example.org", ["alice"], MESSAGE)
+    delivered = samples(scrape(port))
+    assert value(delivered, "mailslot_lmtp_deliveries_total", **{"class": "2xx"}) == 1
 
     # promtool checks names, units, HELP/TYPE and histogram shape of the scraped text.
     promtool = require_program("promtool")

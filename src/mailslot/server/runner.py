@@ -162,6 +162,7 @@ class Application:
             self.config.server.hostname,
             sock=sock,
             transactions=self.lmtp_transactions,
+            metrics=self.metrics,
         )
         self.lmtp_servers.append(server)
         where = listener.path or format_address((listener.address, listener.port))
