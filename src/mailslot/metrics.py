@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -39,6 +40,8 @@ from mailslot.config import MetricsConfig
 
 if TYPE_CHECKING:
     from mailslot.privileges import Identity
+
+logger = logging.getLogger("mailslot")
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Penalty delays are 0 to a few seconds; QUIT's commit is milliseconds, an fsync-bound one
@@ -353,12 +356,18 @@ class PrometheusParentMetrics(ParentMetrics):
 
     def __init__(self) -> None:
         pc = _client()
-        self._restarts = pc.Counter(
-            "mailslot_worker_restarts_total",
-            "Workers that died and were replaced.",
-            registry=None,
-        )
-        self._not_after = _expiry_gauge(pc)
+        # Both families are unlabelled, so their files are made here, and made readable by
+        # the workers that answer scrapes whatever root's umask (systemd's UMask=0077).
+        umask = os.umask(0o022)
+        try:
+            self._restarts = pc.Counter(
+                "mailslot_worker_restarts_total",
+                "Workers that died and were replaced.",
+                registry=None,
+            )
+            self._not_after = _expiry_gauge(pc)
+        finally:
+            os.umask(umask)
 
     def worker_restarted(self) -> None:
         self._restarts.inc()
@@ -396,9 +405,14 @@ async def start_exporter(sock: socket.socket, metrics: Metrics) -> asyncio.Abstr
             parts = head.split(b"\r\n", 1)[0].split()
             method = parts[0] if parts else b""
             if len(parts) >= 2 and method in (b"GET", b"HEAD") and parts[1] == b"/metrics":
-                body = metrics.render()
-                status = b"200 OK"
-                kind = b"text/plain; version=0.0.4; charset=utf-8"
+                try:
+                    body = metrics.render()
+                except OSError as exc:  # a value file this worker cannot read
+                    logger.error("metrics: cannot read the values: %s", exc)
+                    body, status, kind = b"cannot read the values\n", b"500 Error", b"text/plain"
+                else:
+                    status = b"200 OK"
+                    kind = b"text/plain; version=0.0.4; charset=utf-8"
             else:
                 body, status, kind = b"not found\n", b"404 Not Found", b"text/plain"
             writer.write(

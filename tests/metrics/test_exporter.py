@@ -80,8 +80,17 @@ def server(tls_files: TlsFiles) -> Iterator[MailslotServer]:
         builder.add(MESSAGE + b"second\r\n")
         for path in server.mail_root.rglob("*"):
             os.chown(path, entry.pw_uid, entry.pw_gid)
-        with server:
+        # As under systemd's UMask=0077: the root parent's value files must still be
+        # readable by the workers that answer a scrape.
+        umask = os.umask(0o077)
+        try:
+            server.start()
+        finally:
+            os.umask(umask)
+        try:
             yield server
+        finally:
+            server.stop()
 
 
 def metrics_port(server: MailslotServer) -> int:
