@@ -13,6 +13,7 @@ import grp
 import os
 import poplib
 import pwd
+import re
 import signal
 import smtplib
 import subprocess
@@ -29,6 +30,7 @@ from tests.support.server import Listener, MailslotServer, free_port
 from tests.support.tls import TlsFiles
 
 DEADLINE = 15.0  # seconds; polling for a state, not a threshold
+DOCS = Path(__file__).parents[2] / "docs" / "metrics.md"
 MESSAGE = b"From: bob@example.org\r\nSubject: metrics\r\n\r\nbody line\r\n"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -155,8 +157,14 @@ def test_counters_match_what_clients_did_over_two_workers(server: MailslotServer
     # One LMTP delivery: one 2xx reply.
     with smtplib.LMTP(*server.listener("none", protocol="lmtp"), timeout=10) as lmtp:
         lmtp.sendmail("bob@example.org", ["alice"], MESSAGE)
-    delivered = samples(scrape(port))
+    text = scrape(port)
+    delivered = samples(text)
     assert value(delivered, "mailslot_lmtp_deliveries_total", **{"class": "2xx"}) == 1
+
+    # docs/metrics.md describes every metric the server exports, and only those.
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    documented = set(re.findall(r"^\| `(mailslot_\w+)`", DOCS.read_text(), re.MULTILINE))
+    assert exported == documented
 
     # promtool checks names, units, HELP/TYPE and histogram shape of the scraped text.
     promtool = require_program("promtool")
