@@ -96,6 +96,12 @@ class Metrics:
     def certificate(self, path: Path | None) -> None:
         """The server certificate at ``path`` was loaded (again)."""
 
+    def start(self) -> None:
+        """Begin writing the values out periodically (in the running loop)."""
+
+    def stop(self) -> None:
+        """Write out what is left; the worker stops."""
+
     def render(self) -> bytes:
         return b""
 
@@ -246,7 +252,13 @@ def _expiry_gauge(pc: Any) -> Any:
 
 
 class _PrometheusListener(ListenerMetrics):
-    # Label children bound once: a hook costs one dict lookup at most, not a labels() call.
+    """Counter increments are added up in ``pending`` (a dict shared by the worker's
+    listeners, keyed by label child) and written to the mapped files by
+    :meth:`PrometheusMetrics.flush`: an increment here is a dict update, not a lock, a
+    ``getpid()`` and a write into the file.  Histograms (a failed login's penalty, a QUIT)
+    are rarer and observed at once."""
+
+    # Label children bound once: a hook costs a dict lookup or two, not a labels() call.
     __slots__ = (
         "_commit",
         "_connections",
@@ -255,15 +267,17 @@ class _PrometheusListener(ListenerMetrics):
         "_logins",
         "_name",
         "_penalty",
+        "_pending",
         "_retr",
         "_retr_bytes",
         "_sessions",
         "_top",
     )
 
-    def __init__(self, families: _Families, name: str) -> None:
+    def __init__(self, families: _Families, name: str, pending: dict[Any, float]) -> None:
         self._families = families
         self._name = name
+        self._pending = pending
         self._connections = families.connections.labels(name)
         self._sessions: dict[str, Any] = {}
         self._logins: dict[tuple[str, bool], Any] = {}
@@ -275,7 +289,9 @@ class _PrometheusListener(ListenerMetrics):
         self._commit = families.commit
 
     def connected(self) -> None:
-        self._connections.inc()
+        pending = self._pending
+        child = self._connections
+        pending[child] = pending.get(child, 0) + 1
 
     def session_ended(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
@@ -285,7 +301,8 @@ class _PrometheusListener(ListenerMetrics):
         child = self._sessions.get(version)
         if child is None:
             child = self._sessions[version] = self._families.sessions.labels(self._name, version)
-        child.inc()
+        pending = self._pending
+        pending[child] = pending.get(child, 0) + 1
 
     def login(self, mechanism: str, ok: bool) -> None:
         key = (mechanism, ok)
@@ -293,36 +310,70 @@ class _PrometheusListener(ListenerMetrics):
         if child is None:
             result = "ok" if ok else "failed"
             child = self._logins[key] = self._families.logins.labels(self._name, result, mechanism)
-        child.inc()
+        pending = self._pending
+        pending[child] = pending.get(child, 0) + 1
 
     def penalty(self, delay: float) -> None:
         self._penalty.observe(delay)
 
     def retrieved(self, top_lines: int | None, size: int) -> None:
+        pending = self._pending
         if top_lines is None:
-            self._retr.inc()
-            self._retr_bytes.inc(size)
+            pending[self._retr] = pending.get(self._retr, 0) + 1
+            pending[self._retr_bytes] = pending.get(self._retr_bytes, 0) + size
         else:
-            self._top.inc()
+            pending[self._top] = pending.get(self._top, 0) + 1
 
     def deleted(self, count: int) -> None:
-        self._deleted.inc(count)
+        pending = self._pending
+        pending[self._deleted] = pending.get(self._deleted, 0) + count
 
     def commit(self, seconds: float) -> None:
         self._commit.observe(seconds)
 
 
 class PrometheusMetrics(Metrics):
-    """A worker's metrics in the multiprocess directory :func:`prepare` made."""
+    """A worker's metrics in the multiprocess directory :func:`prepare` made.
 
-    __slots__ = ("_families", "_lmtp")
+    Counters reach the files at :meth:`flush`: every ``FLUSH_EVERY`` seconds once
+    :meth:`start` ran, before this worker answers a scrape, and when it stops.  A worker
+    killed outright loses at most that much of its counts.
+    """
+
+    __slots__ = ("_families", "_lmtp", "_pending", "_timer")
+
+    FLUSH_EVERY = 1.0  # seconds
 
     def __init__(self) -> None:
         self._families = _Families()
         self._lmtp: dict[str, Any] = {}
+        self._pending: dict[Any, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
     def listener(self, name: str) -> ListenerMetrics:
-        return _PrometheusListener(self._families, name)
+        return _PrometheusListener(self._families, name, self._pending)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self.flush()
+            self._timer = loop.call_later(self.FLUSH_EVERY, tick)
+
+        self._timer = loop.call_later(self.FLUSH_EVERY, tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.flush()
+
+    def flush(self) -> None:
+        pending = self._pending
+        if pending:
+            for child, amount in pending.items():
+                child.inc(amount)
+            pending.clear()
 
     def lmtp_reply(self, code: int) -> None:
         kind = f"{code // 100}xx"
@@ -338,6 +389,7 @@ class PrometheusMetrics(Metrics):
 
     def render(self) -> bytes:
         """The exposition text of every process's values, summed."""
+        self.flush()
         pc = _client()
         from prometheus_client import multiprocess
 

@@ -110,7 +110,15 @@ def client(server: MailslotServer) -> poplib.POP3_SSL:
 def test_counters_match_what_clients_did_over_two_workers(server: MailslotServer) -> None:
     port = metrics_port(server)
     listener = f"127.0.0.1:{server.implicit[1]}"
-    before = samples(scrape(port))
+    # Workers write their counts out every second: wait for the start-up probe's session
+    # (MailslotServer.start greets each listener once), so the baseline holds still.
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        before = samples(scrape(port))
+        if value(before, "mailslot_sessions_total", listener=listener, tls="TLSv1.3") == 1:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
     failed = client(server)
     failed.user("alice")
@@ -125,7 +133,8 @@ def test_counters_match_what_clients_did_over_two_workers(server: MailslotServer
     pop.dele(1)
     pop.quit()
 
-    # Sessions are counted as they end, the server's side a moment after the client's QUIT.
+    # Sessions are counted as they end, the server's side a moment after the client's QUIT,
+    # and each worker writes its counts out a second later at most.
     deadline = time.monotonic() + DEADLINE
     while True:
         text = scrape(port)
@@ -214,3 +223,23 @@ def test_the_directory_is_removed_and_other_paths_are_not_found(
     assert directory.stat().st_uid == pwd.getpwnam(USER).pw_uid
     assert server.stop() == 0
     assert not directory.exists()
+
+
+def test_a_retiring_generation_writes_out_its_counts(server: MailslotServer) -> None:
+    """SIGHUP retires the workers at once (no session is open): what they counted since
+    their last periodic write must still reach the directory."""
+    port = metrics_port(server)
+    listener = f"127.0.0.1:{server.implicit[1]}"
+    assert server.process is not None
+    old = set(children(server.process.pid))
+    pop = client(server)
+    pop.user("alice")
+    pop.pass_(server.password("alice"))
+    pop.quit()
+    os.kill(server.process.pid, signal.SIGHUP)
+    deadline = time.monotonic() + DEADLINE
+    while old & set(children(server.process.pid)):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    found = samples(scrape(port))
+    assert value(found, "mailslot_logins_total", listener=listener, result="ok", mechanism="USER")

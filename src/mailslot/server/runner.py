@@ -103,6 +103,7 @@ class Application:
             )
         if self.metrics_socket is not None:
             self.exporter = await metrics.start_exporter(self.metrics_socket, self.metrics)
+        self.metrics.start()
         limits = config.limits
         base = CoreConfig(
             allow_plaintext=config.auth.allow_plaintext_without_tls,
@@ -223,6 +224,7 @@ class Application:
             self._close_lmtp(deadline),
             *(listener.close(deadline, self._hurry) for listener in self.listeners),
         )
+        self.metrics.stop()
 
     async def _close_lmtp(self, deadline: float | None) -> None:
         """Stop accepting LMTP connections; let the DATA commands in progress end, up to
