@@ -33,10 +33,20 @@ import shutil
 import socket
 import ssl
 import tempfile
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, User
 from mailslot.config import MetricsConfig
+from mailslot.store.base import (
+    Maildrop,
+    MaildropLocked,
+    MessageGone,
+    MessageInfo,
+    Store,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from mailslot.privileges import Identity
@@ -95,6 +105,21 @@ class Metrics:
 
     def certificate(self, path: Path | None) -> None:
         """The server certificate at ``path`` was loaded (again)."""
+
+    def store_error(self, operation: str) -> None:
+        """The store failed to ``open`` a maildrop, ``read`` a message or ``delete``."""
+
+    def auth_error(self) -> None:
+        """The user database could not answer (not a wrong password)."""
+
+    def observe_store(self, store: Store) -> Store:
+        """``store``, or a view of it that reports its errors; the default reports none and
+        adds no call."""
+        return store
+
+    def observe_users(self, users: Authenticator) -> Authenticator:
+        """``users``, or a view of it that reports its errors (see :meth:`observe_store`)."""
+        return users
 
     def start(self) -> None:
         """Begin writing the values out periodically (in the running loop)."""
@@ -239,6 +264,17 @@ class _Families:
             ["class"],
             registry=None,
         )
+        self.store_errors = pc.Counter(
+            "mailslot_store_errors_total",
+            "Store failures by operation (a maildrop in use or a vanished message is none).",
+            ["operation"],
+            registry=None,
+        )
+        self.auth_errors = pc.Counter(
+            "mailslot_auth_errors_total",
+            "Times the user database could not answer (wrong passwords are not counted).",
+            registry=None,
+        )
         self.not_after = _expiry_gauge(pc)
 
 
@@ -375,6 +411,18 @@ class PrometheusMetrics(Metrics):
                 child.inc(amount)
             pending.clear()
 
+    def store_error(self, operation: str) -> None:
+        self._families.store_errors.labels(operation).inc()
+
+    def auth_error(self) -> None:
+        self._families.auth_errors.inc()
+
+    def observe_store(self, store: Store) -> Store:
+        return ObservedStore(store, self)
+
+    def observe_users(self, users: Authenticator) -> Authenticator:
+        return ObservedAuthenticator(users, self)
+
     def lmtp_reply(self, code: int) -> None:
         kind = f"{code // 100}xx"
         child = self._lmtp.get(kind)
@@ -433,6 +481,107 @@ class PrometheusParentMetrics(ParentMetrics):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+# ----------------------------------------------------------------------------- observed backends
+
+
+class ObservedStore:
+    """A :class:`Store` that reports its failures to ``metrics`` and re-raises them.
+
+    Made by :meth:`PrometheusMetrics.observe_store` only: with metrics off the session gets
+    the store itself.  Errors a client causes or a session expects (``MaildropLocked``: the
+    maildrop is in use; ``MessageGone``: deleted by another client) are not failures.
+    """
+
+    __slots__ = ("_metrics", "_store")
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    async def open(self, user: str, home: str | None = None) -> Maildrop:
+        try:
+            maildrop = await self._store.open(user, home)
+        except MaildropLocked:
+            raise
+        except StoreError:
+            self._metrics.store_error("open")
+            raise
+        return ObservedMaildrop(maildrop, self._metrics)
+
+    async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
+        try:
+            return await self._store.deliver(user, data, home)
+        except StoreError:
+            self._metrics.store_error("deliver")
+            raise
+
+
+class ObservedMaildrop:
+    """The :class:`Maildrop` of an :class:`ObservedStore`."""
+
+    __slots__ = ("_maildrop", "_metrics")
+
+    def __init__(self, maildrop: Maildrop, metrics: Metrics) -> None:
+        self._maildrop = maildrop
+        self._metrics = metrics
+
+    @property
+    def messages(self) -> Sequence[MessageInfo]:
+        return self._maildrop.messages
+
+    async def read(self, message: MessageInfo, chunk_size: int = 65536) -> AsyncIterator[bytes]:
+        chunks = self._maildrop.read(message, chunk_size)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except MessageGone:
+            raise
+        except StoreError:
+            self._metrics.store_error("read")
+            raise
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def delete(self, messages: Sequence[MessageInfo]) -> None:
+        try:
+            await self._maildrop.delete(messages)
+        except StoreError:
+            self._metrics.store_error("delete")
+            raise
+
+    async def close(self) -> None:
+        await self._maildrop.close()
+
+
+class ObservedAuthenticator:
+    """An :class:`Authenticator` that reports the user database's failures to ``metrics``;
+    a wrong password (``AuthenticationFailed``) is no failure of the database."""
+
+    __slots__ = ("_metrics", "_users")
+
+    def __init__(self, users: Authenticator, metrics: Metrics) -> None:
+        self._users = users
+        self._metrics = metrics
+
+    async def authenticate(self, username: str, password: str) -> User:
+        try:
+            return await self._users.authenticate(username, password)
+        except AuthenticationFailed:
+            raise
+        except AuthError:
+            self._metrics.auth_error()
+            raise
+
+    async def lookup(self, username: str) -> User | None:
+        try:
+            return await self._users.lookup(username)
+        except AuthError:
+            self._metrics.auth_error()
+            raise
 
 
 def for_worker(config: MetricsConfig) -> Metrics:

@@ -80,6 +80,7 @@ def server(tls_files: TlsFiles) -> Iterator[MailslotServer]:
         builder = server.builder("alice")
         builder.add(MESSAGE)
         builder.add(MESSAGE + b"second\r\n")
+        server.builder("bob").add(MESSAGE)
         for path in server.mail_root.rglob("*"):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         # As under systemd's UMask=0077: the root parent's value files must still be
@@ -166,9 +167,22 @@ def test_counters_match_what_clients_did_over_two_workers(server: MailslotServer
     # One LMTP delivery: one 2xx reply.
     with smtplib.LMTP(*server.listener("none", protocol="lmtp"), timeout=10) as lmtp:
         lmtp.sendmail("bob@example.org", ["alice"], MESSAGE)
-    text = scrape(port)
-    delivered = samples(text)
-    assert value(delivered, "mailslot_lmtp_deliveries_total", **{"class": "2xx"}) == 1
+    assert value(samples(scrape(port)), "mailslot_lmtp_deliveries_total", **{"class": "2xx"}) == 1
+
+    # A maildrop the store cannot open: the login fails and the store error is counted.
+    server.maildir("bob").chmod(0)
+    broken = client(server)
+    broken.user("bob")
+    with pytest.raises(poplib.error_proto, match=r"\[SYS/"):
+        broken.pass_(server.password("bob"))
+    broken.quit()
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        text = scrape(port)
+        if value(samples(text), "mailslot_store_errors_total", operation="open") == 1:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
 
     # docs/metrics.md describes every metric the server exports, and only those.
     exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}

@@ -129,6 +129,8 @@ class Application:
             max_connections, limits.max_connections_per_ip, limits.max_sessions_per_user
         )
         penalty = FailurePenalty(config.auth.failure_delay, config.auth.failure_delay_max)
+        store = self.metrics.observe_store(self.store)
+        users = self.metrics.observe_users(self.users)
         for listener in config.listeners:
             if listener.protocol == "lmtp":
                 if self.worker == 0:
@@ -136,8 +138,8 @@ class Application:
                 continue
             context = SessionContext(
                 core=Pop3Listener.core_config(listener, base),
-                store=self.store,
-                users=self.users,
+                store=store,
+                users=users,
                 penalty=penalty,
                 limits=shared_limits,
                 tls=self.tls,
