@@ -160,6 +160,14 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus exporter (docs/metrics.md); off without a ``port``."""
+
+    address: str = "127.0.0.1"
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
@@ -171,6 +179,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: Path | None = None
 
 
@@ -211,6 +220,7 @@ _TABLES: dict[str, type[Any]] = {
     "log": LogConfig,
     "delivery": DeliveryConfig,
     "server": ServerConfig,
+    "metrics": MetricsConfig,
 }
 _TOP_LEVEL = ("listener", *_TABLES)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -564,6 +574,7 @@ class _Loader:
                 '[[listener]] with address = "0.0.0.0", port = 995, tls = "implicit"',
             )
         self.check_duplicates(config.listeners)
+        self.check_metrics(config)
         tls_users = [i for i, lst in enumerate(config.listeners) if lst.tls != "none"]
         if tls_users:
             first = config.listeners[tls_users[0]]
@@ -610,6 +621,29 @@ class _Loader:
             self.problem(
                 "server", "hostname", "must not be empty: it names this server in greetings"
             )
+
+    def check_metrics(self, config: Config) -> None:
+        metrics = config.metrics
+        if not _is_address(metrics.address):
+            self.problem(
+                "metrics",
+                "address",
+                f'"{metrics.address}" is not an IPv4 or IPv6 address; use a literal such as '
+                '"127.0.0.1" or "::1"',
+            )
+        if metrics.port is None:
+            return
+        if not 1 <= metrics.port <= 65535:
+            self.problem("metrics", "port", f"must be between 1 and 65535, not {metrics.port}")
+            return
+        where = (_normalise_address(metrics.address), metrics.port)
+        for index, lst in enumerate(config.listeners):
+            if lst.path is None and (_normalise_address(lst.address), lst.port) == where:
+                self.problem(
+                    "metrics",
+                    "port",
+                    f"{metrics.address} port {metrics.port} is already used by listener[{index}]",
+                )
 
     def check_duplicates(self, listeners: tuple[ListenerConfig, ...]) -> None:
         seen: dict[object, int] = {}

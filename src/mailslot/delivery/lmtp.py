@@ -36,6 +36,7 @@ from mailslot.delivery.quota import UsageProbe
 from mailslot.delivery.recipient import RecipientRejected
 from mailslot.delivery.status import LINE_TOO_LONG, RECIPIENT_OK, TEMPORARY, TOO_BIG, Status
 from mailslot.delivery.transactions import Transactions
+from mailslot.metrics import Metrics
 from mailslot.store.base import Store
 
 UNIX_SOCKET_MODE = 0o660
@@ -92,8 +93,9 @@ class MailslotLMTP(LMTP):
 class LMTPHandler:
     """aiosmtpd handler hooks (``handle_EHLO``, ``handle_RCPT``, ``handle_DATA``)."""
 
-    def __init__(self, agent: DeliveryAgent) -> None:
+    def __init__(self, agent: DeliveryAgent, metrics: Metrics | None = None) -> None:
         self._agent = agent
+        self._metrics = metrics or Metrics()
 
     async def handle_EHLO(
         self,
@@ -129,6 +131,8 @@ class LMTPHandler:
         content = envelope.original_content or b""
         replies: list[str] = []
         if self._agent.too_big(len(content)):
+            for _ in envelope.rcpt_tos:
+                self._metrics.lmtp_reply(TOO_BIG.code)
             return "\r\n".join([TOO_BIG.reply] * len(envelope.rcpt_tos))
         body = to_lf(content)
         sender = "" if envelope.mail_from in ("<>", None) else envelope.mail_from
@@ -144,6 +148,7 @@ class LMTPHandler:
                     status = TEMPORARY
                 done[address] = status
             replies.append(status.reply)
+            self._metrics.lmtp_reply(status.code)
         return "\r\n".join(replies)
 
 
@@ -152,10 +157,11 @@ def make_protocol_factory(
     hostname: str,
     loop: asyncio.AbstractEventLoop,
     transactions: Transactions | None = None,
+    metrics: Metrics | None = None,
 ) -> Any:
     """A factory of :class:`MailslotLMTP` protocols sharing one handler (and ``transactions``,
     which counts their DATA commands in progress)."""
-    handler = LMTPHandler(agent)
+    handler = LMTPHandler(agent, metrics)
     limit = agent.config.max_message_size or None
     counted = transactions if transactions is not None else Transactions()
 
@@ -216,6 +222,7 @@ async def start_lmtp_server(
     usage: UsageProbe | None = None,
     sock: socket.socket | None = None,
     transactions: Transactions | None = None,
+    metrics: Metrics | None = None,
 ) -> asyncio.AbstractServer:
     """Start serving LMTP on ``listener`` (TCP ``address:port`` or Unix socket ``path``).
 
@@ -226,7 +233,7 @@ async def start_lmtp_server(
     """
     loop = asyncio.get_running_loop()
     agent = DeliveryAgent(delivery, store, users, usage)
-    factory = make_protocol_factory(agent, hostname, loop, transactions)
+    factory = make_protocol_factory(agent, hostname, loop, transactions, metrics)
     if sock is None:
         sock = lmtp_socket(listener)
     if listener.path is not None:

@@ -28,7 +28,7 @@ import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from mailslot import log, privileges, systemd
+from mailslot import log, metrics, privileges, systemd
 from mailslot.auth import backends as auth_backends
 from mailslot.auth.pool import VerifyPool
 from mailslot.config import Config, ListenerConfig
@@ -71,6 +71,7 @@ class Application:
         sockets: Mapping[ListenerConfig, socket.socket] | None = None,
         contexts: tls.TlsContexts | None = None,
         watch: FileWatch | None = None,
+        metrics_socket: socket.socket | None = None,
         penalty: PenaltyState | None = None,
     ) -> None:
         self.config = config
@@ -78,6 +79,9 @@ class Application:
         # (or a test) makes its own.
         self.penalty = penalty if penalty is not None else penalty_state(config)
         self.worker = worker
+        self.metrics = metrics.for_worker(config.metrics)
+        self.metrics_socket = metrics_socket
+        self.exporter: asyncio.AbstractServer | None = None
         self.sockets = sockets or {}
         self.tls = contexts
         # A lone worker watches the certificate files itself (no parent does it for it).
@@ -107,6 +111,9 @@ class Application:
             self._watch_timer = asyncio.get_running_loop().call_later(
                 self.watch.interval, self._look_at_files
             )
+        if self.metrics_socket is not None:
+            self.exporter = await metrics.start_exporter(self.metrics_socket, self.metrics)
+        self.metrics.start()
         limits = config.limits
         base = CoreConfig(
             allow_plaintext=config.auth.allow_plaintext_without_tls,
@@ -131,6 +138,8 @@ class Application:
         shared_limits = Limits(
             max_connections, limits.max_connections_per_ip, limits.max_sessions_per_user
         )
+        store = self.metrics.observe_store(self.store)
+        users = self.metrics.observe_users(self.users)
         for listener in config.listeners:
             if listener.protocol == "lmtp":
                 if self.worker == 0:
@@ -138,8 +147,8 @@ class Application:
                 continue
             context = SessionContext(
                 core=Pop3Listener.core_config(listener, base),
-                store=self.store,
-                users=self.users,
+                store=store,
+                users=users,
                 penalty=self.penalty,
                 limits=shared_limits,
                 tls=self.tls,
@@ -147,6 +156,7 @@ class Application:
                 idle_timeout=limits.idle_timeout,
                 handshake_timeout=config.tls.handshake_timeout,
                 ipv6_prefix=config.auth.ipv6_prefix,
+                metrics=self.metrics.listener(format_address((listener.address, listener.port))),
             )
             pop3 = Pop3Listener(
                 listener, context, sock=self.sockets.get(listener), announce=self.worker == 0
@@ -165,6 +175,7 @@ class Application:
             self.config.server.hostname,
             sock=sock,
             transactions=self.lmtp_transactions,
+            metrics=self.metrics,
         )
         self.lmtp_servers.append(server)
         where = listener.path or format_address((listener.address, listener.port))
@@ -187,6 +198,7 @@ class Application:
             systemd.ready()
             if self.watch is not None and signature is not None:
                 self.watch.loaded(signature)
+        self.metrics.certificate(self.config.tls.certificate)
         log_reloaded(self.tls, self.config, changed)
 
     def _look_at_files(self) -> None:
@@ -218,10 +230,13 @@ class Application:
     async def _close(self, deadline: float | None) -> None:
         if self._watch_timer is not None:
             self._watch_timer.cancel()
+        if self.exporter is not None:
+            self.exporter.close()  # the other workers go on serving /metrics
         await asyncio.gather(
             self._close_lmtp(deadline),
             *(listener.close(deadline, self._hurry) for listener in self.listeners),
         )
+        self.metrics.stop()
 
     async def _close_lmtp(self, deadline: float | None) -> None:
         """Stop accepting LMTP connections; let the DATA commands in progress end, up to
@@ -249,6 +264,7 @@ async def serve(
     ready: Callable[[Application], None] | None = None,
     contexts: tls.TlsContexts | None = None,
     watch: FileWatch | None = None,
+    metrics_socket: socket.socket | None = None,
     penalty: PenaltyState | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
@@ -261,6 +277,7 @@ async def serve(
             sockets=sockets,
             contexts=contexts,
             watch=watch,
+            metrics_socket=metrics_socket,
             penalty=penalty,
         )
         return await _serve(loop, app, ready)
@@ -353,6 +370,7 @@ def _run_worker(
     started: Callable[[], None] | None = None,
     identity: Identity | None = None,
     watch: FileWatch | None = None,
+    metrics_socket: socket.socket | None = None,
     *,
     penalty: PenaltyState | None = None,
 ) -> int:
@@ -373,6 +391,7 @@ def _run_worker(
                 contexts=contexts,
                 ready=ready,
                 watch=watch,
+                metrics_socket=metrics_socket,
                 penalty=penalty,
             )
         )
@@ -559,6 +578,44 @@ def run(config: Config) -> int:
     # replace a dead one and each SIGHUP generation, maps the same shared memory, so a
     # client's failures count once per node whichever worker takes its connections.
     penalty = penalty_state(config)
+    # Metrics: a directory every process writes its values into, and the exporter's socket
+    # that every worker serves (mailslot.metrics); made before any worker exists.
+    try:
+        directory = metrics.prepare(config.metrics, identity)
+        try:
+            metrics_socket = metrics.metrics_socket(config.metrics)
+        except OSError:
+            metrics.remove(directory)
+            raise
+    except OSError as exc:
+        for sock in sockets.values():
+            sock.close()
+        logger.error("cannot start: [metrics]: %s", exc)
+        return 75
+    parent = metrics.for_parent(config.metrics)
+    if contexts is not None:
+        parent.certificate(config.tls.certificate)
+    try:
+        return _serve_workers(
+            config, workers, contexts, sockets, identity, watch, metrics_socket, parent, penalty
+        )
+    finally:
+        if metrics_socket is not None:
+            metrics_socket.close()
+        metrics.remove(directory)
+
+
+def _serve_workers(
+    config: Config,
+    workers: int,
+    contexts: tls.TlsContexts | None,
+    sockets: dict[ListenerConfig, socket.socket],
+    identity: Identity | None,
+    watch: FileWatch | None,
+    metrics_socket: socket.socket | None,
+    parent: metrics.ParentMetrics,
+    penalty: PenaltyState,
+) -> int:
     if workers == 1:
 
         def started() -> None:
@@ -566,7 +623,15 @@ def run(config: Config) -> int:
 
         try:
             return _run_worker(
-                config, 0, sockets, contexts, started, identity, watch, penalty=penalty
+                config,
+                0,
+                sockets,
+                contexts,
+                started,
+                identity,
+                watch,
+                metrics_socket,
+                penalty=penalty,
             )
         finally:
             for sock in sockets.values():
@@ -579,8 +644,25 @@ def run(config: Config) -> int:
         contexts: tls.TlsContexts | None,
         started: Callable[[], None],
     ) -> int:
-        return _run_worker(config, index, sockets, contexts, started, identity, penalty=penalty)
+        return _run_worker(
+            config,
+            index,
+            sockets,
+            contexts,
+            started,
+            identity,
+            None,
+            metrics_socket,
+            penalty=penalty,
+        )
 
     return Supervisor(
-        config, workers, contexts, sockets, worker_main, lambda: tls_for(config), watch
+        config,
+        workers,
+        contexts,
+        sockets,
+        worker_main,
+        lambda: tls_for(config),
+        watch,
+        parent,
     ).run()

@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError
 from mailslot.log import SessionLogger, escape, session_prefix
+from mailslot.metrics import ListenerMetrics
 from mailslot.protocol import events as ev
 from mailslot.protocol.connection import Connection, CoreConfig
 from mailslot.protocol.responses import Code, Failure, err
@@ -149,6 +150,7 @@ class SessionContext:
     # Open connections; a dict, as ReadDeadlines' buckets are, for its size.
     sessions: dict[Session, None] = field(default_factory=dict)
     refusals: RefusalLog = field(default_factory=lambda: RefusalLog(logger))
+    metrics: ListenerMetrics = field(default_factory=ListenerMetrics)
     # Set by the listener when it starts.  Kept rather than asked for: on Linux each
     # asyncio.get_running_loop() costs a getpid() system call.
     loop: asyncio.AbstractEventLoop = field(init=False)
@@ -259,6 +261,7 @@ class Session(asyncio.Protocol):
         context = self._context
         context.sessions[self] = None
         self._counted = True  # the listener's count is the session's to release from now on
+        context.metrics.connected()
         if not self._deadline:
             self._deadline = context.loop.time() + context.login_timeout
         if context.proxy_protocol and self.header is None:
@@ -471,10 +474,13 @@ class Session(asyncio.Protocol):
         try:
             if isinstance(event, ev.Authenticate):
                 await self._login(event)
+                self._context.metrics.login(event.mechanism, self._maildrop is not None)
             elif isinstance(event, ev.RetrieveMessage):
                 await self._retrieve(event)
             elif isinstance(event, ev.Commit):
+                started = self._context.loop.time()
                 await self._commit(event)
+                self._context.metrics.commit(self._context.loop.time() - started)
             else:
                 assert isinstance(event, ev.StartTls)
                 if not await self._start_tls():
@@ -595,6 +601,7 @@ class Session(asyncio.Protocol):
             user = await context.users.authenticate(event.username, event.password, client=client)
         except AuthenticationFailed:
             hold = await context.penalty.failed(client)
+            context.metrics.penalty(hold)
             self.log.info("login failed: user=%s mechanism=%s", name, event.mechanism)
             await self._hold(hold)
             conn.login_failed(Failure.AUTH)
@@ -719,6 +726,7 @@ class Session(asyncio.Protocol):
             self._maildrop.retrieved(message)  # RETR, not TOP: \Seen, as Dovecot sets it
         self._retrieved += 1
         self._octets += message.size
+        self._context.metrics.retrieved(event.top_lines, message.size)
 
     async def _commit(self, event: ev.Commit) -> None:
         assert self._maildrop is not None
@@ -742,6 +750,7 @@ class Session(asyncio.Protocol):
             self._conn.commit_failed(Failure.SYS_TEMP)
             return
         self.log.info("deleted %d messages", len(deleted))
+        self._context.metrics.deleted(len(deleted))
         self._conn.commit_succeeded()
 
     # ------------------------------------------------------------------ the end
@@ -792,6 +801,7 @@ class Session(asyncio.Protocol):
             transport.close()
             if self._conn.tls_active or transport.get_write_buffer_size():
                 self._closer = self._context.loop.call_later(_CLOSE_WAIT, transport.abort)
+        self._context.metrics.session_ended(transport)
         user = escape(self._username) if self._username is not None else "-"
         self.log.info(
             "disconnect: reason=%s user=%s retrieved=%d octets=%d listener=%s%s",

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from mailslot import systemd
 from mailslot.config import Config, ListenerConfig
+from mailslot.metrics import ParentMetrics
 from mailslot.server import tls
 from mailslot.tls.watch import FileWatch
 
@@ -104,6 +105,7 @@ class Supervisor:
         worker_main: WorkerMain,
         load_contexts: Callable[[], tls.TlsContexts | None],
         watch: FileWatch | None = None,
+        metrics: ParentMetrics | None = None,
     ) -> None:
         self.config = config
         self.count = workers
@@ -112,6 +114,7 @@ class Supervisor:
         self._worker_main = worker_main
         self._load_contexts = load_contexts
         self.watch = watch
+        self.metrics = metrics or ParentMetrics()
         self.workers: dict[int, _Worker] = {}  # by pid
         self._stopping = False
         self._status = 0
@@ -233,6 +236,7 @@ class Supervisor:
             systemd.ready()
             return
         self._awaited = [self.workers[pid] for pid in new]
+        self.metrics.certificate(self.config.tls.certificate)
         for worker in old:
             worker.retiring = True
         log_reloaded(
@@ -265,6 +269,7 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            self.metrics.worker_exited(pid)
             code = os.waitstatus_to_exitcode(status)
             started = worker.has_started()
             if self._stopping:
@@ -276,6 +281,7 @@ class Supervisor:
                 logger.error(
                     "worker %d pid=%d %s; starting another", worker.index, pid, _exited(code)
                 )
+                self.metrics.worker_restarted()
                 try:
                     self.spawn(worker.index)
                 except OSError as exc:

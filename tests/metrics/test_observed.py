@@ -1,0 +1,99 @@
+"""ObservedStore and ObservedAuthenticator: every backend failure is reported once and
+re-raised unchanged; what a client causes (a wrong password, a maildrop in use, a message
+another client deleted) is not a failure.  With metrics off the backends are not wrapped."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
+from mailslot.auth.memory import MemoryAuthenticator
+from mailslot.metrics import Metrics, ObservedAuthenticator, ObservedStore
+from mailslot.store.base import MaildropLocked, MessageGone, StoreError, TemporaryFailure
+from mailslot.store.memory import MemoryStore
+
+
+class Recorder(Metrics):
+    __slots__ = ("auth", "store")
+
+    def __init__(self) -> None:
+        self.store: list[str] = []
+        self.auth = 0
+
+    def store_error(self, operation: str) -> None:
+        self.store.append(operation)
+
+    def auth_error(self) -> None:
+        self.auth += 1
+
+
+class Unavailable:
+    async def authenticate(
+        self, username: str, password: str, *, client: str | None = None
+    ) -> User:
+        raise TemporaryAuthFailure("database down")
+
+    async def lookup(self, username: str) -> User | None:
+        raise TemporaryAuthFailure("database down")
+
+
+async def read_all(store: ObservedStore, user: str) -> bytes:
+    maildrop = await store.open(user)
+    try:
+        return b"".join([chunk async for chunk in maildrop.read(maildrop.messages[0])])
+    finally:
+        await maildrop.close()
+
+
+def test_store_failures_are_reported_by_operation_and_reraised() -> None:
+    memory = MemoryStore()
+    memory.put("alice", b"Subject: x\n\nbody\n")
+    recorder = Recorder()
+    store = ObservedStore(memory, recorder)
+
+    async def scenario() -> None:
+        assert await read_all(store, "alice") == b"Subject: x\n\nbody\n"
+        for operation in ("open", "read"):
+            memory.fail[operation] = TemporaryFailure("disk")
+            with pytest.raises(TemporaryFailure):
+                await read_all(store, "alice")
+        maildrop = await store.open("alice")
+        memory.fail["delete"] = TemporaryFailure("disk")
+        with pytest.raises(StoreError):
+            await maildrop.delete(maildrop.messages)
+        # The client's doing, not the store's failure:
+        with pytest.raises(MaildropLocked):
+            await store.open("alice")
+        memory.fail["read"] = MessageGone("deleted by another client")
+        with pytest.raises(MessageGone):
+            await anext(maildrop.read(maildrop.messages[0]))
+        await maildrop.close()
+
+    asyncio.run(scenario())
+    assert recorder.store == ["open", "read", "delete"]
+
+
+def test_an_unavailable_user_database_is_reported_a_wrong_password_is_not() -> None:
+    recorder = Recorder()
+    users = ObservedAuthenticator(MemoryAuthenticator({"alice": "secret"}), recorder)
+    down = ObservedAuthenticator(Unavailable(), recorder)
+
+    async def scenario() -> None:
+        assert (await users.authenticate("alice", "secret")).name == "alice"
+        with pytest.raises(AuthenticationFailed):
+            await users.authenticate("alice", "wrong")
+        with pytest.raises(TemporaryAuthFailure):
+            await down.authenticate("alice", "secret")
+        with pytest.raises(TemporaryAuthFailure):
+            await down.lookup("alice")
+
+    asyncio.run(scenario())
+    assert recorder.auth == 2
+
+
+def test_with_metrics_off_the_backends_are_the_session_s_own() -> None:
+    store, users = MemoryStore(), MemoryAuthenticator({})
+    assert Metrics().observe_store(store) is store
+    assert Metrics().observe_users(users) is users
