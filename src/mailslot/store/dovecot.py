@@ -522,25 +522,16 @@ def assign(maildir: int, bases: list[str], fsync: Fsync, wait: float = LOCK_WAIT
         if not uidlist.guid:
             uidlist.guid = secrets.token_hex(16)
         uid, gid, mode = _owner(maildir, current)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_TEMP, dir_fd=maildir)
-        fd = os.open(_TEMP, _EXCL, 0o600, dir_fd=maildir)
-        try:
-            try:
-                if os.geteuid() == 0:  # keep the mail user's file theirs
-                    os.fchown(fd, uid, gid)
-                os.fchmod(fd, mode or 0o600)
-                data = uidlist.render()
-                fsutil.write_all(fd, data)
-                fsync(fd)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            os.rename(_TEMP, UIDLIST, src_dir_fd=maildir, dst_dir_fd=maildir)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(_TEMP, dir_fd=maildir)
-            raise
+        data = uidlist.render()
+        st = fsutil.replace_file(
+            maildir,
+            UIDLIST,
+            data,
+            fsync,
+            temp=_TEMP,
+            owner=(uid, gid) if os.geteuid() == 0 else None,  # keep the mail user's file theirs
+            mode=mode or 0o600,
+        )
         uidlist.stamps = _stamps(st)
         uidlist.header_line = data[: data.find(b"\n") + 1]
         uidlist.parsed = len(data)
@@ -791,23 +782,15 @@ def keyword_letter(maildir: int, keyword: str, fsync: Fsync, wait: float = LOCK_
             data += b"\n"
         data += f"{free} {keyword}\n".encode("utf-8", "surrogateescape")
         uid, gid, mode = _owner(maildir, None)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(_KEYWORDS_TEMP, dir_fd=maildir)
-        fd = os.open(_KEYWORDS_TEMP, _EXCL, 0o600, dir_fd=maildir)
-        try:
-            try:
-                if os.geteuid() == 0:
-                    os.fchown(fd, uid, gid)
-                os.fchmod(fd, mode or 0o600)
-                fsutil.write_all(fd, data)
-                fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(_KEYWORDS_TEMP, KEYWORDS, src_dir_fd=maildir, dst_dir_fd=maildir)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(_KEYWORDS_TEMP, dir_fd=maildir)
-            raise
+        fsutil.replace_file(
+            maildir,
+            KEYWORDS,
+            data,
+            fsync,
+            temp=_KEYWORDS_TEMP,
+            owner=(uid, gid) if os.geteuid() == 0 else None,
+            mode=mode or 0o600,
+        )
         return chr(ord("a") + free)
     finally:
         unlock(maildir, held)

@@ -52,21 +52,38 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def replace_file(directory: int, name: str, data: bytes, fsync: Fsync | None = None) -> None:
-    """Write ``data`` to ``name`` atomically via ``name.tmp``; fsync the data if asked.
+def replace_file(
+    directory: int,
+    name: str,
+    data: bytes,
+    fsync: Fsync | None = None,
+    *,
+    temp: str | None = None,
+    owner: tuple[int, int] | None = None,
+    mode: int = 0o600,
+) -> os.stat_result:
+    """Write ``data`` to ``name`` atomically via ``temp`` (default ``name.tmp``); fsync the
+    data if asked; return the new file's status.
 
-    The caller fsyncs the directory when the rename itself must be durable.  A symlink at
-    either name is replaced, never followed.
+    ``owner`` (uid, gid) and ``mode`` are set on the file before anything is written into
+    it (a file mailslot writes as root into a mail user's directory stays that user's).  The
+    caller fsyncs the directory when the rename itself must be durable.  A symlink at either
+    name is replaced, never followed.
     """
-    tmp = name + ".tmp"
+    tmp = temp or name + ".tmp"
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp, dir_fd=directory)
     fd = os.open(tmp, _CREATE_FLAGS, 0o600, dir_fd=directory)
     try:
         try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            if mode != 0o600:
+                os.fchmod(fd, mode)
             write_all(fd, data)
             if fsync is not None:
                 fsync(fd)
+            status = os.fstat(fd)
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
@@ -74,3 +91,4 @@ def replace_file(directory: int, name: str, data: bytes, fsync: Fsync | None = N
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=directory)
         raise
+    return status
