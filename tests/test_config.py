@@ -505,3 +505,17 @@ def test_auth_backend_postgresql_needs_no_passwd_file(conf_dir: Path) -> None:
     assert (config.auth.backend, config.auth.passwd_file) == ("postgresql", None)
     problem = only(conf_dir, BASE.replace('passwd_file = "users"', ""))
     assert problem.key == "auth.passwd_file"
+
+
+def test_proxy_trusted_networks_are_networks_and_need_proxy_protocol(conf_dir: Path) -> None:
+    base = '[auth]\npasswd_file = "users"\nallow_plaintext_without_tls = true\n'
+    base += '[[listener]]\naddress = "127.0.0.1"\nport = 110\ntls = "none"\n'
+    good = parse(
+        conf_dir, base + 'proxy_protocol = true\nproxy_trusted_networks = ["10.0.0.0/8", "::1"]\n'
+    )
+    assert good.listeners[0].proxy_trusted_networks == ("10.0.0.0/8", "::1")
+    bad = only(conf_dir, base + 'proxy_protocol = true\nproxy_trusted_networks = ["10.0.0/33"]\n')
+    assert bad.key == "listener[0].proxy_trusted_networks"
+    assert "is not a network" in bad.message
+    unused = only(conf_dir, base + 'proxy_trusted_networks = ["10.0.0.0/8"]\n')
+    assert "only means something with proxy_protocol" in unused.message

@@ -36,6 +36,9 @@ class ListenerConfig:
     tls: TlsMode = "starttls"
     path: Path | None = None  # a Unix socket instead of address/port (LMTP)
     proxy_protocol: bool = False
+    # With proxy_protocol: the proxies' networks (CIDR); a connection from elsewhere is
+    # closed unread.  Empty: any peer may send a header.
+    proxy_trusted_networks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +496,24 @@ class _Loader:
             self.problem(
                 "listener", "port", f"must be between 1 and 65535, not {values['port']}", index
             )
+        networks = values.get("proxy_trusted_networks", ())
+        if networks and not values.get("proxy_protocol", False):
+            self.problem(
+                "listener",
+                "proxy_trusted_networks",
+                "only means something with proxy_protocol = true",
+                index,
+            )
+        for network in networks if isinstance(networks, tuple) else ():
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                self.problem(
+                    "listener",
+                    "proxy_trusted_networks",
+                    f'"{network}" is not a network; write one as "192.0.2.0/24" or "2001:db8::/32"',
+                    index,
+                )
         return ListenerConfig(**values)
 
     def store(self, store: StoreConfig) -> StoreConfig:

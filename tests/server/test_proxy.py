@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import ipaddress
 import select
 import socket
@@ -699,3 +700,29 @@ def test_listeners_without_proxy_protocol_are_unchanged(mailslot: MailslotServer
         reply = wire.command(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2")
         assert reply.startswith(b"-ERR"), reply
     assert "PROXY header" not in mailslot.log()
+
+
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+def test_a_peer_outside_proxy_trusted_networks_is_closed_unread(
+    mailslot_factory: ServerFactory, tls: str
+) -> None:
+    # The server's start-up probe (a PROXY UNKNOWN header from 127.0.0.1) passes: trusted.
+    server = mailslot_factory(
+        listeners=[Listener(tls, proxy_protocol=True, proxy_trusted_networks=("127.0.0.1/32",))]
+    )
+    host, port = server.listener(tls)
+    # From 127.0.0.2 even a well-formed header claiming another client is never read.
+    with socket.create_connection((host, port), source_address=("127.0.0.2", 0)) as sock:
+        sock.settimeout(POLL_DEADLINE)
+        sock.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 110\r\n")
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(4096):
+                received += chunk
+    assert received == b""
+    (line,) = wait_for_log(server, "refused: not a trusted proxy")
+    assert "peer=127.0.0.2" in line, line
+    # The trusted proxy's header is taken as before.
+    with proxied_wire(server, tls, b"PROXY TCP4 192.0.2.1 192.0.2.2 1 110\r\n") as wire:
+        assert wire.greeting.startswith(b"+OK"), wire.greeting
+    assert "192.0.2.1" not in line

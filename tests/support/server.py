@@ -79,6 +79,7 @@ class Listener:
     port: int = 0  # 0: a free port is chosen
     protocol: str = "pop3"  # or "lmtp" (greets with 220, probed with LHLO-free QUIT)
     proxy_protocol: bool = False  # probed with a "PROXY UNKNOWN" header first
+    proxy_trusted_networks: tuple[str, ...] = ()
 
 
 DEFAULT_LISTENERS: tuple[Listener, ...] = (Listener("starttls"), Listener("implicit"))
@@ -189,7 +190,12 @@ class MailslotServer:
                 "listener",
                 {"address": lst.address, "port": lst.port, "tls": lst.tls}
                 | ({} if lst.protocol == "pop3" else {"protocol": lst.protocol})
-                | ({"proxy_protocol": True} if lst.proxy_protocol else {}),
+                | ({"proxy_protocol": True} if lst.proxy_protocol else {})
+                | (
+                    {"proxy_trusted_networks": list(lst.proxy_trusted_networks)}
+                    if lst.proxy_trusted_networks
+                    else {}
+                ),
                 array=True,
             )
             for lst in self.listeners

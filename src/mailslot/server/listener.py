@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import ipaddress
 import logging
 import math
 import os
@@ -52,6 +53,8 @@ from mailslot.server.session import (
 )
 
 logger = logging.getLogger("mailslot.listener")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 BACKLOG = 1024  # pending connections per listening socket, before the workers accept them
 # Connections accepted per readiness event, as asyncio does, so that a flood does not keep
@@ -91,6 +94,11 @@ class Pop3Listener:
         :meth:`start` binds one.  ``announce``: log "listening" (one worker of several does)."""
         self.config = config
         self._announce = announce
+        self._trusted = (
+            tuple(ipaddress.ip_network(n, strict=False) for n in config.proxy_trusted_networks)
+            if config.proxy_protocol and config.proxy_trusted_networks
+            else None
+        )
         self._context = dataclasses.replace(
             context,
             label=config.tls,
@@ -145,6 +153,7 @@ class Pop3Listener:
         context = self._context
         limits = context.limits
         implicit = self.config.tls == "implicit"
+        trusted = self._trusted
         family, kind = self._family, self._kind
         for _ in range(_ACCEPT_BATCH):
             try:
@@ -162,6 +171,11 @@ class Pop3Listener:
                 logger.debug("accept failed: %s", exc)
                 continue
             address = str(peer[0])
+            if trusted is not None and not _trusted(address, trusted):
+                # A PROXY header claims an address; only the proxies may claim one.
+                context.refusals.refused(address, "not a trusted proxy")
+                os.close(fd)
+                continue
             refusal = limits.acquire_connection(address)
             if refusal is not None:
                 # Refused before a transport or protocol exists: a flood costs an accept,
@@ -324,6 +338,16 @@ class Pop3Listener:
                 self._context.loop.remove_reader(self._sock.fileno())
             self._sock.close()
         self._accepting = False
+
+
+def _trusted(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 async def _wait_unless_hurried(
