@@ -1048,13 +1048,21 @@ class MaildirStore:
                 os.close(new)
                 os.close(cur)
         except OSError as exc:
-            os.close(lock_fd)
-            os.close(maildir_fd)
+            _close(lock_fd, maildir_fd)
             raise store_error(exc) from None
         except BaseException:
-            os.close(lock_fd)
-            os.close(maildir_fd)
+            _close(lock_fd, maildir_fd)
             raise
+        return self._maildrop(location, maildir_fd, lock_fd, messages, locations)
+
+    def _maildrop(
+        self,
+        location: confine.Location,
+        maildir_fd: int,
+        lock_fd: int,
+        messages: Sequence[MessageInfo],
+        locations: dict[str, str],
+    ) -> MaildirMaildrop:
         return MaildirMaildrop(
             location.path,
             maildir_fd,
@@ -1119,23 +1127,12 @@ class MaildirStore:
         except _WouldBlock:
             return None
         except OSError as exc:
-            os.close(lock_fd)
-            os.close(maildir_fd)
+            _close(lock_fd, maildir_fd)
             raise store_error(exc) from None
         except BaseException:
-            os.close(lock_fd)
-            os.close(maildir_fd)
+            _close(lock_fd, maildir_fd)
             raise
-        return MaildirMaildrop(
-            location.path,
-            maildir_fd,
-            lock_fd,
-            messages,
-            locations,
-            self._fsync,
-            self._flag_updates,
-            self._hide,
-        )
+        return self._maildrop(location, maildir_fd, lock_fd, messages, locations)
 
     async def open(self, user: str, home: str | None = None) -> MaildirMaildrop:
         location = self.location_for(user, home)
@@ -1214,3 +1211,9 @@ class MaildirStore:
 
     async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
         return await asyncio.to_thread(self._deliver, user, data, home)
+
+
+def _close(*fds: int) -> None:
+    """Close the descriptors an open took, when it fails."""
+    for fd in fds:
+        os.close(fd)
