@@ -658,6 +658,43 @@ def _db(args: argparse.Namespace) -> int:
     return run(config, args.action)
 
 
+# -- import-dovecot --------------------------------------------------------------------------
+
+
+def add_import_dovecot(subparsers: SubParsers) -> None:
+    parser = _subparser(
+        subparsers,
+        "import-dovecot",
+        "write a mailslot.toml equivalent to a Dovecot 2.3 configuration",
+        "Read a Dovecot 2.3 configuration (through 'doveconf -n' where Dovecot is installed,\n"
+        "else the files and their !include directives) and write an equivalent mailslot.toml:\n"
+        "listeners, certificates, passdb, mail_location, UIDL format, flags. Every setting\n"
+        "that could not be carried over is listed on stderr and as comments in the file, with\n"
+        "the reason. Exit status 0 written, 65 the Dovecot configuration cannot be read, 73\n"
+        "the output cannot be written (or exists, without --force).",
+        "  mailslot import-dovecot --from /etc/dovecot/dovecot.conf --output mailslot.toml\n"
+        "  mailslot check-config --config mailslot.toml\n",
+        _import_dovecot,
+    )
+    parser.add_argument(
+        "--from", dest="source", type=Path, metavar="DOVECOT_CONF", required=True,
+        help="dovecot.conf to read",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output", type=Path, metavar="MAILSLOT_TOML", required=True, help="file to write"
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
+    parser.add_argument(
+        "--no-doveconf", action="store_true", help="parse the files even if doveconf is installed"
+    )
+
+
+def _import_dovecot(args: argparse.Namespace) -> int:
+    command = importlib.import_module("mailslot.dovecotconf.command")
+    run: Callable[[argparse.Namespace], int] = command.run
+    return run(args)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
@@ -668,6 +705,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_systemd_unit,
     add_doctor,
     add_db,
+    add_import_dovecot,
 )
 
 

@@ -64,12 +64,36 @@ class TlsConfig:
     certificates: tuple[CertificateConfig, ...] = ()
 
 
+# -- agreed settings (issue 16) that import-dovecot writes; parallel branches implement them.
+@dataclass(frozen=True, slots=True)
+class AuthSqlConfig:
+    """``[auth.sql]``: an SQL passdb with the site's own Dovecot ``password_query``."""
+
+    driver: Literal["postgresql", "mysql"] = "postgresql"
+    dsn: str | None = None
+    dsn_file: Path | None = None
+    password_query: str | None = None
+    default_pass_scheme: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDovecotConfig:
+    """``[auth.dovecot]``: authentication through Dovecot's auth-client socket."""
+
+    socket: Path = Path("/run/dovecot/auth-client")
+    service: str = "pop3"
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """``[auth]``: the user database and login policy."""
 
     # "postgresql": users in the database of [store] dsn (docs/postgresql.md).
-    backend: Literal["passwd-file", "postgresql"] = "passwd-file"
+    backend: Literal["passwd-file", "postgresql", "sql", "dovecot"] = "passwd-file"
+    username_format: str = "%Lu"  # issue 16, agreed name (Dovecot's auth_username_format)
+    legacy_schemes: tuple[str, ...] = ()  # issue 16, agreed name
+    sql: AuthSqlConfig = field(default_factory=AuthSqlConfig)  # issue 16, agreed name
+    dovecot: AuthDovecotConfig = field(default_factory=AuthDovecotConfig)  # issue 16
     passwd_file: Path | None = None
     allow_plaintext_without_tls: bool = False
     failure_delay: float = 2.0
@@ -105,6 +129,9 @@ class StoreConfig:
     flag_updates: bool = True
     # Dovecot's pop3_deleted_flag: DELE hides with this IMAP keyword instead of removing.
     deleted_flag: str | None = None
+    # issue 16, agreed names: Dovecot's pop3_lock_session and pop3_client_workarounds.
+    lock_session: bool = True
+    client_workarounds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +172,9 @@ class LogConfig:
     """``[log]``."""
 
     level: str = "info"
+    # issue 16, agreed names: Dovecot's pop3_logout_format; text or JSON lines.
+    format: Literal["text", "json"] = "text"
+    logout_format: str = "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +378,17 @@ class _Loader:
             if not isinstance(value, dict):
                 self.problem(None, name, f"must be a table ([{name}]), not {_toml_type(value)}")
                 value = {}
+            if name == "auth" and ("sql" in value or "dovecot" in value):
+                value = dict(value)
+                nested = {}
+                for key, kind in (("sql", AuthSqlConfig), ("dovecot", AuthDovecotConfig)):
+                    inner = value.pop(key, {})
+                    if not isinstance(inner, dict):
+                        self.problem("auth", key, f"must be a table ([auth.{key}])")
+                        inner = {}
+                    nested[key] = self.build(kind, inner, f"auth.{key}")
+                tables[name] = replace(self.build(cls, value, name), **nested)
+                continue
             if name == "tls" and "certificates" in value:
                 value = dict(value)
                 entries = self.certificates(value.pop("certificates"))
@@ -560,6 +601,13 @@ class _Loader:
                     f'"{store.deleted_flag}" is not an IMAP keyword (RFC 3501 atom, no \\)',
                 )
         self.store_database(store)
+        for workaround in store.client_workarounds:
+            if workaround not in ("outlook-no-nuls", "oe-ns-eoh"):
+                self.problem(
+                    "store",
+                    "client_workarounds",
+                    f'unknown workaround "{workaround}"; known are "outlook-no-nuls", "oe-ns-eoh"',
+                )
         return replace(store, maildir=template)
 
     def store_database(self, store: StoreConfig) -> None:
@@ -625,6 +673,11 @@ class _Loader:
                     f"{what} (PEM)",
                     index,
                 )
+        if config.auth.backend == "sql":
+            if config.auth.sql.password_query is None:
+                self.problem("auth.sql", "password_query", 'is required with backend = "sql"')
+            if config.auth.sql.dsn is None and config.auth.sql.dsn_file is None:
+                self.problem("auth.sql", "dsn", 'give dsn or dsn_file with backend = "sql"')
         if config.listeners and config.auth.backend == "passwd-file":
             self.required_file(
                 "auth",
