@@ -232,7 +232,9 @@ class DovecotServer:
             raise RuntimeError(f"dovecot did not come up: {exc}\n{self.log()}") from None
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, remove: bool = True) -> None:
+        """End Dovecot; ``remove=False`` keeps its files (its configuration, its mail) for a
+        server started after it on the same ports."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -240,7 +242,7 @@ class DovecotServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self._owns_directory and self.directory.exists():
+        if remove and self._owns_directory and self.directory.exists():
             self.final_log = self.log()
             shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -423,17 +423,17 @@ class Mapper:
             if db not in usable:
                 kind = "deny" if _yes(db.get("deny") or "no") else "master"
                 self.skip(f"passdb {{ {kind} = yes }}", f"mailslot has no {kind} passdb", db.where)
-        if not usable:
+        first = usable[0] if usable else None
+        if first is None:
             self.skip("passdb", "no passdb to carry over; [auth] passwd_file is left to you")
-            return
-        first = usable[0]
-        for db in usable[1:]:
-            self.skip(
-                f"passdb {{ driver = {db.get('driver')} }}",
-                "mailslot asks one user database; only the first passdb is carried over",
-                db.where,
-            )
-        self.passdb(first)
+        else:
+            for db in usable[1:]:
+                self.skip(
+                    f"passdb {{ driver = {db.get('driver')} }}",
+                    "mailslot asks one user database; only the first passdb is carried over",
+                    db.where,
+                )
+            self.passdb(first)
         self.userdbs(first, userdbs)
 
     def passdb(self, db: Section) -> None:
@@ -472,7 +472,7 @@ class Mapper:
             return
         self.out.set("auth", "backend", "passwd-file")
         self.out.set("auth", "passwd_file", converted)
-        self.scheme(options.pop("scheme", None), db.where)
+        self.scheme(options.pop("scheme", None), db.where, converted)
         lookup = options.pop("username_format", "%u")
         if lookup not in ("%u", "%Lu"):
             self.out.set(
@@ -485,8 +485,9 @@ class Mapper:
         for key in options:
             self.skip(f"passdb {{ args {key}= }}", "no mailslot equivalent", db.where)
 
-    def scheme(self, scheme: str | None, where: str) -> None:
-        if scheme is None:
+    def scheme(self, scheme: str | None, where: str, path: str) -> None:
+        """Dovecot's ``scheme=`` is for passwords without a ``{SCHEME}`` prefix only."""
+        if scheme is None or _all_prefixed(path):
             return
         upper = scheme.upper()
         if upper in _LEGACY_SCHEMES:
@@ -546,17 +547,11 @@ class Mapper:
         if scheme:
             self.out.set("auth.sql", "default_pass_scheme", scheme)
         for key, setting in conf.settings.items():
-            if key not in (
-                "driver",
-                "connect",
-                "password_query",
-                "default_pass_scheme",
-                "user_query",
-                "iterate_query",
-            ):
+            if key not in ("driver", "connect", "password_query", "default_pass_scheme"):
                 self.skip(f"{path}: {key}", "no mailslot equivalent", setting.where)
 
-    def userdbs(self, passdb: Section, userdbs: list[Section]) -> None:
+    def userdbs(self, passdb: Section | None, userdbs: list[Section]) -> None:
+        passdb = passdb or Section("passdb")
         passdb_path = _args(passdb.get("args") or "")[1]
         for db in userdbs:
             driver = (db.get("driver") or "").lower()
@@ -571,7 +566,7 @@ class Mapper:
             if driver == "static":
                 self.static_userdb(db, options)
                 continue
-            if driver == "prefetch" or (driver == "sql" and passdb.get("driver") == "sql"):
+            if driver == "prefetch":
                 continue  # the passdb's own answer
             self.skip(
                 f"userdb {{ driver = {driver} }}",
@@ -722,6 +717,18 @@ _SERVICE_REASONS = {
     "pop3": "mailslot's processes are [server] workers; limits are in [limits]",
     "auth": "Dovecot's auth service; see [auth]",
 }
+
+
+def _all_prefixed(path: str) -> bool:
+    """Whether every password in the passwd-file at ``path`` names its scheme (``{...}``)."""
+    if "{" in path:
+        return False  # one file per domain: not read here
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    entries = [line.split(":") for line in lines if line.strip() and not line.startswith("#")]
+    return all(len(fields) > 1 and fields[1].startswith("{") for fields in entries)
 
 
 def _has_settings(section: Section) -> bool:
