@@ -18,7 +18,7 @@ from tests.support.programs import find_program
 
 from mailslot.config import ConfigError, loads
 from mailslot.dovecotconf.mapping import DEFAULTS, Imported, convert, seconds, template
-from mailslot.dovecotconf.parser import parse_text
+from mailslot.dovecotconf.parser import DovecotConfigError, parse_text
 from mailslot.dovecotconf.render import render
 
 
@@ -260,6 +260,19 @@ def test_mail_locations_mailslot_cannot_serve(location: str) -> None:
     result = imported(f"mail_location = {location}\n")
     assert "maildir" not in table(result, "store")
     assert any(key.startswith("mail_location") for key in skipped(result))
+
+
+def test_mail_location_options_are_listed() -> None:
+    result = imported("mail_location = maildir:~/Maildir:INDEX=/idx/%u:CONTROL=/ctl/%u\n")
+    assert table(result, "store")["maildir"] == "~/Maildir"
+    reasons = skipped(result)
+    assert "index files" in reasons["mail_location :INDEX=/idx/%u"]
+    assert "UIDLs would differ" in reasons["mail_location :CONTROL=/ctl/%u"]
+
+
+def test_dovecot_24_configurations_are_refused() -> None:
+    with pytest.raises(DovecotConfigError, match=r"Dovecot 2\.4"):
+        convert(parse_text("dovecot_config_version = 2.4.1\n"))
 
 
 def test_static_userdb_gives_user_group_and_home() -> None:

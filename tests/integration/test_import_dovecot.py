@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.support.dovecot import DovecotServer
+from tests.support.dovecot import DovecotServer, dovecot_version
 from tests.support.maildir import SAMPLE_MESSAGES, MaildirBuilder
 from tests.support.passwd import DEFAULT_USERS
 from tests.support.programs import require_program
@@ -101,6 +102,8 @@ def _listing(address: tuple[str, int], tls: TlsFiles, user: str, password: str) 
 def test_own_configuration_serves_the_same(
     tmp_path: Path, tls_files: TlsFiles, uidl_format: str
 ) -> None:
+    if dovecot_version()[:2] >= (2, 4):
+        pytest.skip("import-dovecot reads Dovecot 2.3 configurations; this Dovecot is 2.4")
     dovecot = DovecotServer(tls_files, DEFAULT_USERS, settings={"pop3_uidl_format": uidl_format})
     try:
         messages = [data for name, data in SAMPLE_MESSAGES.items() if name != "empty"]
@@ -138,13 +141,7 @@ def test_own_configuration_serves_the_same(
         with server:
             ours = {u.name: _listing(address, tls_files, u.name, u.password) for u in DEFAULT_USERS}
         assert ours == theirs, server.log()
-        if os.geteuid() == 0:  # served as the mail user, as Dovecot's mail processes were
-            assert f'user = "{dovecot_user(dovecot)}"' in generated
+        # Served as the mail user, as Dovecot's mail processes were.
+        assert f'user = "{pwd.getpwuid(dovecot.uid).pw_name}"' in generated
     finally:
         dovecot.stop()
-
-
-def dovecot_user(dovecot: DovecotServer) -> str:
-    import pwd
-
-    return pwd.getpwuid(dovecot.uid).pw_name

@@ -220,6 +220,12 @@ class Mapper:
     # -- the whole -----------------------------------------------------------------------
 
     def run(self) -> Imported:
+        version = self.root.settings.get("dovecot_config_version")
+        if version is not None:
+            raise DovecotConfigError(
+                f"{version.where}: dovecot_config_version = {version.value}: a Dovecot 2.4 "
+                "configuration; import-dovecot reads Dovecot 2.3's"
+            )
         self.consumed.add(id(self.pop3))
         self.server()
         self.listeners()
@@ -678,12 +684,18 @@ class Mapper:
         path, *options = rest.split(":")
         for option in options:
             name = option.partition("=")[0].upper()
-            if name in ("INDEX", "CONTROL", "VOLATILEDIR", "LAYOUT") and name != "LAYOUT":
-                self.out.notes.append(
-                    f"mail_location {name}=: mailslot reads no Dovecot index files"
+            if name == "CONTROL":
+                reason = (
+                    "dovecot-uidlist lives there, but mailslot reads it in the Maildir: "
+                    "UIDLs would differ; move the control files into the Maildirs first"
                 )
+            elif name in ("INDEX", "VOLATILEDIR"):
+                reason = "mailslot reads no Dovecot index files; nothing to carry over"
+            elif name == "LAYOUT":
+                reason = "folder layout; POP3 serves the INBOX only"
             else:
-                self.skip(f"mail_location :{option}", "no mailslot equivalent", where)
+                reason = "no mailslot equivalent"
+            self.skip(f"mail_location :{option}", reason, where)
         if path.startswith("~/") and self.static_home is not None:
             path = self.static_home.rstrip("/") + path[1:]
         converted, unknown = template(path)
