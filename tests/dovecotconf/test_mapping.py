@@ -110,6 +110,22 @@ def test_plaintext_auth(settings: str, allowed: bool) -> None:
     assert table(result, "auth")["allow_plaintext_without_tls"] is allowed
 
 
+def test_a_top_level_value_pop3_overrides_is_not_reported() -> None:
+    result = imported(
+        "disable_plaintext_auth = yes\nprotocol pop3 {\n  disable_plaintext_auth = no\n}\n"
+    )
+    assert table(result, "auth")["allow_plaintext_without_tls"] is True
+    assert "disable_plaintext_auth" not in skipped(result)
+
+
+def test_a_bad_port_is_reported() -> None:
+    result = imported(
+        "listen = ::1\nservice pop3-login {\n  inet_listener pop3 {\n    port = pop\n  }\n}\n"
+    )
+    assert [lst["port"] for lst in result.listeners] == [995]
+    assert "inet_listener pop3 { port = pop }" in skipped(result)
+
+
 def test_certificates_profile_and_what_tls_cannot_take() -> None:
     result = imported(
         "ssl_cert = </etc/ssl/mail/fullchain.pem\n"

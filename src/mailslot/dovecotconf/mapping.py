@@ -201,9 +201,11 @@ class Mapper:
 
     def setting(self, key: str) -> Setting | None:
         """The effective setting for POP3: ``protocol pop3 { }`` over the top level."""
-        found = self.pop3.settings.get(key) or self.root.settings.get(key)
-        if found is not None:
-            self.consumed.add(id(found))
+        top = self.root.settings.get(key)
+        found = self.pop3.settings.get(key) or top
+        for setting in (found, top):  # a top-level value POP3 overrides is handled too
+            if setting is not None:
+                self.consumed.add(id(setting))
         return found
 
     def value(self, key: str) -> str:
@@ -304,7 +306,11 @@ class Mapper:
                             setting.where,
                         )
         for name, spec in specs.items():
-            port = int(spec.get("port", "0") or "0")
+            port_text = spec.get("port", "0") or "0"
+            if not port_text.isdigit() or int(port_text) > 65535:
+                self.skip(f"inet_listener {name} {{ port = {port_text} }}", "not a port number")
+                continue
+            port = int(port_text)
             if port == 0:
                 continue  # Dovecot's way of turning a listener off
             implicit = _yes(spec.get("ssl", "no"))
