@@ -170,8 +170,9 @@ def test_passwd_file_with_domain_scheme_and_username_format() -> None:
     auth = table(result, "auth")
     assert auth["backend"] == "passwd-file"
     assert auth["passwd_file"] == "/etc/auth/{domain}/passwd"
-    assert auth["username_format"] == "%Ln"
+    assert auth["username_format"] == "%Lu"
     assert "{PLAIN}" in skipped(result)["passdb { args scheme=PLAIN }"]
+    assert "passdb { args username_format=%n }" in skipped(result)
     assert not any(key.startswith("userdb") for key in skipped(result))
 
 
@@ -379,7 +380,7 @@ def test_auth_settings() -> None:
         20.0,
         20.0,
     )
-    assert "auth_mechanisms = cram-md5" in skipped(result)
+    assert "auth_mechanisms = login cram-md5" in skipped(result)
 
 
 def test_everything_else_is_listed_with_a_reason() -> None:

@@ -415,7 +415,7 @@ class Mapper:
             if delay > 15.0:
                 self.out.set("auth", "failure_delay_max", delay)
         mechanisms = self.value("auth_mechanisms").lower().split()
-        other = [m for m in mechanisms if m not in ("plain", "login")]
+        other = [m for m in mechanisms if m != "plain"]
         if other:
             self.skip(
                 f"auth_mechanisms = {' '.join(other)}",
@@ -487,12 +487,11 @@ class Mapper:
         self.scheme(options.pop("scheme", None), db.where, converted)
         lookup = options.pop("username_format", "%u")
         if lookup not in ("%u", "%Lu"):
-            self.out.set(
-                "auth", "username_format", _combine(self.value("auth_username_format"), lookup)
-            )
-            self.out.notes.append(
-                f"passdb username_format={lookup}: mailslot's user name becomes that form "
-                "after login, and {user} in [store] maildir with it"
+            self.skip(
+                f"passdb {{ args username_format={lookup} }}",
+                "mailslot looks the login name up in the file as [auth] username_format "
+                "leaves it; list the names that way in the file",
+                db.where,
             )
         for key in options:
             self.skip(f"passdb {{ args {key}= }}", "no mailslot equivalent", db.where)
@@ -776,14 +775,6 @@ def _args(args: str) -> tuple[dict[str, str], str | None]:
         else:
             path = word
     return options, path
-
-
-def _combine(normalise: str, lookup: str) -> str:
-    """auth_username_format's case modifier on the passdb's username_format (%n)."""
-    case = re.match(r"%([LU])", normalise)
-    if case and lookup.startswith("%") and len(lookup) == 2:
-        return f"%{case[1]}{lookup[1]}"
-    return lookup
 
 
 def _connect_fields(connect: str) -> dict[str, str]:
