@@ -262,6 +262,7 @@ def test_other_passdbs_go_through_dovecots_auth_socket() -> None:
         ("maildir:/var/vmail/%d/%n", "/var/vmail/{domain}/{localpart}"),
         ("maildir:/srv/mail/%u/Maildir:INDEX=/var/index/%u", "/srv/mail/{user}/Maildir"),
         ("maildir:%h/mail", "{home}/mail"),
+        ("maildir:/var/vmail/%Ld/%Ln", "/var/vmail/{domain}/{localpart}"),  # names lowered
         ("maildir:/var/vmail/%{domain}/%{username}", "/var/vmail/{domain}/{localpart}"),
     ],
 )
@@ -271,12 +272,18 @@ def test_mail_location(location: str, maildir: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "location", ["mbox:~/mail:INBOX=/var/mail/%u", "mdbox:~/mdbox", "maildir:/m/%Lu", ""]
+    "location", ["mbox:~/mail:INBOX=/var/mail/%u", "mdbox:~/mdbox", "maildir:/m/%Uu", ""]
 )
 def test_mail_locations_mailslot_cannot_serve(location: str) -> None:
     result = imported(f"mail_location = {location}\n")
     assert "maildir" not in table(result, "store")
     assert any(key.startswith("mail_location") for key in skipped(result))
+
+
+def test_lowered_variables_need_lowered_names() -> None:
+    result = imported("auth_username_format = %u\nmail_location = maildir:/m/%Ln\n")
+    assert "maildir" not in table(result, "store")
+    assert "%Ln has no mailslot equivalent" in skipped(result)["mail_location = maildir:/m/%Ln"]
 
 
 def test_mail_location_options_are_listed() -> None:
@@ -301,6 +308,18 @@ def test_static_userdb_gives_user_group_and_home() -> None:
     )
     assert table(result, "server") == {"user": root, "group": group}
     assert table(result, "store")["maildir"] == "/var/vmail/{domain}/{localpart}/Maildir"
+
+
+def test_static_userdb_accounts_and_homes_mailslot_cannot_use() -> None:
+    result = imported(
+        "mail_location = maildir:~/Maildir\n"
+        "userdb {\n  driver = static\n  args = uid=no-such-user-here home=/v/%Uu\n}\n"
+    )
+    reasons = skipped(result)
+    assert reasons["userdb static { args uid=no-such-user-here }"] == "no such account"
+    assert "%Uu" in reasons["userdb static { args home=/v/%Uu }"]
+    assert table(result, "store")["maildir"] == "~/Maildir"
+    assert any("home directory" in note for note in result.notes)  # no passdb gives one
 
 
 def test_mail_uid_and_unknown_accounts() -> None:

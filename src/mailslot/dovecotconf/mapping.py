@@ -166,20 +166,24 @@ _VARIABLES = {
     "d": "{domain}", "domain": "{domain}",
     "h": "{home}", "home": "{home}",
 }  # fmt: skip
-_PERCENT = re.compile(r"%(?:\{([a-z]+)\}|([A-Za-z%]))")
+_PERCENT = re.compile(r"%([LU]?)(?:\{([a-z]+)\}|([A-Za-z%]))")
 
 
-def template(value: str) -> tuple[str, list[str]]:
+def template(value: str, *, lowered: bool = False) -> tuple[str, list[str]]:
     """A Dovecot path with ``%u %n %d %h`` as a mailslot ``{user}`` template; the second
-    item lists the variables that have no equivalent (empty when it translated whole)."""
+    item lists the variables that have no equivalent (empty when it translated whole).
+
+    ``lowered``: user names are lower-cased at login (``auth_username_format = %Lu``), so
+    ``%Lu`` is ``%u``.
+    """
     unknown: list[str] = []
 
     def one(match: re.Match[str]) -> str:
-        name = match[1] or match[2]
-        if name == "%":
+        case, name = match[1], match[2] or match[3]
+        if name == "%" and not case:
             unknown.append("%%")
             return "%"
-        if name in _VARIABLES:
+        if name in _VARIABLES and (not case or (case == "L" and lowered and name != "h")):
             return _VARIABLES[name]
         unknown.append(match[0])
         return match[0]
@@ -196,6 +200,7 @@ class Mapper:
         self.out = Imported()
         self.pop3 = next(root.find("protocol", "pop3"), Section("protocol", "pop3"))
         self.consumed: set[int] = set()  # id() of consumed Settings and Sections
+        self.static_home: str | None = None  # a static userdb's home=, as a template
 
     # -- access --------------------------------------------------------------------------
 
@@ -215,6 +220,10 @@ class Mapper:
     def where(self, key: str) -> str:
         found = self.pop3.settings.get(key) or self.root.settings.get(key)
         return "" if found is None else found.where
+
+    def lowered(self) -> bool:
+        """Whether user names are lower-cased at login (Dovecot's default ``%Lu``)."""
+        return self.value("auth_username_format").startswith("%L")
 
     def skip(self, key: str, reason: str, where: str = "") -> None:
         self.out.skipped.append(Skipped(key, where, reason))
@@ -474,7 +483,7 @@ class Mapper:
         if path is None:
             self.skip("passdb { args }", "no passwd-file path in args", db.where)
             return
-        converted, unknown = template(path)
+        converted, unknown = template(path, lowered=self.lowered())
         if unknown or "{user}" in converted or "{localpart}" in converted or "{home}" in converted:
             self.skip(
                 f"passdb {{ args = {path} }}",
@@ -588,16 +597,27 @@ class Mapper:
     def static_userdb(self, db: Section, options: dict[str, str]) -> None:
         for key in ("uid", "gid"):
             if key in options:
-                name = _account(options.pop(key), group=key == "gid")
-                if name is not None:
+                value = options.pop(key)
+                name = _account(value, group=key == "gid")
+                if name is None:
+                    self.skip(
+                        f"userdb static {{ args {key}={value} }}", "no such account", db.where
+                    )
+                else:
                     self.out.set("server", "user" if key == "uid" else "group", name)
         home = options.pop("home", None)
         if home is not None:
-            self.static_home = template(home)[0]
+            converted, unknown = template(home, lowered=self.lowered())
+            if unknown:
+                self.skip(
+                    f"userdb static {{ args home={home} }}",
+                    f"{', '.join(unknown)} has no mailslot equivalent",
+                    db.where,
+                )
+            else:
+                self.static_home = converted
         for key in options:
             self.skip(f"userdb static {{ args {key}= }}", "no mailslot equivalent", db.where)
-
-    static_home: str | None = None
 
     def same_uid(self, path: str | None) -> None:
         """Dovecot runs each user's mail process as the userdb's uid: when every line of the
@@ -701,9 +721,7 @@ class Mapper:
             else:
                 reason = "no mailslot equivalent"
             self.skip(f"mail_location :{option}", reason, where)
-        if path.startswith("~/") and self.static_home is not None:
-            path = self.static_home.rstrip("/") + path[1:]
-        converted, unknown = template(path)
+        converted, unknown = template(path, lowered=self.lowered())
         if unknown:
             self.skip(
                 f"mail_location = {location}",
@@ -712,6 +730,19 @@ class Mapper:
                 where,
             )
             return
+        tilde = converted.startswith("~/")
+        if tilde:
+            converted = "{home}" + converted[1:]
+        if self.static_home is not None:
+            converted = converted.replace("{home}", self.static_home.rstrip("/"))
+        elif "{home}" in converted:
+            if self.out.tables.get("auth", {}).get("backend") != "passwd-file":
+                self.out.notes.append(
+                    "mail_location uses the home directory, which mailslot takes from a "
+                    "passwd-file's home field: check that this user database gives one"
+                )
+            if tilde:
+                converted = "~" + converted.removeprefix("{home}")
         self.out.set("store", "maildir", converted)
 
     # -- [log] -----------------------------------------------------------------------------
