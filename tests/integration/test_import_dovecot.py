@@ -69,7 +69,10 @@ def test_debian_shipped_configuration(tmp_path: Path, tls_files: TlsFiles) -> No
         assert "#   mail_location = mbox:~/mail:INBOX=/var/mail/%u" in generated
         assert 'backend = "dovecot"' in generated  # passdb pam: through Dovecot's auth
         assert f'certificate = "{tls_files.certificate}"' in generated
-        outputs.append(settings_of(generated))
+        reported = sorted(
+            line.split(" (")[0] for line in done.stderr.splitlines() if line.startswith("not ")
+        )
+        outputs.append((settings_of(generated), reported))
         # PAM's users are system users: which account serves them is the administrator's
         # call, which the report says; as root, check-config needs that decision.
         if os.geteuid() == 0:
@@ -78,7 +81,7 @@ def test_debian_shipped_configuration(tmp_path: Path, tls_files: TlsFiles) -> No
         checked = mailslot("check-config", "--config", str(output))
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "OK" in checked.stdout
-    assert outputs[0] == outputs[1]  # doveconf -n and the parser agree
+    assert outputs[0] == outputs[1]  # doveconf -n and the parser agree, report included
 
 
 def _listing(address: tuple[str, int], tls: TlsFiles, user: str, password: str) -> list[bytes]:
@@ -98,9 +101,12 @@ def _listing(address: tuple[str, int], tls: TlsFiles, user: str, password: str) 
     return replies
 
 
-@pytest.mark.parametrize("uidl_format", ["%08Xu%08Xv", "%f"])
+@pytest.mark.parametrize(
+    ("uidl_format", "flags"),
+    [("%08Xu%08Xv", []), ("%f", []), ("%08Xu%08Xv", ["--no-doveconf"])],
+)
 def test_own_configuration_serves_the_same(
-    tmp_path: Path, tls_files: TlsFiles, uidl_format: str
+    tmp_path: Path, tls_files: TlsFiles, uidl_format: str, flags: list[str]
 ) -> None:
     if dovecot_version()[:2] >= (2, 4):
         pytest.skip("import-dovecot reads Dovecot 2.3 configurations; this Dovecot is 2.4")
@@ -131,6 +137,7 @@ def test_own_configuration_serves_the_same(
             "--output",
             str(server.config_path),
             "--force",
+            *flags,
         )
         assert done.returncode == 0, done.stderr
         generated = server.config_path.read_text()
