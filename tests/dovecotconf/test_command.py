@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from tests.support.tls import TlsFiles
 
 from mailslot.cli import main
 
@@ -110,3 +111,28 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "examples:" in out
     assert "mailslot import-dovecot --from /etc/dovecot/dovecot.conf" in out
+
+
+def test_an_sql_site_passes_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tls_files: TlsFiles
+) -> None:
+    (tmp_path / "dovecot-sql.conf.ext").write_text(
+        "driver = pgsql\n"
+        "connect = host=127.0.0.1 dbname=mail user=dovecot\n"
+        "default_pass_scheme = SHA512-CRYPT\n"
+        "password_query = \\\n"
+        "  SELECT userid AS user, password FROM users WHERE userid = '%u'\n"
+    )
+    text = (
+        "listen = 127.0.0.1\n"
+        f"ssl_cert = <{tls_files.certificate}\n"
+        f"ssl_key = <{tls_files.private_key}\n"
+        "mail_uid = nobody\n"
+        "mail_location = maildir:/var/vmail/%d/%n\n"
+        "passdb {\n  driver = sql\n  args = dovecot-sql.conf.ext\n}\n"
+    )
+    code, _, output = run(tmp_path, capsys, text=text)
+    assert code == 0
+    assert 'password_query = "SELECT userid AS user' in output.read_text()
+    assert main(["check-config", "--config", str(output)]) == 0
+    assert capsys.readouterr().out.startswith("OK")
