@@ -442,3 +442,28 @@ def test_defaults_are_the_installed_dovecots() -> None:
         if equals and not line.startswith(" "):
             top[key] = value
     assert {key: top[key] for key in DEFAULTS} == DEFAULTS
+
+
+def test_config_checks_the_agreed_keys_it_writes() -> None:
+    """The issue-16 keys this branch adds to config.py: accepted, and checked by name."""
+    base = '[[listener]]\ntls = "none"\n'
+    with pytest.raises(ConfigError) as error:
+        loads(
+            base + '[auth]\nbackend = "sql"\n[auth.sql]\ndriver = "oracle"\n'
+            '[store]\nclient_workarounds = ["oe-ns-eoh", "netscape-eoh"]\n',
+            check_files=False,
+        )
+    keys = {problem.key for problem in error.value.problems}
+    assert keys == {
+        "auth.sql.driver",
+        "auth.sql.password_query",
+        "auth.sql.dsn",
+        "store.client_workarounds",
+    }
+    config = loads(
+        base + '[auth]\nbackend = "dovecot"\n[auth.dovecot]\nsocket = "/run/x/auth-client"\n'
+        '[log]\nformat = "json"\n',
+        check_files=False,
+    )
+    assert str(config.auth.dovecot.socket) == "/run/x/auth-client"
+    assert config.log.format == "json"
