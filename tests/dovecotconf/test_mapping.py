@@ -329,6 +329,7 @@ def test_mail_uid_and_unknown_accounts() -> None:
         "hostname": "pop.example.org",
     }
     assert "no account" in skipped(result)["mail_gid"]
+    assert "no account" in skipped(imported("mail_uid = 99999999999999999999\n"))["mail_uid"]
 
 
 def test_one_uid_in_the_passwd_file_is_the_server_user(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ RFC 8314 implicit TLS), ``ssl*`` into ``[tls]``, the first ``passdb`` into ``[au
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import re
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from mailslot.dovecotconf.parser import DovecotConfigError, Section, Setting, parse_file
 from mailslot.store.dovecotformat import UidlFormat
@@ -785,13 +787,11 @@ def _has_settings(section: Section) -> bool:
 
 def _account(value: str, *, group: bool) -> str | None:
     """The account name for a Dovecot uid/gid setting (a name or a number)."""
-    import grp
-
     try:
         if value.isdigit():
             return grp.getgrgid(int(value)).gr_name if group else pwd.getpwuid(int(value)).pw_name
         return grp.getgrnam(value).gr_name if group else pwd.getpwnam(value).pw_name
-    except KeyError:
+    except (KeyError, OverflowError):
         return None
 
 
@@ -817,8 +817,6 @@ def _connect_fields(connect: str) -> dict[str, str]:
 
 def _dsn(driver: str, connect: str) -> tuple[str, list[str]]:
     """Dovecot's ``connect = host=... dbname=... user=... password=...`` as a URL."""
-    from urllib.parse import quote
-
     fields = _connect_fields(connect)
     host = fields.pop("host", "localhost")
     port = fields.pop("port", "")
