@@ -17,7 +17,8 @@ import pytest
 from tests.support.programs import find_program
 
 from mailslot.config import ConfigError, loads
-from mailslot.dovecotconf.mapping import DEFAULTS, Imported, convert, seconds, template
+from mailslot.dovecotconf.defaults import DEFAULTS
+from mailslot.dovecotconf.mapping import Imported, convert, seconds, template
 from mailslot.dovecotconf.parser import DovecotConfigError, parse_text
 from mailslot.dovecotconf.render import render
 

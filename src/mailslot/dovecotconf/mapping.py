@@ -3,7 +3,7 @@
 Every setting the tree holds is either carried over (consumed) or listed in
 :attr:`Imported.skipped` with the reason; :attr:`Imported.notes` explains mappings that are
 close but not identical.  Settings ``doveconf -n`` leaves out are at Dovecot's defaults,
-:data:`DEFAULTS` (Dovecot 2.3.19's, checked against ``doveconf -a`` by the tests).
+:data:`mailslot.dovecotconf.defaults.DEFAULTS`.
 
 The mappings follow docs/configuration.md (mailslot) and Dovecot's doc/example-config:
 ``service pop3-login { inet_listener pop3 / pop3s }`` into ``[[listener]]`` (RFC 2595 STLS,
@@ -24,92 +24,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mailslot.dovecotconf.defaults import (
+    DEFAULTS,
+    LEGACY_SCHEMES,
+    LOGOUT_FORMAT,
+    NOT_INET,
+    REASONS,
+    SECTION_REASONS,
+    SERVICE_REASONS,
+    SERVICE_SETTING,
+    TEXT_SCHEMES,
+    WORKAROUNDS,
+)
 from mailslot.dovecotconf.parser import DovecotConfigError, Section, Setting, parse_file
 from mailslot.store.dovecotformat import UidlFormat
-
-#: Dovecot 2.3.19's defaults for the settings mapped here (``doveconf -a``).
-DEFAULTS: dict[str, str] = {
-    "protocols": "",  # Debian builds: each dovecot-*d package adds its protocol
-    "listen": "*, ::",
-    "ssl": "yes",
-    "ssl_min_protocol": "TLSv1.2",
-    "disable_plaintext_auth": "yes",
-    "auth_username_format": "%Lu",
-    "auth_mechanisms": "plain",
-    "auth_failure_delay": "2 secs",
-    "mail_location": "",
-    "pop3_uidl_format": "%08Xu%08Xv",
-    "pop3_reuse_xuidl": "no",
-    "pop3_no_flag_updates": "no",
-    "pop3_deleted_flag": "",
-    "pop3_lock_session": "no",
-    "pop3_client_workarounds": "",
-    "pop3_logout_format": "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s",
-    "mail_max_userip_connections": "10",
-    "hostname": "",
-    "base_dir": "/run/dovecot",
-    "haproxy_trusted_networks": "",
-}
-
-#: mailslot's own defaults for the agreed settings the import writes only when they differ.
-_LOGOUT_FORMAT = DEFAULTS["pop3_logout_format"]
-_WORKAROUNDS = ("outlook-no-nuls", "oe-ns-eoh")
-_TEXT_SCHEMES = ("CRYPT", "ARGON2ID", "ARGON2I", "BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT")
-_LEGACY_SCHEMES = ("MD5-CRYPT", "MD5")
-
-#: Why a setting has no mailslot equivalent, for the ones sites commonly set.
-REASONS: dict[str, str] = {
-    "base_dir": "Dovecot's runtime directory; mailslot keeps no such directory",
-    "state_dir": "Dovecot's state directory; mailslot keeps no such directory",
-    "log_path": "mailslot logs to stderr (journald under systemd), docs/configuration.md [log]",
-    "info_log_path": "mailslot logs to stderr (journald under systemd)",
-    "debug_log_path": "mailslot logs to stderr (journald under systemd)",
-    "syslog_facility": "mailslot logs to stderr (journald under systemd)",
-    "login_greeting": "mailslot's greeting is fixed; [server] hostname names the server in it",
-    "first_valid_uid": "mailslot does not switch to per-user uids; [server] user serves all",
-    "last_valid_uid": "mailslot does not switch to per-user uids; [server] user serves all",
-    "first_valid_gid": "mailslot does not switch to per-user gids; [server] group serves all",
-    "last_valid_gid": "mailslot does not switch to per-user gids; [server] group serves all",
-    "mail_privileged_group": "only for mbox dotlocks in /var/mail, which mailslot does not use",
-    "default_internal_user": "Dovecot's own unprivileged account; mailslot uses [server] user",
-    "default_login_user": "Dovecot's own login account; mailslot uses [server] user",
-    "ssl_cipher_list": "mailslot's ciphers come from Mozilla's profile ([tls] profile)",
-    "ssl_cipher_suites": "mailslot's TLS 1.3 suites are OpenSSL's defaults ([tls] profile)",
-    "ssl_curve_list": "mailslot's curves come from Mozilla's profile ([tls] profile)",
-    "ssl_prefer_server_ciphers": "mailslot lets OpenSSL's profile choose ([tls] profile)",
-    "ssl_dh": "mailslot offers ECDHE only; no DH parameters are needed",
-    "ssl_options": "no equivalent; compression is always off and ECDH always on",
-    "ssl_ca": "mailslot does not ask clients for certificates",
-    "ssl_verify_client_cert": "mailslot does not ask clients for certificates",
-    "ssl_client_ca_dir": "mailslot does not ask clients for certificates",
-    "ssl_client_ca_file": "mailslot does not ask clients for certificates",
-    "ssl_key_password": "mailslot reads unencrypted keys: decrypt the key file (and keep it 0600)",
-    "ssl_cert_username_field": "mailslot does not ask clients for certificates",
-    "auth_verbose": "mailslot logs every login failure at info level",
-    "auth_verbose_passwords": "mailslot never logs passwords",
-    "auth_debug": 'use [log] level = "debug"',
-    "auth_debug_passwords": "mailslot never logs passwords",
-    "mail_debug": 'use [log] level = "debug"',
-    "verbose_ssl": 'use [log] level = "debug"',
-    "auth_cache_size": "mailslot caches the passwd-file in memory and re-reads it when it changes",
-    "auth_cache_ttl": "mailslot caches the passwd-file in memory and re-reads it when it changes",
-    "auth_worker_max_count": "use [auth] verify_pool",
-    "mail_plugins": "mailslot has no plugins",
-    "pop3_enable_last": "LAST was removed from POP3 (RFC 1939 section 10); mailslot has none",
-    "pop3_fast_size_lookups": "mailslot always takes sizes from the Maildir file names or files",
-    "pop3_save_uidl": "mailslot reads saved UIDLs from dovecot-uidlist but saves none",
-    "pop3_uidl_duplicates": "mailslot always allows duplicate UIDLs",
-    "pop3_delete_type": "mailslot expunges (or, with deleted_flag, flags) as Dovecot's default",
-    "mailbox_list_index": "mailslot reads no Dovecot index files",
-    "maildir_very_dirty_syncs": "mailslot reads no Dovecot index files",
-    "mmap_disable": "mailslot reads no Dovecot index files",
-    "mail_fsync": "mailslot always fsyncs what it writes",
-    "lock_method": "mailslot locks dovecot-uidlist with Dovecot's dotlock",
-    "import_environment": "set the environment in the service manager",
-    "shutdown_clients": "mailslot ends sessions on shutdown after [server] shutdown_timeout",
-    "mail_max_userip_connections": "the maildrop lock allows one session per user "
-    "(pop3_lock_session = yes)",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,11 +185,11 @@ class Mapper:
         for section in [*self.root.sections, *self.pop3.sections]:
             if id(section) in self.consumed or not _has_settings(section):
                 continue  # an empty block (conf.d's commented-out examples) changes nothing
-            reason = _SECTION_REASONS.get(section.kind, "no mailslot equivalent")
+            reason = SECTION_REASONS.get(section.kind, "no mailslot equivalent")
             if section.kind == "protocol":
                 reason = f"applies to {section.name}, which mailslot does not serve"
             elif section.kind == "service":
-                reason = _SERVICE_REASONS.get(section.name, reason)
+                reason = SERVICE_REASONS.get(section.name, reason)
             self.skip(f"{section.title} {{ }}", reason, section.where)
 
     # -- [server] --------------------------------------------------------------------------
@@ -300,10 +228,10 @@ class Mapper:
         for service in self.root.find("service", "pop3-login"):
             self.consumed.add(id(service))
             for key, setting in service.settings.items():
-                self.skip(f"service pop3-login {{ {key} }}", _SERVICE_SETTING, setting.where)
+                self.skip(f"service pop3-login {{ {key} }}", SERVICE_SETTING, setting.where)
             for inner in service.sections:
                 if inner.kind != "inet_listener":
-                    self.skip(f"service pop3-login {{ {inner.title} }}", _NOT_INET, inner.where)
+                    self.skip(f"service pop3-login {{ {inner.title} }}", NOT_INET, inner.where)
                     continue
                 spec = specs.setdefault(inner.name, {})
                 wheres[inner.name] = inner.where
@@ -512,12 +440,12 @@ class Mapper:
         if scheme is None or _all_prefixed(path):
             return
         upper = scheme.upper()
-        if upper in _LEGACY_SCHEMES:
+        if upper in LEGACY_SCHEMES:
             self.out.set("auth", "legacy_schemes", ["MD5-CRYPT"])
             self.out.notes.append(
                 "scheme=MD5-CRYPT: [auth] legacy_schemes allows it, with a warning per login"
             )
-        elif upper not in _TEXT_SCHEMES:
+        elif upper not in TEXT_SCHEMES:
             self.skip(
                 f"passdb {{ args scheme={scheme} }}",
                 "mailslot reads a password without {SCHEME} prefix as CRYPT: give each such "
@@ -680,11 +608,11 @@ class Mapper:
                     "mailslot ([limits] max_sessions_per_user), per user and address in Dovecot"
                 )
         workarounds = self.value("pop3_client_workarounds").split()
-        known = [w for w in workarounds if w in _WORKAROUNDS]
+        known = [w for w in workarounds if w in WORKAROUNDS]
         if known:
             self.out.set("store", "client_workarounds", known)
         for other in workarounds:
-            if other not in _WORKAROUNDS:
+            if other not in WORKAROUNDS:
                 self.skip(
                     f"pop3_client_workarounds {other}",
                     "mailslot knows outlook-no-nuls and oe-ns-eoh",
@@ -751,22 +679,8 @@ class Mapper:
 
     def log(self) -> None:
         logout = self.value("pop3_logout_format")
-        if logout != _LOGOUT_FORMAT:
+        if logout != LOGOUT_FORMAT:
             self.out.set("log", "logout_format", logout)
-
-
-_SERVICE_SETTING = "mailslot's processes are [server] workers and its limits [limits]"
-_NOT_INET = "mailslot listens on TCP sockets only"
-_SECTION_REASONS = {
-    "service": "a Dovecot process; mailslot has no equivalent",
-    "namespace": "IMAP namespaces; POP3 serves the INBOX only",
-    "plugin": "mailslot has no plugins",
-    "dict": "mailslot has no dict lookups",
-}
-_SERVICE_REASONS = {
-    "pop3": "mailslot's processes are [server] workers; limits are in [limits]",
-    "auth": "Dovecot's auth service; see [auth]",
-}
 
 
 def _all_prefixed(path: str) -> bool:
