@@ -18,7 +18,6 @@ import grp
 import os
 import pwd
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -751,10 +750,3 @@ def _dsn(driver: str, connect: str) -> tuple[str, list[str]]:
 def convert(root: Section, *, base: Path | None = None) -> Imported:
     """Map ``root`` (a parsed configuration); ``base`` resolves relative file names."""
     return Mapper(root, base=base).run()
-
-
-def iter_keys(imported: Imported) -> Iterator[str]:
-    """Every dotted key the import sets (for tests and the summary)."""
-    for table, values in imported.tables.items():
-        for key in values:
-            yield f"{table}.{key}"
