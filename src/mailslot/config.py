@@ -65,11 +65,27 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SqlAuthConfig:
+    """``[auth.sql]``: Dovecot's SQL passdb (mailslot.auth.sql).  The DSN comes from dsn,
+    dsn_file or $MAILSLOT_AUTH_DSN, so no password need sit in this file."""
+
+    driver: Literal["postgresql", "mysql"] = "postgresql"
+    dsn: str | None = None
+    dsn_file: Path | None = None
+    password_query: str | None = None  # Dovecot's syntax: '%u' is bound, never pasted
+    default_pass_scheme: str = "CRYPT"  # noqa: S105 (a scheme's name)
+    pool_size: int = 5  # connections per worker process
+    connect_timeout: float = 5.0
+    query_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     """``[auth]``: the user database and login policy."""
 
     # "postgresql": users in the database of [store] dsn (docs/postgresql.md).
-    backend: Literal["passwd-file", "postgresql"] = "passwd-file"
+    # "sql": the administrator's password_query, [auth.sql].
+    backend: Literal["passwd-file", "postgresql", "sql"] = "passwd-file"
     passwd_file: Path | None = None
     allow_plaintext_without_tls: bool = False
     failure_delay: float = 2.0
@@ -80,6 +96,7 @@ class AuthConfig:
     failure_time_floor: float = 0.0
     verify_pool: int = 0  # 0: the cores, divided among the workers
     verify_per_client: int = 2
+    sql: SqlAuthConfig = field(default_factory=SqlAuthConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +370,11 @@ class _Loader:
                 entries = self.certificates(value.pop("certificates"))
                 tables[name] = replace(self.build(cls, value, name), certificates=entries)
                 continue
+            if name == "auth" and "sql" in value:
+                value = dict(value)
+                sql = self.sql_auth(value.pop("sql"))
+                tables[name] = replace(self.build(cls, value, name), sql=sql)
+                continue
             tables[name] = self.build(cls, value, name)
         listeners = self.listeners(raw.get("listener", []))
         tables["store"] = self.store(tables["store"])
@@ -516,6 +538,18 @@ class _Loader:
                 )
         return ListenerConfig(**values)
 
+    def sql_auth(self, raw: object) -> SqlAuthConfig:
+        """``[auth.sql]``; what the query may hold is :mod:`mailslot.auth.sqlcheck`'s."""
+        if not isinstance(raw, dict):
+            self.problem("auth", "sql", f"must be a table ([auth.sql]), not {_toml_type(raw)}")
+            return SqlAuthConfig()
+        from mailslot.auth.sqlcheck import check_sql_config
+
+        sql = SqlAuthConfig(**self.values(SqlAuthConfig, raw, "auth.sql"))
+        for key, message in check_sql_config(sql, check_files=self.check_files):
+            self.problem("auth.sql", key, message)
+        return sql
+
     def store(self, store: StoreConfig) -> StoreConfig:
         template = store.maildir
         bad = [name for name in _PLACEHOLDER.findall(template) if name not in _MAILDIR_PLACEHOLDERS]
@@ -625,6 +659,13 @@ class _Loader:
                     f"{what} (PEM)",
                     index,
                 )
+        if config.auth.backend == "sql" and config.auth.sql.password_query is None:
+            self.problem(
+                "auth.sql",
+                "password_query",
+                'is required with [auth] backend = "sql": the SELECT that returns the'
+                " password (Dovecot's password_query)",
+            )
         if config.listeners and config.auth.backend == "passwd-file":
             self.required_file(
                 "auth",
