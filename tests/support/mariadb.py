@@ -183,9 +183,10 @@ class MariadbServer:
         ``(database name, DSN over TCP as that user)``."""
         name = f"{prefix}_{os.getpid()}_{next(_counter)}"
         password = f"pw'{name}"  # a quote in it: the DSN must carry it intact
+        literal = password.replace("'", "''")
         self.execute(
             f"CREATE DATABASE `{name}`",
-            f"CREATE USER '{name}'@'127.0.0.1' IDENTIFIED BY '{password.replace(chr(39), chr(39) * 2)}'",
+            f"CREATE USER '{name}'@'127.0.0.1' IDENTIFIED BY '{literal}'",
             f"GRANT SELECT ON `{name}`.* TO '{name}'@'127.0.0.1'",
         )
         quoted = urllib.parse.quote(password, safe="")
