@@ -40,6 +40,7 @@ from mailslot.auth.verification import (
     measure_costs,
     verify_or_dummy,
 )
+from mailslot.log import escape
 
 __all__ = ["SqlAuthenticator"]
 
@@ -160,7 +161,7 @@ class SqlAuthenticator:
             )
             return None
         if fields.nologin:
-            reason = f" ({usernames.for_log(fields.reason)})" if fields.reason else ""
+            reason = f" ({escape(fields.reason)})" if fields.reason else ""
             log.info("login refused: user=%s: nologin%s", shown, reason)
             return None
         if fields.allow_nets is not None and not client_allowed(client, fields.allow_nets):
