@@ -15,7 +15,7 @@ from mailslot.auth import schemes
 from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
 from mailslot.auth.sql import SqlAuthenticator
 from mailslot.auth.sqldb import DsnError, connect_arguments, open_database
-from mailslot.auth.sqlfields import client_allowed, passdb_fields
+from mailslot.auth.sqlfields import canonical_name, client_allowed, passdb_fields
 from mailslot.auth.sqlquery import compile_query
 
 from .conftest import PASSWORDS, STORED, run, sql_authenticator
@@ -270,6 +270,14 @@ def test_connect_strings() -> None:
     ]:
         with pytest.raises(DsnError, match=message):
             connect_arguments(driver, dsn)  # type: ignore[arg-type]
+
+
+def test_username_and_domain_columns_name_the_account() -> None:
+    fields = passdb_fields({"username": "Alice", "domain": "example.org"})
+    assert canonical_name("alice@EXAMPLE.org", fields) == "Alice@example.org"
+    assert canonical_name("alice", passdb_fields({"username": "alice", "domain": ""})) == "alice"
+    assert canonical_name("a@b", passdb_fields({"domain": "c"})) == "a@c"
+    assert canonical_name("a@b", passdb_fields({"user": "x@y", "username": "z"})) == "z@y"
 
 
 def test_fields_and_networks() -> None:

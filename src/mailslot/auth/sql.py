@@ -29,7 +29,12 @@ from mailslot.auth import schemes, usernames
 from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
 from mailslot.auth.pool import VerifyPool
 from mailslot.auth.sqldb import Database, DatabaseUnavailable
-from mailslot.auth.sqlfields import PassdbFields, client_allowed, passdb_fields
+from mailslot.auth.sqlfields import (
+    PassdbFields,
+    canonical_name,
+    client_allowed,
+    passdb_fields,
+)
 from mailslot.auth.sqlquery import Query
 from mailslot.auth.verification import (
     Verifier,
@@ -171,7 +176,7 @@ class SqlAuthenticator:
                 usernames.for_log(client or "unknown"),
             )
             return None
-        name = fields.user or username
+        name = canonical_name(username, fields)
         if not usernames.is_valid(name):
             log.error(
                 "login refused: user=%s: the user column %s is not a valid user name",
@@ -188,7 +193,7 @@ class SqlAuthenticator:
         fields = await self._fields(username)
         if fields is None or fields.refused:
             return None
-        name = fields.user or username
+        name = canonical_name(username, fields)
         return User(name=name, home=fields.home) if usernames.is_valid(name) else None
 
     async def aclose(self) -> None:

@@ -10,15 +10,17 @@ import os
 from typing import TYPE_CHECKING
 
 from mailslot.auth import schemes
-from mailslot.auth.sqldb import DsnError, connect_arguments
+from mailslot.auth.sqldb import DatabaseUnavailable, DsnError, connect_arguments, open_database
 from mailslot.auth.sqlquery import QueryError, compile_query
 
 if TYPE_CHECKING:
     from mailslot.config import SqlAuthConfig
 
-__all__ = ["DSN_VARIABLE", "SqlDsnMissing", "check_sql_config", "resolve_sql_dsn"]
+__all__ = ["DSN_VARIABLE", "SqlDsnMissing", "check_sql_config", "probe", "resolve_sql_dsn"]
 
 DSN_VARIABLE = "MAILSLOT_AUTH_DSN"
+# Whom `check-config --connect` asks for: a name in the reserved .invalid domain (RFC 2606).
+PROBE_USER = "mailslot-check-config@example.invalid"
 
 
 class SqlDsnMissing(Exception):
@@ -93,3 +95,39 @@ def resolve_sql_dsn(sql: SqlAuthConfig) -> str:
             "(e.g. postgresql://mailslot@db.example/mail)"
         )
     return dsn
+
+
+async def probe(sql: SqlAuthConfig) -> list[tuple[str, str]]:
+    """Connect and run ``password_query`` once for :data:`PROBE_USER`: problems as
+    ``(key, message)`` (the DSN, the query's SQL, a missing ``password`` column)."""
+    try:
+        dsn = resolve_sql_dsn(sql)
+    except SqlDsnMissing as exc:
+        return [("dsn", str(exc))]
+    assert sql.password_query is not None
+    query = compile_query(sql.password_query, sql.driver)
+    database = open_database(
+        sql.driver,
+        dsn,
+        size=1,
+        connect_timeout=sql.connect_timeout,
+        query_timeout=sql.query_timeout,
+    )
+    try:
+        names = await database.columns(query, query.parameters(PROBE_USER))
+    except DatabaseUnavailable as exc:
+        if exc.connecting:
+            return [("dsn", f"cannot connect to the {sql.driver} database: {exc}")]
+        return [("password_query", f"the database refused it: {exc}")]
+    finally:
+        await database.aclose()
+    if not {name.lower() for name in names} & {"password", "password_noscheme"}:
+        returned = ", ".join(names) or "no columns"
+        return [
+            (
+                "password_query",
+                f"returns no password column (it returns {returned}); name the hash's "
+                "column with AS password",
+            )
+        ]
+    return []

@@ -44,7 +44,12 @@ Row = Mapping[str, object]
 
 
 class DatabaseUnavailable(Exception):
-    """The query could not be answered; the message is one loggable line."""
+    """The query could not be answered; the message is one loggable line.  ``connecting``:
+    no connection could be had (else the query itself failed)."""
+
+    def __init__(self, message: str, *, connecting: bool = False) -> None:
+        super().__init__(message)
+        self.connecting = connecting
 
 
 class DsnError(ValueError):
@@ -54,6 +59,11 @@ class DsnError(ValueError):
 class Database(Protocol):
     async def fetch(self, query: Query, parameters: tuple[str, ...]) -> list[Row]:
         """The rows ``query`` returns; raises :class:`DatabaseUnavailable`."""
+        ...
+
+    async def columns(self, query: Query, parameters: tuple[str, ...]) -> list[str]:
+        """The names of the columns ``query`` returns (it is run once, by itself: no retry);
+        raises :class:`DatabaseUnavailable`, ``connecting`` said."""
         ...
 
     async def aclose(self) -> None: ...
@@ -225,6 +235,20 @@ class PostgresDatabase(_LazyPool):
                 raise DatabaseUnavailable(describe(exc)) from exc
         raise AssertionError("unreachable")
 
+    async def columns(self, query: Query, parameters: tuple[str, ...]) -> list[str]:
+        import asyncpg
+
+        connecting = True
+        try:
+            pool = await self.get()
+            async with pool.acquire(timeout=self.connect_timeout) as connection:
+                connecting = False
+                statement = await connection.prepare(query.text)
+                await asyncio.wait_for(statement.fetch(*parameters), self.query_timeout)
+                return [attribute.name for attribute in statement.get_attributes()]
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise DatabaseUnavailable(describe(exc), connecting=connecting) from exc
+
     async def aclose(self) -> None:
         pool = self._forget()
         if pool is not None:
@@ -285,6 +309,26 @@ class MysqlDatabase(_LazyPool):
             except errors as exc:
                 raise DatabaseUnavailable(describe(exc)) from exc
         raise AssertionError("unreachable")
+
+    async def columns(self, query: Query, parameters: tuple[str, ...]) -> list[str]:
+        import pymysql
+
+        connecting = True
+        try:
+            pool = await self.get()
+            connection = await asyncio.wait_for(pool.acquire(), self.connect_timeout)
+            connecting = False
+            try:
+                async with connection.cursor() as cursor:
+                    await asyncio.wait_for(
+                        cursor.execute(query.text, parameters), self.query_timeout
+                    )
+                    await cursor.fetchall()
+                    return [str(column[0]) for column in cursor.description or ()]
+            finally:
+                pool.release(connection)
+        except (pymysql.err.MySQLError, OSError, TimeoutError, RuntimeError) as exc:
+            raise DatabaseUnavailable(describe(exc), connecting=connecting) from exc
 
     async def aclose(self) -> None:
         pool = self._forget()

@@ -5,7 +5,9 @@ the row's ``password`` (or ``password_noscheme``) column, an optional ``user`` t
 the account canonically, and any other column as an extra field; a NULL column is as if
 it were absent.  Here:
 
-- honoured: ``password``, ``password_noscheme``, ``user``, ``userdb_home`` (the user's
+- honoured: ``password``, ``password_noscheme``, ``user`` (or ``username`` and
+  ``domain``, which replace the name's parts before and after the ``@``, as in the query
+  of Dovecot's example ``dovecot-sql.conf.ext``), ``userdb_home`` (the user's
   home, for ``[store] maildir``'s ``{home}``), ``nologin`` (the login is refused whatever
   the password; ``reason`` is logged with it) and ``allow_nets`` (the client must be in
   one of these comma-separated networks, else the login is refused);
@@ -25,11 +27,21 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["PassdbFields", "client_allowed", "passdb_fields"]
+__all__ = ["PassdbFields", "canonical_name", "client_allowed", "passdb_fields"]
 
 _REFUSED = ("proxy", "proxy_maybe", "host", "nopassword")
 _HONOURED = frozenset(
-    {"password", "password_noscheme", "user", "userdb_home", "nologin", "reason", "allow_nets"}
+    {
+        "password",
+        "password_noscheme",
+        "user",
+        "username",
+        "domain",
+        "userdb_home",
+        "nologin",
+        "reason",
+        "allow_nets",
+    }
 )
 
 
@@ -38,6 +50,8 @@ class PassdbFields:
     """What a row says about the account."""
 
     user: str | None = None
+    username: str | None = None  # the part before the @
+    domain: str | None = None  # the part after it
     password: str | None = None  # with a {SCHEME} prefix (default_pass_scheme supplied)
     home: str | None = None
     nologin: bool = False
@@ -71,6 +85,8 @@ def passdb_fields(
     nets = present.get("allow_nets")
     return PassdbFields(
         user=present.get("user") or None,
+        username=present.get("username") or None,
+        domain=present.get("domain"),
         password=password or None,
         home=present.get("userdb_home") or None,
         nologin="nologin" in present,
@@ -79,6 +95,18 @@ def passdb_fields(
         refused=tuple(k for k in _REFUSED if k in present),
         unused=tuple(sorted(k for k in present if k not in _HONOURED and k not in _REFUSED)),
     )
+
+
+def canonical_name(login: str, fields: PassdbFields) -> str:
+    """The account's name: ``user``, else the login name with ``username`` and ``domain``
+    put in for its parts (an empty ``domain``: none)."""
+    base = fields.user or login
+    if fields.username is None and fields.domain is None:
+        return base
+    local, _, domain = base.partition("@")
+    local = fields.username or local
+    domain = domain if fields.domain is None else fields.domain
+    return f"{local}@{domain}" if domain else local
 
 
 def client_allowed(client: str | None, networks: tuple[str, ...]) -> bool:
