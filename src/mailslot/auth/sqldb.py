@@ -163,6 +163,10 @@ class _LazyPool:
         raise NotImplementedError
 
     async def get(self) -> Any:
+        if asyncio.current_task() is None:
+            # The session runs work that may not wait outside any task until it does wait
+            # (server.session); the timeouts need a task, so wait once to get one.
+            await asyncio.sleep(0)
         owner = (os.getpid(), asyncio.get_running_loop())
         if self._pool is not None and self._owner == owner:
             return self._pool
