@@ -175,3 +175,21 @@ def test_check_config_connect_to_nothing_names_the_dsn(
     assert main(["check-config", "--config", str(path), "--connect"]) == 78
     err = capsys.readouterr().err
     assert f"{path}:18: auth.sql.dsn: cannot connect to the mysql database" in err
+
+
+def test_the_documented_examples_load() -> None:
+    """docs/configuration.md's [auth.sql] examples: valid, and their queries are bound."""
+    import re
+
+    from mailslot.auth.sqlquery import compile_query
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    blocks = [b for b in re.findall(r"```toml\n(.*?)```", docs, re.DOTALL) if "[auth.sql]" in b]
+    assert len(blocks) == 2
+    head = BASE.split("[auth]")[0]
+    for block in blocks:
+        config = loads(head + block, Path("/nonexistent/mailslot.toml"), check_files=False)
+        sql = config.auth.sql
+        assert sql.password_query is not None
+        query = compile_query(sql.password_query, sql.driver)
+        assert "'%" not in query.text and query.arguments
