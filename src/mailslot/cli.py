@@ -434,6 +434,12 @@ def _passwd_file(args: argparse.Namespace) -> Any:
         return Path(args.passwd_file)
     # The passwd-file may not exist yet when the first user is added.
     config = _load(args.config, check_files=False)
+    if config.auth.backend == "sql":
+        raise CommandError(
+            f'{args.config}: [auth] backend = "sql": the users are in the site\'s own table,'
+            " which mailslot user does not change (use the tools that manage it)",
+            EX_CONFIG,
+        )
     if config.auth.backend == "postgresql":
         from mailslot.auth.postgresql import PostgresUsers
         from mailslot.store import backends

@@ -193,3 +193,12 @@ def test_the_documented_examples_load() -> None:
         assert sql.password_query is not None
         query = compile_query(sql.password_query, sql.driver)
         assert "'%" not in query.text and query.arguments
+
+
+def test_mailslot_user_leaves_the_sites_table_alone(
+    conf_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = conf_dir / "mailslot.toml"
+    path.write_text(text(f'password_query = "{QUERY}"\n'))
+    assert main(["user", "list", "--config", str(path)]) == 78
+    assert "mailslot user does not change" in capsys.readouterr().err

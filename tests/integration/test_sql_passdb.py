@@ -11,7 +11,10 @@ section 4) with one log line and no traceback, and logins work again once it is 
 from __future__ import annotations
 
 import asyncio
+import os
 import poplib
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -171,3 +174,27 @@ def test_the_database_stopped_is_a_temporary_failure_until_it_is_back(
     assert "user database unavailable" in log
     assert "login failed, user database unavailable: user=bob" in log
     assert "Traceback" not in log
+
+
+def test_no_dsn_anywhere_stops_the_start_with_one_line(mailslot_factory: ServerFactory) -> None:
+    server = mailslot_factory(
+        start=False,
+        listeners=(Listener("implicit"),),
+        auth={"backend": "sql"},
+        extra_sections={"auth.sql": {"driver": "mysql", "password_query": DOVECOT_QUERY}},
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MAILSLOT_AUTH_DSN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mailslot", "serve", "--config", str(server.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 78
+    assert (
+        'cannot start: [auth] backend = "sql" needs [auth.sql] dsn, dsn_file or '
+        "$MAILSLOT_AUTH_DSN" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
