@@ -222,22 +222,17 @@ class PostgresDatabase(_LazyPool):
             OSError,
             TimeoutError,
         )
-        for attempt in (1, 2):
-            try:
-                pool = await self.get()
-                async with pool.acquire(timeout=self.connect_timeout) as connection:
-                    try:
-                        rows = await asyncio.wait_for(
-                            connection.fetch(query.text, *parameters), self.query_timeout
-                        )
-                    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-                        if attempt == 1:
-                            continue  # a connection the server dropped (a restart): once more
-                        raise
-                return [dict(row.items()) for row in rows]
-            except errors as exc:
-                raise DatabaseUnavailable(describe(exc)) from exc
-        raise AssertionError("unreachable")
+        try:
+            pool = await self.get()
+            # A connection the server closed (a restart) is not handed out: the pool sees
+            # it closed and connects anew.
+            async with pool.acquire(timeout=self.connect_timeout) as connection:
+                rows = await asyncio.wait_for(
+                    connection.fetch(query.text, *parameters), self.query_timeout
+                )
+            return [dict(row.items()) for row in rows]
+        except errors as exc:
+            raise DatabaseUnavailable(describe(exc)) from exc
 
     async def columns(self, query: Query, parameters: tuple[str, ...]) -> list[str]:
         import asyncpg
@@ -291,28 +286,25 @@ class MysqlDatabase(_LazyPool):
         import pymysql
 
         errors = (pymysql.err.MySQLError, OSError, TimeoutError, RuntimeError)
-        for attempt in (1, 2):
+        try:
+            pool = await self.get()
+            # A connection the server closed (a restart) is not handed out: aiomysql's pool
+            # drops those whose stream has ended and connects anew.
+            connection = await asyncio.wait_for(pool.acquire(), self.connect_timeout)
             try:
-                pool = await self.get()
-                connection = await asyncio.wait_for(pool.acquire(), self.connect_timeout)
-                try:
-                    async with connection.cursor(aiomysql.DictCursor) as cursor:
-                        await asyncio.wait_for(
-                            cursor.execute(query.text, parameters), self.query_timeout
-                        )
-                        rows: list[Row] = list(await cursor.fetchall())
-                except BaseException as exc:
-                    # Its state is unknown now: never handed out again.
-                    connection.close()
-                    if attempt == 1 and isinstance(exc, pymysql.err.OperationalError | OSError):
-                        continue  # a connection the server dropped (a restart): once more
-                    raise
-                finally:
-                    pool.release(connection)
-                return rows
-            except errors as exc:
-                raise DatabaseUnavailable(describe(exc)) from exc
-        raise AssertionError("unreachable")
+                async with connection.cursor(aiomysql.DictCursor) as cursor:
+                    await asyncio.wait_for(
+                        cursor.execute(query.text, parameters), self.query_timeout
+                    )
+                    rows: list[Row] = list(await cursor.fetchall())
+            except BaseException:
+                connection.close()  # its state is unknown now: never handed out again
+                raise
+            finally:
+                pool.release(connection)
+            return rows
+        except errors as exc:
+            raise DatabaseUnavailable(describe(exc)) from exc
 
     async def columns(self, query: Query, parameters: tuple[str, ...]) -> list[str]:
         import pymysql
