@@ -103,7 +103,8 @@ def connect_arguments(driver: Driver, dsn: str) -> dict[str, Any]:
     for word in words:
         key, equals, value = word.partition("=")
         if not equals:
-            raise DsnError(f"{key!r} is not key=value (Dovecot's connect syntax)")
+            # Not quoted: the word may be a password written with spaces around its "=".
+            raise DsnError("has a word without '=': write key=value words (Dovecot's connect)")
         if key not in names:
             raise DsnError(f"unknown key {key!r}; known are {', '.join(names)}")
         arguments[names[key]] = value
