@@ -10,6 +10,7 @@ import logging
 
 import pytest
 from passlib.hash import sha512_crypt
+from tests.support.mariadb import MariadbServer
 
 from mailslot.auth import schemes
 from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
@@ -18,7 +19,7 @@ from mailslot.auth.sqldb import DsnError, connect_arguments, open_database
 from mailslot.auth.sqlfields import canonical_name, client_allowed, passdb_fields
 from mailslot.auth.sqlquery import compile_query
 
-from .conftest import PASSWORDS, STORED, run, sql_authenticator
+from .conftest import PASSWORDS, STORED, fill_sql_mysql, run, sql_authenticator
 
 DRIVERS = ["postgresql", "mysql"]
 ALICE = STORED["alice"]
@@ -293,3 +294,34 @@ def test_fields_and_networks() -> None:
     assert not client_allowed("192.0.2.7", ("2001:db8::/32", "junk"))
     assert not client_allowed("2001:db8::/32", ("2001:db8::/64",))  # wider than allowed
     assert not client_allowed("unknown", ("0.0.0.0/0",))
+
+
+@pytest.mark.parametrize("sql_mode", ["", "NO_BACKSLASH_ESCAPES"])
+def test_mysql_values_stay_values_in_either_escaping_mode(
+    request: pytest.FixtureRequest, sql_mode: str
+) -> None:
+    """PyMySQL escapes a parameter as the server reads strings: with backslash escapes (the
+    default) or, under ``NO_BACKSLASH_ESCAPES``, by doubling quotes.  A value made to break
+    out in the other mode finds nothing; a name with a quote finds its row.  (Backslashes
+    never get this far in a login: mailslot.auth.usernames refuses them.)"""
+    mariadb: MariadbServer = request.getfixturevalue("mariadb")
+    name, dsn = mariadb.database("escape")
+    fill_sql_mysql(mariadb, name, [("o'brien", "", ALICE, None), ("alice", "", ALICE, None)])
+    query = compile_query("SELECT password FROM users WHERE username = '%u'", "mysql")
+    (old_mode,) = mariadb.execute("SELECT @@GLOBAL.sql_mode")[0]
+    mariadb.execute(f"SET GLOBAL sql_mode = '{sql_mode}'")
+    try:
+        database = open_database("mysql", dsn, size=1)
+
+        async def lookups() -> list[int]:
+            try:
+                found = []
+                for value in ("o'brien", "x\\' OR 1=1 -- ", "x' OR 1=1 -- ", "x\\'' OR 1=1 -- "):
+                    found.append(len(await database.fetch(query, (value,))))
+                return found
+            finally:
+                await database.aclose()
+
+        assert run(lookups()) == [1, 0, 0, 0]
+    finally:
+        mariadb.execute(f"SET GLOBAL sql_mode = '{old_mode}'")
