@@ -14,6 +14,11 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # so `tests.support` imports under a bare `pytest` too
     sys.path.insert(0, str(_ROOT))
 
+from tests.support.mariadb import (  # noqa: E402
+    MariadbServer,
+    MariadbUnavailable,
+    running_mariadb,
+)
 from tests.support.postgres import (  # noqa: E402
     PostgresServer,
     PostgresUnavailable,
@@ -42,6 +47,21 @@ def postgres() -> Iterator[PostgresServer]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and no PostgreSQL: {exc}")
         pytest.skip(f"no PostgreSQL: {exc}")
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariadbServer]:
+    """A private MariaDB server for the whole session (tests/support/mariadb.py).
+
+    Without MariaDB the tests that need it skip, saying why; under CI=true they fail.
+    """
+    try:
+        with running_mariadb() as server:
+            yield server
+    except MariadbUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no MariaDB: {exc}")
+        pytest.skip(f"no MariaDB: {exc}")
 
 
 @pytest.fixture

@@ -282,19 +282,47 @@ def add_check_config(subparsers: SubParsers) -> None:
         "passwd-file is readable, and every certificate and key as the server loads them\n"
         "(PEM, key match, chain order, expiry, names, key type, key file mode). Prints OK\n"
         "and a summary, or every problem with its key and line; warnings do not fail it.\n"
+        "[auth.sql]'s password_query is checked for Dovecot variables mailslot binds;\n"
+        "with --connect it is also run once against the database (a password column?).\n"
         "Exit status 0 when valid, 78 otherwise.",
-        "  mailslot check-config --config /etc/mailslot/mailslot.toml\n",
+        "  mailslot check-config --config /etc/mailslot/mailslot.toml\n"
+        "  mailslot check-config --config /etc/mailslot/mailslot.toml --connect\n",
         _check_config,
     )
     parser.add_argument("--config", type=Path, metavar="FILE", required=True, help="file to check")
+    parser.add_argument(
+        "--connect",
+        action="store_true",
+        help='with [auth] backend = "sql": also connect to the database and run '
+        "password_query once, for a user no database holds",
+    )
 
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _check_identity(config, starting=False)
     _check_certificates(config)
+    if args.connect and config.auth.backend == "sql":
+        _probe_sql(config)
     print(f"OK: {args.config}: {describe_listeners(config)}")
     return EX_OK
+
+
+def _probe_sql(config: Config) -> None:
+    """``check-config --connect``: the ``[auth.sql]`` database answers the query."""
+    import asyncio
+
+    from mailslot.auth.sqlcheck import probe
+
+    found = asyncio.run(probe(config.auth.sql))
+    if found:
+        lines = _key_lines(config)
+        problems = [
+            ConfigProblem(f"auth.sql.{key}", _line_of(lines, f"auth.sql.{key}"), message)
+            for key, message in found
+        ]
+        _print_problems(ConfigError(problems, config.source))
+        raise CommandError("", EX_CONFIG)
 
 
 def describe_listeners(config: Config) -> str:
@@ -406,6 +434,12 @@ def _passwd_file(args: argparse.Namespace) -> Any:
         return Path(args.passwd_file)
     # The passwd-file may not exist yet when the first user is added.
     config = _load(args.config, check_files=False)
+    if config.auth.backend == "sql":
+        raise CommandError(
+            f'{args.config}: [auth] backend = "sql": the users are in the site\'s own table,'
+            " which mailslot user does not change (use the tools that manage it)",
+            EX_CONFIG,
+        )
     if config.auth.backend == "postgresql":
         from mailslot.auth.postgresql import PostgresUsers
         from mailslot.store import backends

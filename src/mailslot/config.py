@@ -66,17 +66,6 @@ class TlsConfig:
 
 # -- agreed settings (issue 16) that import-dovecot writes; parallel branches implement them.
 @dataclass(frozen=True, slots=True)
-class AuthSqlConfig:
-    """``[auth.sql]``: an SQL passdb with the site's own Dovecot ``password_query``."""
-
-    driver: Literal["postgresql", "mysql"] = "postgresql"
-    dsn: str | None = None
-    dsn_file: Path | None = None
-    password_query: str | None = None
-    default_pass_scheme: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class AuthDovecotConfig:
     """``[auth.dovecot]``: authentication through Dovecot's auth-client socket."""
 
@@ -85,14 +74,29 @@ class AuthDovecotConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SqlAuthConfig:
+    """``[auth.sql]``: Dovecot's SQL passdb (mailslot.auth.sql).  The DSN comes from dsn,
+    dsn_file or $MAILSLOT_AUTH_DSN, so no password need sit in this file."""
+
+    driver: Literal["postgresql", "mysql"] = "postgresql"
+    dsn: str | None = None
+    dsn_file: Path | None = None
+    password_query: str | None = None  # Dovecot's syntax: '%u' is bound, never pasted
+    default_pass_scheme: str = "CRYPT"  # noqa: S105 (a scheme's name)
+    pool_size: int = 5  # connections per worker process
+    connect_timeout: float = 5.0
+    query_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     """``[auth]``: the user database and login policy."""
 
     # "postgresql": users in the database of [store] dsn (docs/postgresql.md).
+    # "sql": the administrator's password_query, [auth.sql].
     backend: Literal["passwd-file", "postgresql", "sql", "dovecot"] = "passwd-file"
     username_format: str = "%Lu"  # issue 16, agreed name (Dovecot's auth_username_format)
     legacy_schemes: tuple[str, ...] = ()  # issue 16, agreed name
-    sql: AuthSqlConfig = field(default_factory=AuthSqlConfig)  # issue 16, agreed name
     dovecot: AuthDovecotConfig = field(default_factory=AuthDovecotConfig)  # issue 16
     passwd_file: Path | None = None
     allow_plaintext_without_tls: bool = False
@@ -104,6 +108,7 @@ class AuthConfig:
     failure_time_floor: float = 0.0
     verify_pool: int = 0  # 0: the cores, divided among the workers
     verify_per_client: int = 2
+    sql: SqlAuthConfig = field(default_factory=SqlAuthConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,21 +383,23 @@ class _Loader:
             if not isinstance(value, dict):
                 self.problem(None, name, f"must be a table ([{name}]), not {_toml_type(value)}")
                 value = {}
-            if name == "auth" and ("sql" in value or "dovecot" in value):
-                value = dict(value)
-                nested = {}
-                for key, kind in (("sql", AuthSqlConfig), ("dovecot", AuthDovecotConfig)):
-                    inner = value.pop(key, {})
-                    if not isinstance(inner, dict):
-                        self.problem("auth", key, f"must be a table ([auth.{key}])")
-                        inner = {}
-                    nested[key] = self.build(kind, inner, f"auth.{key}")
-                tables[name] = replace(self.build(cls, value, name), **nested)
-                continue
             if name == "tls" and "certificates" in value:
                 value = dict(value)
                 entries = self.certificates(value.pop("certificates"))
                 tables[name] = replace(self.build(cls, value, name), certificates=entries)
+                continue
+            if name == "auth" and ("sql" in value or "dovecot" in value):
+                value = dict(value)
+                nested: dict[str, Any] = {}
+                if "sql" in value:
+                    nested["sql"] = self.sql_auth(value.pop("sql"))
+                if "dovecot" in value:
+                    inner = value.pop("dovecot")
+                    if not isinstance(inner, dict):
+                        self.problem("auth", "dovecot", "must be a table ([auth.dovecot])")
+                        inner = {}
+                    nested["dovecot"] = self.build(AuthDovecotConfig, inner, "auth.dovecot")
+                tables[name] = replace(self.build(cls, value, name), **nested)
                 continue
             tables[name] = self.build(cls, value, name)
         listeners = self.listeners(raw.get("listener", []))
@@ -557,6 +564,18 @@ class _Loader:
                 )
         return ListenerConfig(**values)
 
+    def sql_auth(self, raw: object) -> SqlAuthConfig:
+        """``[auth.sql]``; what the query may hold is :mod:`mailslot.auth.sqlcheck`'s."""
+        if not isinstance(raw, dict):
+            self.problem("auth", "sql", f"must be a table ([auth.sql]), not {_toml_type(raw)}")
+            return SqlAuthConfig()
+        from mailslot.auth.sqlcheck import check_sql_config
+
+        sql = SqlAuthConfig(**self.values(SqlAuthConfig, raw, "auth.sql"))
+        for key, message in check_sql_config(sql, check_files=self.check_files):
+            self.problem("auth.sql", key, message)
+        return sql
+
     def store(self, store: StoreConfig) -> StoreConfig:
         template = store.maildir
         bad = [name for name in _PLACEHOLDER.findall(template) if name not in _MAILDIR_PLACEHOLDERS]
@@ -673,11 +692,13 @@ class _Loader:
                     f"{what} (PEM)",
                     index,
                 )
-        if config.auth.backend == "sql":
-            if config.auth.sql.password_query is None:
-                self.problem("auth.sql", "password_query", 'is required with backend = "sql"')
-            if config.auth.sql.dsn is None and config.auth.sql.dsn_file is None:
-                self.problem("auth.sql", "dsn", 'give dsn or dsn_file with backend = "sql"')
+        if config.auth.backend == "sql" and config.auth.sql.password_query is None:
+            self.problem(
+                "auth.sql",
+                "password_query",
+                'is required with [auth] backend = "sql": the SELECT that returns the'
+                " password (Dovecot's password_query)",
+            )
         if config.listeners and config.auth.backend == "passwd-file":
             self.required_file(
                 "auth",

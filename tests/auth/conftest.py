@@ -12,16 +12,32 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 from passlib.hash import bcrypt
+from tests.support.mariadb import MariadbServer
 
 from mailslot.auth.base import Authenticator
 from mailslot.auth.memory import MemoryAuthenticator
 from mailslot.auth.passwdfile import PasswdFileAuthenticator
+from mailslot.auth.sql import SqlAuthenticator
+from mailslot.auth.sqldb import open_database
+from mailslot.auth.sqlquery import compile_query
 
 T = TypeVar("T")
 
 
+# Authenticators whose pools belong to one run()'s event loop: closed before it ends, as a
+# server closes them at shutdown (a pool is never carried into another loop).
+_POOLED: list[Any] = []
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
+    async def main() -> T:
+        try:
+            return await coroutine
+        finally:
+            for owner in _POOLED:
+                await owner.aclose()
+
+    return asyncio.run(main())
 
 
 # Cheap but real hashes: bcrypt at its minimum cost still goes through the slow-scheme
@@ -57,8 +73,84 @@ async def _fill_postgresql(dsn: str) -> None:
         await connection.close()
 
 
-@pytest.fixture(params=["passwdfile", "memory", "postgresql"])
+# A Dovecot-style passdb table, and the query a dovecot-sql.conf.ext would hold for it.
+SQL_QUERY = (
+    "SELECT username AS user, password, home AS userdb_home FROM users "
+    "WHERE username = '%n' AND domain = '%d' AND active = '1'"
+)
+_SQL_ROWS = [(name, "", value, HOMES.get(name)) for name, value in STORED.items()]
+
+
+async def fill_sql_postgresql(dsn: str, rows: list[tuple[str, str, str, str | None]]) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(
+            "CREATE TABLE users (username text NOT NULL, domain text NOT NULL,"
+            " password text, home text, active char(1) NOT NULL DEFAULT '1',"
+            " PRIMARY KEY (username, domain))"
+        )
+        await connection.executemany(
+            "INSERT INTO users (username, domain, password, home) VALUES ($1, $2, $3, $4)", rows
+        )
+    finally:
+        await connection.close()
+
+
+def fill_sql_mysql(
+    mariadb: MariadbServer, database: str, rows: list[tuple[str, str, str, str | None]]
+) -> None:
+    import pymysql
+
+    # utf8mb4_bin: user names compare as PostgreSQL's do (MariaDB's default collation
+    # would let "Alice" match "alice"; docs/configuration.md says so).
+    mariadb.execute(
+        "CREATE TABLE users (username varchar(255) NOT NULL, domain varchar(255) NOT NULL,"
+        " password varchar(255), home varchar(255), active char(1) NOT NULL DEFAULT '1',"
+        " PRIMARY KEY (username, domain)) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        database=database,
+    )
+    connection = pymysql.connect(
+        unix_socket=str(mariadb.socket), user="root", database=database, charset="utf8mb4"
+    )
+    try:
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO users (username, domain, password, home) VALUES (%s, %s, %s, %s)",
+                rows,
+            )
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def sql_authenticator(
+    request: pytest.FixtureRequest,
+    driver: str,
+    rows: list[tuple[str, str, str, str | None]] | None = None,
+    query: str = SQL_QUERY,
+    **options: Any,
+) -> SqlAuthenticator:
+    """A SqlAuthenticator over a fresh database of ``driver`` holding ``rows``."""
+    rows = _SQL_ROWS if rows is None else rows
+    if driver == "postgresql":
+        dsn = request.getfixturevalue("postgres").database("sqlauth")
+        run(fill_sql_postgresql(dsn, rows))
+        database = open_database("postgresql", dsn, size=2)
+    else:
+        mariadb: MariadbServer = request.getfixturevalue("mariadb")
+        name, dsn = mariadb.database("sqlauth")
+        fill_sql_mysql(mariadb, name, rows)
+        database = open_database("mysql", dsn, size=2)
+    authenticator = SqlAuthenticator(database, compile_query(query, driver), **options)  # type: ignore[arg-type]
+    _POOLED.append(authenticator)
+    request.addfinalizer(lambda: _POOLED.remove(authenticator))
+    return authenticator
+
+
+@pytest.fixture(params=["passwdfile", "memory", "postgresql", "sql-postgresql", "sql-mysql"])
 def authenticator(request: pytest.FixtureRequest, tmp_path: Path) -> Authenticator:
+    if request.param.startswith("sql-"):
+        return sql_authenticator(request, request.param.removeprefix("sql-"))
     if request.param == "postgresql":
         from mailslot.auth.postgresql import PostgresAuthenticator
         from mailslot.store.postgresql.pool import LazyPool

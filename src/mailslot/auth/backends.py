@@ -2,14 +2,29 @@
 
 ``"passwd-file"`` reads ``[auth] passwd_file``; ``"postgresql"`` reads ``mailslot_users`` in
 the database named by ``[store]``'s ``dsn``/``dsn_file``/``$MAILSLOT_DSN``, through the
-store's own pool when the store is in PostgreSQL too (one pool per worker, not two).
+store's own pool when the store is in PostgreSQL too (one pool per worker, not two);
+``"sql"`` runs ``[auth.sql] password_query`` (:mod:`mailslot.auth.sql`).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mailslot.auth.base import Authenticator
 from mailslot.auth.pool import VerifyPool
 from mailslot.config import Config
+
+
+def with_dsn(config: Config) -> Config:
+    """``config`` with ``[auth.sql]``'s DSN resolved into its ``dsn`` (read once, in the
+    process that starts, which may be the only one allowed to read ``dsn_file``); raises
+    :class:`mailslot.auth.sqlcheck.SqlDsnMissing`."""
+    if config.auth.backend != "sql":
+        return config
+    from mailslot.auth.sqlcheck import resolve_sql_dsn
+
+    sql = replace(config.auth.sql, dsn=resolve_sql_dsn(config.auth.sql), dsn_file=None)
+    return replace(config, auth=replace(config.auth, sql=sql))
 
 
 def build(
@@ -25,6 +40,29 @@ def build(
     ``pool``: where slow hashes are checked, fairly between clients (auth.pool).
     """
     floor = config.auth.failure_time_floor
+    if config.auth.backend == "sql":
+        from mailslot.auth.sql import SqlAuthenticator
+        from mailslot.auth.sqlcheck import resolve_sql_dsn
+        from mailslot.auth.sqldb import open_database
+        from mailslot.auth.sqlquery import compile_query
+
+        sql = config.auth.sql
+        if sql.password_query is None:
+            raise ValueError("[auth.sql] password_query is required")
+        database = open_database(
+            sql.driver,
+            resolve_sql_dsn(sql),
+            size=sql.pool_size,
+            connect_timeout=sql.connect_timeout,
+            query_timeout=sql.query_timeout,
+        )
+        return SqlAuthenticator(
+            database,
+            compile_query(sql.password_query, sql.driver),
+            default_pass_scheme=sql.default_pass_scheme.upper(),
+            verify_pool=pool,
+            failure_floor=floor,
+        )
     if config.auth.backend == "postgresql":
         from mailslot.auth.postgresql import PostgresAuthenticator
         from mailslot.store import backends

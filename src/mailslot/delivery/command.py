@@ -195,6 +195,7 @@ async def _deliver(args: argparse.Namespace, source: BinaryIO) -> int:
         raise DeliverError(f"{args.config}: [auth] passwd_file is not set", st.EX_CONFIG)
     # Imported here so that a broken backend is reported as one line, not an import traceback.
     from mailslot.auth import backends as auth_backends
+    from mailslot.auth.sqlcheck import SqlDsnMissing
     from mailslot.store import backends
     from mailslot.store.maildir import MaildirStore
 
@@ -203,7 +204,7 @@ async def _deliver(args: argparse.Namespace, source: BinaryIO) -> int:
         if config.store.backend == "postgresql":
             store = backends.postgres_store(config)
         users = auth_backends.build(config, store)
-    except backends.DsnMissing as exc:
+    except (backends.DsnMissing, SqlDsnMissing) as exc:
         raise DeliverError(f"configuration error: {exc}", st.EX_CONFIG) from None
     try:
         return await _deliver_into(args, source, config, store, users)

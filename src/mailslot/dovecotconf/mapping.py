@@ -740,7 +740,9 @@ def _dsn(driver: str, connect: str) -> tuple[str, list[str]]:
     auth = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
     if host.startswith("/"):
         netloc = f"{auth}@" if auth else ""
-        query = f"?host={quote(host, safe='/')}"
+        # asyncpg takes a socket directory as ?host=, aiomysql a socket file as ?unix_socket=.
+        parameter = "host" if scheme == "postgresql" else "unix_socket"
+        query = f"?{parameter}={quote(host, safe='/')}"
     else:
         netloc = (f"{auth}@" if auth else "") + host + (f":{port}" if port else "")
         query = ""

@@ -31,6 +31,7 @@ from typing import Any
 from mailslot import log, metrics, privileges, systemd
 from mailslot.auth import backends as auth_backends
 from mailslot.auth.pool import VerifyPool
+from mailslot.auth.sqlcheck import SqlDsnMissing
 from mailslot.config import Config, ListenerConfig
 from mailslot.delivery.transactions import Transactions
 from mailslot.privileges import Identity, PrivilegeError
@@ -527,8 +528,8 @@ def run(config: Config) -> int:
     if identity is None and os.geteuid() == 0:
         logger.warning("serving as root: [server] run_as_root = %r", config.server.run_as_root)
     try:
-        config = backends.with_dsn(config)
-    except backends.DsnMissing as exc:
+        config = auth_backends.with_dsn(backends.with_dsn(config))
+    except (backends.DsnMissing, SqlDsnMissing) as exc:
         logger.error("cannot start: %s", exc)
         return EX_CONFIG
     status = backends.start(config)  # PostgreSQL: the schema, this node's old leases
