@@ -226,7 +226,9 @@ def test_mysql_over_a_socket(tmp_path: Path) -> None:
         "password_query = SELECT password FROM users WHERE userid = '%u'\n"
     )
     result = imported(f"passdb {{\n  driver = sql\n  args = {conf}\n}}\n")
-    assert table(result, "auth.sql")["dsn"] == "mysql://dc@/mail?unix_socket=/run/mysqld/mysqld.sock"
+    assert (
+        table(result, "auth.sql")["dsn"] == "mysql://dc@/mail?unix_socket=/run/mysqld/mysqld.sock"
+    )
     assert not result.secret
 
 
