@@ -228,6 +228,10 @@ def _serve(args: argparse.Namespace) -> int:
     # trust (ca.pem): no warning that this host's trust store lacks it.
     quick_ca = config.source.parent / "ca.pem" if config.source is not None else None
     trusted = [quick_ca] if args.config is None and quick_ca is not None else []
+    if config.acme.enabled:  # a self-signed certificate until the CA's first (docs/acme.md)
+        from mailslot.tls.acme.service import bootstrap
+
+        bootstrap(config)
     _check_certificates(config, trusted, serving=True)
     # Imported late: `mailslot user` and `check-config` need none of the server's imports.
     runner = importlib.import_module("mailslot.server.runner")
@@ -629,6 +633,16 @@ def add_doctor(subparsers: SubParsers) -> None:
     register(subparsers)
 
 
+# -- acme ------------------------------------------------------------------------------------
+
+
+def add_acme(subparsers: SubParsers) -> None:
+    """``mailslot acme``: :mod:`mailslot.tls.acme.command` adds its parser and handler."""
+    from mailslot.tls.acme.command import register
+
+    register(subparsers, _load)
+
+
 # -- db --------------------------------------------------------------------------------------
 
 
@@ -667,6 +681,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_deliver,
     add_systemd_unit,
     add_doctor,
+    add_acme,
     add_db,
 )
 
