@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.dnsserver import TestDns, dns_server
+from tests.support.dnsserver import DnsState, dns_server
 from tests.support.pebble import Pebble, make_pebble
 from tests.support.programs import require_program
 from tests.support.server import free_port
@@ -16,14 +16,14 @@ PebbleFactory = Callable[..., Pebble]
 
 
 @pytest.fixture
-def dns() -> Iterator[TestDns]:
+def dns() -> Iterator[DnsState]:
     with dns_server() as server:
         yield server
 
 
 @pytest.fixture
 def pebble_factory(
-    request: pytest.FixtureRequest, tmp_path: Path, dns: TestDns
+    request: pytest.FixtureRequest, tmp_path: Path, dns: DnsState
 ) -> Iterator[PebbleFactory]:
     """``pebble_factory(start=True)``: a pebble whose HTTP-01 and TLS-ALPN-01 validations go
     to free ports of its own (``.http_port``, ``.tls_port``), resolving through ``dns``."""

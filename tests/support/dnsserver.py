@@ -39,7 +39,7 @@ from .server import free_port
 
 
 @dataclass
-class TestDns:
+class DnsState:
     port: int
     keyring: dict[dns.name.Name, dns.tsig.Key]
     txt: dict[str, list[str]] = field(default_factory=dict)
@@ -81,7 +81,7 @@ class TestDns:
                 for rdata in rrset:
                     value = b"".join(rdata.strings).decode()
                     values = self.txt.setdefault(name, [])
-                    if rrset.rdclass == dns.rdataclass.NONE:
+                    if rrset.deleting == dns.rdataclass.NONE:
                         if value in values:
                             values.remove(value)
                         self.updates.append(f"delete {name} {value}")
@@ -139,11 +139,11 @@ TSIG_SECRET = "bWFpbHNsb3QtdGVzdC10c2lnLXNlY3JldC0zMmJ5dGVzIQ=="
 
 
 @contextmanager
-def dns_server() -> Iterator[TestDns]:
+def dns_server() -> Iterator[DnsState]:
     """The server on a free 127.0.0.1 port, stopped on exit."""
     port = free_port()
     keyring = dns.tsigkeyring.from_text({TSIG_NAME: ("hmac-sha256", TSIG_SECRET)})
-    state = TestDns(port, keyring)
+    state = DnsState(port, keyring)
     servers: list[socketserver.BaseServer] = []
     for cls, handler in ((_UdpServer, _Udp), (_TcpServer, _Tcp)):
         server = cls(("127.0.0.1", port), handler)

@@ -124,8 +124,8 @@ class Issuer:
         try:
             account = acme_client.new_account(registration)
         except errors.ConflictError as exc:  # this key has an account already
-            net.account = messages.RegistrationResource(uri=exc.location)
-            account = acme_client.query_registration(net.account)
+            known = messages.RegistrationResource(uri=exc.location, body=registration)
+            account = acme_client.query_registration(known)
         net.account = account
         self.state.write_json(
             self.state.account, {"directory": self.acme.directory, "uri": account.uri}
@@ -193,9 +193,9 @@ class Issuer:
 
     def _choose(self, authzr: messages.AuthorizationResource) -> messages.ChallengeBody:
         for challb in authzr.body.challenges:
-            if challb.chall.typ == self.acme.challenge:
+            if _type(challb) == self.acme.challenge:
                 return challb
-        offered = ", ".join(str(c.chall.typ) for c in authzr.body.challenges)
+        offered = ", ".join(_type(c) for c in authzr.body.challenges)
         raise AcmeFailure(
             f"the CA offers no {self.acme.challenge} challenge for "
             f"{authzr.body.identifier.value} (it offers {offered}); choose one in [acme] challenge"
@@ -241,6 +241,13 @@ class Issuer:
         if when is not None and when.tzinfo is None:
             when = when.replace(tzinfo=datetime.UTC)
         return when
+
+
+def _type(challb: messages.ChallengeBody) -> str:
+    """A challenge's type, also for those the library does not model (tls-alpn-01)."""
+    if isinstance(challb.chall, challenges.UnrecognizedChallenge):
+        return str(challb.chall.jobj.get("type"))
+    return str(challb.chall.typ)
 
 
 def _challenge_error(authzr: messages.AuthorizationResource) -> str:

@@ -195,26 +195,29 @@ class AcmeService:
         write_atomically(self.private_key, key, 0o600)
         write_atomically(self.certificate, chain, 0o644)
 
-    def failed(self, failure: AcmeFailure) -> datetime.timedelta:
+    def failed(self, failure: AcmeFailure, *, retrying: bool = True) -> datetime.timedelta:
         """Log and record ``failure``; how long to wait before the next try."""
         self.failures += 1
         seconds = schedule.backoff(
             self.failures, self.acme.retry_initial, self.acme.retry_max, failure.retry_after
         )
         next_attempt = self.clock() + datetime.timedelta(seconds=seconds)
-        logger.error(
-            "acme: %s; attempt %d failed, trying again in %g s (the server keeps serving "
-            "the certificate it has)",
-            failure,
-            self.failures,
-            seconds,
-        )
+        if retrying:
+            logger.error(
+                "acme: %s; attempt %d failed, trying again in %g s (the server keeps serving "
+                "the certificate it has)",
+                failure,
+                self.failures,
+                seconds,
+            )
+        else:
+            logger.error("acme: %s", failure)
         self.state.update_status(
             state="failing",
             last_error=str(failure),
             failures=self.failures,
             rate_limited=failure.rate_limited,
-            next_attempt=_iso(next_attempt),
+            next_attempt=_iso(next_attempt) if retrying else None,
         )
         return datetime.timedelta(seconds=seconds)
 
@@ -242,7 +245,7 @@ class AcmeService:
         try:
             await self.check(force=force)
         except AcmeFailure as failure:
-            self.failed(failure)
+            self.failed(failure, retrying=False)
             return False
         finally:
             await self.close()
