@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from mailslot import privileges
 from mailslot.config import Config
 from mailslot.tls.acme import schedule
 from mailslot.tls.acme.issuer import AcmeFailure, Issuer
@@ -81,13 +83,27 @@ def bootstrap(config: Config) -> bool:
     )
     for path in (certificate, key_path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(key_path, private_key_pem(key), 0o600)
+    mode, group = key_access(config)
+    write_atomically(key_path, private_key_pem(key), mode, group=group, private=True)
     write_atomically(certificate, chain.public_bytes(serialization.Encoding.PEM), 0o644)
     logger.warning(
         "acme: no certificate at %s yet: serving a self-signed one until the CA issues one",
         certificate,
     )
     return True
+
+
+def key_access(config: Config) -> tuple[int, int | None]:
+    """The mode and group of a new key file: 0600, or 0640 and ``[server] user``'s group when
+    root starts one worker that drops to that user and reloads the key as it
+    (docs/configuration.md, ``[tls] private_key``)."""
+    if os.geteuid() != 0 or config.server.user is None or config.server.workers > 1:
+        return 0o600, None
+    try:
+        identity = privileges.target(config.server)
+    except privileges.PrivilegeError:
+        return 0o600, None
+    return (0o640, identity.gid) if identity is not None else (0o600, None)
 
 
 class AcmeService:
@@ -106,12 +122,14 @@ class AcmeService:
         self.issuer = Issuer(self.acme, self.names, self.state, self.board, clock=clock)
         self.failures = 0
         self._responders: list[Http01Responder | TlsAlpnResponder] = []
+        self._started = False
 
     # -- responders ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Make the state directory and bind the responder the challenge needs."""
         self.state.ensure()
+        self._started = self.acme.challenge == "dns-01"  # nothing to bind
         if self.acme.challenge == "http-01":
             responder: Http01Responder | TlsAlpnResponder = Http01Responder(
                 self.board, self.acme.http_address, self.acme.http_port
@@ -124,11 +142,13 @@ class AcmeService:
             return
         await responder.start()
         self._responders.append(responder)
+        self._started = True
 
     async def close(self) -> None:
         for responder in self._responders:
             await responder.close()
         self._responders.clear()
+        self._started = False
 
     # -- a round -------------------------------------------------------------------------
 
@@ -192,7 +212,8 @@ class AcmeService:
 
     def install(self, chain: bytes, key: bytes) -> None:
         """Key first, then the chain, each in one rename: the watch reloads once both match."""
-        write_atomically(self.private_key, key, 0o600)
+        mode, group = key_access(self.config)
+        write_atomically(self.private_key, key, mode, group=group, private=True)
         write_atomically(self.certificate, chain, 0o644)
 
     def failed(self, failure: AcmeFailure, *, retrying: bool = True) -> datetime.timedelta:
@@ -222,14 +243,18 @@ class AcmeService:
         return datetime.timedelta(seconds=seconds)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Rounds until ``stopping`` is set; never raises for a failed round."""
-        await self.start()
+        """Rounds until ``stopping`` is set; never raises for a failed round (nor for a
+        responder port that cannot be bound yet: that is retried like any failure)."""
         try:
             while not stopping.is_set():
                 try:
+                    if not self._started:
+                        await self.start()
                     wait = await self.check()
                 except AcmeFailure as failure:
                     wait = self.failed(failure)
+                except OSError as exc:  # the responder's port: in use, or not ours to bind
+                    wait = self.failed(AcmeFailure(f"cannot answer the challenge: {exc}"))
                 except Exception as exc:  # a bug: logged whole, retried as a failure
                     logger.exception("acme: unexpected error")
                     wait = self.failed(AcmeFailure(f"unexpected error: {exc!r}"))
@@ -241,11 +266,14 @@ class AcmeService:
     async def once(self, *, force: bool) -> bool:
         """``mailslot acme issue|renew``: one round with the responders up; whether it
         succeeded (the failure is logged and recorded)."""
-        await self.start()
         try:
+            await self.start()
             await self.check(force=force)
         except AcmeFailure as failure:
             self.failed(failure, retrying=False)
+            return False
+        except OSError as exc:
+            self.failed(AcmeFailure(f"cannot answer the challenge: {exc}"), retrying=False)
             return False
         finally:
             await self.close()

@@ -26,19 +26,29 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` in one rename; the new file has ``mode``, and the
-    owner and group of the file it replaces (so a key a dropped worker may read stays so)."""
+def write_atomically(
+    path: Path, data: bytes, mode: int = 0o644, *, group: int | None = None, private: bool = False
+) -> None:
+    """Replace ``path`` with ``data`` in one rename.  The new file keeps the mode, owner and
+    group of the file it replaces (so a key that ``[server] user``'s group may read stays
+    so); a new file gets ``mode`` and, run as root, ``group``.  ``private``: never readable
+    by others, whatever the old file allowed."""
     try:
         old = os.stat(path)
     except FileNotFoundError:
         old = None
+    if old is not None:
+        mode = old.st_mode & 0o777
+    if private:
+        mode &= 0o770
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(descriptor, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
-            if old is not None and os.geteuid() == 0:
+            if os.geteuid() == 0 and old is not None:
                 os.fchown(handle.fileno(), old.st_uid, old.st_gid)
+            elif os.geteuid() == 0 and group is not None:
+                os.fchown(handle.fileno(), 0, group)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -101,7 +111,7 @@ class StateDirectory:
             data = self.account_key.read_bytes()
         except FileNotFoundError:
             key = ec.generate_private_key(ec.SECP256R1())
-            write_atomically(self.account_key, private_key_pem(key), 0o600)
+            write_atomically(self.account_key, private_key_pem(key), 0o600, private=True)
             return key
         loaded = serialization.load_pem_private_key(data, password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
@@ -118,7 +128,7 @@ class StateDirectory:
     def write_json(self, path: Path, value: dict[str, Any]) -> None:
         self.ensure()
         text = json.dumps(value, indent=2, sort_keys=True) + "\n"
-        write_atomically(path, text.encode("utf-8"), 0o600)
+        write_atomically(path, text.encode("utf-8"), 0o600, private=True)
 
     def status(self) -> dict[str, Any]:
         return self.read_json(self.status_file)

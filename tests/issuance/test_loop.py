@@ -1,0 +1,66 @@
+"""The renewal loop's own failures and the files it writes, without a CA."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from pathlib import Path
+
+from tests.support.server import free_port
+
+from mailslot.config import loads
+from mailslot.tls.acme.service import AcmeService
+from mailslot.tls.acme.state import write_atomically
+
+
+def test_a_responder_port_in_use_is_a_failure_retried_not_the_end(tmp_path: Path) -> None:
+    port = free_port()
+    config = loads(
+        '[[listener]]\nport = 1995\ntls = "implicit"\n'
+        f'[tls]\ncertificate = "{tmp_path}/c.pem"\nprivate_key = "{tmp_path}/k.pem"\n'
+        '[auth]\npasswd_file = "users"\n'
+        f'[acme]\nenabled = true\nstate_directory = "{tmp_path}/state"\n'
+        f'http_address = "127.0.0.1"\nhttp_port = {port}\n'
+        'directory = "https://127.0.0.1:9/dir"\nretry_initial = 0.05\nretry_max = 0.1\n',
+        check_files=False,
+    )
+    service = AcmeService(config)
+
+    async def scenario() -> int:
+        stopping = asyncio.Event()
+        with socket.create_server(("127.0.0.1", port)):  # someone else has the port
+            task = asyncio.create_task(service.run(stopping))
+            while service.failures < 3:  # noqa: ASYNC110  (the loop has no event to give)
+                await asyncio.sleep(0.01)  # polling the loop's count
+        while service.state.status().get("last_error", "").startswith("cannot answer"):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # the port is free: the next round binds it
+        stopping.set()
+        await task  # ends when asked, never on a failure
+        return service.failures
+
+    failures = asyncio.run(scenario())
+    assert failures >= 4  # then the CA (a closed port) fails it, as expected
+    assert "cannot reach the CA" in service.state.status()["last_error"]
+
+
+def test_a_replaced_file_keeps_its_mode_and_group_but_never_other_access(tmp_path: Path) -> None:
+    key = tmp_path / "privkey.pem"
+    key.write_bytes(b"old")
+    os.chmod(key, 0o640)
+    group = 4242
+    if os.geteuid() == 0:
+        os.chown(key, 0, group)
+    write_atomically(key, b"new", 0o600, private=True)
+    assert key.read_bytes() == b"new"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o640
+    if os.geteuid() == 0:
+        assert key.stat().st_gid == group
+    os.chmod(key, 0o644)
+    write_atomically(key, b"newer", 0o600, private=True)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o640  # others' read bit dropped
+    fresh = tmp_path / "fresh.pem"
+    write_atomically(fresh, b"x", 0o600, private=True)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.pem", "privkey.pem"]
