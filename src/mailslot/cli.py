@@ -137,6 +137,13 @@ def _check_certificates(
     ``trusted``: CA files the clients are known to hold."""
     from mailslot.tls.certificates import check_config
 
+    tls = config.tls
+    if config.acme.enabled and not all(
+        p is not None and p.exists() for p in (tls.certificate, tls.private_key)
+    ):
+        # [acme] writes them: `serve` starts with a self-signed one (docs/acme.md).
+        print(f"note: {tls.certificate} does not exist yet: [acme] will write it", file=sys.stderr)
+        return
     findings = check_config(config, trusted=trusted or [])
     if not findings:
         return

@@ -154,3 +154,18 @@ def test_a_refused_dns_update_fails_the_order_and_is_recorded(
     # The bootstrap certificate is what there is meanwhile.
     bootstrap = x509.load_pem_x509_certificate((tmp_path / "server" / "fullchain.pem").read_bytes())
     assert bootstrap.issuer == bootstrap.subject
+
+
+def test_check_config_passes_before_acme_wrote_the_files(tmp_path: Path) -> None:
+    settings = {"enabled": True, "state_directory": str(tmp_path / "state")}
+    config = write_config(tmp_path / "server", settings)
+    (tmp_path / "server" / "users").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "mailslot", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "does not exist yet: [acme] will write it" in result.stderr

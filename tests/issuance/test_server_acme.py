@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -57,8 +58,9 @@ def peer_certificate(port: int, cafile: Path) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_serve_issues_over_http01_and_a_verifying_client_logs_in(
-    tmp_path: Path, pebble_factory: PebbleFactory, mailslot_factory: ServerFactory
+    tmp_path: Path, pebble_factory: PebbleFactory, mailslot_factory: ServerFactory, workers: int
 ) -> None:
     pebble = pebble_factory()
     root = tmp_path / "pebble-root.pem"
@@ -71,7 +73,7 @@ def test_serve_issues_over_http01_and_a_verifying_client_logs_in(
     server: MailslotServer = mailslot_factory(
         tls=files,
         tls_options={"reload_check_interval": 0.2},
-        extra_sections={"acme": acme_section(pebble, state)},
+        extra_sections={"acme": acme_section(pebble, state), "server": {"workers": workers}},
     )
     _, port = server.implicit
     client = poplib.POP3_SSL("localhost", port, context=ssl.create_default_context(cafile=root))
@@ -94,6 +96,7 @@ def test_serve_issues_over_http01_and_a_verifying_client_logs_in(
     status = json.loads((state / "status.json").read_text())
     assert status["state"] == "ok" and status["names"] == ["localhost", "mail.example.test"]
     assert "HTTP-01 challenge answered" in server.log()
+    assert server.log().count("renewal process started") == 1  # one loop, whatever the workers
 
 
 def test_a_ca_that_is_down_is_retried_with_backoff_and_the_server_serves_meanwhile(
