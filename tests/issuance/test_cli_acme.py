@@ -6,6 +6,7 @@ reported as a failure, and ``status`` showing what was done."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from tests.issuance.conftest import PebbleFactory
 from tests.issuance.test_server_acme import acme_section
 from tests.support.dnsserver import TSIG_NAME, TSIG_SECRET, DnsState
 from tests.support.pebble import Pebble
-from tests.support.server import toml_table
+from tests.support.server import RUN_AS_ROOT, toml_table
 
 TIMEOUT = 120  # seconds for one command; a hang fails rather than blocks the suite
 
@@ -35,7 +36,8 @@ def write_config(directory: Path, acme: dict[str, Any]) -> Path:
         },
     )
     text += toml_table("auth", {"passwd_file": "users"})  # not read by `acme`
-    text += toml_table("server", {"hostname": "mail.example.test"})
+    root = {"run_as_root": RUN_AS_ROOT} if os.geteuid() == 0 else {}
+    text += toml_table("server", {"hostname": "mail.example.test"} | root)
     text += toml_table("acme", acme)
     path = directory / "mailslot.toml"
     path.write_text(text)
