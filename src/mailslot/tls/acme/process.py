@@ -58,6 +58,10 @@ def stop(pid: int | None) -> None:
 
 
 def _main(config: Config) -> int:
+    # Sockets systemd passed to the server (socket activation) are the server's alone.
+    if os.environ.get("LISTEN_PID") == str(os.getppid()):
+        count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+        os.closerange(3, 3 + count)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the server's reload, not ours
