@@ -179,9 +179,9 @@ class AcmeConfig:
     email: str | None = None
     domains: tuple[str, ...] = ()  # after [server] hostname
     challenge: Literal["http-01", "tls-alpn-01", "dns-01"] = "http-01"
-    http_address: str = "0.0.0.0"
+    http_address: str = "*"  # every IPv4 and IPv6 address
     http_port: int = 80
-    tls_alpn_address: str = "0.0.0.0"
+    tls_alpn_address: str = "*"
     tls_alpn_port: int = 443
     key_type: Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072"] = "ecdsa-p256"
     state_directory: Path = Path("/var/lib/mailslot/acme")

@@ -99,3 +99,27 @@ def test_tls_alpn01_presents_the_acme_identifier_for_the_name(tmp_path: Path) ->
     san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["mail.example.test"]
     assert list(tmp_path.iterdir()) == []  # the certificate's file lived only to be loaded
+
+
+def test_http01_on_every_address_answers_over_ipv4_and_ipv6(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    board = ChallengeBoard(tmp_path)
+    board.http["t"] = b"t.k"
+    responder = Http01Responder(board, "*", free_port())
+
+    async def fetch(host: str) -> bytes:
+        reader, writer = await asyncio.open_connection(host, responder.port)
+        writer.write(b"GET /.well-known/acme-challenge/t HTTP/1.1\r\n\r\n")
+        data = await reader.read()
+        writer.close()
+        return data
+
+    async def scenario() -> list[bytes]:
+        await responder.start()
+        try:
+            return [await fetch("127.0.0.1"), await fetch("::1")]
+        finally:
+            await responder.close()
+
+    assert all(reply.endswith(b"\r\n\r\nt.k") for reply in asyncio.run(scenario()))

@@ -33,6 +33,7 @@ def test_defaults_and_names() -> None:
     )
     assert config.acme.directory == "https://acme-v02.api.letsencrypt.org/directory"
     assert config.acme.challenge == "http-01" and config.acme.http_port == 80
+    assert config.acme.http_address == "*"
     assert config.acme.key_type == "ecdsa-p256"
     assert config.acme.state_directory == Path("/var/lib/mailslot/acme")
     assert domains(config) == ["mail.example.org", "pop.example.org"]
@@ -70,6 +71,9 @@ def test_each_problem_names_its_key() -> None:
     assert problems("http_port = 0\nretry_initial = 10.0\nretry_max = 5.0") == [
         "acme.http_port: must be between 1 and 65535, not 0",
         "acme.retry_max: must be at least retry_initial (10), not 5",
+    ]
+    assert problems('http_address = "localhost"') == [
+        'acme.http_address: "localhost" is not an IPv4 or IPv6 address; "*" is every address'
     ]
     assert problems('challenge = "dns-02"') == [
         'acme.challenge: must be one of "http-01", "tls-alpn-01", "dns-01", not "dns-02"'

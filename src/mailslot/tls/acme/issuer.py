@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -69,8 +70,6 @@ def _seconds(retry_after: str | None, now: datetime.datetime) -> float | None:
         return max(0.0, float(int(retry_after)))
     except ValueError:
         pass
-    from email.utils import parsedate_to_datetime
-
     try:
         when = parsedate_to_datetime(retry_after)
     except (TypeError, ValueError):
@@ -94,7 +93,7 @@ class Issuer:
         self.names = names
         self.state = state
         self.board = board
-        self.dns = Rfc2136(acme) if acme.challenge == "dns-01" else None
+        self.dns: Rfc2136 | None = None  # made at the first DNS-01 order (reads the secret)
         self._clock = clock or (lambda: datetime.datetime.now(datetime.UTC))
         self._client: client.ClientV2 | None = None
         self._net: _Network | None = None
@@ -213,7 +212,8 @@ class Issuer:
             cleanups.append(lambda: _discard(self.board.http, token))
             return response
         if isinstance(chall, challenges.DNS01):
-            assert self.dns is not None
+            if self.dns is None:
+                self.dns = Rfc2136(self.acme)
             response, value = chall.response_and_validation(self._jwk)
             record = chall.validation_domain_name(domain)
             self.dns.add(record, domain, value)

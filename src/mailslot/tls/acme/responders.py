@@ -100,6 +100,11 @@ def alpn_context(name: str, key_authorization: str, scratch: Path) -> ssl.SSLCon
     return context
 
 
+def _host(address: str) -> str | None:
+    """``"*"``: every address, IPv4 and IPv6 (asyncio binds one socket per family)."""
+    return None if address == "*" else address
+
+
 class Http01Responder:
     """The HTTP-01 server; :meth:`start` binds, :meth:`close` stops."""
 
@@ -111,7 +116,7 @@ class Http01Responder:
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(
-            self._serve, self.address, self.port, limit=_MAX_HEADER, reuse_address=True
+            self._serve, _host(self.address), self.port, limit=_MAX_HEADER, reuse_address=True
         )
         logger.info("acme: HTTP-01 responder on %s port %d", self.address, self.port)
 
@@ -177,7 +182,7 @@ class TlsAlpnResponder:
     async def start(self) -> None:
         self.server = await asyncio.start_server(
             self._serve,
-            self.address,
+            _host(self.address),
             self.port,
             ssl=self.context,
             ssl_handshake_timeout=_READ_TIMEOUT,

@@ -178,6 +178,12 @@ class AcmeService:
                 checked=_iso(now),
             )
             if now < when:
+                logger.info(
+                    "acme: the certificate for %s is valid until %s; renewal at %s",
+                    ", ".join(info.names),
+                    _iso(info.not_after),
+                    _iso(when),
+                )
                 return min(when - now, CHECK_EVERY)
             reason = "renewal is due" + (" (the CA's renewal information)" if ari == when else "")
         info = await self.renew(reason)

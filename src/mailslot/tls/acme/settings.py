@@ -6,6 +6,7 @@ names its key (``acme.<key>``) and says what would be accepted.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -34,6 +35,14 @@ def is_dns_name(name: str, *, wildcard: bool = False) -> bool:
         name = name[2:]
     labels = name.split(".")
     return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def zone_for(acme: AcmeConfig, name: str) -> str:
@@ -67,6 +76,10 @@ def problems(config: Config, *, check_files: bool = True) -> Iterator[tuple[str,
         value = getattr(acme, key)
         if not 1 <= value <= 65535:
             yield (key, f"must be between 1 and 65535, not {value}")
+    for key in ("http_address", "tls_alpn_address"):
+        value = getattr(acme, key)
+        if value != "*" and not _is_ip(value):
+            yield (key, f'"{value}" is not an IPv4 or IPv6 address; "*" is every address')
     if acme.retry_initial <= 0:
         yield ("retry_initial", f"must be more than 0 seconds, not {acme.retry_initial:g}")
     if acme.retry_max < acme.retry_initial:
