@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import socket
 import stat
 from pathlib import Path
 
+import pytest
 from tests.support.server import free_port
 
 from mailslot.config import loads
-from mailslot.tls.acme.service import AcmeService
+from mailslot.tls.acme.service import AcmeService, bootstrap, key_access
 from mailslot.tls.acme.state import write_atomically
 
 
@@ -64,3 +66,25 @@ def test_a_replaced_file_keeps_its_mode_and_group_but_never_other_access(tmp_pat
     write_atomically(fresh, b"x", 0o600, private=True)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.pem", "privkey.pem"]
+
+
+@pytest.mark.parametrize(("workers", "mode", "group_read"), [(1, 0o640, True), (2, 0o600, False)])
+def test_a_new_key_is_readable_by_the_lone_worker_that_reloads_it(
+    tmp_path: Path, workers: int, mode: int, group_read: bool
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root starts a server that drops to [server] user")
+    config = loads(
+        '[[listener]]\nport = 1995\ntls = "implicit"\n'
+        f'[tls]\ncertificate = "{tmp_path}/c.pem"\nprivate_key = "{tmp_path}/k.pem"\n'
+        '[auth]\npasswd_file = "users"\n'
+        f'[server]\nuser = "nobody"\nworkers = {workers}\n'
+        f'[acme]\nenabled = true\nstate_directory = "{tmp_path}/state"\n',
+        check_files=False,
+    )
+    group = pwd.getpwnam("nobody").pw_gid
+    assert key_access(config) == (mode, group if group_read else None)
+    assert bootstrap(config)
+    key = tmp_path / "k.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == mode
+    assert key.stat().st_gid == (group if group_read else 0)
