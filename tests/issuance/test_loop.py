@@ -10,9 +10,11 @@ import stat
 from pathlib import Path
 
 import pytest
+import trustme
 from tests.support.server import free_port
 
 from mailslot.config import loads
+from mailslot.tls.acme.issuer import AcmeFailure
 from mailslot.tls.acme.service import AcmeService, bootstrap, key_access
 from mailslot.tls.acme.state import write_atomically
 
@@ -88,3 +90,43 @@ def test_a_new_key_is_readable_by_the_lone_worker_that_reloads_it(
     key = tmp_path / "k.pem"
     assert stat.S_IMODE(key.stat().st_mode) == mode
     assert key.stat().st_gid == (group if group_read else 0)
+
+
+def test_a_certificate_that_does_not_fit_is_not_installed(tmp_path: Path) -> None:
+    config = loads(
+        '[[listener]]\nport = 1995\ntls = "implicit"\n'
+        f'[tls]\ncertificate = "{tmp_path}/c.pem"\nprivate_key = "{tmp_path}/k.pem"\n'
+        '[auth]\npasswd_file = "users"\n[server]\nhostname = "mail.example.test"\n'
+        f'[acme]\nenabled = true\nstate_directory = "{tmp_path}/state"\n',
+        check_files=False,
+    )
+    assert bootstrap(config)
+    before = (tmp_path / "c.pem").read_bytes(), (tmp_path / "k.pem").read_bytes()
+    ca = trustme.CA()
+    right = ca.issue_cert("mail.example.test")
+    other = ca.issue_cert("mail.example.test")
+    wrong_name = ca.issue_cert("pop.example.test")
+
+    def chain(issued: trustme.LeafCert) -> bytes:
+        return b"".join(blob.bytes() for blob in issued.cert_chain_pems)
+
+    class Sends:
+        def __init__(self, chain: bytes, key: bytes) -> None:
+            self.result = (chain, key)
+
+        def issue(self) -> tuple[bytes, bytes]:
+            return self.result
+
+    service = AcmeService(config)
+    for sent, reason in (
+        ((chain(right), other.private_key_pem.bytes()), "for another key"),
+        ((chain(wrong_name), wrong_name.private_key_pem.bytes()), "does not cover"),
+        ((b"garbage", right.private_key_pem.bytes()), "does not parse"),
+    ):
+        service.issuer = Sends(*sent)  # type: ignore[assignment]
+        with pytest.raises(AcmeFailure, match=reason):
+            asyncio.run(service.renew("test"))
+        assert ((tmp_path / "c.pem").read_bytes(), (tmp_path / "k.pem").read_bytes()) == before
+    service.issuer = Sends(chain(right), right.private_key_pem.bytes())  # type: ignore[assignment]
+    asyncio.run(service.renew("test"))
+    assert (tmp_path / "c.pem").read_bytes() == chain(right)

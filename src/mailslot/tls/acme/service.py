@@ -194,7 +194,7 @@ class AcmeService:
         logger.info("acme: ordering a certificate for %s: %s", ", ".join(self.names), reason)
         self.state.update_status(state="ordering", reason=reason)
         chain, key = await asyncio.to_thread(self.issuer.issue)
-        info = schedule.CertificateInfo.from_pem(chain)
+        info = self.verify(chain, key)
         self.install(chain, key)
         self.failures = 0
         self.state.update_status(
@@ -214,6 +214,25 @@ class AcmeService:
             _iso(info.not_after),
             self.certificate,
         )
+        return info
+
+    def verify(self, chain: bytes, key: bytes) -> schedule.CertificateInfo:
+        """The issued chain's leaf, checked before it replaces anything: it parses, it is for
+        ``key`` and for every name.  Otherwise :class:`AcmeFailure`, and the files stay."""
+        try:
+            info = schedule.CertificateInfo.from_pem(chain)
+            leaf = x509.load_pem_x509_certificates(chain)[0]
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise AcmeFailure(f"the CA sent a certificate that does not parse: {exc}") from exc
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        if leaf.public_key().public_bytes(
+            serialization.Encoding.DER, public
+        ) != private.public_key().public_bytes(serialization.Encoding.DER, public):
+            raise AcmeFailure("the CA sent a certificate for another key; not installed")
+        missing = schedule.replace_now(info, self.names)
+        if missing is not None:
+            raise AcmeFailure(f"the CA's certificate is not usable: {missing}; not installed")
         return info
 
     def install(self, chain: bytes, key: bytes) -> None:
