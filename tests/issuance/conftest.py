@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.support.dnsserver import DnsState, dns_server
@@ -22,15 +21,13 @@ def dns() -> Iterator[DnsState]:
 
 
 @pytest.fixture
-def pebble_factory(
-    request: pytest.FixtureRequest, tmp_path: Path, dns: DnsState
-) -> Iterator[PebbleFactory]:
+def pebble_factory(tmp_path: Path, dns: DnsState) -> Iterator[PebbleFactory]:
     """``pebble_factory(start=True)``: a pebble whose HTTP-01 and TLS-ALPN-01 validations go
     to free ports of its own (``.http_port``, ``.tls_port``), resolving through ``dns``."""
     require_program("pebble")
     made: list[Pebble] = []
 
-    def make(*, start: bool = True, **_: Any) -> Pebble:
+    def make(*, start: bool = True) -> Pebble:
         pebble = make_pebble(
             tmp_path / f"pebble{len(made)}",
             http_port=free_port(),
@@ -42,6 +39,4 @@ def pebble_factory(
 
     yield make
     for pebble in made:
-        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-            print(pebble.log())
-        pebble.stop()
+        pebble.stop()  # its log stays in its directory (pebble.log)

@@ -21,12 +21,14 @@ import contextlib
 import logging
 import os
 import signal
+import time
 
 from mailslot.config import Config
 
 logger = logging.getLogger("mailslot.acme")
 
 _PARENT_CHECK = 2.0  # seconds between looks at whether the server is still there
+_STOP_GRACE = 5.0  # seconds the process has to end on SIGTERM
 
 
 def start(config: Config) -> int | None:
@@ -47,14 +49,25 @@ def start(config: Config) -> int | None:
     return pid
 
 
-def stop(pid: int | None) -> None:
-    """End the ACME process and collect it."""
+def stop(pid: int | None, grace: float = _STOP_GRACE) -> None:
+    """End the ACME process and collect it: SIGTERM, then SIGKILL after ``grace`` seconds
+    (an order in progress may wait on the CA for a minute and more; killing it loses nothing,
+    as every file is replaced in one rename)."""
     if pid is None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+    deadline = time.monotonic() + grace
+    try:
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                logger.warning("acme: the renewal process did not end; killing it")
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.05)  # polling the child's exit
+    except (ChildProcessError, ProcessLookupError):
+        pass  # collected already (a supervisor reaps every child it sees)
 
 
 def _main(config: Config) -> int:
