@@ -13,6 +13,7 @@ import ssl
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from tests.issuance.conftest import PebbleFactory
 from tests.issuance.test_server_acme import acme_section
@@ -45,8 +46,9 @@ class Clock:
         return self.now
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_renewal_at_two_thirds_swaps_the_certificate_under_an_open_session(
-    tmp_path: Path, pebble_factory: PebbleFactory, mailslot_factory: ServerFactory
+    tmp_path: Path, pebble_factory: PebbleFactory, mailslot_factory: ServerFactory, workers: int
 ) -> None:
     pebble = pebble_factory()
     root = tmp_path / "pebble-root.pem"
@@ -59,7 +61,10 @@ def test_renewal_at_two_thirds_swaps_the_certificate_under_an_open_session(
         start=False,
         tls=files,
         tls_options={"reload_check_interval": 0.2},
-        extra_sections={"acme": acme_section(pebble, tmp_path / "state") | {"enabled": False}},
+        extra_sections={
+            "acme": acme_section(pebble, tmp_path / "state") | {"enabled": False},
+            "server": {"workers": workers},  # 2: a new generation, the old one retires
+        },
     )
     config = load(server.config_path, check_files=False)
     clock = Clock()
