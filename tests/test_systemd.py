@@ -216,3 +216,13 @@ def test_systemd_analyze_verifies_both_units(tmp_path: Path) -> None:
     # units of this machine do not concern them.
     ours = [line for line in result.stderr.splitlines() if "mailslot." in line]
     assert result.returncode == 0 and ours == [], result.stderr
+
+
+def test_acme_keeps_its_state_and_the_certificate_directories_writable(tmp_path: Path) -> None:
+    text = CONFIG + '\n[acme]\nenabled = true\nstate_directory = "/var/lib/mailslot/acme"\n'
+    config = load_config(tmp_path, text)
+    service = systemd.service_unit(config, tmp_path / "m.toml", ["/usr/bin/mailslot"])
+    line = next(x for x in service.splitlines() if x.startswith("ReadWritePaths=-"))
+    written = set(line.removeprefix("ReadWritePaths=").split())
+    assert "-/var/lib/mailslot/acme" in written
+    assert f"-{config.tls.certificate.parent}" in written  # type: ignore[union-attr]

@@ -137,6 +137,13 @@ def _check_certificates(
     ``trusted``: CA files the clients are known to hold."""
     from mailslot.tls.certificates import check_config
 
+    tls = config.tls
+    if config.acme.enabled and not all(
+        p is not None and p.exists() for p in (tls.certificate, tls.private_key)
+    ):
+        # [acme] writes them: `serve` starts with a self-signed one (docs/acme.md).
+        print(f"note: {tls.certificate} does not exist yet: [acme] will write it", file=sys.stderr)
+        return
     findings = check_config(config, trusted=trusted or [])
     if not findings:
         return
@@ -200,7 +207,8 @@ def add_serve(subparsers: SubParsers) -> None:
         "their sessions). Certificates that fail their checks (see check-config) stop it\n"
         "with status 78. Started as root, it binds its ports and reads the TLS key, then\n"
         "serves as [server] user; without one it refuses to start (status 78) unless\n"
-        "[server] run_as_root says why.\n\n"
+        "[server] run_as_root says why. With [acme] enabled it gets and renews its\n"
+        "certificate itself (docs/acme.md), serving a self-signed one until the first.\n\n"
         "With --config, serve that configuration. Without it, use a quick-start data\n"
         "directory: on first run it is filled with a private CA, a localhost certificate,\n"
         "a user 'demo' with a random password (printed once), a Maildir with a welcome\n"
@@ -228,6 +236,10 @@ def _serve(args: argparse.Namespace) -> int:
     # trust (ca.pem): no warning that this host's trust store lacks it.
     quick_ca = config.source.parent / "ca.pem" if config.source is not None else None
     trusted = [quick_ca] if args.config is None and quick_ca is not None else []
+    if config.acme.enabled:  # a self-signed certificate until the CA's first (docs/acme.md)
+        from mailslot.tls.acme.service import bootstrap
+
+        bootstrap(config)
     _check_certificates(config, trusted, serving=True)
     # Imported late: `mailslot user` and `check-config` need none of the server's imports.
     runner = importlib.import_module("mailslot.server.runner")
@@ -663,6 +675,16 @@ def add_doctor(subparsers: SubParsers) -> None:
     register(subparsers)
 
 
+# -- acme ------------------------------------------------------------------------------------
+
+
+def add_acme(subparsers: SubParsers) -> None:
+    """``mailslot acme``: :mod:`mailslot.tls.acme.command` adds its parser and handler."""
+    from mailslot.tls.acme.command import register
+
+    register(subparsers, _load)
+
+
 # -- db --------------------------------------------------------------------------------------
 
 
@@ -738,6 +760,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_deliver,
     add_systemd_unit,
     add_doctor,
+    add_acme,
     add_db,
     add_import_dovecot,
 )

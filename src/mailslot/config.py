@@ -206,6 +206,33 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """``[acme]``: certificates issued and renewed by mailslot (RFC 8555; docs/acme.md)."""
+
+    enabled: bool = False
+    directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    email: str | None = None
+    domains: tuple[str, ...] = ()  # after [server] hostname
+    challenge: Literal["http-01", "tls-alpn-01", "dns-01"] = "http-01"
+    http_address: str = "*"  # every IPv4 and IPv6 address
+    http_port: int = 80
+    tls_alpn_address: str = "*"
+    tls_alpn_port: int = 443
+    key_type: Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072"] = "ecdsa-p256"
+    state_directory: Path = Path("/var/lib/mailslot/acme")
+    ca_bundle: Path | None = None  # trust for the ACME server's HTTPS (a test CA)
+    # DNS-01 through RFC 2136 dynamic updates, signed with TSIG (RFC 8945).
+    dns_server: str | None = None
+    dns_port: int = 53
+    dns_zone: str | None = None  # default: the name without its first label
+    tsig_key_name: str | None = None
+    tsig_secret_file: Path | None = None
+    tsig_algorithm: str = "hmac-sha256"
+    retry_initial: float = 60.0
+    retry_max: float = 21600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
@@ -218,6 +245,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    acme: AcmeConfig = field(default_factory=AcmeConfig)
     source: Path | None = None
 
 
@@ -259,6 +287,7 @@ _TABLES: dict[str, type[Any]] = {
     "delivery": DeliveryConfig,
     "server": ServerConfig,
     "metrics": MetricsConfig,
+    "acme": AcmeConfig,
 }
 _TOP_LEVEL = ("listener", *_TABLES)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -664,7 +693,9 @@ class _Loader:
         self.check_duplicates(config.listeners)
         self.check_metrics(config)
         tls_users = [i for i, lst in enumerate(config.listeners) if lst.tls != "none"]
-        if tls_users:
+        if tls_users and config.acme.enabled:
+            self.check_acme_paths(config.tls)  # files ACME writes: need not exist yet
+        elif tls_users:
             first = config.listeners[tls_users[0]]
             why = f'listener[{tls_users[0]}] has tls = "{first.tls}"'
             self.required_file(
@@ -673,6 +704,7 @@ class _Loader:
             self.required_file(
                 "tls", "private_key", config.tls.private_key, why, "the private key (PEM)"
             )
+        self.check_acme(config)
         if config.tls.certificates and (
             config.tls.certificate is None or config.tls.private_key is None
         ):
@@ -716,6 +748,19 @@ class _Loader:
             self.problem(
                 "server", "hostname", "must not be empty: it names this server in greetings"
             )
+
+    def check_acme_paths(self, tls: TlsConfig) -> None:
+        for key in ("certificate", "private_key"):
+            if getattr(tls, key) is None:
+                self.problem(
+                    "tls", key, "is required with [acme] enabled: name the file ACME writes to"
+                )
+
+    def check_acme(self, config: Config) -> None:
+        from mailslot.tls.acme.settings import problems  # the logic is ACME's
+
+        for key, message in problems(config, check_files=self.check_files):
+            self.problem("acme", key, message)
 
     def check_metrics(self, config: Config) -> None:
         metrics = config.metrics

@@ -111,7 +111,8 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[socket.s
 
 
 def _writable_paths(config: Config) -> list[str]:
-    """What the service writes: the maildrops (below the store's root), LMTP sockets."""
+    """What the service writes: the maildrops (below the store's root), LMTP sockets, and
+    with ``[acme]`` its state directory and the certificate's directories."""
     from mailslot.store.confine import root_of
 
     paths = []
@@ -121,6 +122,11 @@ def _writable_paths(config: Config) -> list[str]:
     for listener in config.listeners:
         if listener.path is not None:
             paths.append(str(listener.path.parent))
+    if config.acme.enabled:  # its state, and where it writes the certificate (docs/acme.md)
+        paths.append(str(config.acme.state_directory))
+        for path in (config.tls.certificate, config.tls.private_key):
+            if path is not None:
+                paths.append(str(path.parent))
     return sorted(set(paths))
 
 

@@ -157,6 +157,7 @@ class MailslotServer:
         failure_delay: float = 0.2,
         failure_delay_max: float = 0.4,
         tls_profile: str | None = None,
+        tls_options: Mapping[str, Any] | None = None,
         limits: Mapping[str, Any] | None = None,
         extra_sections: Mapping[str, Mapping[str, Any]] | None = None,
         store: Mapping[str, Any] | None = None,
@@ -167,6 +168,7 @@ class MailslotServer:
     ) -> None:
         """``run_as_root``: written to ``[server]`` when the tests run as root and
         ``extra_sections`` give the server no ``user``; ``None`` writes neither.
+        ``tls_options``: more ``[tls]`` keys.
         ``file_limit``: the server's RLIMIT_NOFILE, soft and hard (it raises soft to hard).
         ``store``: more ``[store]`` keys (``backend = "postgresql"``, ``dsn``, ...); ``auth``:
         more ``[auth]`` keys."""
@@ -203,7 +205,8 @@ class MailslotServer:
         config += toml_table(
             "tls",
             {"certificate": tls_files.certificate, "private_key": tls_files.private_key}
-            | ({} if tls_profile is None else {"profile": tls_profile}),
+            | ({} if tls_profile is None else {"profile": tls_profile})
+            | dict(tls_options or {}),
         )
         config += toml_table(
             "auth",

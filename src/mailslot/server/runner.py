@@ -49,6 +49,8 @@ from mailslot.server.supervisor import (
     log_reloaded,
 )
 from mailslot.store import backends
+from mailslot.tls.acme import process as acme_process
+from mailslot.tls.acme import service as acme_service
 from mailslot.tls.certificates import CertificateError
 from mailslot.tls.context import contexts_for, key_pairs
 from mailslot.tls.watch import FileWatch
@@ -557,6 +559,19 @@ def run(config: Config) -> int:
     #
     # The watch looks at the files before they are read: a change while they are read is
     # then seen at its first look.  (`mailslot serve` has checked them and logged the warnings.)
+    # ACME (docs/acme.md): a self-signed certificate until the CA's first one, and one process
+    # for the renewal loop, forked before any socket is bound or worker started.
+    if config.acme.enabled and acme_service.bootstrap(config):
+        logger.info("acme: wrote a bootstrap certificate to %s", config.tls.certificate)
+    acme = acme_process.start(config)
+    try:
+        return _run_serving(config, identity, workers)
+    finally:
+        acme_process.stop(acme)
+
+
+def _run_serving(config: Config, identity: Identity | None, workers: int) -> int:
+    """:func:`run` from the certificates on: the sockets, the workers, until they end."""
     watch = file_watch(config)
     try:
         contexts = tls_for(config)
