@@ -65,11 +65,21 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DovecotAuthConfig:
+    """``[auth.dovecot]``: Dovecot's auth service as the user database (mailslot.auth.dovecot)."""
+
+    socket: Path = Path("/run/dovecot/auth-client")
+    service: str = "pop3"
+    userdb_socket: Path | None = None  # Dovecot's auth-userdb: home and LMTP lookups
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     """``[auth]``: the user database and login policy."""
 
     # "postgresql": users in the database of [store] dsn (docs/postgresql.md).
-    backend: Literal["passwd-file", "postgresql"] = "passwd-file"
+    # "dovecot": a running Dovecot's auth service checks passwords ([auth.dovecot]).
+    backend: Literal["passwd-file", "postgresql", "dovecot"] = "passwd-file"
     passwd_file: Path | None = None
     allow_plaintext_without_tls: bool = False
     failure_delay: float = 2.0
@@ -80,6 +90,7 @@ class AuthConfig:
     failure_time_floor: float = 0.0
     verify_pool: int = 0  # 0: the cores, divided among the workers
     verify_per_client: int = 2
+    dovecot: DovecotAuthConfig = field(default_factory=DovecotAuthConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +359,11 @@ class _Loader:
             if not isinstance(value, dict):
                 self.problem(None, name, f"must be a table ([{name}]), not {_toml_type(value)}")
                 value = {}
+            if name == "auth" and "dovecot" in value:
+                value = dict(value)
+                dovecot = self.auth_dovecot(value.pop("dovecot"))
+                tables[name] = replace(self.build(cls, value, name), dovecot=dovecot)
+                continue
             if name == "tls" and "certificates" in value:
                 value = dict(value)
                 entries = self.certificates(value.pop("certificates"))
@@ -454,6 +470,16 @@ class _Loader:
             if "certificate" in values and "private_key" in values:
                 entries.append(CertificateConfig(**values))
         return tuple(entries)
+
+    def auth_dovecot(self, raw: object) -> DovecotAuthConfig:
+        if not isinstance(raw, dict):
+            got = _toml_type(raw)
+            self.problem("auth", "dovecot", f"must be a table ([auth.dovecot]), not {got}")
+            return DovecotAuthConfig()
+        values = self.values(DovecotAuthConfig, raw, "auth.dovecot")
+        if values.get("service") == "" or "\t" in values.get("service", ""):
+            self.problem("auth.dovecot", "service", 'must be a service name such as "pop3"')
+        return DovecotAuthConfig(**values)
 
     def listener(self, raw: dict[str, Any], index: int) -> ListenerConfig:
         values = self.values(ListenerConfig, raw, "listener", index)

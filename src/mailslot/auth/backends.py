@@ -2,7 +2,8 @@
 
 ``"passwd-file"`` reads ``[auth] passwd_file``; ``"postgresql"`` reads ``mailslot_users`` in
 the database named by ``[store]``'s ``dsn``/``dsn_file``/``$MAILSLOT_DSN``, through the
-store's own pool when the store is in PostgreSQL too (one pool per worker, not two).
+store's own pool when the store is in PostgreSQL too (one pool per worker, not two);
+``"dovecot"`` asks a running Dovecot's auth service (``[auth.dovecot]``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ def build(
     ``pool``: where slow hashes are checked, fairly between clients (auth.pool).
     """
     floor = config.auth.failure_time_floor
+    if config.auth.backend == "dovecot":
+        from mailslot.auth.dovecot import DovecotAuthenticator
+
+        dovecot = config.auth.dovecot
+        return DovecotAuthenticator(
+            dovecot.socket,
+            service=dovecot.service,
+            userdb_socket=dovecot.userdb_socket,
+            failure_floor=floor,
+        )
     if config.auth.backend == "postgresql":
         from mailslot.auth.postgresql import PostgresAuthenticator
         from mailslot.store import backends

@@ -9,6 +9,7 @@ answered ``-ERR [SYS/TEMP]`` (RFC 3206 section 4).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +32,24 @@ class User:
 
     name: str
     home: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoginSource:
+    """Where a login comes from, for backends that pass it on (Dovecot's ``rip``/``lip``).
+
+    ``remote`` and ``local`` are (address, port) pairs; ``secured``: the session runs over TLS.
+    """
+
+    remote: tuple[str, int] | None = None
+    local: tuple[str, int] | None = None
+    secured: bool = False
+
+
+login_source: ContextVar[LoginSource | None] = ContextVar("mailslot_login_source", default=None)
+"""Set by the session for :meth:`Authenticator.authenticate`, which it runs as a task in a
+context of its own; most backends ignore it, :mod:`mailslot.auth.dovecot` sends it to
+Dovecot.  A context variable rather than an argument keeps the Protocol unchanged."""
 
 
 class Authenticator(Protocol):

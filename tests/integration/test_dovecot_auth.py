@@ -1,0 +1,133 @@
+"""``[auth] backend = "dovecot"`` against a real Dovecot 2.3 auth service (mailslot.auth.dovecot).
+
+The test starts a private Dovecot (tests/support/dovecot.py) whose ``service auth`` has two
+more Unix listeners in its own base_dir: ``mailslot-client`` (the auth client protocol) and
+``mailslot-userdb`` (the master protocol's USER lookup).  Its passdb is a passwd-file.
+mailslot is configured with ``backend = "dovecot"`` and poplib logs in through it: a right
+password, a wrong one, an unknown user (the same reply, byte for byte), a mixed-case name
+(Dovecot's ``auth_username_format = %Lu`` gives the canonical name), the home from
+Dovecot's userdb, and a stopped Dovecot (``-ERR [SYS/TEMP]`` and a log line).
+"""
+
+from __future__ import annotations
+
+import poplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.support.dovecot import DovecotServer
+from tests.support.maildir import MaildirBuilder
+from tests.support.passwd import PasswdUser
+from tests.support.server import MailslotServer
+from tests.support.tls import TlsFiles
+
+pytestmark = pytest.mark.dovecot
+
+SERVICE_AUTH = """
+service auth {
+  unix_listener mailslot-client {
+    mode = 0666
+  }
+  unix_listener mailslot-userdb {
+    mode = 0666
+  }
+}
+"""
+
+
+@pytest.fixture
+def dovecot(tls_files: TlsFiles, tmp_path: Path) -> Iterator[DovecotServer]:
+    homes = tmp_path / "homes"
+    users = (
+        PasswdUser("alice", "alice-secret", home=str(homes / "alice")),
+        PasswdUser("bob", "bob secret with spaces", scheme="SHA512-CRYPT", home=str(homes / "bob")),
+    )
+    server = DovecotServer(tls_files, users, blocks=SERVICE_AUTH)
+    with server:
+        yield server
+
+
+def _mailslot(mailslot_factory: object, dovecot: DovecotServer, maildir: str) -> MailslotServer:
+    run = dovecot.directory / "run"
+    return mailslot_factory(  # type: ignore[operator, no-any-return]
+        users=(),  # no passwd-file users: only Dovecot knows who may log in
+        auth={"backend": "dovecot"},
+        extra_sections={
+            "auth.dovecot": {
+                "socket": str(run / "mailslot-client"),
+                "userdb_socket": str(run / "mailslot-userdb"),
+            },
+            "store": {"maildir": maildir},
+        },
+    )
+
+
+def _login(server: MailslotServer, user: str, password: str) -> poplib.POP3:
+    host, port = server.starttls
+    client = poplib.POP3(host, port, timeout=30)
+    client.stls(server.tls_files.client_context())
+    client.user(user)
+    try:
+        client.pass_(password)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _refusal(server: MailslotServer, user: str, password: str) -> bytes:
+    with pytest.raises(poplib.error_proto) as caught:
+        _login(server, user, password)
+    reply = caught.value.args[0]
+    assert isinstance(reply, bytes)
+    return reply
+
+
+def test_logins_through_dovecot(
+    mailslot_factory: object, dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    mailslot = _mailslot(mailslot_factory, dovecot, str(tmp_path / "mail/{user}/Maildir"))
+    MaildirBuilder(tmp_path / "mail/alice/Maildir").add(b"Subject: hi\n\nhello\n")
+    client = _login(mailslot, "alice", "alice-secret")
+    assert client.stat()[0] == 1
+    client.quit()
+    # Dovecot's auth_username_format (%Lu by default) names the user: the same maildrop.
+    client = _login(mailslot, "ALICE", "alice-secret")
+    assert client.stat()[0] == 1
+    client.quit()
+    client = _login(mailslot, "bob", "bob secret with spaces")  # a SHA512-CRYPT hash
+    assert client.stat()[0] == 0
+    client.quit()
+    wrong = _refusal(mailslot, "alice", "not-her-password")
+    unknown = _refusal(mailslot, "mallory", "alice-secret")
+    assert wrong.startswith(b"-ERR [AUTH]")
+    assert unknown == wrong
+    log = mailslot.log()
+    assert "login: user=alice " in log
+    assert "login failed: user=mallory" in log
+
+
+def test_home_comes_from_dovecots_userdb(
+    mailslot_factory: object, dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    mailslot = _mailslot(mailslot_factory, dovecot, "{home}/Maildir")
+    builder = MaildirBuilder(tmp_path / "homes/alice/Maildir")
+    builder.add(b"Subject: one\n\n1\n")
+    builder.add(b"Subject: two\n\n2\n")
+    client = _login(mailslot, "alice", "alice-secret")
+    assert client.stat()[0] == 2
+    client.quit()
+
+
+def test_dovecot_stopped_is_a_temporary_failure(
+    mailslot_factory: object, dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    mailslot = _mailslot(mailslot_factory, dovecot, str(tmp_path / "mail/{user}/Maildir"))
+    _login(mailslot, "alice", "alice-secret").quit()  # a connection to Dovecot is open now
+    dovecot.stop()
+    assert _refusal(mailslot, "alice", "alice-secret").startswith(b"-ERR [SYS/TEMP]")
+    assert _refusal(mailslot, "alice", "wrong").startswith(b"-ERR [SYS/TEMP]")
+    log = mailslot.log()
+    assert "dovecot auth unavailable" in log
+    assert "user database unavailable: user=alice" in log
