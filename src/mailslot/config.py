@@ -116,6 +116,10 @@ class StoreConfig:
     flag_updates: bool = True
     # Dovecot's pop3_deleted_flag: DELE hides with this IMAP keyword instead of removing.
     deleted_flag: str | None = None
+    # Dovecot's pop3_lock_session: false lets sessions of one maildrop run side by side.
+    lock_session: bool = True
+    # Dovecot's pop3_client_workarounds: "outlook-no-nuls", "oe-ns-eoh".
+    client_workarounds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,8 @@ class LimitsConfig:
 
     max_connections: int = 10000
     max_connections_per_ip: int = 50
-    max_sessions_per_user: int = 1  # the maildrop lock allows one; kept explicit for clarity
+    # The maildrop lock allows one (unless [store] lock_session = false); kept explicit.
+    max_sessions_per_user: int = 1
     command_line_length: int = 255  # RFC 2449 section 4, including CRLF
     sasl_line_length: int = 8192
     max_bad_commands_before_login: int = 3
@@ -242,6 +247,7 @@ _MAILDIR_PLACEHOLDERS = ("user", "localpart", "domain", "home")
 # An IMAP keyword (RFC 3501 section 9, flag-keyword = atom): no space, control or
 # atom-special, and not a system flag (those start with a backslash).
 _KEYWORD = re.compile(r"[!#$&\'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+")
+_WORKAROUNDS = ("outlook-no-nuls", "oe-ns-eoh")  # Dovecot's pop3_client_workarounds
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 # RFC 1939 section 3: the autologout timer MUST be at least 10 minutes.
@@ -586,7 +592,18 @@ class _Loader:
                     f'"{store.deleted_flag}" is not an IMAP keyword (RFC 3501 atom, no \\)',
                 )
         self.store_database(store)
+        self.store_dovecot_options(store)
         return replace(store, maildir=template)
+
+    def store_dovecot_options(self, store: StoreConfig) -> None:
+        if not store.lock_session and store.backend != "maildir":
+            self.problem(
+                "store", "lock_session", 'false needs backend = "maildir" (a lease is exclusive)'
+            )
+        for name in store.client_workarounds:
+            if name not in _WORKAROUNDS:
+                allowed = ", ".join(f'"{w}"' for w in _WORKAROUNDS)
+                self.problem("store", "client_workarounds", f'unknown "{name}"; known: {allowed}')
 
     def store_database(self, store: StoreConfig) -> None:
         if store.dsn is not None and store.dsn_file is not None:
@@ -660,6 +677,14 @@ class _Loader:
                 "the user database",
             )
         self.check_numbers(config)
+        if not config.store.lock_session and config.limits.max_sessions_per_user < 2:
+            self.problem(
+                "store",
+                "lock_session",
+                "false lets sessions of one maildrop run side by side: also raise "
+                "[limits] max_sessions_per_user above 1 (it is "
+                f"{config.limits.max_sessions_per_user})",
+            )
         if config.log.level not in _LOG_LEVELS:
             self.problem(
                 "log", "level", f'must be one of {", ".join(_LOG_LEVELS)}, not "{config.log.level}"'
