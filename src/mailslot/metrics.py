@@ -44,6 +44,7 @@ from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    SeenFlags,
     Store,
     StoreError,
 )
@@ -555,6 +556,16 @@ class ObservedMaildrop:
 
     async def close(self) -> None:
         await self._maildrop.close()
+
+    # \Seen (store.base.SeenFlags) passes through to a maildrop that keeps it: without these
+    # the session, seeing no SeenFlags here, flagged nothing while metrics were on.
+    def retrieved(self, message: MessageInfo) -> None:
+        if isinstance(self._maildrop, SeenFlags):
+            self._maildrop.retrieved(message)
+
+    def forget_retrieved(self) -> None:
+        if isinstance(self._maildrop, SeenFlags):
+            self._maildrop.forget_retrieved()
 
 
 class ObservedAuthenticator:

@@ -25,6 +25,7 @@ from mailslot.protocol.events import (
     Close,
     Commit,
     Event,
+    Reset,
     RetrieveMessage,
     SnapshotEntry,
     StartTls,
@@ -415,6 +416,7 @@ class Connection:
                 self._deleted_size = 0
                 size = sum(m.size for m in self._messages)
                 self._reply(r.ok(f"maildrop has {len(self._messages)} messages ({size} octets)"))
+                return Reset()
         return None
 
     # ----------------------------------------------------------------- commands

@@ -443,6 +443,9 @@ class Session(asyncio.Protocol):
                 return
             if isinstance(event, ev.BadCommand):
                 self.log.info("bad command: %s", escape(event.reason))
+            elif isinstance(event, ev.Reset):
+                if isinstance(self._maildrop, SeenFlags):
+                    self._maildrop.forget_retrieved()  # as Dovecot's RSET
             elif isinstance(event, ev.Close):
                 self._end(event.reason)
                 return

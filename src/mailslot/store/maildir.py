@@ -829,6 +829,11 @@ class MaildirMaildrop:
                 self._seen = {}
             self._seen[message.key] = None
 
+    def forget_retrieved(self) -> None:
+        """RSET: what was retrieved so far is not flagged seen, as Dovecot's RSET (its
+        ``cmd_rset`` clears the session's pending ``\\Seen`` changes)."""
+        self._seen = None
+
     def _take_seen(self, deleted: Sequence[str] = ()) -> list[str]:
         seen, self._seen = self._seen, None
         if not seen:
