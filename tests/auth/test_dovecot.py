@@ -177,3 +177,40 @@ def test_config_reads_the_dovecot_table(tmp_path: Path) -> None:
     assert config.auth.dovecot.userdb_socket is None
     with pytest.raises(ConfigError, match=r"auth\.dovecot\.sockett: unknown key"):
         loads(text.replace("socket =", "sockett ="), tmp_path / "mailslot.toml")
+
+
+def test_a_name_refused_here_waits_as_long_as_dovecots_last_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The floor follows Dovecot's recent failure times: an invalid name, never sent, is
+    answered no sooner than the slowest of them (a fake clock: no real waiting)."""
+    path = tmp_path / "auth-client"
+    waits: list[float] = []
+
+    async def fake_answer(started: float, floor: float) -> None:
+        waits.append(floor)
+
+    async def main() -> None:
+        async def slow_fail(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(HANDSHAKE)
+            while line := await reader.readline():
+                fields = parse_line(line.rstrip(b"\n"))
+                if fields[0] == "AUTH":
+                    await asyncio.sleep(0.05)  # Dovecot's own failure delay, shortened
+                    writer.write(f"FAIL\t{fields[1]}\tuser=alice\n".encode())
+
+        server = await asyncio.start_unix_server(slow_fail, str(path))
+        auth = DovecotAuthenticator(path, failure_floor=0.01)
+        try:
+            with pytest.raises(AuthenticationFailed):
+                await auth.authenticate("alice", "wrong")
+            with pytest.raises(AuthenticationFailed):
+                await auth.authenticate("../x", "wrong")
+        finally:
+            await auth.aclose()
+            server.close()
+
+    monkeypatch.setattr("mailslot.auth.dovecot.answer_failure", fake_answer)
+    asyncio.run(main())
+    assert waits[0] >= 0.05
+    assert waits[1] == waits[0]

@@ -22,9 +22,11 @@ missing or refuses connections, a broken handshake or a lost connection are
 
 Timing: Dovecot delays every failure itself (``auth_failure_delay``, 2 s by default), for an
 unknown user and a wrong password alike.  On top of that a failure is answered no earlier than
-the backend's floor: ``[auth] failure_time_floor``, raised to the longest failure Dovecot has
-taken so far (capped), so a name refused here without asking Dovecot (one
-:func:`mailslot.auth.usernames.is_valid` rejects) waits as long as one Dovecot refused.
+the backend's floor: ``[auth] failure_time_floor``, raised to the longest of the last 64
+failures Dovecot answered (each counted up to 15 s), so a name refused here without asking
+Dovecot (one :func:`mailslot.auth.usernames.is_valid` rejects) waits as long as one Dovecot
+refused, and one slow answer (an LDAP server that stalled) does not slow every later failure
+for good.
 
 With ``[auth.dovecot] userdb_socket`` (Dovecot's ``auth-userdb`` socket, the master protocol's
 ``USER`` lookup) a login's home directory (``home=``) comes from Dovecot's userdb and is used
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import itertools
 import logging
@@ -62,9 +65,9 @@ log = logging.getLogger(__name__)
 
 _MAJOR = 1
 _LINE_LIMIT = 65536  # Dovecot's own limit is 16384 octets a line
-# The longest observed failure that still raises the floor: a Dovecot stalled once must not
-# make every later failure wait as long.
+# How long an observed failure may raise the floor, and how many recent ones count.
 _FLOOR_CAP = 15.0
+_FLOOR_WINDOW = 64
 
 _ESCAPES = {"0": "\x00", "1": "\x01", "t": "\t", "r": "\r", "n": "\n", "l": "\n"}
 
@@ -235,7 +238,8 @@ class DovecotAuthenticator:
         self._socket = socket
         self._service = service
         self._userdb_socket = userdb_socket
-        self._floor = failure_floor
+        self._configured_floor = failure_floor
+        self._recent: collections.deque[float] = collections.deque(maxlen=_FLOOR_WINDOW)
         self._timeout = timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
@@ -273,7 +277,7 @@ class DovecotAuthenticator:
     ) -> User:
         started = time.monotonic()
         if not usernames.is_valid(username) or "\x00" in password:
-            await answer_failure(started, self._floor)
+            await answer_failure(started, self._floor())
             raise AuthenticationFailed
         source = login_source.get()
         try:
@@ -299,10 +303,13 @@ class DovecotAuthenticator:
             raise TemporaryAuthFailure("dovecot: unexpected reply")
         await self._failed(started)
 
+    def _floor(self) -> float:
+        return max(self._configured_floor, max(self._recent, default=0.0))
+
     async def _failed(self, started: float) -> NoReturn:
         elapsed = time.monotonic() - started
-        self._floor = max(self._floor, min(elapsed, _FLOOR_CAP))
-        await answer_failure(started, self._floor)
+        self._recent.append(min(elapsed, _FLOOR_CAP))
+        await answer_failure(started, self._floor())
         raise AuthenticationFailed
 
     async def _accepted(self, found: dict[str, str], started: float) -> User:
