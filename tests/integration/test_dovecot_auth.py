@@ -6,7 +6,8 @@ more Unix listeners in its own base_dir: ``mailslot-client`` (the auth client pr
 mailslot is configured with ``backend = "dovecot"`` and poplib logs in through it: a right
 password, a wrong one, an unknown user (the same reply, byte for byte), a mixed-case name
 (Dovecot's ``auth_username_format = %Lu`` gives the canonical name), the home from
-Dovecot's userdb, and a stopped Dovecot (``-ERR [SYS/TEMP]`` and a log line).
+Dovecot's userdb, ``allow_nets`` judged on the client address mailslot passes on (``rip``),
+and a stopped Dovecot (``-ERR [SYS/TEMP]`` and a log line).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def dovecot(tls_files: TlsFiles, tmp_path: Path) -> Iterator[DovecotServer]:
         PasswdUser("bob", "bob secret with spaces", scheme="SHA512-CRYPT", home=str(homes / "bob")),
     )
     server = DovecotServer(tls_files, users, blocks=SERVICE_AUTH)
+    # allow_nets (a passdb extra field) judges the client address mailslot sends as rip.
+    with (server.directory / "users").open("a", encoding="utf-8") as passwd:
+        for name, nets in (("near", "127.0.0.0/8"), ("far", "192.0.2.0/24")):
+            passwd.write(
+                f"{name}:{{PLAIN}}{name}-secret:{server.uid}:{server.gid}::::allow_nets={nets}\n"
+            )
     with server:
         yield server
 
@@ -131,3 +138,12 @@ def test_dovecot_stopped_is_a_temporary_failure(
     log = mailslot.log()
     assert "dovecot auth unavailable" in log
     assert "user database unavailable: user=alice" in log
+
+
+def test_dovecot_sees_the_clients_address(
+    mailslot_factory: object, dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """Without rip Dovecot refuses every allow_nets user ("remote IP not known")."""
+    mailslot = _mailslot(mailslot_factory, dovecot, str(tmp_path / "mail/{user}/Maildir"))
+    _login(mailslot, "near", "near-secret").quit()
+    assert _refusal(mailslot, "far", "far-secret").startswith(b"-ERR [AUTH]")
