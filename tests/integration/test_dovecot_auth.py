@@ -7,12 +7,14 @@ mailslot is configured with ``backend = "dovecot"`` and poplib logs in through i
 password, a wrong one, an unknown user (the same reply, byte for byte), a mixed-case name
 (Dovecot's ``auth_username_format = %Lu`` gives the canonical name), the home from
 Dovecot's userdb, ``allow_nets`` judged on the client address mailslot passes on (``rip``),
-and a stopped Dovecot (``-ERR [SYS/TEMP]`` and a log line).
+a stopped Dovecot (``-ERR [SYS/TEMP]`` and a log line) and one started again.
 """
 
 from __future__ import annotations
 
 import poplib
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,15 +46,21 @@ def dovecot(tls_files: TlsFiles, tmp_path: Path) -> Iterator[DovecotServer]:
         PasswdUser("alice", "alice-secret", home=str(homes / "alice")),
         PasswdUser("bob", "bob secret with spaces", scheme="SHA512-CRYPT", home=str(homes / "bob")),
     )
-    server = DovecotServer(tls_files, users, blocks=SERVICE_AUTH)
+    # A directory of the test's own, kept when Dovecot stops, so that a Dovecot started
+    # again listens on the same sockets (test_dovecot_stopped_is_a_temporary_failure).
+    directory = Path(tempfile.mkdtemp(prefix="mailslot-dovecot-auth-"))
+    server = DovecotServer(tls_files, users, directory=directory, blocks=SERVICE_AUTH)
     # allow_nets (a passdb extra field) judges the client address mailslot sends as rip.
     with (server.directory / "users").open("a", encoding="utf-8") as passwd:
         for name, nets in (("near", "127.0.0.0/8"), ("far", "192.0.2.0/24")):
             passwd.write(
                 f"{name}:{{PLAIN}}{name}-secret:{server.uid}:{server.gid}::::allow_nets={nets}\n"
             )
-    with server:
-        yield server
+    try:
+        with server:
+            yield server
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _mailslot(mailslot_factory: object, dovecot: DovecotServer, maildir: str) -> MailslotServer:
@@ -138,6 +146,15 @@ def test_dovecot_stopped_is_a_temporary_failure(
     log = mailslot.log()
     assert "dovecot auth unavailable" in log
     assert "user database unavailable: user=alice" in log
+    # Dovecot is back (the same sockets): the next login connects again by itself.
+    again = DovecotServer(
+        dovecot.tls_files,
+        [PasswdUser("alice", "alice-secret")],
+        directory=dovecot.directory,
+        blocks=SERVICE_AUTH,
+    )
+    with again:
+        _login(mailslot, "alice", "alice-secret").quit()
 
 
 def test_dovecot_sees_the_clients_address(
