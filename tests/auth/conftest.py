@@ -100,7 +100,9 @@ def authenticator(request: pytest.FixtureRequest, tmp_path: Path) -> Authenticat
 
         run_dir = request.getfixturevalue("dovecot_auth")
         return DovecotAuthenticator(
-            run_dir / "mailslot-client", userdb_socket=run_dir / "mailslot-userdb"
+            run_dir / "mailslot-client",
+            userdb_socket=run_dir / "mailslot-userdb",
+            assumed_delay=0.0,  # the test's Dovecot has auth_failure_delay = 0
         )
     if request.param == "postgresql":
         from mailslot.auth.postgresql import PostgresAuthenticator

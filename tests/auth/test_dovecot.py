@@ -64,7 +64,7 @@ def _attempt(
 
     async def main() -> User | BaseException:
         server = await _serve(path, reply, seen, handshake)
-        auth = DovecotAuthenticator(path, timeout=5)
+        auth = DovecotAuthenticator(path, timeout=5, assumed_delay=0.0)
         try:
             if source is not None:
                 login_source.set(source)
@@ -214,3 +214,18 @@ def test_a_name_refused_here_waits_as_long_as_dovecots_last_failures(
     asyncio.run(main())
     assert waits[0] >= 0.05
     assert waits[1] == waits[0]
+
+
+def test_before_any_failure_an_invalid_name_waits_dovecots_default_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+
+    async def fake_answer(started: float, floor: float) -> None:
+        waits.append(floor)
+
+    monkeypatch.setattr("mailslot.auth.dovecot.answer_failure", fake_answer)
+    auth = DovecotAuthenticator(tmp_path / "never-asked")
+    with pytest.raises(AuthenticationFailed):
+        asyncio.run(auth.authenticate("../x", "secret"))
+    assert waits == [2.0]

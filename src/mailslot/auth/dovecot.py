@@ -26,7 +26,7 @@ the backend's floor: ``[auth] failure_time_floor``, raised to the longest of the
 failures Dovecot answered (each counted up to 15 s), so a name refused here without asking
 Dovecot (one :func:`mailslot.auth.usernames.is_valid` rejects) waits as long as one Dovecot
 refused, and one slow answer (an LDAP server that stalled) does not slow every later failure
-for good.
+for good.  Until Dovecot has refused anyone, the floor is Dovecot's default delay (2 s).
 
 With ``[auth.dovecot] userdb_socket`` (Dovecot's ``auth-userdb`` socket, the master protocol's
 ``USER`` lookup) a login's home directory (``home=``) comes from Dovecot's userdb and is used
@@ -68,6 +68,7 @@ _LINE_LIMIT = 65536  # Dovecot's own limit is 16384 octets a line
 # How long an observed failure may raise the floor, and how many recent ones count.
 _FLOOR_CAP = 15.0
 _FLOOR_WINDOW = 64
+_ASSUMED_DELAY = 2.0  # Dovecot's default auth_failure_delay
 
 _ESCAPES = {"0": "\x00", "1": "\x01", "t": "\t", "r": "\r", "n": "\n", "l": "\n"}
 
@@ -232,13 +233,16 @@ class DovecotAuthenticator:
         userdb_socket: Path | None = None,
         failure_floor: float = 0.0,
         timeout: float = 30.0,
+        assumed_delay: float = _ASSUMED_DELAY,
     ) -> None:
         """``timeout``: how long one reply may take before the login is a temporary failure
-        (Dovecot's own failure delay and a slow LDAP both fit well inside it)."""
+        (Dovecot's own failure delay and a slow LDAP both fit well inside it);
+        ``assumed_delay``: the failure floor until Dovecot has refused anyone."""
         self._socket = socket
         self._service = service
         self._userdb_socket = userdb_socket
         self._configured_floor = failure_floor
+        self._assumed_delay = assumed_delay
         self._recent: collections.deque[float] = collections.deque(maxlen=_FLOOR_WINDOW)
         self._timeout = timeout
         self._connection: _Connection | None = None
@@ -304,7 +308,8 @@ class DovecotAuthenticator:
         await self._failed(started)
 
     def _floor(self) -> float:
-        return max(self._configured_floor, max(self._recent, default=0.0))
+        # Before Dovecot has refused anyone, assume its default failure delay.
+        return max(self._configured_floor, max(self._recent, default=self._assumed_delay))
 
     async def _failed(self, started: float) -> NoReturn:
         elapsed = time.monotonic() - started
