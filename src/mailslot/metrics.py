@@ -589,6 +589,10 @@ class ObservedAuthenticator:
             self._metrics.auth_error()
             raise
 
+    @property
+    def uses_login_source(self) -> bool:
+        return bool(getattr(self._users, "uses_login_source", False))
+
     async def lookup(self, username: str) -> User | None:
         try:
             return await self._users.lookup(username)

@@ -126,3 +126,13 @@ def test_seen_flags_pass_through_an_observed_maildir(tmp_path: Path) -> None:
         "1700000001.M1P1.host:2,",
         "1700000002.M2P1.host:2,S",
     ]
+
+
+def test_the_login_source_wish_passes_through() -> None:
+    """The session gives the login's addresses only to a backend that asks for them
+    (auth.base.login_source); wrapped for metrics, the Dovecot backend still asks."""
+    from mailslot.auth.dovecot import DovecotAuthenticator
+
+    dovecot = ObservedAuthenticator(DovecotAuthenticator(Path("/nonexistent")), Recorder())
+    assert dovecot.uses_login_source
+    assert not ObservedAuthenticator(MemoryAuthenticator({}), Recorder()).uses_login_source

@@ -47,9 +47,10 @@ class LoginSource:
 
 
 login_source: ContextVar[LoginSource | None] = ContextVar("mailslot_login_source", default=None)
-"""Set by the session for :meth:`Authenticator.authenticate`, which it runs as a task in a
-context of its own; most backends ignore it, :mod:`mailslot.auth.dovecot` sends it to
-Dovecot.  A context variable rather than an argument keeps the Protocol unchanged."""
+"""Set by the session for :meth:`Authenticator.authenticate` of a backend whose
+``uses_login_source`` attribute is true (:mod:`mailslot.auth.dovecot`, which sends it to
+Dovecot): the session then runs the check as a task in a context of its own.  A context
+variable rather than an argument keeps the Protocol unchanged for the other backends."""
 
 
 class Authenticator(Protocol):

@@ -225,6 +225,8 @@ class _Connection:
 class DovecotAuthenticator:
     """An :class:`~mailslot.auth.base.Authenticator` that asks Dovecot's auth service."""
 
+    uses_login_source = True  # the session sets auth.base.login_source (rip, lip, secured)
+
     def __init__(
         self,
         socket: Path,
