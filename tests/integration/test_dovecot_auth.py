@@ -7,22 +7,24 @@ mailslot is configured with ``backend = "dovecot"`` and poplib logs in through i
 password, a wrong one, an unknown user (the same reply, byte for byte), a mixed-case name
 (Dovecot's ``auth_username_format = %Lu`` gives the canonical name), the home from
 Dovecot's userdb, ``allow_nets`` judged on the client address mailslot passes on (``rip``),
-a stopped Dovecot (``-ERR [SYS/TEMP]`` and a log line) and one started again.
+a stopped Dovecot (``-ERR [SYS/TEMP]`` and a log line) and one started again, and LMTP
+recipients looked up in Dovecot's userdb.
 """
 
 from __future__ import annotations
 
 import poplib
 import shutil
+import smtplib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.support.dovecot import DovecotServer
-from tests.support.maildir import MaildirBuilder
+from tests.support.maildir import MaildirBuilder, message_files
 from tests.support.passwd import PasswdUser
-from tests.support.server import MailslotServer
+from tests.support.server import DEFAULT_LISTENERS, Listener, MailslotServer
 from tests.support.tls import TlsFiles
 
 pytestmark = pytest.mark.dovecot
@@ -63,9 +65,12 @@ def dovecot(tls_files: TlsFiles, tmp_path: Path) -> Iterator[DovecotServer]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _mailslot(mailslot_factory: object, dovecot: DovecotServer, maildir: str) -> MailslotServer:
+def _mailslot(
+    mailslot_factory: object, dovecot: DovecotServer, maildir: str, **options: object
+) -> MailslotServer:
     run = dovecot.directory / "run"
     return mailslot_factory(  # type: ignore[operator, no-any-return]
+        **options,
         users=(),  # no passwd-file users: only Dovecot knows who may log in
         auth={"backend": "dovecot"},
         extra_sections={
@@ -164,3 +169,27 @@ def test_dovecot_sees_the_clients_address(
     mailslot = _mailslot(mailslot_factory, dovecot, str(tmp_path / "mail/{user}/Maildir"))
     _login(mailslot, "near", "near-secret").quit()
     assert _refusal(mailslot, "far", "far-secret").startswith(b"-ERR [AUTH]")
+
+
+def test_lmtp_delivery_finds_users_in_dovecots_userdb(
+    mailslot_factory: object, dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """LMTP looks recipients up with ``USER`` on the userdb socket: a known user's mail goes
+    to the home Dovecot names, an unknown one is refused (RFC 2033, 550)."""
+    mailslot = _mailslot(
+        mailslot_factory,
+        dovecot,
+        "{home}/Maildir",
+        listeners=(*DEFAULT_LISTENERS, Listener("none", protocol="lmtp")),
+    )
+    address, port = mailslot.listener("none", protocol="lmtp")
+    with smtplib.LMTP(address, port) as lmtp:
+        refused = lmtp.sendmail(
+            "sender@example.org", ["alice", "ghost"], b"Subject: hello\n\nthrough LMTP\n"
+        )
+    assert list(refused) == ["ghost"] and refused["ghost"][0] == 550
+    client = _login(mailslot, "alice", "alice-secret")
+    assert client.stat()[0] == 1
+    assert b"through LMTP" in client.retr(1)[1]
+    client.quit()
+    assert len(message_files(tmp_path / "homes/alice/Maildir")) == 1
