@@ -568,3 +568,14 @@ def test_quick_start_says_when_a_configured_port_is_busy_before_printing_anythin
     with socket.socket() as probe:  # the port offered is free indeed
         probe.bind(("127.0.0.1", int(found.group(1))))
     assert f"change the port in {data / 'mailslot.toml'}" in captured.err
+
+
+def test_user_refuses_a_dovecot_backend(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With backend = "dovecot" the users are Dovecot's: ``mailslot user`` must not edit a
+    passwd-file that the server does not read."""
+    text = config_file.read_text().replace("[auth]\n", '[auth]\nbackend = "dovecot"\n')
+    config_file.write_text(text)
+    assert main(["user", "list", "--config", str(config_file)]) == EX_CONFIG
+    assert "Dovecot" in capsys.readouterr().err

@@ -519,3 +519,22 @@ def test_proxy_trusted_networks_are_networks_and_need_proxy_protocol(conf_dir: P
     assert "is not a network" in bad.message
     unused = only(conf_dir, base + 'proxy_trusted_networks = ["10.0.0.0/8"]\n')
     assert "only means something with proxy_protocol" in unused.message
+
+
+def test_client_workarounds_are_dovecots_names(conf_dir: Path) -> None:
+    both = '[store]\nclient_workarounds = ["outlook-no-nuls", "oe-ns-eoh"]\n'
+    config = parse(conf_dir, BASE + both)
+    assert config.store.client_workarounds == ("outlook-no-nuls", "oe-ns-eoh")
+    found = problems(conf_dir, BASE + '[store]\nclient_workarounds = ["outlook-no-nul"]\n')
+    assert [p.key for p in found] == ["store.client_workarounds"]
+    assert '"outlook-no-nul"' in found[0].message and '"oe-ns-eoh"' in found[0].message
+
+
+def test_lock_session_false_needs_more_sessions_and_maildir(conf_dir: Path) -> None:
+    text = BASE + "[store]\nlock_session = false\n"
+    assert [p.key for p in problems(conf_dir, text)] == ["store.lock_session"]
+    config = parse(conf_dir, text + "[limits]\nmax_sessions_per_user = 3\n")
+    assert config.store.lock_session is False
+    database = text + 'backend = "postgresql"\ndsn = "postgresql://x/y"\n'
+    database += "[limits]\nmax_sessions_per_user = 3\n"
+    assert [p.key for p in problems(conf_dir, database)] == ["store.lock_session"]

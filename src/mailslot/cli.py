@@ -461,6 +461,12 @@ def _passwd_file(args: argparse.Namespace) -> Any:
             return PostgresUsers(LazyPool(backends.resolve_dsn(config.store), size=1))
         except backends.DsnMissing as exc:
             raise CommandError(str(exc), EX_CONFIG) from exc
+    if config.auth.backend == "dovecot":
+        raise CommandError(
+            f'{args.config}: [auth] backend = "dovecot": the users are Dovecot\'s, '
+            "manage them in Dovecot's passdb",
+            EX_CONFIG,
+        )
     if config.auth.passwd_file is None:
         raise CommandError(f"{args.config} has no [auth] passwd_file", EX_CONFIG)
     return config.auth.passwd_file

@@ -64,15 +64,6 @@ class TlsConfig:
     certificates: tuple[CertificateConfig, ...] = ()
 
 
-# -- agreed settings (issue 16) that import-dovecot writes; parallel branches implement them.
-@dataclass(frozen=True, slots=True)
-class AuthDovecotConfig:
-    """``[auth.dovecot]``: authentication through Dovecot's auth-client socket."""
-
-    socket: Path = Path("/run/dovecot/auth-client")
-    service: str = "pop3"
-
-
 @dataclass(frozen=True, slots=True)
 class SqlAuthConfig:
     """``[auth.sql]``: Dovecot's SQL passdb (mailslot.auth.sql).  The DSN comes from dsn,
@@ -89,15 +80,24 @@ class SqlAuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DovecotAuthConfig:
+    """``[auth.dovecot]``: Dovecot's auth service as the user database (mailslot.auth.dovecot)."""
+
+    socket: Path = Path("/run/dovecot/auth-client")
+    service: str = "pop3"
+    userdb_socket: Path | None = None  # Dovecot's auth-userdb: home and LMTP lookups
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
     """``[auth]``: the user database and login policy."""
 
     # "postgresql": users in the database of [store] dsn (docs/postgresql.md).
     # "sql": the administrator's password_query, [auth.sql].
+    # "dovecot": a running Dovecot's auth service checks passwords ([auth.dovecot]).
     backend: Literal["passwd-file", "postgresql", "sql", "dovecot"] = "passwd-file"
     username_format: str = "%Lu"  # issue 16, agreed name (Dovecot's auth_username_format)
     legacy_schemes: tuple[str, ...] = ()  # issue 16, agreed name
-    dovecot: AuthDovecotConfig = field(default_factory=AuthDovecotConfig)  # issue 16
     passwd_file: Path | None = None
     allow_plaintext_without_tls: bool = False
     failure_delay: float = 2.0
@@ -109,6 +109,7 @@ class AuthConfig:
     verify_pool: int = 0  # 0: the cores, divided among the workers
     verify_per_client: int = 2
     sql: SqlAuthConfig = field(default_factory=SqlAuthConfig)
+    dovecot: DovecotAuthConfig = field(default_factory=DovecotAuthConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +135,9 @@ class StoreConfig:
     flag_updates: bool = True
     # Dovecot's pop3_deleted_flag: DELE hides with this IMAP keyword instead of removing.
     deleted_flag: str | None = None
-    # issue 16, agreed names: Dovecot's pop3_lock_session and pop3_client_workarounds.
+    # Dovecot's pop3_lock_session: false lets sessions of one maildrop run side by side.
     lock_session: bool = True
+    # Dovecot's pop3_client_workarounds: "outlook-no-nuls", "oe-ns-eoh".
     client_workarounds: tuple[str, ...] = ()
 
 
@@ -145,7 +147,8 @@ class LimitsConfig:
 
     max_connections: int = 10000
     max_connections_per_ip: int = 50
-    max_sessions_per_user: int = 1  # the maildrop lock allows one; kept explicit for clarity
+    # The maildrop lock allows one (unless [store] lock_session = false); kept explicit.
+    max_sessions_per_user: int = 1
     command_line_length: int = 255  # RFC 2449 section 4, including CRLF
     sasl_line_length: int = 8192
     max_bad_commands_before_login: int = 3
@@ -295,6 +298,7 @@ _MAILDIR_PLACEHOLDERS = ("user", "localpart", "domain", "home")
 # An IMAP keyword (RFC 3501 section 9, flag-keyword = atom): no space, control or
 # atom-special, and not a system flag (those start with a backslash).
 _KEYWORD = re.compile(r"[!#$&\'+,\-./0-9:;<=>?@A-Z\[^_`a-z|~]+")
+_WORKAROUNDS = ("outlook-no-nuls", "oe-ns-eoh")  # Dovecot's pop3_client_workarounds
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _TOML_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 # RFC 1939 section 3: the autologout timer MUST be at least 10 minutes.
@@ -423,11 +427,7 @@ class _Loader:
                 if "sql" in value:
                     nested["sql"] = self.sql_auth(value.pop("sql"))
                 if "dovecot" in value:
-                    inner = value.pop("dovecot")
-                    if not isinstance(inner, dict):
-                        self.problem("auth", "dovecot", "must be a table ([auth.dovecot])")
-                        inner = {}
-                    nested["dovecot"] = self.build(AuthDovecotConfig, inner, "auth.dovecot")
+                    nested["dovecot"] = self.auth_dovecot(value.pop("dovecot"))
                 tables[name] = replace(self.build(cls, value, name), **nested)
                 continue
             tables[name] = self.build(cls, value, name)
@@ -531,6 +531,16 @@ class _Loader:
             if "certificate" in values and "private_key" in values:
                 entries.append(CertificateConfig(**values))
         return tuple(entries)
+
+    def auth_dovecot(self, raw: object) -> DovecotAuthConfig:
+        if not isinstance(raw, dict):
+            got = _toml_type(raw)
+            self.problem("auth", "dovecot", f"must be a table ([auth.dovecot]), not {got}")
+            return DovecotAuthConfig()
+        values = self.values(DovecotAuthConfig, raw, "auth.dovecot")
+        if values.get("service") == "" or "\t" in values.get("service", ""):
+            self.problem("auth.dovecot", "service", 'must be a service name such as "pop3"')
+        return DovecotAuthConfig(**values)
 
     def listener(self, raw: dict[str, Any], index: int) -> ListenerConfig:
         values = self.values(ListenerConfig, raw, "listener", index)
@@ -649,14 +659,18 @@ class _Loader:
                     f'"{store.deleted_flag}" is not an IMAP keyword (RFC 3501 atom, no \\)',
                 )
         self.store_database(store)
-        for workaround in store.client_workarounds:
-            if workaround not in ("outlook-no-nuls", "oe-ns-eoh"):
-                self.problem(
-                    "store",
-                    "client_workarounds",
-                    f'unknown workaround "{workaround}"; known are "outlook-no-nuls", "oe-ns-eoh"',
-                )
+        self.store_dovecot_options(store)
         return replace(store, maildir=template)
+
+    def store_dovecot_options(self, store: StoreConfig) -> None:
+        if not store.lock_session and store.backend != "maildir":
+            self.problem(
+                "store", "lock_session", 'false needs backend = "maildir" (a lease is exclusive)'
+            )
+        for name in store.client_workarounds:
+            if name not in _WORKAROUNDS:
+                allowed = ", ".join(f'"{w}"' for w in _WORKAROUNDS)
+                self.problem("store", "client_workarounds", f'unknown "{name}"; known: {allowed}')
 
     def store_database(self, store: StoreConfig) -> None:
         if store.dsn is not None and store.dsn_file is not None:
@@ -740,6 +754,14 @@ class _Loader:
                 "the user database",
             )
         self.check_numbers(config)
+        if not config.store.lock_session and config.limits.max_sessions_per_user < 2:
+            self.problem(
+                "store",
+                "lock_session",
+                "false lets sessions of one maildrop run side by side: also raise "
+                "[limits] max_sessions_per_user above 1 (it is "
+                f"{config.limits.max_sessions_per_user})",
+            )
         if config.log.level not in _LOG_LEVELS:
             self.problem(
                 "log", "level", f'must be one of {", ".join(_LOG_LEVELS)}, not "{config.log.level}"'

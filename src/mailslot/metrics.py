@@ -44,6 +44,7 @@ from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    SeenFlags,
     Store,
     StoreError,
 )
@@ -556,6 +557,16 @@ class ObservedMaildrop:
     async def close(self) -> None:
         await self._maildrop.close()
 
+    # \Seen (store.base.SeenFlags) passes through to a maildrop that keeps it: without these
+    # the session, seeing no SeenFlags here, flagged nothing while metrics were on.
+    def retrieved(self, message: MessageInfo) -> None:
+        if isinstance(self._maildrop, SeenFlags):
+            self._maildrop.retrieved(message)
+
+    def forget_retrieved(self) -> None:
+        if isinstance(self._maildrop, SeenFlags):
+            self._maildrop.forget_retrieved()
+
 
 class ObservedAuthenticator:
     """An :class:`Authenticator` that reports the user database's failures to ``metrics``;
@@ -577,6 +588,10 @@ class ObservedAuthenticator:
         except AuthError:
             self._metrics.auth_error()
             raise
+
+    @property
+    def uses_login_source(self) -> bool:
+        return bool(getattr(self._users, "uses_login_source", False))
 
     async def lookup(self, username: str) -> User | None:
         try:

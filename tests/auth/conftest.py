@@ -5,7 +5,7 @@ parametrises its path-io backends), plus a helper to drive coroutines without py
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from passlib.hash import bcrypt
 from tests.support.mariadb import MariadbServer
+from tests.support.tls import TlsFiles
 
 from mailslot.auth.base import Authenticator
 from mailslot.auth.memory import MemoryAuthenticator
@@ -147,10 +148,56 @@ def sql_authenticator(
     return authenticator
 
 
-@pytest.fixture(params=["passwdfile", "memory", "postgresql", "sql-postgresql", "sql-mysql"])
+DOVECOT_AUTH = """
+auth_failure_delay = 0
+auth_username_format = %u
+service auth {
+  unix_listener mailslot-client {
+    mode = 0666
+  }
+  unix_listener mailslot-userdb {
+    mode = 0666
+  }
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def dovecot_auth(tls_files: TlsFiles) -> Iterator[Path]:
+    """A private Dovecot whose passwd-file holds STORED; yields its run directory.
+
+    ``username_format=%u`` keeps names as given (Dovecot's default lower-cases them, which
+    the contract's case test would not expect of a passdb).
+    """
+    from tests.support.dovecot import DovecotServer
+
+    server = DovecotServer(tls_files, [], blocks=DOVECOT_AUTH)
+    # Every line with uid and gid: Dovecot's userdb wants them.
+    lines = [
+        f"{name}:{value}:{server.uid}:{server.gid}::{HOMES.get(name, '')}::\n"
+        for name, value in STORED.items()
+    ]
+    (server.directory / "users").write_text("".join(lines), encoding="utf-8")
+    (server.directory / "users").chmod(0o644)
+    with server:
+        yield server.directory / "run"
+
+
+@pytest.fixture(
+    params=["passwdfile", "memory", "postgresql", "sql-postgresql", "sql-mysql", "dovecot"]
+)
 def authenticator(request: pytest.FixtureRequest, tmp_path: Path) -> Authenticator:
     if request.param.startswith("sql-"):
         return sql_authenticator(request, request.param.removeprefix("sql-"))
+    if request.param == "dovecot":
+        from mailslot.auth.dovecot import DovecotAuthenticator
+
+        run_dir = request.getfixturevalue("dovecot_auth")
+        return DovecotAuthenticator(
+            run_dir / "mailslot-client",
+            userdb_socket=run_dir / "mailslot-userdb",
+            assumed_delay=0.0,  # the test's Dovecot has auth_failure_delay = 0
+        )
     if request.param == "postgresql":
         from mailslot.auth.postgresql import PostgresAuthenticator
         from mailslot.store.postgresql.pool import LazyPool

@@ -23,6 +23,7 @@ import pwd
 import shutil
 import smtplib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -424,3 +425,38 @@ def test_a_mailslot_session_survives_dovecot_flagging_its_messages(pair_factory:
         assert ours.command("QUIT").startswith(b"+OK")
     assert [f.split() for f in pair.flags()] == [["\\Seen"]] * 3
     assert pair.assert_same() == before
+
+
+@pytest.mark.parametrize("server", ["dovecot", "mailslot"])
+def test_seen_at_the_end_and_rset_takes_it_back(pair_factory: object, server: str) -> None:
+    """The same script on each server gives the same flags, read with ``doveadm fetch``:
+    RETR flags ``\\Seen`` only when the session ends (nothing mid-session), RSET takes
+    back the flags of the messages retrieved before it (Dovecot's ``cmd_rset`` clears its
+    pending changes), and a session that ends without QUIT still flags what it retrieved,
+    but deletes nothing."""
+    pair: Pair = pair_factory("%08Xu%08Xv")  # type: ignore[operator]
+    builder = MaildirBuilder(pair.maildir)
+    for data in CORPUS[:5]:
+        builder.add(data, folder="cur")
+    pair.dovecot.start()
+    pair.listings("dovecot")
+    with pair.session(server) as wire:
+        for number in (1, 2):
+            assert wire.command(f"RETR {number}").startswith(b"+OK")
+            wire.multiline()
+        assert pair.flags() == [""] * 5  # nothing until the session ends
+        assert wire.command("RSET").startswith(b"+OK")
+        assert wire.command("RETR 3").startswith(b"+OK")
+        wire.multiline()
+        assert wire.command("QUIT").startswith(b"+OK")
+        assert wire.read_until_eof() == b""
+    assert pair.flags() == ["", "", "\\Seen", "", ""]
+    with pair.session(server) as wire:
+        assert wire.command("RETR 4").startswith(b"+OK")
+        wire.multiline()
+        assert wire.command("DELE 5").startswith(b"+OK")
+    # Gone without QUIT: the server flags message 4 when it notices, and keeps message 5.
+    deadline = time.monotonic() + 15
+    while pair.flags()[3] != "\\Seen" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pair.flags() == ["", "", "\\Seen", "\\Seen", ""]

@@ -5,6 +5,7 @@ another client deleted) is not a failure.  With metrics off the backends are not
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,41 @@ def test_with_metrics_off_the_backends_are_the_session_s_own() -> None:
     store, users = MemoryStore(), MemoryAuthenticator({})
     assert Metrics().observe_store(store) is store
     assert Metrics().observe_users(users) is users
+
+
+def test_seen_flags_pass_through_an_observed_maildir(tmp_path: Path) -> None:
+    """With metrics on the session's maildrop is an ObservedMaildrop: RETR's \\Seen (and
+    RSET's taking it back) must still reach the Maildir underneath."""
+    from mailslot.store.base import SeenFlags
+    from mailslot.store.maildir import MaildirStore
+
+    cur = tmp_path / "alice" / "Maildir" / "cur"
+    cur.mkdir(parents=True)
+    for n in (1, 2):
+        (cur / f"170000000{n}.M{n}P1.host:2,").write_bytes(b"Subject: x\n\nbody\n")
+    store = ObservedStore(MaildirStore(str(tmp_path / "{user}" / "Maildir")), Recorder())
+
+    async def scenario() -> None:
+        maildrop = await store.open("alice")
+        assert isinstance(maildrop, SeenFlags)
+        first, second = maildrop.messages
+        maildrop.retrieved(first)
+        maildrop.forget_retrieved()  # RSET
+        maildrop.retrieved(second)
+        await maildrop.close()
+
+    asyncio.run(scenario())
+    assert sorted(p.name for p in cur.iterdir()) == [
+        "1700000001.M1P1.host:2,",
+        "1700000002.M2P1.host:2,S",
+    ]
+
+
+def test_the_login_source_wish_passes_through() -> None:
+    """The session gives the login's addresses only to a backend that asks for them
+    (auth.base.login_source); wrapped for metrics, the Dovecot backend still asks."""
+    from mailslot.auth.dovecot import DovecotAuthenticator
+
+    dovecot = ObservedAuthenticator(DovecotAuthenticator(Path("/nonexistent")), Recorder())
+    assert dovecot.uses_login_source
+    assert not ObservedAuthenticator(MemoryAuthenticator({}), Recorder()).uses_login_source

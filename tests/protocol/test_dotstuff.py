@@ -382,3 +382,66 @@ def test_top_header_body_shapes(
     wanted += b"".join(b + b"\r\n" for b in body[:lines])
     wire = encode([data], top_lines=lines)
     assert client_unstuff(wire) == wanted
+
+
+# ----------------------------------------------------------------- Dovecot's client workarounds
+
+
+def workaround_reference(data: bytes, *, no_nuls: bool, end_of_header: bool) -> bytes:
+    """What Dovecot 2.3 sends for RETR (its fetch_callback), written as whole-message passes."""
+    if no_nuls:
+        data = data.replace(b"\x00", b"\x80")
+    wire = to_crlf(data)
+    has_empty_line = wire.startswith(b"\r\n") or b"\n\r\n" in wire
+    body = re.sub(rb"(^|\n)\.", rb"\1..", wire)
+    if not body.endswith(b"\n"):
+        body += b"\r\n"
+    if end_of_header and not has_empty_line:
+        body += b"\r\n"
+    return body + b".\r\n"
+
+
+@given(message_and_cuts(), st.booleans(), st.booleans())
+def test_workarounds_any_chunking(
+    case: tuple[bytes, list[int]], no_nuls: bool, end_of_header: bool
+) -> None:
+    data, cuts = case
+    encoder = MessageEncoder(no_nuls=no_nuls, end_of_header=end_of_header)
+    wire = b"".join(encoder.encode(chunk) for chunk in chunked(data, cuts)) + encoder.finish()
+    if data:  # Dovecot sends an empty message as CRLF: mailslot does not (test_dovecot_parity)
+        assert wire == workaround_reference(data, no_nuls=no_nuls, end_of_header=end_of_header)
+
+
+def test_outlook_no_nuls_sends_0x80_octet_for_octet() -> None:
+    encoder = MessageEncoder(no_nuls=True)
+    assert encoder.encode(b"a\x00b\n\x00\x00\n") + encoder.finish() == (
+        b"a\x80b\r\n\x80\x80\r\n.\r\n"
+    )
+    plain = MessageEncoder()
+    assert plain.encode(b"a\x00b\n") == b"a\x00b\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "wire"),
+    [
+        (b"Subject: x\nX: y\n", b"Subject: x\r\nX: y\r\n\r\n.\r\n"),
+        (b"Subject: x", b"Subject: x\r\n\r\n.\r\n"),
+        (b"Subject: x\n\nbody\n", b"Subject: x\r\n\r\nbody\r\n.\r\n"),
+        (b"\nbody\n", b"\r\nbody\r\n.\r\n"),
+        (b"Subject: x\n\n", b"Subject: x\r\n\r\n.\r\n"),
+    ],
+)
+def test_oe_ns_eoh_adds_the_missing_empty_line(data: bytes, wire: bytes) -> None:
+    encoder = MessageEncoder(end_of_header=True)
+    assert b"".join(encoder.encode(bytes([b])) for b in data) + encoder.finish() == wire
+
+
+def test_oe_ns_eoh_on_top_of_a_message_without_empty_line() -> None:
+    encoder = MessageEncoder(0, end_of_header=True)
+    assert encoder.encode(b"Subject: x\nX: y\n") + encoder.finish() == (
+        b"Subject: x\r\nX: y\r\n\r\n.\r\n"
+    )
+    encoder = MessageEncoder(0, end_of_header=True)
+    assert encoder.encode(b"Subject: x\n\nbody\n") + encoder.finish() == (
+        b"Subject: x\r\n\r\n.\r\n"
+    )

@@ -36,6 +36,7 @@ from mailslot.protocol.events import (
     BadCommand,
     Close,
     Commit,
+    Reset,
     RetrieveMessage,
     StartTls,
 )
@@ -499,7 +500,7 @@ class Pop3Session(RuleBasedStateMachine):
                 case StartTls():
                     seen.append(("stls",))
                     self.conn.tls_started()
-                case BadCommand():
+                case BadCommand() | Reset():
                     pass
                 case _:
                     raise AssertionError(event)

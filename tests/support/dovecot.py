@@ -12,6 +12,7 @@ to an unprivileged system user (``dovenull`` or ``nobody``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -133,6 +134,44 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(directory, name), uid, gid, follow_symlinks=False)
 
 
+def _children(pid: int) -> list[int]:
+    """The ids of the processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("PPid:") and int(line.split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _end_processes(pids: Sequence[int], deadline: float = 10.0) -> None:
+    """SIGTERM each of ``pids`` still alive, then SIGKILL what is left after ``deadline``."""
+    alive = list(pids)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + deadline
+    while alive and time.monotonic() < end:
+        alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+        time.sleep(0.02)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return " Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    except OSError:
+        return True
+
+
 class DovecotServer:
     """A foreground Dovecot; mail lives in ``mail_root/<user>/Maildir``."""
 
@@ -142,9 +181,11 @@ class DovecotServer:
         users: Sequence[PasswdUser],
         directory: Path | None = None,
         settings: Mapping[str, str] | None = None,
+        blocks: str = "",
     ) -> None:
         """``settings`` are more lines of dovecot.conf (``pop3_uidl_format`` replaces the
-        default ``%f``), written as ``key = value``."""
+        default ``%f``), written as ``key = value``; ``blocks`` is more text, written as it
+        is (sections such as ``service auth { ... }``)."""
         self.binary = require_program("dovecot")
         self.major, self.minor, self.version = dovecot_version()
         # Dovecot's unprivileged processes must traverse every ancestor of base_dir and the
@@ -170,7 +211,9 @@ class DovecotServer:
             self.uid, self.gid = os.getuid(), os.getgid()
         passwd = directory / "users"
         passwd.write_text(
-            "".join(f"{u.name}:{password_field(u)}:{self.uid}:{self.gid}::::\n" for u in users),
+            "".join(
+                f"{u.name}:{password_field(u)}:{self.uid}:{self.gid}::{u.home}::\n" for u in users
+            ),
             encoding="utf-8",
         )
         passwd.chmod(0o644)
@@ -189,6 +232,7 @@ class DovecotServer:
             .replace("{", "{{")
             .replace("}", "}}")
         )
+        template += blocks.replace("{", "{{").replace("}", "}}")
         self.config_path.write_text(
             template.format(
                 version=self.version,
@@ -233,15 +277,19 @@ class DovecotServer:
         return self
 
     def stop(self, *, remove: bool = True) -> None:
-        """End Dovecot; ``remove=False`` keeps its files (its configuration, its mail) for a
-        server started after it on the same ports."""
+        """Stop the master and every process it started (by their ids), as ``systemctl
+        stop`` would: an auth process otherwise goes on serving the clients it has.
+        ``remove=False`` keeps its files (its configuration, its mail) for a server started
+        after it on the same ports."""
         if self.process is not None and self.process.poll() is None:
+            children = _children(self.process.pid)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            _end_processes(children)
         if remove and self._owns_directory and self.directory.exists():
             self.final_log = self.log()
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -3,7 +3,8 @@
 ``"passwd-file"`` reads ``[auth] passwd_file``; ``"postgresql"`` reads ``mailslot_users`` in
 the database named by ``[store]``'s ``dsn``/``dsn_file``/``$MAILSLOT_DSN``, through the
 store's own pool when the store is in PostgreSQL too (one pool per worker, not two);
-``"sql"`` runs ``[auth.sql] password_query`` (:mod:`mailslot.auth.sql`).
+``"sql"`` runs ``[auth.sql] password_query`` (:mod:`mailslot.auth.sql`);
+``"dovecot"`` asks a running Dovecot's auth service (``[auth.dovecot]``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def build(
             compile_query(sql.password_query, sql.driver),
             default_pass_scheme=sql.default_pass_scheme.upper(),
             verify_pool=pool,
+            failure_floor=floor,
+        )
+    if config.auth.backend == "dovecot":
+        from mailslot.auth.dovecot import DovecotAuthenticator
+
+        dovecot = config.auth.dovecot
+        return DovecotAuthenticator(
+            dovecot.socket,
+            service=dovecot.service,
+            userdb_socket=dovecot.userdb_socket,
             failure_floor=floor,
         )
     if config.auth.backend == "postgresql":

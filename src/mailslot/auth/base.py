@@ -9,6 +9,7 @@ answered ``-ERR [SYS/TEMP]`` (RFC 3206 section 4).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +32,25 @@ class User:
 
     name: str
     home: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoginSource:
+    """Where a login comes from, for backends that pass it on (Dovecot's ``rip``/``lip``).
+
+    ``remote`` and ``local`` are (address, port) pairs; ``secured``: the session runs over TLS.
+    """
+
+    remote: tuple[str, int] | None = None
+    local: tuple[str, int] | None = None
+    secured: bool = False
+
+
+login_source: ContextVar[LoginSource | None] = ContextVar("mailslot_login_source", default=None)
+"""Set by the session for :meth:`Authenticator.authenticate` of a backend whose
+``uses_login_source`` attribute is true (:mod:`mailslot.auth.dovecot`, which sends it to
+Dovecot): the session then runs the check as a task in a context of its own.  A context
+variable rather than an argument keeps the Protocol unchanged for the other backends."""
 
 
 class Authenticator(Protocol):

@@ -25,6 +25,7 @@ from mailslot.protocol.events import (
     Close,
     Commit,
     Event,
+    Reset,
     RetrieveMessage,
     SnapshotEntry,
     StartTls,
@@ -55,6 +56,9 @@ class CoreConfig:
     max_bad_commands_before_login: int = 3
     max_bad_commands: int = 20
     greeting: str = r.GREETING
+    # Dovecot's pop3_client_workarounds "outlook-no-nuls" and "oe-ns-eoh" (dotstuff.py).
+    outlook_no_nuls: bool = False
+    oe_ns_eoh: bool = False
 
 
 _Render = Callable[[int, SnapshotEntry], str]
@@ -412,6 +416,7 @@ class Connection:
                 self._deleted_size = 0
                 size = sum(m.size for m in self._messages)
                 self._reply(r.ok(f"maildrop has {len(self._messages)} messages ({size} octets)"))
+                return Reset()
         return None
 
     # ----------------------------------------------------------------- commands
@@ -527,7 +532,11 @@ class Connection:
             return error
         message = self._messages[number - 1]
         self._waiting = _WAIT_MESSAGE
-        self._encoder = MessageEncoder(top_lines)
+        self._encoder = MessageEncoder(
+            top_lines,
+            no_nuls=self._config.outlook_no_nuls,
+            end_of_header=self._config.oe_ns_eoh,
+        )
         self._retrieving_size = message.size
         self._retrieving_top = top_lines is not None
         self._started = False

@@ -6,6 +6,13 @@ before dot-stuffing.  A line that begins with "." gets one more "." (byte-stuffi
 response ends with ".CRLF", preceded by a CRLF when the message lacked a final line end.
 
 Everything here is incremental, so a message of any size streams in chunks.
+
+Two of Dovecot's ``pop3_client_workarounds`` change what is sent, as Dovecot 2.3's POP3
+server does (``fetch_callback`` in its ``src/pop3/pop3-commands.c``): ``outlook-no-nuls``
+sends each NUL octet as 0x80 (one octet for one, so sizes stay exact), and ``oe-ns-eoh``
+ends a message that has no empty line (no end of its header) with one: a CRLF after the
+message, before the terminator.  That CRLF is not counted in LIST, STAT or RETR's octet
+count, as in Dovecot, where sizes are the stored message's.
 """
 
 from __future__ import annotations
@@ -119,15 +126,40 @@ class TopFilter:
         return chunk[:out_end]
 
 
+class HeaderEnd:
+    """Watches CRLF-converted bytes for the empty line that ends a message's header."""
+
+    __slots__ = ("_tail", "seen")
+
+    def __init__(self) -> None:
+        self._tail = b"\n"  # the message's start is a line start: a first empty line counts
+        self.seen = False
+
+    def feed(self, data: bytes) -> None:
+        if self.seen or not data:
+            return
+        window = self._tail + data
+        self.seen = b"\n\r\n" in window
+        self._tail = window[-2:]
+
+
 class MessageEncoder:
-    """The whole pipeline for one RETR or TOP response body."""
+    """The whole pipeline for one RETR or TOP response body.
 
-    __slots__ = ("_crlf", "_stuffer", "_top")
+    ``no_nuls`` and ``end_of_header`` are Dovecot's ``outlook-no-nuls`` and ``oe-ns-eoh``
+    (see the module docstring).
+    """
 
-    def __init__(self, top_lines: int | None = None) -> None:
+    __slots__ = ("_crlf", "_header_end", "_no_nuls", "_stuffer", "_top")
+
+    def __init__(
+        self, top_lines: int | None = None, *, no_nuls: bool = False, end_of_header: bool = False
+    ) -> None:
         self._crlf = CrlfConverter()
         self._stuffer = DotStuffer()
         self._top = TopFilter(top_lines) if top_lines is not None else None
+        self._no_nuls = no_nuls
+        self._header_end = HeaderEnd() if end_of_header else None
 
     @property
     def done(self) -> bool:
@@ -135,10 +167,18 @@ class MessageEncoder:
         return self._top is not None and self._top.done
 
     def encode(self, chunk: bytes) -> bytes:
+        if self._no_nuls and b"\x00" in chunk:
+            chunk = chunk.replace(b"\x00", b"\x80")
         data = self._crlf.convert(chunk)
         if self._top is not None:
             data = self._top.filter(data)
+        if self._header_end is not None:
+            self._header_end.feed(data)
         return self._stuffer.stuff(data)
 
     def finish(self) -> bytes:
-        return self._stuffer.terminator()
+        terminator = self._stuffer.terminator()
+        if self._header_end is not None and not self._header_end.seen:
+            # Dovecot's oe-ns-eoh: the missing empty line, after the last line's CRLF.
+            return terminator[:-3] + b"\r\n" + terminator[-3:]
+        return terminator

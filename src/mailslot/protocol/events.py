@@ -75,10 +75,17 @@ class BadCommand:
 
 
 @dataclass(frozen=True, slots=True)
+class Reset:
+    """RSET was answered (RFC 1939 section 5): the delete marks are gone, and the messages
+    retrieved so far are not to be flagged seen at the end (Dovecot's RSET drops its pending
+    ``\\Seen`` changes).  Nothing to answer."""
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     """Flush what is queued, then close the connection (with TLS close_notify)."""
 
     reason: str
 
 
-Event = _NeedData | Authenticate | RetrieveMessage | Commit | StartTls | BadCommand | Close
+Event = _NeedData | Authenticate | RetrieveMessage | Commit | StartTls | BadCommand | Reset | Close

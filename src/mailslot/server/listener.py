@@ -117,15 +117,10 @@ class Pop3Listener:
     @staticmethod
     def core_config(config: ListenerConfig, base: CoreConfig) -> CoreConfig:
         """The core's view of this listener: whether TLS is on from the start or offered."""
-        return CoreConfig(
+        return dataclasses.replace(
+            base,
             tls_active=config.tls == "implicit",
             starttls_available=config.tls == "starttls",
-            allow_plaintext=base.allow_plaintext,
-            line_length=base.line_length,
-            sasl_line_length=base.sasl_line_length,
-            max_bad_commands_before_login=base.max_bad_commands_before_login,
-            max_bad_commands=base.max_bad_commands,
-            greeting=base.greeting,
         )
 
     async def start(self) -> None:

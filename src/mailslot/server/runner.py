@@ -124,6 +124,8 @@ class Application:
             sasl_line_length=limits.sasl_line_length,
             max_bad_commands_before_login=limits.max_bad_commands_before_login,
             max_bad_commands=limits.max_bad_commands,
+            outlook_no_nuls="outlook-no-nuls" in config.store.client_workarounds,
+            oe_ns_eoh="oe-ns-eoh" in config.store.client_workarounds,
         )
         max_connections = limits.max_connections
         affordable = connections_within(resource.getrlimit(resource.RLIMIT_NOFILE)[0])

@@ -95,6 +95,7 @@ def build(config: Config) -> Store:
         reuse_xuidl=config.store.reuse_xuidl,
         flag_updates=config.store.flag_updates,
         deleted_flag=config.store.deleted_flag,
+        lock_session=config.store.lock_session,
     )
 
 

@@ -110,6 +110,10 @@ class SeenFlags(Protocol):
         """``message`` was sent whole for RETR; flag it seen when the session ends."""
         ...
 
+    def forget_retrieved(self) -> None:
+        """RSET: flag none of the messages retrieved so far (Dovecot's RSET drops them)."""
+        ...
+
 
 class Store(Protocol):
     """A collection of maildrops, one per user."""

@@ -88,12 +88,13 @@ def store_error(exc: OSError) -> StoreError:
     return TemporaryFailure(f"maildir: {name}")
 
 
-def _lock(maildir: int) -> int:
+def _lock(maildir: int, wait: bool = False) -> int:
+    """Take the Maildir's lock; ``wait``: until it is free (blocking), else MaildropLocked."""
     fd = os.open(
         LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=maildir
     )
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise MaildropLocked("maildrop is in use") from None
@@ -103,10 +104,10 @@ def _lock(maildir: int) -> int:
     return fd
 
 
-def _lock_or_close(maildir: int, shown: str) -> int:
+def _lock_or_close(maildir: int, shown: str, wait: bool = False) -> int:
     """Take the lock of the Maildir ``maildir``; close ``maildir`` if that fails."""
     try:
-        return _lock(maildir)
+        return _lock(maildir, wait)
     except OSError as exc:
         os.close(maildir)
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink planted in its place
@@ -671,6 +672,7 @@ class MaildirMaildrop:
         "_messages",
         "_path",
         "_seen",
+        "_shared",
     )
 
     def __init__(
@@ -683,7 +685,10 @@ class MaildirMaildrop:
         fsync: Fsync,
         flag_updates: bool = True,
         hide: Callable[[int], str] | None = None,
+        shared: bool = False,
     ) -> None:
+        """``shared`` (``[store] lock_session = false``): the lock, held while the snapshot
+        was taken, is released now and taken again only for the commit and the flags."""
         self._path = path
         self._maildir_fd = maildir_fd
         self._lock_fd: int | None = lock_fd
@@ -693,6 +698,9 @@ class MaildirMaildrop:
         self._flag_updates = flag_updates
         self._hide = hide  # the flag letter to hide with instead of deleting, if set
         self._seen: dict[str, None] | None = None  # keys retrieved with RETR, in order
+        self._shared = shared
+        if shared:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
     @property
     def path(self) -> str:
@@ -821,6 +829,11 @@ class MaildirMaildrop:
                 self._seen = {}
             self._seen[message.key] = None
 
+    def forget_retrieved(self) -> None:
+        """RSET: what was retrieved so far is not flagged seen, as Dovecot's RSET (its
+        ``cmd_rset`` clears the session's pending ``\\Seen`` changes)."""
+        self._seen = None
+
     def _take_seen(self, deleted: Sequence[str] = ()) -> list[str]:
         seen, self._seen = self._seen, None
         if not seen:
@@ -918,7 +931,28 @@ class MaildirMaildrop:
             raise store_error(error) from None
         raise PartialDeletion(f"{store_error(error)} (hiding)", deleted=done, pending=False)
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """A shared session's commit holds the lock, as Dovecot's pop3_lock_session = no
+        still locks the mailbox to expunge: one session's journal and removals at a time."""
+        if not self._shared or self._lock_fd is None:
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # blocking: another commit takes moments
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     def _commit(self, keys: list[str], seen: list[str]) -> None:
+        with self._locked():
+            self._commit_locked(keys, seen)
+
+    def _flag_seen_locked(self, keys: list[str]) -> None:
+        with self._locked():
+            self._flag_seen(keys)
+
+    def _commit_locked(self, keys: list[str], seen: list[str]) -> None:
         try:
             if keys and self._hide is not None:
                 self._hide_messages(keys, self._hide)
@@ -949,7 +983,7 @@ class MaildirMaildrop:
         seen = self._take_seen() if self._lock_fd is not None else []
         try:
             if seen:
-                await asyncio.to_thread(self._flag_seen, seen)
+                await asyncio.to_thread(self._flag_seen_locked, seen)
         finally:
             self.close_now()
 
@@ -967,7 +1001,9 @@ class MaildirStore:
     from ``dovecot-uidlist`` as Dovecot's POP3 server has them (:mod:`mailslot.store.dovecot`);
     ``reuse_xuidl`` is ``pop3_reuse_xuidl``.  With ``flag_updates`` a message retrieved with
     RETR is flagged seen (``S``) when the session ends, as Dovecot does unless
-    ``pop3_no_flag_updates``.
+    ``pop3_no_flag_updates``.  ``lock_session = False`` is Dovecot's ``pop3_lock_session = no``:
+    the lock is held only to take a snapshot and to commit, so sessions of one maildrop
+    run side by side (docs/configuration.md has the trade-offs).
     """
 
     def __init__(
@@ -981,8 +1017,10 @@ class MaildirStore:
         reuse_xuidl: bool = False,
         flag_updates: bool = True,
         deleted_flag: str | None = None,
+        lock_session: bool = True,
     ) -> None:
         self._template = template
+        self._shared = not lock_session
         self._dovecot = (
             None
             if uidl_format is None
@@ -1030,7 +1068,7 @@ class MaildirStore:
                 maildir_fd = confine.open_maildir(location, create=True)
             except OSError as exc:
                 raise store_error(exc) from None
-            held = maildir_fd, _lock_or_close(maildir_fd, location.path)
+            held = maildir_fd, _lock_or_close(maildir_fd, location.path, wait=self._shared)
         maildir_fd, lock_fd = held
         try:
             new, cur = _subdirectories(maildir_fd, location.path, create=True)
@@ -1072,6 +1110,7 @@ class MaildirStore:
             self._fsync,
             self._flag_updates,
             self._hide,
+            self._shared,
         )
 
     def _open_quick(
@@ -1107,6 +1146,7 @@ class MaildirStore:
                             self._fsync,
                             self._flag_updates,
                             self._hide,
+                            self._shared,
                         )
                 new, cur = _subdirectories(maildir_fd, location.path, create=False)
             except FileNotFoundError:
@@ -1144,11 +1184,17 @@ class MaildirStore:
         except OSError as exc:
             raise store_error(exc) from None
         else:
-            lock_fd = _lock_or_close(maildir_fd, location.path)
-            maildrop = self._open_quick(location, maildir_fd, lock_fd)
-            if maildrop is not None:
-                return maildrop
-            held = maildir_fd, lock_fd
+            try:
+                lock_fd = _lock_or_close(maildir_fd, location.path)
+            except MaildropLocked:
+                if not self._shared:
+                    raise
+                # Another session's open or commit holds it for moments: wait in the thread.
+            else:
+                maildrop = self._open_quick(location, maildir_fd, lock_fd)
+                if maildrop is not None:
+                    return maildrop
+                held = maildir_fd, lock_fd
 
         def release() -> None:
             if held is not None:
