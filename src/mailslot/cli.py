@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import glob
 import importlib
 import inspect
 import sys
@@ -293,8 +294,44 @@ def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _check_identity(config, starting=False)
     _check_certificates(config)
+    _check_passwd_file(config)
     print(f"OK: {args.config}: {describe_listeners(config)}")
     return EX_OK
+
+
+def _check_passwd_file(config: Config) -> None:
+    """Read the passwd-file (every per-domain one) as the server will and print, as warnings
+    on ``auth.passwd_file``, what the server would log: unsupported extra fields, refused
+    legacy schemes, names ``username_format`` never produces."""
+    import logging
+
+    from mailslot.auth import backends as auth_backends
+    from mailslot.auth.base import AuthError
+
+    template = config.auth.passwd_file
+    if config.auth.backend != "passwd-file" or template is None:
+        return
+    paths = [template]
+    if "{domain}" in str(template):
+        head, _, tail = str(template).partition("{domain}")
+        paths = sorted(Path(p) for p in glob.glob(glob.escape(head) + "*" + glob.escape(tail)))
+    found: list[str] = []
+    quiet = logging.getLogger("mailslot.auth.passwdfile")
+    was, quiet.disabled = quiet.disabled, True  # printed below instead
+    try:
+        for path in paths:
+            auth = auth_backends.passwd_file(config, path)
+            try:
+                auth.load()
+            except AuthError:
+                continue  # check_files reported it already
+            found.extend(auth.problems)
+    finally:
+        quiet.disabled = was
+    line = _line_of(_key_lines(config), "auth.passwd_file")
+    for message in found:
+        warning = ConfigProblem("auth.passwd_file", line, f"warning: {message}")
+        print(warning.format(config.source), file=sys.stderr)
 
 
 def describe_listeners(config: Config) -> str:

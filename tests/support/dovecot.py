@@ -142,9 +142,11 @@ class DovecotServer:
         users: Sequence[PasswdUser],
         directory: Path | None = None,
         settings: Mapping[str, str] | None = None,
+        passwd_lines: Sequence[str] | None = None,
     ) -> None:
         """``settings`` are more lines of dovecot.conf (``pop3_uidl_format`` replaces the
-        default ``%f``), written as ``key = value``."""
+        default ``%f``), written as ``key = value``.  ``passwd_lines``: the passwd-file as
+        given (``{uid}`` and ``{gid}`` replaced by the mail owner's ids) instead of ``users``."""
         self.binary = require_program("dovecot")
         self.major, self.minor, self.version = dovecot_version()
         # Dovecot's unprivileged processes must traverse every ancestor of base_dir and the
@@ -169,8 +171,13 @@ class DovecotServer:
         else:
             self.uid, self.gid = os.getuid(), os.getgid()
         passwd = directory / "users"
+        if passwd_lines is None:
+            passwd_lines = [f"{u.name}:{password_field(u)}:{{uid}}:{{gid}}::::" for u in users]
         passwd.write_text(
-            "".join(f"{u.name}:{password_field(u)}:{self.uid}:{self.gid}::::\n" for u in users),
+            "".join(
+                line.replace("{uid}", str(self.uid)).replace("{gid}", str(self.gid)) + "\n"
+                for line in passwd_lines
+            ),
             encoding="utf-8",
         )
         passwd.chmod(0o644)

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Itera
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError
+from mailslot.auth import policy
+from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, User
 from mailslot.log import SessionLogger, escape, session_prefix
 from mailslot.metrics import ListenerMetrics
 from mailslot.protocol import events as ev
@@ -199,6 +200,7 @@ class Session(asyncio.Protocol):
         "_prefix",
         "_proxy",
         "_read_paused",
+        "_real",
         "_retrieved",
         "_slot",
         "_task",
@@ -228,6 +230,7 @@ class Session(asyncio.Protocol):
         self._early: bytearray | None = None
         self._proxy: ProxyParser | None = None
         self._address = address
+        self._real = address  # the connecting peer, a PROXY header's proxy
         self._via = ""
         self._counted = False
         self._maildrop: Maildrop | None = None
@@ -360,6 +363,7 @@ class Session(asyncio.Protocol):
     def _begin(self) -> None:
         transport = self._transport_or_fail()
         peer = transport.get_extra_info("peername")
+        self._real = str(peer[0]) if peer else self._address
         header = self.header
         if header is not None:
             self._via = f" proxy={format_address(peer)} header=v{header.version}/{header.command}"
@@ -610,8 +614,17 @@ class Session(asyncio.Protocol):
             self.log.warning("login failed, user database unavailable: user=%s", name)
             conn.login_failed(Failure.SYS_TEMP)
             return
+        if await self._refused(user, client):
+            return
         # The password was right: whatever happens to the maildrop, the address is forgiven.
         await context.penalty.succeeded(client)
+        if user.legacy_scheme is not None:
+            self.log.warning(
+                "user=%s logged in with a %s password (a legacy scheme); have it rehashed:"
+                " mailslot user passwd",
+                escape(user.name),
+                user.legacy_scheme,
+            )
         if not context.limits.acquire_user(user.name):
             self.log.info("login refused, too many sessions: user=%s", escape(user.name))
             conn.login_failed(Failure.IN_USE)
@@ -644,6 +657,23 @@ class Session(asyncio.Protocol):
             tls_description(self._transport_or_fail()),
         )
         conn.login_succeeded(messages)
+
+    async def _refused(self, user: User, client: str) -> bool:
+        """Dovecot's passdb restrictions after a right password (:mod:`mailslot.auth.policy`):
+        answer and return True if ``user`` may not log in from here."""
+        refusal = policy.check(user.extra, self._address, self._real)
+        if refusal is None:
+            return False
+        self.log.info("login refused, %s: user=%s", refusal.log, escape(user.name))
+        if refusal.kind == "sys-perm":
+            self._conn.login_failed(Failure.SYS_PERM, refusal.text)
+            return True
+        if refusal.delay:
+            hold = await self._context.penalty.failed(client)
+            self._context.metrics.penalty(hold)
+            await self._hold(hold)
+        self._conn.login_failed(Failure.AUTH, refusal.text)
+        return True
 
     async def _hold(self, seconds: float) -> None:
         """Send what is queued, then wait ``seconds`` before the next reply."""
