@@ -844,7 +844,8 @@ class _Loader:
         elif str(path).split("{domain}")[0].count("/") == 0:
             self.problem("auth", "passwd_file", "must be an absolute path before {domain}")
         elif self.check_files:
-            parent = Path(str(path).split("{domain}")[0]).parent
+            head = str(path).split("{domain}")[0]
+            parent = Path(head) if head.endswith("/") else Path(head).parent
             if not parent.is_dir():
                 self.problem(
                     "auth",

@@ -425,7 +425,9 @@ class DomainPasswdFiles:
         self._clock = clock
         self._sleep = sleep
         self._files: dict[str, PasswdFileAuthenticator] = {}
-        self._fixed = Path(template.split("{domain}")[0]).parent
+        head = template.split("{domain}")[0]
+        # The directory holding the first component with the domain in it.
+        self._fixed = Path(head) if head.endswith("/") else Path(head).parent
         self._unknown_floor: float | None = None
         self._warned: set[str] = set()
 

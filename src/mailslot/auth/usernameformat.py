@@ -35,7 +35,7 @@ def validate_format(fmt: str) -> str | None:
     """A sentence saying what is wrong with ``fmt``, or ``None`` if it is usable."""
     for match in _VARIABLE.finditer(fmt):
         if match[5] is not None:
-            shown = "%" + match[2] + match[5] if match[5] else "a trailing %"
+            shown = "%" + match[5] if match[5] else "a trailing %"
             return f"{shown} is not a variable here; use %u, %n, %d (optionally %L/%U) or %%"
     if not any(match[3] or match[4] for match in _VARIABLE.finditer(fmt)):
         return "names no part of the login name (%u, %n or %d)"
