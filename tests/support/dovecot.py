@@ -143,10 +143,13 @@ class DovecotServer:
         directory: Path | None = None,
         settings: Mapping[str, str] | None = None,
         passwd_lines: Sequence[str] | None = None,
+        passwd_template: str | None = None,
     ) -> None:
         """``settings`` are more lines of dovecot.conf (``pop3_uidl_format`` replaces the
         default ``%f``), written as ``key = value``.  ``passwd_lines``: the passwd-file as
-        given (``{uid}`` and ``{gid}`` replaced by the mail owner's ids) instead of ``users``."""
+        given (``{uid}`` and ``{gid}`` replaced by the mail owner's ids) instead of ``users``.
+        ``passwd_template``: the passdb's and userdb's file instead, with Dovecot's variables
+        (``/dir/%d/passwd``: one file per domain, written by the caller)."""
         self.binary = require_program("dovecot")
         self.major, self.minor, self.version = dovecot_version()
         # Dovecot's unprivileged processes must traverse every ancestor of base_dir and the
@@ -205,7 +208,7 @@ class DovecotServer:
                 cert=tls_files.certificate,
                 key=tls_files.private_key,
                 mail_root=self.mail_root,
-                passwd=passwd,
+                passwd=passwd_template or passwd,
                 pop3_port=self.pop3_port,
                 pop3s_port=self.pop3s_port,
                 internal_user="dovecot" if os.getuid() == 0 else pwd.getpwuid(os.getuid())[0],
