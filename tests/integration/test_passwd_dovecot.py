@@ -9,6 +9,7 @@ admission (the greeting texts differ).  Dovecot runs with its defaults where the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import poplib
 import socket
@@ -88,10 +89,8 @@ def login(host: str, port: int, name: str, password: str) -> bytes:
             reply = client.pass_(password)
         except poplib.error_proto as exc:
             reply = exc.args[0]
-        try:
+        with contextlib.suppress(poplib.error_proto, OSError):
             client.quit()
-        except (poplib.error_proto, OSError):
-            pass
     finally:
         client.close()
     return bytes(reply)
