@@ -73,6 +73,13 @@ class ExtraFields:
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @property
+    def owner(self) -> tuple[int, int] | None:
+        """(uid, gid) for the files created for this user as root (-1: not given), or None."""
+        if self.uid is None and self.gid is None:
+            return None
+        return (-1 if self.uid is None else self.uid, -1 if self.gid is None else self.gid)
+
+    @property
     def restricted(self) -> bool:
         """Whether a right password may still be refused (so timing must hide the outcome)."""
         return bool(

@@ -333,19 +333,13 @@ class PasswdFileAuthenticator:
                 " maildrop is not opened",
             )
             entry = replace(entry, extra=replace(extra, mail_unsupported=True))
-        ids = (extra.uid, extra.gid)
-        if ids != (None, None) and os.geteuid() != 0:
-            if extra.uid not in (None, os.geteuid()) or extra.gid not in (None, os.getegid()):
-                problems.add(
-                    number,
-                    "uid/gid differ from the ids mailslot runs as; files are created as"
-                    f" uid {os.geteuid()} gid {os.getegid()} (owners change only as root)",
-                )
-        elif ids != (None, None):
+        # As root the store gives new files these ids (store.base.Owner); otherwise it can't.
+        euid, egid = os.geteuid(), os.getegid()
+        if euid != 0 and (extra.uid not in (None, euid) or extra.gid not in (None, egid)):
             problems.add(
                 number,
-                "uid/gid are not applied: mailslot does not yet give the files it creates"
-                " as root the passwd-file's owner",
+                "uid/gid differ from the ids mailslot runs as; files are created as"
+                f" uid {euid} gid {egid} (owners change only as root)",
             )
         return entry
 

@@ -91,7 +91,8 @@ class DeliveryAgent:
                 usage = await self._usage(user.name, user.home)
                 if not quota.fits(usage, len(data), limits):
                     return self._logged(user, OVER_QUOTA, len(data))
-            key = await self._store.deliver(user.name, data, user.home)
+            owner = None if extra is None else extra.owner
+            key = await self._store.deliver(user.name, data, user.home, owner=owner)
         except PermanentFailure as exc:
             log.error("delivery to %s needs an administrator: %s", for_log(user.name), exc)
             return TEMPORARY

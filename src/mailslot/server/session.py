@@ -630,7 +630,8 @@ class Session(asyncio.Protocol):
             conn.login_failed(Failure.IN_USE)
             return
         try:
-            maildrop = await context.store.open(user.name, user.home)
+            owner = None if user.extra is None else user.extra.owner
+            maildrop = await context.store.open(user.name, user.home, owner=owner)
         except MaildropLocked:
             context.limits.release_user(user.name)
             self.log.info("login refused, maildrop in use: user=%s", escape(user.name))
