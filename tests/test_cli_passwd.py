@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,24 @@ def test_check_config_reads_every_per_domain_file(
     err = capsys.readouterr().err
     for domain in ("a.example", "b.example"):
         assert f"{domains / domain / 'passwd'} line 1: passdb field host" in err
+
+
+def test_user_commands_use_the_names_domain_file(
+    config_file: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    domains = config_file.parent / "domains"
+    (domains / "a.example").mkdir(parents=True)
+    config_file.write_text(
+        CONFIG.replace('passwd_file = "users"', 'passwd_file = "domains/{domain}/passwd"')
+    )
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    assert main(["user", "add", "--config", str(config_file), "x@a.example"]) == 0
+    assert (domains / "a.example" / "passwd").read_text().startswith("x@a.example:{ARGON2ID}")
+    # No file named "{domain}" is ever made: without a domain, or for list, it is refused.
+    for args in (["add", "x"], ["list"]):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+        assert main(["user", args[0], "--config", str(config_file), *args[1:]]) == 64
+    assert "give a user@domain name, or --passwd-file FILE" in capsys.readouterr().err
+    assert not (domains / "{domain}").exists()

@@ -436,9 +436,13 @@ def add_user(subparsers: SubParsers) -> None:
     )
 
 
-def _passwd_file(args: argparse.Namespace) -> Any:
+def _passwd_file(args: argparse.Namespace, name: str | None = None) -> Any:
     """The passwd-file's Path, or, for ``[auth] backend = "postgresql"``, the table's admin
-    (mailslot.auth.postgresql.PostgresUsers, whose methods are coroutines)."""
+    (mailslot.auth.postgresql.PostgresUsers, whose methods are coroutines).
+
+    A per-domain ``passwd_file`` (``{domain}``) is the file of ``name``'s domain; without a
+    name (``list``) or a domain, the command is refused rather than a file named
+    ``{domain}`` created."""
     if args.passwd_file is not None:
         return Path(args.passwd_file)
     # The passwd-file may not exist yet when the first user is added.
@@ -454,7 +458,19 @@ def _passwd_file(args: argparse.Namespace) -> Any:
             raise CommandError(str(exc), EX_CONFIG) from exc
     if config.auth.passwd_file is None:
         raise CommandError(f"{args.config} has no [auth] passwd_file", EX_CONFIG)
-    return config.auth.passwd_file
+    template = str(config.auth.passwd_file)
+    if "{domain}" not in template:
+        return config.auth.passwd_file
+    from mailslot.auth.passwdfile import domain_of
+
+    domain = None if name is None else domain_of(name)
+    if domain is None:
+        raise CommandError(
+            f"[auth] passwd_file has one file per domain ({template}): give a user@domain "
+            "name, or --passwd-file FILE",
+            EX_USAGE,
+        )
+    return Path(template.replace("{domain}", domain))
 
 
 def _database_call(coroutine: Coroutine[Any, Any, object]) -> None:
@@ -511,7 +527,8 @@ def _admin_call(action: Callable[[], object], name: str) -> None:
 def _user_add(args: argparse.Namespace) -> int:
     from mailslot.auth import admin
 
-    path, name = _passwd_file(args), _valid_name(args.name)
+    name = _valid_name(args.name)
+    path = _passwd_file(args, name)
     password = _read_password(args)
     if isinstance(path, Path):
         _admin_call(
@@ -526,7 +543,8 @@ def _user_add(args: argparse.Namespace) -> int:
 def _user_passwd(args: argparse.Namespace) -> int:
     from mailslot.auth import admin
 
-    path, name = _passwd_file(args), _valid_name(args.name)
+    name = _valid_name(args.name)
+    path = _passwd_file(args, name)
     password = _read_password(args)
     if isinstance(path, Path):
         _admin_call(lambda: admin.set_password(path, name, password), name)
@@ -539,7 +557,8 @@ def _user_passwd(args: argparse.Namespace) -> int:
 def _user_delete(args: argparse.Namespace) -> int:
     from mailslot.auth import admin
 
-    path, name = _passwd_file(args), _valid_name(args.name)
+    name = _valid_name(args.name)
+    path = _passwd_file(args, name)
     if isinstance(path, Path):
         _admin_call(lambda: admin.delete_user(path, name), name)
     else:
