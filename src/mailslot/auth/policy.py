@@ -41,7 +41,7 @@ class Refusal:
     kind: Literal["auth", "sys-perm"]
     text: str | None  # the -ERR text; None: the standard one for ``kind``
     log: str  # for the log line, no secrets
-    delay: bool  # whether the failure penalty applies
+    delay: bool  # whether the failure penalty applies; else the address is forgiven
 
 
 def check(extra: ExtraFields | None, client: str | None, real: str | None) -> Refusal | None:
@@ -59,7 +59,10 @@ def check(extra: ExtraFields | None, client: str | None, real: str | None) -> Re
     if extra.nologin:
         return Refusal("auth", extra.reason or NOLOGIN_TEXT, "nologin", not extra.nodelay)
     if extra.mail_unsupported:
-        return Refusal("sys-perm", None, "userdb_mail names a location mailslot cannot serve", True)
+        # The password was right and the reply says so: forgiven, as any maildrop failure is.
+        return Refusal(
+            "sys-perm", None, "userdb_mail names a location mailslot cannot serve", False
+        )
     return None
 
 

@@ -666,14 +666,16 @@ class Session(asyncio.Protocol):
         if refusal is None:
             return False
         self.log.info("login refused, %s: user=%s", refusal.log, escape(user.name))
-        if refusal.kind == "sys-perm":
-            self._conn.login_failed(Failure.SYS_PERM, refusal.text)
-            return True
         if refusal.delay:
             hold = await self._context.penalty.failed(client)
             self._context.metrics.penalty(hold)
             await self._hold(hold)
-        self._conn.login_failed(Failure.AUTH, refusal.text)
+        else:
+            # Dovecot's nodelay after a right password: no wait, and the address is forgiven
+            # as by a successful login (it knew a password).
+            await self._context.penalty.succeeded(client)
+        failure = Failure.SYS_PERM if refusal.kind == "sys-perm" else Failure.AUTH
+        self._conn.login_failed(failure, refusal.text)
         return True
 
     async def _hold(self, seconds: float) -> None:
