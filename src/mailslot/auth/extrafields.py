@@ -31,11 +31,12 @@ Problem texts name fields, never values: a misplaced column may hold a password.
 
 from __future__ import annotations
 
+import functools
 import grp
 import ipaddress
 import pwd
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 __all__ = ["ExtraFields", "Network", "parse", "parse_networks", "parse_quota_rule"]
 
@@ -91,20 +92,32 @@ class ExtraFields:
 
 
 def parse(fields: list[str]) -> ExtraFields:
-    """Read a passwd-file line's fields (split at ``:``), the name and password included."""
+    """Read a passwd-file line's fields (split at ``:``), the name and password included.
+
+    ``home`` is ``userdb_home``, else field 6.
+    """
+    count = len(fields)
+    found = parse_fields(
+        fields[2] if count > 2 else "",
+        fields[3] if count > 3 else "",
+        ":".join(fields[7:]) if count > 7 else "",
+    )
+    if found.home is None and count > 5 and fields[5]:
+        return replace(found, home=fields[5])
+    return found
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_fields(uid: str, gid: str, extra: str) -> ExtraFields:
+    """The fields of a line from its uid, gid and extra fields (``home`` only from
+    ``userdb_home``).  Cached: most lines of a file share them (vmail:vmail, no extras)."""
     values: dict[str, object] = {}
     problems: list[str] = []
     refused: list[str] = []
-
-    def column(index: int) -> str:
-        return fields[index] if len(fields) > index else ""
-
-    for key, index in (("uid", 2), ("gid", 3)):
-        if column(index):
-            _set_id(values, key, column(index), problems, f"field {index + 1} ({key})")
-    if column(5):
-        values["home"] = column(5)
-    for token in ":".join(fields[7:]).split():
+    for key, index, value in (("uid", 2, uid), ("gid", 3, gid)):
+        if value:
+            _set_id(values, key, value, problems, f"field {index + 1} ({key})")
+    for token in extra.split():
         key, has_value, value = token.partition("=")
         if key.startswith("userdb_"):
             _userdb(values, key, key.removeprefix("userdb_"), value, problems)

@@ -82,8 +82,14 @@ def parse_entry(line: str) -> Entry | None:
         usernames.validate(name)
     except usernames.InvalidUsername as exc:
         raise ValueError(str(exc)) from None
-    extra = extrafields.parse(fields)
-    return Entry(name=name, password=fields[1], home=extra.home, extra=extra)
+    count = len(fields)
+    extra = extrafields.parse_fields(
+        fields[2] if count > 2 else "",
+        fields[3] if count > 3 else "",
+        ":".join(fields[7:]) if count > 7 else "",
+    )
+    home = extra.home or (fields[5] if count > 5 and fields[5] else None)
+    return Entry(name=name, password=fields[1], home=home, extra=extra)
 
 
 @dataclass(frozen=True, slots=True)
