@@ -27,7 +27,10 @@ from tests.support.wire import Pop3Wire
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+pytestmark = [
+    pytest.mark.dovecot,
+    pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away"),
+]
 
 
 @pytest.fixture
