@@ -53,7 +53,7 @@ __all__ = ["DomainPasswdFiles", "Entry", "PasswdFileAuthenticator", "domain_of",
 
 log = logging.getLogger(__name__)
 
-_NO_EXTRA = ExtraFields()
+_NO_EXTRA = ExtraFields()  # the default of an Entry made by hand
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,8 +351,7 @@ class PasswdFileAuthenticator:
 
 
 def _user(entry: Entry, legacy_scheme: str | None = None) -> User:
-    extra = None if entry.extra is _NO_EXTRA else entry.extra
-    return User(name=entry.name, home=entry.home, extra=extra, legacy_scheme=legacy_scheme)
+    return User(name=entry.name, home=entry.home, extra=entry.extra, legacy_scheme=legacy_scheme)
 
 
 def _same_place(template: str) -> str:
