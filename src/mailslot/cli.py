@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import glob
 import importlib
 import inspect
 import sys
@@ -316,6 +317,7 @@ def _check_config(args: argparse.Namespace) -> int:
     _check_certificates(config)
     if args.connect and config.auth.backend == "sql":
         _probe_sql(config)
+    _check_passwd_file(config)
     print(f"OK: {args.config}: {describe_listeners(config)}")
     return EX_OK
 
@@ -335,6 +337,41 @@ def _probe_sql(config: Config) -> None:
         ]
         _print_problems(ConfigError(problems, config.source))
         raise CommandError("", EX_CONFIG)
+
+
+def _check_passwd_file(config: Config) -> None:
+    """Read the passwd-file (every per-domain one) as the server will and print, as warnings
+    on ``auth.passwd_file``, what the server would log: unsupported extra fields, refused
+    legacy schemes, names ``username_format`` never produces."""
+    import logging
+
+    from mailslot.auth import backends as auth_backends
+    from mailslot.auth.base import AuthError
+
+    template = config.auth.passwd_file
+    if config.auth.backend != "passwd-file" or template is None:
+        return
+    paths = [template]
+    if "{domain}" in str(template):
+        head, _, tail = str(template).partition("{domain}")
+        paths = sorted(Path(p) for p in glob.glob(glob.escape(head) + "*" + glob.escape(tail)))
+    found: list[str] = []
+    quiet = logging.getLogger("mailslot.auth.passwdfile")
+    was, quiet.disabled = quiet.disabled, True  # printed below instead
+    try:
+        for path in paths:
+            auth = auth_backends.passwd_file(config, path)
+            try:
+                auth.load()
+            except AuthError:
+                continue  # check_files reported it already
+            found.extend(auth.problems)
+    finally:
+        quiet.disabled = was
+    line = _line_of(_key_lines(config), "auth.passwd_file")
+    for message in found:
+        warning = ConfigProblem("auth.passwd_file", line, f"warning: {message}")
+        print(warning.format(config.source), file=sys.stderr)
 
 
 def describe_listeners(config: Config) -> str:
@@ -439,9 +476,13 @@ def add_user(subparsers: SubParsers) -> None:
     )
 
 
-def _passwd_file(args: argparse.Namespace) -> Any:
+def _passwd_file(args: argparse.Namespace, name: str | None = None) -> Any:
     """The passwd-file's Path, or, for ``[auth] backend = "postgresql"``, the table's admin
-    (mailslot.auth.postgresql.PostgresUsers, whose methods are coroutines)."""
+    (mailslot.auth.postgresql.PostgresUsers, whose methods are coroutines).
+
+    A per-domain ``passwd_file`` (``{domain}``) is the file of ``name``'s domain; without a
+    name (``list``) or a domain, the command is refused rather than a file named
+    ``{domain}`` created."""
     if args.passwd_file is not None:
         return Path(args.passwd_file)
     # The passwd-file may not exist yet when the first user is added.
@@ -469,7 +510,19 @@ def _passwd_file(args: argparse.Namespace) -> Any:
         )
     if config.auth.passwd_file is None:
         raise CommandError(f"{args.config} has no [auth] passwd_file", EX_CONFIG)
-    return config.auth.passwd_file
+    template = str(config.auth.passwd_file)
+    if "{domain}" not in template:
+        return config.auth.passwd_file
+    from mailslot.auth.passwdfile import domain_of
+
+    domain = None if name is None else domain_of(name)
+    if domain is None:
+        raise CommandError(
+            f"[auth] passwd_file has one file per domain ({template}): give a user@domain "
+            "name, or --passwd-file FILE",
+            EX_USAGE,
+        )
+    return Path(template.replace("{domain}", domain))
 
 
 def _database_call(coroutine: Coroutine[Any, Any, object]) -> None:
@@ -526,7 +579,8 @@ def _admin_call(action: Callable[[], object], name: str) -> None:
 def _user_add(args: argparse.Namespace) -> int:
     from mailslot.auth import admin
 
-    path, name = _passwd_file(args), _valid_name(args.name)
+    name = _valid_name(args.name)
+    path = _passwd_file(args, name)
     password = _read_password(args)
     if isinstance(path, Path):
         _admin_call(
@@ -541,7 +595,8 @@ def _user_add(args: argparse.Namespace) -> int:
 def _user_passwd(args: argparse.Namespace) -> int:
     from mailslot.auth import admin
 
-    path, name = _passwd_file(args), _valid_name(args.name)
+    name = _valid_name(args.name)
+    path = _passwd_file(args, name)
     password = _read_password(args)
     if isinstance(path, Path):
         _admin_call(lambda: admin.set_password(path, name, password), name)
@@ -554,7 +609,8 @@ def _user_passwd(args: argparse.Namespace) -> int:
 def _user_delete(args: argparse.Namespace) -> int:
     from mailslot.auth import admin
 
-    path, name = _passwd_file(args), _valid_name(args.name)
+    name = _valid_name(args.name)
+    path = _passwd_file(args, name)
     if isinstance(path, Path):
         _admin_call(lambda: admin.delete_user(path, name), name)
     else:

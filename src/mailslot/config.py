@@ -96,8 +96,6 @@ class AuthConfig:
     # "sql": the administrator's password_query, [auth.sql].
     # "dovecot": a running Dovecot's auth service checks passwords ([auth.dovecot]).
     backend: Literal["passwd-file", "postgresql", "sql", "dovecot"] = "passwd-file"
-    username_format: str = "%Lu"  # issue 16, agreed name (Dovecot's auth_username_format)
-    legacy_schemes: tuple[str, ...] = ()  # issue 16, agreed name
     passwd_file: Path | None = None
     allow_plaintext_without_tls: bool = False
     failure_delay: float = 2.0
@@ -108,6 +106,11 @@ class AuthConfig:
     failure_time_floor: float = 0.0
     verify_pool: int = 0  # 0: the cores, divided among the workers
     verify_per_client: int = 2
+    # Dovecot compatibility (mailslot.auth.usernameformat, schemes, passwdfile): the login
+    # name's normal form, and the legacy password schemes verified (e.g. ["MD5-CRYPT"]).
+    # passwd_file may hold {domain}: one file per domain, the login name user@domain.
+    username_format: str = "%Lu"
+    legacy_schemes: tuple[str, ...] = ()
     sql: SqlAuthConfig = field(default_factory=SqlAuthConfig)
     dovecot: DovecotAuthConfig = field(default_factory=DovecotAuthConfig)
 
@@ -745,7 +748,12 @@ class _Loader:
                 'is required with [auth] backend = "sql": the SELECT that returns the'
                 " password (Dovecot's password_query)",
             )
-        if config.listeners and config.auth.backend == "passwd-file":
+        self.check_passwd_settings(config.auth)
+        if (
+            config.listeners
+            and config.auth.backend == "passwd-file"
+            and not _is_template(config.auth.passwd_file)
+        ):
             self.required_file(
                 "auth",
                 "passwd_file",
@@ -945,6 +953,46 @@ class _Loader:
                 "give either user (serve as that account) or run_as_root, not both",
             )
 
+    def check_passwd_settings(self, auth: AuthConfig) -> None:
+        """``username_format``, ``legacy_schemes`` and a ``{domain}`` passwd_file."""
+        from mailslot.auth import schemes, usernameformat
+
+        wrong = usernameformat.validate_format(auth.username_format)
+        if wrong is not None:
+            self.problem("auth", "username_format", f'"{auth.username_format}" {wrong}')
+        for name in auth.legacy_schemes:
+            if schemes.canonical_legacy(name) is None:
+                allowed = ", ".join(sorted(schemes.LEGACY_SCHEMES))
+                self.problem(
+                    "auth",
+                    "legacy_schemes",
+                    f'"{name}" is not a legacy scheme mailslot can verify on request; one of '
+                    f"{allowed} (other schemes are verified without being listed)",
+                )
+        path = auth.passwd_file
+        if path is None or not _is_template(path):
+            return
+        others = {m for m in _PLACEHOLDER.findall(str(path)) if m != "domain"}
+        if others:
+            self.problem(
+                "auth",
+                "passwd_file",
+                "may hold only the {domain} placeholder, not "
+                + ", ".join(f"{{{m}}}" for m in sorted(others)),
+            )
+        elif str(path).split("{domain}")[0].count("/") == 0:
+            self.problem("auth", "passwd_file", "must be an absolute path before {domain}")
+        elif self.check_files:
+            head = str(path).split("{domain}")[0]
+            parent = Path(head) if head.endswith("/") else Path(head).parent
+            if not parent.is_dir():
+                self.problem(
+                    "auth",
+                    "passwd_file",
+                    f"{parent} does not exist or is not a directory; it should hold the"
+                    " per-domain files",
+                )
+
     def _check_auth_bounds(self, auth: AuthConfig) -> None:
         bounds: tuple[tuple[str, float, float], ...] = (
             ("failure_free_attempts", 0, 1000),
@@ -958,6 +1006,11 @@ class _Loader:
             value = getattr(auth, key)
             if not low <= value <= high:
                 self.problem("auth", key, f"must be from {low:g} to {high:g}, not {value:g}")
+
+
+def _is_template(path: Path | None) -> bool:
+    """Whether ``[auth] passwd_file`` names one file per domain (``{domain}``)."""
+    return path is not None and "{" in str(path)
 
 
 def _is_address(value: str) -> bool:

@@ -44,6 +44,7 @@ from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    Owner,
     SeenFlags,
     Store,
     StoreError,
@@ -501,9 +502,11 @@ class ObservedStore:
         self._store = store
         self._metrics = metrics
 
-    async def open(self, user: str, home: str | None = None) -> Maildrop:
+    async def open(
+        self, user: str, home: str | None = None, *, owner: Owner | None = None
+    ) -> Maildrop:
         try:
-            maildrop = await self._store.open(user, home)
+            maildrop = await self._store.open(user, home, owner=owner)
         except MaildropLocked:
             raise
         except StoreError:
@@ -511,9 +514,11 @@ class ObservedStore:
             raise
         return ObservedMaildrop(maildrop, self._metrics)
 
-    async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
+    async def deliver(
+        self, user: str, data: bytes, home: str | None = None, *, owner: Owner | None = None
+    ) -> str:
         try:
-            return await self._store.deliver(user, data, home)
+            return await self._store.deliver(user, data, home, owner=owner)
         except StoreError:
             self._metrics.store_error("deliver")
             raise

@@ -182,10 +182,15 @@ class DovecotServer:
         directory: Path | None = None,
         settings: Mapping[str, str] | None = None,
         blocks: str = "",
+        passwd_lines: Sequence[str] | None = None,
+        passwd_template: str | None = None,
     ) -> None:
         """``settings`` are more lines of dovecot.conf (``pop3_uidl_format`` replaces the
         default ``%f``), written as ``key = value``; ``blocks`` is more text, written as it
-        is (sections such as ``service auth { ... }``)."""
+        is (sections such as ``service auth { ... }``).  ``passwd_lines``: the passwd-file as
+        given (``{uid}`` and ``{gid}`` replaced by the mail owner's ids) instead of ``users``.
+        ``passwd_template``: the passdb's and userdb's file instead, with Dovecot's variables
+        (``/dir/%d/passwd``: one file per domain, written by the caller)."""
         self.binary = require_program("dovecot")
         self.major, self.minor, self.version = dovecot_version()
         # Dovecot's unprivileged processes must traverse every ancestor of base_dir and the
@@ -210,9 +215,14 @@ class DovecotServer:
         else:
             self.uid, self.gid = os.getuid(), os.getgid()
         passwd = directory / "users"
+        if passwd_lines is None:
+            passwd_lines = [
+                f"{u.name}:{password_field(u)}:{{uid}}:{{gid}}::{u.home}::" for u in users
+            ]
         passwd.write_text(
             "".join(
-                f"{u.name}:{password_field(u)}:{self.uid}:{self.gid}::{u.home}::\n" for u in users
+                line.replace("{uid}", str(self.uid)).replace("{gid}", str(self.gid)) + "\n"
+                for line in passwd_lines
             ),
             encoding="utf-8",
         )
@@ -242,7 +252,7 @@ class DovecotServer:
                 cert=tls_files.certificate,
                 key=tls_files.private_key,
                 mail_root=self.mail_root,
-                passwd=passwd,
+                passwd=passwd_template or passwd,
                 pop3_port=self.pop3_port,
                 pop3s_port=self.pop3s_port,
                 internal_user="dovecot" if os.getuid() == 0 else pwd.getpwuid(os.getuid())[0],

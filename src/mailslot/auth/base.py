@@ -10,8 +10,10 @@ answered ``-ERR [SYS/TEMP]`` (RFC 3206 section 4).
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from mailslot.auth.extrafields import ExtraFields
 
 
 class AuthError(Exception):
@@ -28,10 +30,17 @@ class TemporaryAuthFailure(AuthError):
 
 @dataclass(frozen=True, slots=True)
 class User:
-    """An authenticated user: the canonical name and the passwd-file's optional home."""
+    """An authenticated user: the canonical name and the passwd-file's optional home.
+
+    ``extra``: the user database's Dovecot extra fields (:mod:`mailslot.auth.extrafields`),
+    checked by the session with :func:`mailslot.auth.policy.check`.  ``legacy_scheme``: the
+    password matched a hash of that ``[auth] legacy_schemes`` scheme (worth a rehash).
+    """
 
     name: str
     home: str | None = None
+    extra: ExtraFields | None = field(default=None, compare=False)
+    legacy_scheme: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

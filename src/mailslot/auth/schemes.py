@@ -10,8 +10,10 @@ prefix at all for a modular crypt string (``$argon2id$``, ``$argon2i$``, ``$2y$`
 ``$2a$``, ``$6$``, ``$5$``).  Binary schemes take Dovecot's ``.HEX`` / ``.B64`` suffix, and, as
 Dovecot does, a base64 scheme whose data has exactly twice the digest length is read as hex.
 
-MD5-based schemes (PLAIN-MD5, LDAP-MD5, SMD5, MD5-CRYPT and its alias MD5, and ``$1$`` under
-CRYPT) are refused unless ``allow_md5=True``.  CRAM-MD5 and DIGEST-MD5 are never verifiable
+Legacy schemes (:data:`LEGACY_SCHEMES`: the MD5-based PLAIN-MD5, LDAP-MD5, SMD5, MD5-CRYPT
+and its alias MD5, ``$1$`` under CRYPT, and DES ``CRYPT``, a 13-character crypt(3) string) are
+refused unless named in ``legacy`` (``[auth] legacy_schemes``) or, for the MD5 ones,
+``allow_md5=True``.  CRAM-MD5 and DIGEST-MD5 are never verifiable
 here: the first stores MD5's internal state, which no library exposes, and the second needs
 the SASL realm.  Every password scheme itself comes from libpass (import name ``passlib``);
 nothing here implements a hash.
@@ -22,13 +24,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
 from passlib.hash import (
     argon2,
     bcrypt,
+    des_crypt,
     hex_md5,
     hex_sha1,
     hex_sha256,
@@ -44,10 +47,13 @@ from passlib.hash import (
 
 __all__ = [
     "HASH_SCHEMES",
+    "LEGACY_SCHEMES",
+    "canonical_legacy",
     "hash_password",
     "identify",
     "is_plaintext",
     "is_slow",
+    "scheme_name",
     "verify",
 ]
 
@@ -65,7 +71,6 @@ class _Scheme:
     name: str
     check: Callable[[bytes, str], bool]  # (UTF-8 password, data after the prefix)
     slow: bool = False
-    md5: bool = False
 
 
 def _argon2(password: bytes, data: str) -> bool:
@@ -93,6 +98,13 @@ def _md5_crypt(password: bytes, data: str) -> bool:
     if not data.startswith("$1$"):
         return False
     return bool(md5_crypt.verify(password, data))
+
+
+def _des_crypt(password: bytes, data: str) -> bool:
+    # Traditional crypt(3): two salt characters and eleven of hash, Dovecot's CRYPT default.
+    if len(data) != 13 or data.startswith("$"):
+        return False
+    return bool(des_crypt.verify(password, data))
 
 
 def _plain(password: bytes, data: str) -> bool:
@@ -162,8 +174,9 @@ _TEXT: dict[str, _Scheme] = {
         _Scheme("BCRYPT", _bcrypt, slow=True),
         _Scheme("SHA512-CRYPT", _sha_crypt("$6$", sha512_crypt), slow=True),
         _Scheme("SHA256-CRYPT", _sha_crypt("$5$", sha256_crypt), slow=True),
-        _Scheme("MD5-CRYPT", _md5_crypt, slow=True, md5=True),
-        _Scheme("MD5", _md5_crypt, slow=True, md5=True),  # Dovecot's alias of MD5-CRYPT
+        _Scheme("MD5-CRYPT", _md5_crypt, slow=True),
+        _Scheme("MD5", _md5_crypt, slow=True),  # Dovecot's alias of MD5-CRYPT
+        _Scheme("CRYPT", _des_crypt),
         _Scheme("PLAIN", _plain),
         _Scheme("CLEARTEXT", _plain),
         _Scheme("CLEAR", _plain),
@@ -171,6 +184,19 @@ _TEXT: dict[str, _Scheme] = {
 }
 
 _PLAINTEXT = frozenset({"PLAIN", "CLEARTEXT", "CLEAR"})
+
+#: Schemes verified only when ``[auth] legacy_schemes`` names them (canonical names).
+LEGACY_SCHEMES = frozenset({"MD5-CRYPT", "PLAIN-MD5", "LDAP-MD5", "SMD5", "CRYPT"})
+_LEGACY_ALIASES = {"MD5": "MD5-CRYPT", "DES-CRYPT": "CRYPT"}
+_MD5_LEGACY = frozenset({"MD5-CRYPT", "PLAIN-MD5", "LDAP-MD5", "SMD5"})
+
+
+def canonical_legacy(name: str) -> str | None:
+    """The :data:`LEGACY_SCHEMES` member ``name`` (any case, or an alias) stands for."""
+    upper = name.upper()
+    upper = _LEGACY_ALIASES.get(upper, upper)
+    return upper if upper in LEGACY_SCHEMES else None
+
 
 # Modular crypt prefixes recognised under {CRYPT} or with no prefix, longest first.
 _MODULAR: tuple[tuple[str, str], ...] = (
@@ -203,21 +229,33 @@ def _split(stored: str) -> tuple[str, str, str]:
     return scheme, encoding, data
 
 
-def identify(stored: str, *, allow_md5: bool = False) -> str | None:
-    """The canonical scheme name :func:`verify` would use for ``stored``, or ``None``.
-
-    ``None`` means verify() can never succeed: unknown, refused or unverifiable scheme.
-    The data itself is not parsed; a malformed hash of a known scheme is still named.
-    """
+def scheme_name(stored: str) -> str | None:
+    """The canonical scheme of ``stored`` whether or not it is allowed (for log lines), or
+    ``None`` for an unknown one.  MD5 is named MD5-CRYPT, as the setting spells it."""
     scheme, encoding, _ = _split(stored)
     if encoding == "?":
         return None
     if scheme in _BINARY:
-        return scheme if allow_md5 or not _BINARY[scheme][1] else None
+        return scheme
     found = _TEXT.get(scheme)
-    if found is None or encoding or (found.md5 and not allow_md5):
+    if found is None or encoding:
         return None
-    return found.name
+    return _LEGACY_ALIASES.get(found.name, found.name)
+
+
+def identify(stored: str, *, allow_md5: bool = False, legacy: Collection[str] = ()) -> str | None:
+    """The canonical scheme name :func:`verify` would use for ``stored``, or ``None``.
+
+    ``None`` means verify() can never succeed: unknown, refused or unverifiable scheme.
+    A legacy scheme is allowed when ``legacy`` names it (canonical names, see
+    :func:`canonical_legacy`) or, for an MD5 one, with ``allow_md5``.
+    The data itself is not parsed; a malformed hash of a known scheme is still named.
+    """
+    name = scheme_name(stored)
+    if name is None:
+        return None
+    refused = name in LEGACY_SCHEMES and name not in legacy
+    return None if refused and not (allow_md5 and name in _MD5_LEGACY) else name
 
 
 def is_plaintext(stored: str) -> bool:
@@ -232,13 +270,15 @@ def is_slow(stored: str) -> bool:
     return found is not None and found.slow
 
 
-def verify(password: str, stored: str, *, allow_md5: bool = False) -> bool:
+def verify(
+    password: str, stored: str, *, allow_md5: bool = False, legacy: Collection[str] = ()
+) -> bool:
     """Whether ``password`` matches ``stored``; False, never an exception, for a bad hash.
 
     A caller that needs to tell a malformed or refused hash from a wrong password asks
     :func:`identify` (at load time, not per attempt).
     """
-    name = identify(stored, allow_md5=allow_md5)
+    name = identify(stored, allow_md5=allow_md5, legacy=legacy)
     if name is None:
         return False
     _, encoding, data = _split(stored)

@@ -24,6 +24,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Collection
 
 from mailslot.auth import schemes, usernames
 from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
@@ -62,6 +63,7 @@ class SqlAuthenticator:
         *,
         default_pass_scheme: str = "CRYPT",  # noqa: S107 (a scheme's name)
         allow_md5: bool = False,
+        legacy: Collection[str] = (),
         verifier: Verifier | None = None,
         verify_pool: VerifyPool | None = None,
         failure_floor: float = 0.0,
@@ -71,7 +73,10 @@ class SqlAuthenticator:
         self._query = query
         self._default_scheme = default_pass_scheme
         self._allow_md5 = allow_md5
-        self._verify: Verifier = verifier or functools.partial(schemes.verify, allow_md5=allow_md5)
+        self._legacy = tuple(legacy)  # [auth] legacy_schemes
+        self._verify: Verifier = verifier or functools.partial(
+            schemes.verify, allow_md5=allow_md5, legacy=self._legacy
+        )
         self._verify_pool = verify_pool
         self._configured_floor = failure_floor
         self._service = service
@@ -113,7 +118,11 @@ class SqlAuthenticator:
 
     async def _learn(self, stored: str | None) -> None:
         """Make the dummy and the floor cover ``stored``'s scheme (measured once)."""
-        scheme = None if stored is None else schemes.identify(stored, allow_md5=self._allow_md5)
+        scheme = (
+            None
+            if stored is None
+            else schemes.identify(stored, allow_md5=self._allow_md5, legacy=self._legacy)
+        )
         if self._dummy is not None and (scheme is None or scheme in self._costs):
             return
         loop = asyncio.get_running_loop()
@@ -128,8 +137,12 @@ class SqlAuthenticator:
 
     def _calibrate(self) -> tuple[str, float]:
         hashes = list(self._samples.values()) or [fallback_dummy()]
-        self._costs = measure_costs(hashes, allow_md5=self._allow_md5, known=self._costs)
-        dummy = choose_dummy(hashes, allow_md5=self._allow_md5, costs=self._costs)
+        self._costs = measure_costs(
+            hashes, allow_md5=self._allow_md5, legacy=self._legacy, known=self._costs
+        )
+        dummy = choose_dummy(
+            hashes, allow_md5=self._allow_md5, legacy=self._legacy, costs=self._costs
+        )
         return dummy, failure_floor(self._costs, self._configured_floor)
 
     async def authenticate(
@@ -139,7 +152,9 @@ class SqlAuthenticator:
         fields = await self._fields(username) if usernames.is_valid(username) else None
         stored: str | None = None
         hashed = None if fields is None else fields.password
-        if hashed is not None and schemes.identify(hashed, allow_md5=self._allow_md5):
+        if hashed is not None and schemes.identify(
+            hashed, allow_md5=self._allow_md5, legacy=self._legacy
+        ):
             stored = hashed
         await self._learn(stored)
         assert self._dummy is not None

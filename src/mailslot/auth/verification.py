@@ -28,7 +28,7 @@ import functools
 import secrets
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 
 from mailslot.auth import schemes
 from mailslot.auth.pool import VerifyPool, VerifyRefused
@@ -71,6 +71,7 @@ def measure_costs(
     stored: Iterable[str],
     *,
     allow_md5: bool = False,
+    legacy: Collection[str] = (),
     known: Mapping[str, float] | None = None,
     clock: Clock = time.perf_counter,
 ) -> dict[str, float]:
@@ -84,14 +85,14 @@ def measure_costs(
     """
     costs = dict(known or {})
     for value in stored:
-        scheme = schemes.identify(value, allow_md5=allow_md5)
+        scheme = schemes.identify(value, allow_md5=allow_md5, legacy=legacy)
         if scheme is None or scheme in costs:
             continue
         samples: list[float] = []
         while len(samples) < _SAMPLES and sum(samples) < _ENOUGH:
             wrong = secrets.token_urlsafe(12)
             started = clock()
-            schemes.verify(wrong, value, allow_md5=allow_md5)
+            schemes.verify(wrong, value, allow_md5=allow_md5, legacy=legacy)
             samples.append(clock() - started)
         costs[scheme] = statistics.median(samples)
     return costs
@@ -107,6 +108,7 @@ def choose_dummy(
     stored: Iterable[str],
     *,
     allow_md5: bool = False,
+    legacy: Collection[str] = (),
     costs: Mapping[str, float] | None = None,
 ) -> str:
     """The first hash of the costliest scheme in ``stored`` (by ``costs``, else the most
@@ -114,7 +116,7 @@ def choose_dummy(
     first: dict[str, str] = {}
     counts: dict[str, int] = {}
     for value in stored:
-        scheme = schemes.identify(value, allow_md5=allow_md5)
+        scheme = schemes.identify(value, allow_md5=allow_md5, legacy=legacy)
         if scheme is not None:
             counts[scheme] = counts.get(scheme, 0) + 1
             first.setdefault(scheme, value)

@@ -80,12 +80,19 @@ class DeliveryAgent:
         )
         if self.too_big(len(body)):
             return self._logged(user, TOO_BIG, len(data))
+        extra = user.extra
+        if extra is not None and extra.mail_unsupported:
+            # Deferred, not bounced: the sender retries once the passwd-file is fixed.
+            log.error("delivery to %s deferred: its userdb_mail is not served", for_log(user.name))
+            return TEMPORARY
+        limits = quota.for_user(self.config, extra)
         try:
-            if self._usage is not None and quota.enabled(self.config):
+            if self._usage is not None and quota.enabled(limits):
                 usage = await self._usage(user.name, user.home)
-                if not quota.fits(usage, len(data), self.config):
+                if not quota.fits(usage, len(data), limits):
                     return self._logged(user, OVER_QUOTA, len(data))
-            key = await self._store.deliver(user.name, data, user.home)
+            owner = None if extra is None else extra.owner
+            key = await self._store.deliver(user.name, data, user.home, owner=owner)
         except PermanentFailure as exc:
             log.error("delivery to %s needs an administrator: %s", for_log(user.name), exc)
             return TEMPORARY

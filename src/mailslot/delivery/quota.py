@@ -19,9 +19,10 @@ import os
 import re
 import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
+from mailslot.auth.extrafields import ExtraFields
 from mailslot.config import DeliveryConfig
 from mailslot.store import confine
 
@@ -116,6 +117,20 @@ def probe_for(store: object) -> UsageProbe | None:
 
         return probe
     return None
+
+
+def for_user(config: DeliveryConfig, extra: ExtraFields | None) -> DeliveryConfig:
+    """``config``'s quotas, or a user's own from Dovecot's ``userdb_quota_rule``
+    (:func:`mailslot.auth.extrafields.parse_quota_rule`; 0 there is no limit)."""
+    if extra is None or (extra.quota_bytes is None and extra.quota_messages is None):
+        return config
+    return replace(
+        config,
+        quota_bytes=config.quota_bytes if extra.quota_bytes is None else extra.quota_bytes,
+        quota_messages=(
+            config.quota_messages if extra.quota_messages is None else extra.quota_messages
+        ),
+    )
 
 
 def enabled(config: DeliveryConfig) -> bool:

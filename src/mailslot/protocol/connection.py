@@ -218,12 +218,13 @@ class Connection:
         self._bad_commands = 0
         self._reply(r.ok(r.LOGGED_IN))
 
-    def login_failed(self, reason: r.Failure) -> None:
-        """Refuse the login with the RFC 3206 / RFC 2449 code for ``reason``."""
+    def login_failed(self, reason: r.Failure, text: str | None = None) -> None:
+        """Refuse the login with the RFC 3206 / RFC 2449 code for ``reason``, and ``text``
+        instead of the standard text if given."""
         self._expect(_WAIT_LOGIN)
         self._user = None
         self.username = None
-        self._reply(r.failure(reason))
+        self._reply(r.failure(reason, text))
         self._count_bad()
 
     # ----------------------------------------------------------------- answers: messages

@@ -55,10 +55,13 @@ def err(text: str, code: Code | None = None) -> bytes:
     return b"-ERR [" + code.value.encode() + b"] " + text.encode() + b"\r\n"
 
 
-def failure(reason: Failure) -> bytes:
-    """The ``-ERR`` line for a refusal from the outside."""
-    code, text = FAILURE_REPLIES[reason]
-    return err(text, code)
+def failure(reason: Failure, text: str | None = None) -> bytes:
+    """The ``-ERR`` line for a refusal from the outside; ``text`` replaces the standard
+    text (a Dovecot ``nologin`` reason), any character that is not printable made ``?``."""
+    code, standard = FAILURE_REPLIES[reason]
+    if text is None:
+        return err(standard, code)
+    return err("".join(c if c.isprintable() else "?" for c in text), code)
 
 
 def multiline(first: bytes, lines: Sequence[bytes]) -> bytes:

@@ -24,11 +24,13 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Itera
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from mailslot.auth import policy
 from mailslot.auth.base import (
     AuthenticationFailed,
     Authenticator,
     AuthError,
     LoginSource,
+    User,
     login_source,
 )
 from mailslot.log import SessionLogger, escape, session_prefix
@@ -206,6 +208,7 @@ class Session(asyncio.Protocol):
         "_prefix",
         "_proxy",
         "_read_paused",
+        "_real",
         "_retrieved",
         "_slot",
         "_task",
@@ -235,6 +238,7 @@ class Session(asyncio.Protocol):
         self._early: bytearray | None = None
         self._proxy: ProxyParser | None = None
         self._address = address
+        self._real = address  # the connecting peer, a PROXY header's proxy
         self._via = ""
         self._counted = False
         self._maildrop: Maildrop | None = None
@@ -367,6 +371,7 @@ class Session(asyncio.Protocol):
     def _begin(self) -> None:
         transport = self._transport_or_fail()
         peer = transport.get_extra_info("peername")
+        self._real = str(peer[0]) if peer else self._address
         header = self.header
         if header is not None:
             self._via = f" proxy={format_address(peer)} header=v{header.version}/{header.command}"
@@ -628,14 +633,24 @@ class Session(asyncio.Protocol):
             self.log.warning("login failed, user database unavailable: user=%s", name)
             conn.login_failed(Failure.SYS_TEMP)
             return
+        if await self._refused(user, client):
+            return
         # The password was right: whatever happens to the maildrop, the address is forgiven.
         await context.penalty.succeeded(client)
+        if user.legacy_scheme is not None:
+            self.log.warning(
+                "user=%s logged in with a %s password (a legacy scheme); have it rehashed:"
+                " mailslot user passwd",
+                escape(user.name),
+                user.legacy_scheme,
+            )
         if not context.limits.acquire_user(user.name):
             self.log.info("login refused, too many sessions: user=%s", escape(user.name))
             conn.login_failed(Failure.IN_USE)
             return
         try:
-            maildrop = await context.store.open(user.name, user.home)
+            owner = None if user.extra is None else user.extra.owner
+            maildrop = await context.store.open(user.name, user.home, owner=owner)
         except MaildropLocked:
             context.limits.release_user(user.name)
             self.log.info("login refused, maildrop in use: user=%s", escape(user.name))
@@ -674,6 +689,25 @@ class Session(asyncio.Protocol):
             if self.header.destination is not None:
                 local = (self.header.destination[0], self.header.destination[1])
         return LoginSource(remote=remote, local=local, secured=self._conn.tls_active)
+
+    async def _refused(self, user: User, client: str) -> bool:
+        """Dovecot's passdb restrictions after a right password (:mod:`mailslot.auth.policy`):
+        answer and return True if ``user`` may not log in from here."""
+        refusal = policy.check(user.extra, self._address, self._real)
+        if refusal is None:
+            return False
+        self.log.info("login refused, %s: user=%s", refusal.log, escape(user.name))
+        if refusal.delay:
+            hold = await self._context.penalty.failed(client)
+            self._context.metrics.penalty(hold)
+            await self._hold(hold)
+        else:
+            # Dovecot's nodelay after a right password: no wait, and the address is forgiven
+            # as by a successful login (it knew a password).
+            await self._context.penalty.succeeded(client)
+        failure = Failure.SYS_PERM if refusal.kind == "sys-perm" else Failure.AUTH
+        self._conn.login_failed(failure, refusal.text)
+        return True
 
     async def _hold(self, seconds: float) -> None:
         """Send what is queued, then wait ``seconds`` before the next reply."""

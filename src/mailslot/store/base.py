@@ -115,21 +115,32 @@ class SeenFlags(Protocol):
         ...
 
 
+Owner = tuple[int, int]
+"""(uid, gid) for files a store creates as root; -1 leaves that id as it comes."""
+
+
 class Store(Protocol):
     """A collection of maildrops, one per user."""
 
-    async def open(self, user: str, home: str | None = None) -> Maildrop:
+    async def open(
+        self, user: str, home: str | None = None, *, owner: Owner | None = None
+    ) -> Maildrop:
         """Lock ``user``'s maildrop and take its snapshot.
 
         ``user`` has already been validated by :func:`mailslot.auth.usernames.validate`;
         ``home`` is the home directory from the user database, if any (``{home}`` in path
-        templates).  Raises :class:`MaildropLocked` if another session holds it.
+        templates).  ``owner``: the (uid, gid) the user database gives (Dovecot's userdb
+        uid/gid; -1 for one not given): a store that runs as root gives what it creates
+        for the user that owner.  Raises :class:`MaildropLocked` if another session holds it.
         """
         ...
 
-    async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
+    async def deliver(
+        self, user: str, data: bytes, home: str | None = None, *, owner: Owner | None = None
+    ) -> str:
         """Durably add one message (LF line ends) to ``user``'s maildrop; return its key.
 
         Used by LMTP and ``mailslot deliver``; returns once the message is durable.
+        ``owner`` as for :meth:`open`.
         """
         ...

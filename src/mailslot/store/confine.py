@@ -94,16 +94,31 @@ def _makedirs(path: str) -> None:
         os.mkdir(path, 0o700)
 
 
-def open_directory(parent: int, name: str, shown: str, *, create: bool = False) -> int:
+def open_directory(
+    parent: int,
+    name: str,
+    shown: str,
+    *,
+    create: bool = False,
+    owner: tuple[int, int] | None = None,
+) -> int:
     """Open the directory ``name`` in ``parent`` without following a symlink.
 
-    ``shown`` names it in the error; with ``create`` a missing one is made (mode 0700).
+    ``shown`` names it in the error; with ``create`` a missing one is made (mode 0700),
+    given to ``owner`` (uid, gid) if one is given.
     Raises :class:`NotADirectory`, FileNotFoundError (without ``create``) or OSError.
     """
-    return _open(parent, name, shown, DIRECTORY, create)
+    return _open(parent, name, shown, DIRECTORY, create, owner)
 
 
-def _open(parent: int, name: str, shown: str, flags: int, create: bool) -> int:
+def _open(
+    parent: int,
+    name: str,
+    shown: str,
+    flags: int,
+    create: bool,
+    owner: tuple[int, int] | None = None,
+) -> int:
     try:
         return os.open(name, flags, dir_fd=parent)
     except FileNotFoundError:
@@ -113,14 +128,23 @@ def _open(parent: int, name: str, shown: str, flags: int, create: bool) -> int:
         if exc.errno in (errno.ENOTDIR, errno.ELOOP):
             raise NotADirectory(shown) from None
         raise
-    with contextlib.suppress(FileExistsError):
+    try:
         os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        pass
+    else:
+        if owner is not None:
+            os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
     return _open(parent, name, shown, flags, False)
 
 
-def open_maildir(location: Location, *, create: bool = False) -> int:
+def open_maildir(
+    location: Location, *, create: bool = False, owner: tuple[int, int] | None = None
+) -> int:
     """A descriptor of the Maildir directory at ``location``, walked without symlinks.
 
+    ``owner``: (uid, gid) given to each directory below the template's fixed part that is
+    created here (the fixed part's own directories stay the server's).
     Raises :class:`NotADirectory`, FileNotFoundError (without ``create``) or OSError.
     """
     if create:
@@ -134,7 +158,7 @@ def open_maildir(location: Location, *, create: bool = False) -> int:
         for i, name in enumerate(location.components):
             shown += "/" + name
             flags = DIRECTORY if i == last else _THROUGH
-            next_fd = _open(fd, name, shown, flags, create)
+            next_fd = _open(fd, name, shown, flags, create, owner)
             os.close(fd)
             fd = next_fd
         return fd

@@ -46,6 +46,7 @@ from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    Owner,
     PartialDeletion,
     PermanentFailure,
     StoreError,
@@ -88,12 +89,14 @@ def store_error(exc: OSError) -> StoreError:
     return TemporaryFailure(f"maildir: {name}")
 
 
-def _lock(maildir: int, wait: bool = False) -> int:
+def _lock(maildir: int, wait: bool = False, owner: Owner | None = None) -> int:
     """Take the Maildir's lock; ``wait``: until it is free (blocking), else MaildropLocked."""
     fd = os.open(
         LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=maildir
     )
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
@@ -104,10 +107,10 @@ def _lock(maildir: int, wait: bool = False) -> int:
     return fd
 
 
-def _lock_or_close(maildir: int, shown: str, wait: bool = False) -> int:
+def _lock_or_close(maildir: int, shown: str, wait: bool = False, owner: Owner | None = None) -> int:
     """Take the lock of the Maildir ``maildir``; close ``maildir`` if that fails."""
     try:
-        return _lock(maildir, wait)
+        return _lock(maildir, wait, owner)
     except OSError as exc:
         os.close(maildir)
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink planted in its place
@@ -120,20 +123,24 @@ def _lock_or_close(maildir: int, shown: str, wait: bool = False) -> int:
         raise
 
 
-def _subdirectories(maildir: int, shown: str, create: bool) -> tuple[int, int]:
+def _subdirectories(
+    maildir: int, shown: str, create: bool, owner: Owner | None = None
+) -> tuple[int, int]:
     """Open new/ and cur/ and check tmp/: each must be a real directory, not a symlink.
 
     Returns the descriptors of new/ and cur/.  Raises
     :class:`~mailslot.store.confine.NotADirectory` naming the one that is not, or
     FileNotFoundError if one is missing and not ``create``.
     """
-    new = confine.open_directory(maildir, "new", shown + "/new", create=create)
+    new = confine.open_directory(maildir, "new", shown + "/new", create=create, owner=owner)
     try:
-        cur = confine.open_directory(maildir, "cur", shown + "/cur", create=create)
+        cur = confine.open_directory(maildir, "cur", shown + "/cur", create=create, owner=owner)
         try:
             if create:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir("tmp", 0o700, dir_fd=maildir)
+                    if owner is not None:
+                        os.chown("tmp", *owner, dir_fd=maildir, follow_symlinks=False)
             confine.check_directory(maildir, "tmp", os.path.join(shown, "tmp"))
         except BaseException:
             os.close(cur)
@@ -1062,16 +1069,24 @@ class MaildirStore:
         except OSError as exc:
             raise store_error(exc) from None
 
-    def _open(self, location: confine.Location, held: tuple[int, int] | None) -> MaildirMaildrop:
+    def _open(
+        self,
+        location: confine.Location,
+        held: tuple[int, int] | None,
+        owner: Owner | None = None,
+    ) -> MaildirMaildrop:
         if held is None:
             try:
-                maildir_fd = confine.open_maildir(location, create=True)
+                maildir_fd = confine.open_maildir(location, create=True, owner=owner)
             except OSError as exc:
                 raise store_error(exc) from None
-            held = maildir_fd, _lock_or_close(maildir_fd, location.path, wait=self._shared)
+            held = (
+                maildir_fd,
+                _lock_or_close(maildir_fd, location.path, wait=self._shared, owner=owner),
+            )
         maildir_fd, lock_fd = held
         try:
-            new, cur = _subdirectories(maildir_fd, location.path, create=True)
+            new, cur = _subdirectories(maildir_fd, location.path, create=True, owner=owner)
             try:
                 expunge.recover(maildir_fd, self._fsync)
                 messages, locations = take_snapshot(
@@ -1174,8 +1189,11 @@ class MaildirStore:
             raise
         return self._maildrop(location, maildir_fd, lock_fd, messages, locations)
 
-    async def open(self, user: str, home: str | None = None) -> MaildirMaildrop:
+    async def open(
+        self, user: str, home: str | None = None, *, owner: Owner | None = None
+    ) -> MaildirMaildrop:
         location = self.location_for(user, home)
+        owner = _as_root(owner)
         held: tuple[int, int] | None = None
         try:
             maildir_fd = confine.open_maildir(location)
@@ -1185,7 +1203,7 @@ class MaildirStore:
             raise store_error(exc) from None
         else:
             try:
-                lock_fd = _lock_or_close(maildir_fd, location.path)
+                lock_fd = _lock_or_close(maildir_fd, location.path, owner=owner)
             except MaildropLocked:
                 if not self._shared:
                     raise
@@ -1202,16 +1220,16 @@ class MaildirStore:
                 os.close(held[0])
 
         return await _in_thread(
-            lambda: self._open(location, held), MaildirMaildrop.close_now, release
+            lambda: self._open(location, held, owner), MaildirMaildrop.close_now, release
         )
 
-    def _deliver(self, user: str, data: bytes, home: str | None) -> str:
+    def _deliver(self, user: str, data: bytes, home: str | None, owner: Owner | None) -> str:
         location = self.location_for(user, home)
         name = self._names.make(len(data), wire_size(data))
         try:
-            maildir_fd = confine.open_maildir(location, create=True)
+            maildir_fd = confine.open_maildir(location, create=True, owner=owner)
             try:
-                new, cur = _subdirectories(maildir_fd, location.path, create=True)
+                new, cur = _subdirectories(maildir_fd, location.path, create=True, owner=owner)
                 os.close(cur)
                 try:
                     shown = os.path.join(location.path, "tmp")
@@ -1224,20 +1242,26 @@ class MaildirStore:
         except OSError as exc:
             raise store_error(exc) from None
         try:
-            self._write_message(tmp, new, name, data)
+            self._write_message(tmp, new, name, data, owner)
         finally:
             os.close(tmp)
             os.close(new)
         return name
 
-    def _write_message(self, tmp: int, new: int, name: str, data: bytes) -> None:
-        """Write into tmp/, fsync, rename into new/, fsync new/ (the Maildir protocol)."""
+    def _write_message(
+        self, tmp: int, new: int, name: str, data: bytes, owner: Owner | None = None
+    ) -> None:
+        """Write into tmp/, fsync, rename into new/, fsync new/ (the Maildir protocol).
+
+        ``owner``: the message's (uid, gid), set before anything is written into it."""
         try:
             fd = os.open(name, _CREATE_MESSAGE, 0o600, dir_fd=tmp)
         except OSError as exc:
             raise store_error(exc) from None
         try:
             try:
+                if owner is not None:
+                    os.fchown(fd, *owner)
                 fsutil.write_all(fd, data)
                 self._fsync(fd)
             finally:
@@ -1255,8 +1279,15 @@ class MaildirStore:
                 os.unlink(name, dir_fd=new)
             raise store_error(exc) from None
 
-    async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
-        return await asyncio.to_thread(self._deliver, user, data, home)
+    async def deliver(
+        self, user: str, data: bytes, home: str | None = None, *, owner: Owner | None = None
+    ) -> str:
+        return await asyncio.to_thread(self._deliver, user, data, home, _as_root(owner))
+
+
+def _as_root(owner: Owner | None) -> Owner | None:
+    """The owner to give new files: only a process running as root can give them away."""
+    return owner if owner is not None and os.geteuid() == 0 else None
 
 
 def _close(*fds: int) -> None:

@@ -20,6 +20,7 @@ from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    Owner,
     PartialDeletion,
     StoreError,
     TemporaryFailure,
@@ -121,7 +122,9 @@ class MemoryStore:
     def is_locked(self, user: str) -> bool:
         return user in self._locked
 
-    async def open(self, user: str, home: str | None = None) -> MemoryMaildrop:
+    async def open(
+        self, user: str, home: str | None = None, *, owner: Owner | None = None
+    ) -> MemoryMaildrop:
         self._take_fault("open")
         if user in self._locked:
             raise MaildropLocked("maildrop is in use")
@@ -133,6 +136,8 @@ class MemoryStore:
         ]
         return MemoryMaildrop(self, user, messages)
 
-    async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
+    async def deliver(
+        self, user: str, data: bytes, home: str | None = None, *, owner: Owner | None = None
+    ) -> str:
         self._take_fault("deliver")
         return self.put(user, bytes(data))

@@ -57,4 +57,7 @@ def save(maildir: int, entries: CacheEntries, name: str = NAME) -> None:
         for base, (physical, wire) in sorted(entries.items())
     )
     data = HEADER + body + _TRAILER + hashlib.sha256(body).hexdigest().encode() + b"\n"
-    fsutil.replace_file(maildir, name, data)
+    # As root, the cache is the Maildir owner's, as every file in it (Dovecot's files too).
+    st = os.fstat(maildir)
+    owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+    fsutil.replace_file(maildir, name, data, owner=owner)

@@ -27,6 +27,7 @@ from mailslot.store.base import (
     MaildropLocked,
     MessageGone,
     MessageInfo,
+    Owner,
     StoreError,
     TemporaryFailure,
 )
@@ -166,7 +167,9 @@ class PostgresStore:
             account = await connection.fetchval(queries.CREATE_ACCOUNT, user)
         return int(account)
 
-    async def open(self, user: str, home: str | None = None) -> PostgresMaildrop:
+    async def open(
+        self, user: str, home: str | None = None, *, owner: Owner | None = None
+    ) -> PostgresMaildrop:
         async with self.connection() as connection:
             account = await self._account(connection, user)
             token = await connection.fetchval(
@@ -185,7 +188,9 @@ class PostgresStore:
         lease.start()
         return PostgresMaildrop(self, lease, messages)
 
-    async def deliver(self, user: str, data: bytes, home: str | None = None) -> str:
+    async def deliver(
+        self, user: str, data: bytes, home: str | None = None, *, owner: Owner | None = None
+    ) -> str:
         data = bytes(data)
         async with self.connection() as connection, connection.transaction():
             account = await self._account(connection, user)
