@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from passlib.hash import sha512_crypt
+from passlib.hash import md5_crypt, sha512_crypt
 from tests.support.mariadb import MariadbServer
 
 from mailslot.auth import schemes
@@ -79,6 +79,20 @@ def test_default_pass_scheme_reads_hashes_without_a_prefix(
         run(users.authenticate("fred", "salted"))
     users = sql_authenticator(request, driver, table, default_pass_scheme="SSHA256")
     assert run(users.authenticate("fred", "salted")).name == "fred"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_md5_crypt_only_with_legacy_schemes(request: pytest.FixtureRequest, driver: str) -> None:
+    """Dovecot's SQL default scheme, MD5-CRYPT, is verified only when [auth] legacy_schemes
+    lists it (backends.build passes the setting as ``legacy``)."""
+    table = [("olga", "", md5_crypt.hash("old-secret"), None)]
+    users = sql_authenticator(request, driver, table)
+    with pytest.raises(AuthenticationFailed):
+        run(users.authenticate("olga", "old-secret"))
+    users = sql_authenticator(request, driver, table, legacy=("MD5-CRYPT",))
+    assert run(users.authenticate("olga", "old-secret")).name == "olga"
+    with pytest.raises(AuthenticationFailed):
+        run(users.authenticate("olga", "wrong"))
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
