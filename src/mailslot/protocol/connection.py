@@ -97,6 +97,7 @@ class Connection:
         "_encoder",
         "_lines",
         "_messages",
+        "_on_command",
         "_out",
         "_retrieving_size",
         "_retrieving_top",
@@ -106,15 +107,23 @@ class Connection:
         "_tls",
         "_user",
         "_waiting",
+        "octets_in",
+        "octets_out",
         "username",
         "utf8",
     )
 
-    def __init__(self, config: CoreConfig) -> None:
+    def __init__(self, config: CoreConfig, on_command: Callable[[str], None] | None = None) -> None:
+        """``on_command``: told each command line's verb as it is read (a known verb in
+        upper case, any other as ``"unknown"``: never the client's own string)."""
         self._config = config
+        self._on_command = on_command
         self._lines = LineBuffer()
         # None while nothing is queued: an idle session holds no buffer.
         self._out: bytearray | None = bytearray(r.ok(config.greeting))
+        # Octets received and queued for sending so far (a logout summary's counts).
+        self.octets_in = 0
+        self.octets_out = len(self._out)
         self._state = State.AUTHORIZATION
         self._waiting = _WAIT_NONE
         self._tls = config.tls_active
@@ -162,6 +171,7 @@ class Connection:
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes read from the client; ``b""`` means the client closed its side."""
+        self.octets_in += len(data)
         self._lines.feed(data)
 
     def data_to_send(self) -> bytes:
@@ -171,6 +181,7 @@ class Connection:
 
     def _reply(self, data: bytes) -> None:
         """Queue ``data`` for the client."""
+        self.octets_out += len(data)
         if self._out is None:
             self._out = bytearray(data)
         else:
@@ -331,7 +342,10 @@ class Connection:
 
     def _command(self, line: bytes) -> Event | None:
         verb, rest = cmd.split_verb(line)
-        if verb not in KNOWN_VERBS:
+        known = verb in KNOWN_VERBS
+        if self._on_command is not None:
+            self._on_command(verb if known else "unknown")
+        if not known:
             return self._bad(r.UNKNOWN_COMMAND, "unknown command")
         if not allowed(self._state, verb):
             return self._bad(r.BAD_STATE, f"{verb} not valid in {self._state.value}")
