@@ -519,3 +519,17 @@ def test_proxy_trusted_networks_are_networks_and_need_proxy_protocol(conf_dir: P
     assert "is not a network" in bad.message
     unused = only(conf_dir, base + 'proxy_trusted_networks = ["10.0.0.0/8"]\n')
     assert "only means something with proxy_protocol" in unused.message
+
+
+def test_log_format_and_logout_format(conf_dir: Path) -> None:
+    config = parse(conf_dir, BASE + '[log]\nformat = "json"\nlogout_format = "%{retr_count}/%b"\n')
+    assert (config.log.format, config.log.logout_format) == ("json", "%{retr_count}/%b")
+    assert parse(conf_dir, BASE).log.logout_format == "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s"
+    problem = only(conf_dir, BASE + '[log]\nformat = "logfmt"\n')
+    assert problem.key == "log.format"
+    assert '"text" or "json"' in problem.message
+    problem = only(conf_dir, BASE + '[log]\nlogout_format = "retr=%r %x"\n')
+    assert problem.key == "log.logout_format"
+    assert "%x" in problem.message
+    problem = only(conf_dir, BASE + '[log]\nlogout_format = "%{retr}"\n')
+    assert problem.key == "log.logout_format"
