@@ -86,11 +86,12 @@ def test_a_line_without_a_session_has_the_process_fields(monkeypatch: pytest.Mon
     [
         ("login failed: user=%s mechanism=%s", "login_failed"),
         ("login: user=%s mechanism=%s messages=%d", "login"),
-        ("peer=%s PROXY header refused, closing: %s", "proxy_header_refused_closing"),
+        ("peer=%s PROXY header refused, closing: %s", "proxy_header_refused"),
+        ("login refused, too many sessions: user=%s", "login_refused"),
         ("deleted %d messages", "deleted_messages"),
         ("worker %d retired", "worker_retired"),
         ("%s: %s", "message"),
-        ("no arguments, 100%", "no_arguments_100"),
+        ("no arguments, 100%", "no_arguments"),
     ],
 )
 def test_event_names_come_from_the_message(msg: str, name: str) -> None:

@@ -2,7 +2,7 @@
 
 A message is a %-format as :mod:`logging` takes it; a conversion right after ``key=``
 (``"login failed: user=%s mechanism=%s"``) is the field ``key``, and the words before the
-first ``": "`` that are not fields name the event (``login_failed``).  So every existing
+first ``": "`` or ``", "`` that are not fields name the event (``login_failed``).  So every existing
 call gives sensible fields without naming them twice, and both formats carry the same ones:
 
 - ``text``: the message as before, each field's value with its control characters escaped
@@ -57,8 +57,10 @@ _TEMPLATES: dict[str, Template] = {}
 
 
 def event_name(msg: str) -> str:
-    """``"login failed: user=%s"`` -> ``login_failed``; ``"%s: %s"`` -> ``message``."""
-    head = msg.split(": ", 1)[0]
+    """``"login failed: user=%s"`` -> ``login_failed``; ``"%s: %s"`` -> ``message``.  The
+    words before the first ``": "`` or ``", "``: ``"login refused, too many sessions"`` is
+    ``login_refused``."""
+    head = re.split(r": |, ", msg, maxsplit=1)[0]
     words = _WORD.findall(_NOT_WORDS.sub(" ", head).lower())
     return "_".join(words[:5]) or "message"
 
