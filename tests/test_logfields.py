@@ -21,6 +21,7 @@ TEXT_HEAD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+)
 @pytest.fixture(autouse=True)
 def no_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(log, "_PROCESS_FIELDS", {})
+    monkeypatch.setattr(log, "_process_rendered", ())
     yield
 
 
@@ -35,7 +36,9 @@ def text_fields(line: str) -> dict[str, str]:
 
 def context() -> LogContext:
     ctx = log.session_prefix("5a1", "[fe80::1%eth0]:41000")
-    ctx.fields.update(listener="starttls", tls="TLSv1.3/TLS_AES_256_GCM_SHA384", user="alice")
+    ctx.set("listener", "starttls")
+    ctx.set("tls", "TLSv1.3/TLS_AES_256_GCM_SHA384")
+    ctx.set("user", "alice")
     return ctx
 
 

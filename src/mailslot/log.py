@@ -44,22 +44,31 @@ class LogContext:
     control characters once more in any case.
     """
 
-    __slots__ = ("fields", "peer", "prefix", "session")
+    __slots__ = ("fields", "peer", "prefix", "rendered", "session")
 
     def __init__(self, session: str, peer: str) -> None:
         self.session = session
         self.peer = peer
         self.prefix = f"session={session} peer={peer} "
-        self.fields: dict[str, object] = {}
+        self.fields: dict[str, object] = {}  # set() them: ``rendered`` follows
+        self.rendered: tuple[tuple[str, str], ...] = ()  # (key, " key=value") for text
+
+    def set(self, key: str, value: object) -> None:
+        """Give every further line of the session the field ``key``."""
+        self.fields[key] = value
+        self.rendered = logfields.rendered(self.fields)
 
 
 # Fields of every line this process writes (``worker``), set once a worker starts.
 _PROCESS_FIELDS: dict[str, object] = {}
+_process_rendered: tuple[tuple[str, str], ...] = ()
 
 
 def set_worker(index: int) -> None:
     """Name the worker process in every line it writes from now on (``worker=<index>``)."""
+    global _process_rendered
     _PROCESS_FIELDS["worker"] = index
+    _process_rendered = logfields.rendered(_PROCESS_FIELDS)
 
 
 class SessionLogger:
@@ -222,20 +231,24 @@ class Formatter(logging.Formatter):
         went to the two records of its log lines).  TypeError/ValueError when ``args`` do
         not fit ``msg``."""
         template = logfields.parse(msg, bool(args))
-        message, fields = logfields.render(template, args)
         if self.json:
+            message, fields = logfields.render(template, args)
             return self._json(
                 created, level, name, template.event, message, fields, context, exception
             )
+        message = logfields.render_text(template, args)
         stamp = self._seconds(created)
         msecs = int((created - int(created)) * 1000)  # as LogRecord computes it
         head = f"{stamp},{msecs:03d} {logging.getLevelName(level)} {name}: "
+        keys = template.keyset
         if context is not None:
             head += context.prefix
-            if context.fields:
-                message += logfields.text_suffix(context.fields, template.keys)
-        if _PROCESS_FIELDS:
-            message += logfields.text_suffix(_PROCESS_FIELDS, template.keys)
+            for key, text in context.rendered:
+                if key not in keys:
+                    message += text
+        for key, text in _process_rendered:
+            if key not in keys:
+                message += text
         if exception:
             message += "\n" + exception
         return head + message

@@ -38,7 +38,7 @@ class Template:
     """A message format cut at its conversions: literal text, and per argument its
     conversion and the field it fills (None for a conversion without ``key=``)."""
 
-    __slots__ = ("conversions", "event", "keys", "literals")
+    __slots__ = ("conversions", "event", "format", "keys", "keyset", "literals", "quoted")
 
     def __init__(
         self,
@@ -46,11 +46,18 @@ class Template:
         literals: tuple[str, ...],
         conversions: tuple[str, ...],
         keys: tuple[str | None, ...],
+        format: str,
     ) -> None:
         self.event = event
         self.literals = literals
         self.conversions = conversions
         self.keys = keys
+        self.keyset = frozenset(k for k in keys if k is not None)
+        self.format = format  # the message, for the % operator (text)
+        # Arguments whose value the text format may have to quote: fields converted by %s.
+        self.quoted = tuple(
+            i for i, (k, c) in enumerate(zip(keys, conversions, strict=True)) if k and c == "%s"
+        )
 
 
 _TEMPLATES: dict[str, Template] = {}
@@ -92,7 +99,9 @@ def parse(msg: str, formatted: bool) -> Template:
         literals.append(literal + msg[position:])
     else:
         literals.append(msg)
-    template = Template(event_name(msg), tuple(literals), tuple(conversions), tuple(keys))
+    template = Template(
+        event_name(msg), tuple(literals), tuple(conversions), tuple(keys), msg if formatted else ""
+    )
     if len(_TEMPLATES) < _CACHE_AT_MOST:
         _TEMPLATES[key] = template
     return template
@@ -150,13 +159,28 @@ def render(template: Template, args: tuple[object, ...]) -> tuple[str, list[tupl
     return "".join(parts), fields
 
 
-def text_suffix(extra: Mapping[str, object], taken: tuple[str | None, ...]) -> str:
-    """`` key=value`` for each field of ``extra`` the message does not hold already."""
-    out = ""
-    for key, value in extra.items():
-        if key not in taken:
-            out += f" {key}={text_value(unprintable_escaped(str(value)))}"
-    return out
+def render_text(template: Template, args: tuple[object, ...]) -> str:
+    """The text message alone (what :func:`render` gives first, for less): the % operator
+    does the work, after the values that need it are quoted."""
+    if not args:
+        return unprintable_escaped(template.literals[0])
+    if template.quoted:
+        values = list(args)
+        for i in template.quoted:
+            value = values[i]
+            text = value if type(value) is str else str(value)
+            if not text or " " in text or '"' in text or not text.isprintable():
+                values[i] = text_value(unprintable_escaped(text))
+        args = tuple(values)
+    return unprintable_escaped(template.format % args)
+
+
+def rendered(fields: Mapping[str, object]) -> tuple[tuple[str, str], ...]:
+    """(key, `` key=value``) for each of ``fields``, as the text format appends them."""
+    return tuple(
+        (key, f" {key}={text_value(unprintable_escaped(str(value)))}")
+        for key, value in fields.items()
+    )
 
 
 def json_line(head: dict[str, object], fields: list[tuple[str, object]]) -> str:

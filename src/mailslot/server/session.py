@@ -377,11 +377,11 @@ class Session(asyncio.Protocol):
                 return
             self._address = address
         logctx = self._logctx = session_prefix(next(context.ids), format_address(peer))
-        logctx.fields["listener"] = context.label
+        logctx.set("listener", context.label)
         if header is not None:
-            logctx.fields["proxy"] = format_address(transport.get_extra_info("peername"))
-            logctx.fields["header"] = f"v{header.version}/{header.command}"
-        logctx.fields["tls"] = tls_description(transport)
+            logctx.set("proxy", format_address(transport.get_extra_info("peername")))
+            logctx.set("header", f"v{header.version}/{header.command}")
+        logctx.set("tls", tls_description(transport))
         self._phase = _SERVING
         early, self._early = self._early, None
         if early:
@@ -651,7 +651,7 @@ class Session(asyncio.Protocol):
             len(messages),
         )
         if self._logctx is not None:
-            self._logctx.fields["user"] = escape(user.name)
+            self._logctx.set("user", escape(user.name))
         conn.login_succeeded(messages)
 
     async def _hold(self, seconds: float) -> None:
@@ -690,7 +690,7 @@ class Session(asyncio.Protocol):
         self._transport = transport
         self._phase = _SERVING
         if self._logctx is not None:
-            self._logctx.fields["tls"] = tls_description(transport)
+            self._logctx.set("tls", tls_description(transport))
         self._conn.tls_started()
         early, self._early = self._early, None
         if early:
