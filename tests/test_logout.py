@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mailslot.logout import DEFAULT_FORMAT, LogoutCounts, check, end_kind, expand
+from mailslot.logout import (
+    DEFAULT_FORMAT,
+    LogoutCounts,
+    check,
+    end_kind,
+    expand,
+    uidl_change,
+    wants_uidl_change,
+)
 
 
 def counts() -> LogoutCounts:
@@ -59,3 +67,22 @@ def test_unknown_variables_are_named(template: str, named: str) -> None:
 )
 def test_end_kinds(reason: str, kind: str) -> None:
     assert end_kind(reason) == kind
+
+
+def test_uidl_change_as_dovecot_computes_it() -> None:
+    import zlib
+
+    uids = ["a", "b", "c", "d"]
+    h = [zlib.crc32(u.encode()) for u in uids]
+    assert uidl_change(uids, listed=False, marks=set(), lowest_retr=0) == ""
+    # Nothing retrieved or deleted: the client had them all and keeps them all.
+    assert uidl_change(uids, True, set(), 0) == f"4/{h[0] ^ h[1] ^ h[2] ^ h[3]:08x}"
+    # RETR 3 first (1 and 2 were there before), 3 and 4 deleted.
+    assert uidl_change(uids, True, {3, 4}, 3) == f"2/{h[0] ^ h[1]:08x}"
+    assert uidl_change(uids, True, {1, 4}, 3) == (f"2/{h[0] ^ h[1]:08x} -> 2/{h[1] ^ h[2]:08x}")
+
+
+def test_uidl_change_is_computed_only_when_asked_for() -> None:
+    assert wants_uidl_change("x=%u") and wants_uidl_change("%{uidl_change}")
+    assert not wants_uidl_change(DEFAULT_FORMAT)
+    assert not wants_uidl_change("100%%u")

@@ -15,7 +15,11 @@ session (tests/integration/test_logout_summary.py compares them):
 %s    ``message_bytes``  their size at login, as LIST gives it
 %i    ``input``          octets received after the login command
 %o    ``output``         octets sent from the login's ``+OK`` on
-%u    ``uidl_change``    not kept: always empty (as Dovecot's when no UIDL was given)
+%u    ``uidl_change``    ``count/hash`` of the messages the client probably had
+                         before (all, or those below the first RETR), then
+                         `` -> count/hash`` of those it keeps when they differ; the
+                         hash is the XOR of the CRC-32 of their UIDLs.  Empty unless
+                         the client asked UIDL (Dovecot's too)
 ====  =================  =========================================================
 
 ``%%`` is a percent sign; ``%{name}`` is the long form.  Dovecot's modifiers (``%L``,
@@ -25,8 +29,18 @@ session (tests/integration/test_logout_summary.py compares them):
 from __future__ import annotations
 
 import re
+import zlib
+from collections.abc import Sequence, Set
 
-__all__ = ["DEFAULT_FORMAT", "LogoutCounts", "check", "expand"]
+__all__ = [
+    "DEFAULT_FORMAT",
+    "LogoutCounts",
+    "check",
+    "end_kind",
+    "expand",
+    "uidl_change",
+    "wants_uidl_change",
+]
 
 DEFAULT_FORMAT = "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s"
 
@@ -63,6 +77,7 @@ class LogoutCounts:
         "stored_octets",
         "top_bytes",
         "top_count",
+        "uidl_change",
     )
 
     def __init__(self, message_count: int, message_bytes: int, in_at: int, out_at: int) -> None:
@@ -75,6 +90,7 @@ class LogoutCounts:
         self.deleted_count = self.deleted_bytes = 0
         self.stored_octets = 0  # stored sizes of the messages sent (RETR and TOP)
         self.input = self.output = 0
+        self.uidl_change = ""
 
     def sent(self, top: bool, octets: int, stored: int) -> None:
         """A RETR or TOP sent ``octets`` (see the table above) of a message of ``stored``."""
@@ -92,9 +108,38 @@ class LogoutCounts:
         self.output = octets_out - self.out_at_login
 
     def value(self, name: str) -> str:
-        if name == "uidl_change":
-            return ""
         return str(getattr(self, name))
+
+
+def wants_uidl_change(template: str) -> bool:
+    """Whether ``template`` uses %u (the hashes cost a CRC-32 per message: only then)."""
+    return any(
+        match.group(1) == "uidl_change" or match.group(2) == "u"
+        for match in _VARIABLE.finditer(template)
+    )
+
+
+def uidl_change(uids: Sequence[str], listed: bool, marks: Set[int], lowest_retr: int) -> str:
+    """Dovecot's ``uidl_change`` (pop3-client.c, client_build_uidl_change_string).
+
+    ``listed``: whether the client asked UIDL (Dovecot then reads every message's UIDL,
+    marked or not); ``marks``: the delete marks at the end; ``lowest_retr``: the lowest
+    message RETR asked for (0: none).  Message numbers count from 1.
+    """
+    if not listed:
+        return ""
+    hashes = [zlib.crc32(uid.encode("utf-8")) for uid in uids]
+    old_count = lowest_retr - 1 if lowest_retr > 0 else len(uids)
+    old_hash = new_hash = 0
+    for value in hashes[:old_count]:
+        old_hash ^= value
+    for n, value in enumerate(hashes, 1):
+        if n not in marks:
+            new_hash ^= value
+    new_count = len(uids) - len(marks)
+    if old_hash == new_hash and old_count == new_count:
+        return f"{old_count}/{old_hash:08x}"
+    return f"{old_count}/{old_hash:08x} -> {new_count}/{new_hash:08x}"
 
 
 def check(template: str) -> str | None:

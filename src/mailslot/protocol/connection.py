@@ -96,6 +96,7 @@ class Connection:
         "_deleted_size",
         "_encoder",
         "_lines",
+        "_lowest_retr",
         "_messages",
         "_on_command",
         "_out",
@@ -105,6 +106,7 @@ class Connection:
         "_started",
         "_state",
         "_tls",
+        "_uidl_listed",
         "_user",
         "_waiting",
         "octets_in",
@@ -139,6 +141,10 @@ class Connection:
         self._retrieving_size = 0
         self._retrieving_top = False
         self._started = False
+        # For a logout summary's %u (Dovecot's uidl_change): whether UIDL was asked, and the
+        # lowest message RETR asked for.
+        self._uidl_listed = False
+        self._lowest_retr = 0
         self.username: str | None = None
         self.utf8 = False
 
@@ -161,6 +167,26 @@ class Connection:
     def pending_output(self) -> int:
         """Octets queued for the client (the driver flushes at its own thresholds)."""
         return 0 if self._out is None else len(self._out)
+
+    @property
+    def snapshot(self) -> Sequence[SnapshotEntry]:
+        """The maildrop's messages as listed at login (empty before)."""
+        return self._messages
+
+    @property
+    def delete_marks(self) -> frozenset[int]:
+        """The message numbers DELE marked (and RSET did not clear)."""
+        return frozenset(self._deleted)
+
+    @property
+    def uidl_listed(self) -> bool:
+        """Whether UIDL (a listing or one message's) was answered."""
+        return self._uidl_listed
+
+    @property
+    def lowest_retrieved(self) -> int:
+        """The lowest message number RETR asked for (0: none)."""
+        return self._lowest_retr
 
     @property
     def buffered(self) -> int:
@@ -405,10 +431,16 @@ class Connection:
             case cmd.List(number=int() as number):
                 return self._single(number, lambda n, m: f"{n} {m.size}")
             case cmd.Uidl(number=None):
+                self._uidl_listed = True
                 self._listing(lambda m: m.uid, "unique-id listing follows")
             case cmd.Uidl(number=int() as number):
+                self._uidl_listed = True
                 return self._single(number, lambda n, m: f"{n} {m.uid}")
             case cmd.Retr(number=number):
+                if 0 < number <= len(self._messages) and (
+                    not self._lowest_retr or number < self._lowest_retr
+                ):
+                    self._lowest_retr = number
                 return self._retrieve(number, None)
             case cmd.Top(number=number, lines=lines):
                 return self._retrieve(number, lines)

@@ -25,7 +25,14 @@ from typing import Any, cast
 
 from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError
 from mailslot.log import LogContext, SessionLogger, escape, session_prefix
-from mailslot.logout import DEFAULT_FORMAT, LogoutCounts, end_kind, expand
+from mailslot.logout import (
+    DEFAULT_FORMAT,
+    LogoutCounts,
+    end_kind,
+    expand,
+    uidl_change,
+    wants_uidl_change,
+)
 from mailslot.metrics import ListenerMetrics
 from mailslot.protocol import events as ev
 from mailslot.protocol.connection import Connection, CoreConfig
@@ -834,6 +841,13 @@ class Session(asyncio.Protocol):
         conn = self._conn
         counts.ended(conn.octets_in - conn.buffered, conn.octets_out)
         template = self._context.logout_format
+        if template and wants_uidl_change(template):
+            counts.uidl_change = uidl_change(
+                [m.uid for m in conn.snapshot],
+                conn.uidl_listed,
+                conn.delete_marks,
+                conn.lowest_retrieved,
+            )
         self.log.info(
             "disconnect: reason=%s user=%s retrieved=%d octets=%d end=%s"
             " retr=%d retr_octets=%d top=%d top_octets=%d deleted=%d deleted_octets=%d"
