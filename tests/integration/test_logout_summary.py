@@ -245,3 +245,17 @@ def test_same_logout_numbers_as_dovecot(
     assert retr == their_retr + worded(["RETR"])
     assert (size, received) == (their_size, their_received)
     assert sent == their_sent + worded(list(our_status))
+
+
+def test_pipelined_commands_after_the_login_count_as_input(
+    filled: Callable[[str], MailslotServer],
+) -> None:
+    """Commands sent in one packet with PASS are input after login (%i), the login's not."""
+    server = filled("text")
+    after = b"STAT\r\nNOOP\r\nQUIT\r\n"
+    with Pop3Wire(*server.implicit, tls_context=server.tls_files.client_context()) as wire:
+        wire.send(b"USER alice\r\nPASS " + server.password("alice").encode() + b"\r\n" + after)
+        assert wire.read_until_eof().count(b"+OK") == 5
+    fields = text_fields(wait_for_line(server, "user=alice retrieved="))
+    assert fields["bytes_in"] == str(len(after))
+    assert fields["end"] == "quit"
