@@ -41,22 +41,40 @@ class LogContext:
     then fields learnt as it goes (``listener``, ``tls``, ``user``, ``proxy``...).
 
     Values are set already escaped (or from the configuration); the formatter escapes
-    control characters once more in any case.
+    control characters once more in any case.  A slot per field, and no container: tens of
+    thousands of idle sessions each hold one of these.
     """
 
-    __slots__ = ("fields", "peer", "prefix", "rendered", "session")
+    __slots__ = ("header", "listener", "prefix", "proxy", "tls", "user")
+    FIELDS = ("listener", "proxy", "header", "tls", "user")  # in the order lines carry them
 
     def __init__(self, session: str, peer: str) -> None:
-        self.session = session
-        self.peer = peer
         self.prefix = f"session={session} peer={peer} "
-        self.fields: dict[str, object] = {}  # set() them: ``rendered`` follows
-        self.rendered: tuple[tuple[str, str], ...] = ()  # (key, " key=value") for text
+        self.listener: str | None = None
+        self.proxy: str | None = None
+        self.header: str | None = None
+        self.tls: str | None = None
+        self.user: str | None = None
 
-    def set(self, key: str, value: object) -> None:
-        """Give every further line of the session the field ``key``."""
-        self.fields[key] = value
-        self.rendered = logfields.rendered(self.fields)
+    @property
+    def session(self) -> str:
+        return self.prefix[8 : self.prefix.index(" peer=")]
+
+    @property
+    def peer(self) -> str:
+        return self.prefix[self.prefix.index(" peer=") + 6 : -1]
+
+    def set(self, key: str, value: str) -> None:
+        """Give every further line of the session the field ``key`` (one of FIELDS)."""
+        if key not in self.FIELDS:
+            raise KeyError(key)
+        # Interned: a TLS version and cipher, a listener's name, are shared by many sessions.
+        setattr(self, key, sys.intern(logfields.unprintable_escaped(value)))
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The fields set so far, in order."""
+        return {k: v for k in self.FIELDS if (v := getattr(self, k)) is not None}
 
 
 # Fields of every line this process writes (``worker``), set once a worker starts.
@@ -243,9 +261,10 @@ class Formatter(logging.Formatter):
         keys = template.keyset
         if context is not None:
             head += context.prefix
-            for key, text in context.rendered:
-                if key not in keys:
-                    message += text
+            for key in LogContext.FIELDS:
+                value = getattr(context, key)
+                if value is not None and key not in keys:
+                    message += f" {key}={logfields.text_value(value)}"
         for key, text in _process_rendered:
             if key not in keys:
                 message += text
@@ -276,8 +295,7 @@ class Formatter(logging.Formatter):
         if context is not None:
             head["session"] = context.session
             head["peer"] = context.peer
-            for key, value in context.fields.items():
-                head[key] = logfields.unprintable_escaped(value) if type(value) is str else value
+            head.update(context.fields)
         head.update(_PROCESS_FIELDS)
         if exception:
             head["exception"] = exception
