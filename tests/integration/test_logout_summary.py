@@ -4,6 +4,7 @@ both ``[log] format``s, and against a real Dovecot's logout line for the same se
 
 from __future__ import annotations
 
+import base64
 import json
 import poplib
 import re
@@ -122,6 +123,10 @@ def test_json_logout_object_has_the_same_counts(
     filled: Callable[[str], MailslotServer],
 ) -> None:
     server = filled("json")
+    hostile = 'mal\r\n2030-01-01 00:00:00,000 INFO forged", "user": "root\x1b]0;t\x07\u2028end'
+    with Pop3Wire(*server.implicit, tls_context=server.tls_files.client_context()) as wire:
+        payload = base64.b64encode(b"\0" + hostile.encode() + b"\0wrong-guess-4417")
+        assert wire.command(b"AUTH PLAIN " + payload).startswith(b"-ERR [AUTH]")
     did = client_session(server)
     line = wait_for_line(
         server, '"event":"disconnect","message":"disconnect: reason=quit user=alice'
@@ -151,9 +156,16 @@ def test_json_logout_object_has_the_same_counts(
     assert event["worker"] == 0
     assert re.fullmatch(r"[0-9a-f]+", event["session"])
     assert event["peer"].startswith("127.0.0.1:")
-    # Every line the server wrote is one JSON object.
-    for other in server.log().splitlines():
-        assert isinstance(json.loads(other), dict), other
+    # Every line the server wrote is one JSON object; the hostile name is one escaped value.
+    events = [json.loads(other) for other in server.log().splitlines()]
+    assert all(isinstance(e, dict) for e in events)
+    failed = [e for e in events if e["event"] == "login_failed"]
+    assert len(failed) == 1
+    # Escaped, and cut (at 64 characters before escaping) as any failed name is.
+    assert failed[0]["user"].startswith(
+        'mal\\x0d\\x0a2030-01-01 00:00:00,000 INFO forged", "user": "root\\x1b]0;t\\x07'
+    )
+    assert "wrong-guess-4417" not in server.log()
 
 
 def _wire_session(
