@@ -647,7 +647,7 @@ class Session(asyncio.Protocol):
         messages = maildrop.messages
         self._counts = LogoutCounts(
             len(messages),
-            sum(m.size for m in messages),
+            0,  # their size: added up at the end, off the login's path (a large maildrop)
             conn.octets_in - conn.buffered,  # the login's line is Dovecot's last pre-login one
             conn.octets_out,  # and its +OK the first counted
         )
@@ -840,6 +840,7 @@ class Session(asyncio.Protocol):
             return
         conn = self._conn
         counts.ended(conn.octets_in - conn.buffered, conn.octets_out)
+        counts.message_bytes = sum(m.size for m in conn.snapshot)
         template = self._context.logout_format
         if template and wants_uidl_change(template):
             counts.uidl_change = uidl_change(
