@@ -538,3 +538,17 @@ def test_lock_session_false_needs_more_sessions_and_maildir(conf_dir: Path) -> N
     database = text + 'backend = "postgresql"\ndsn = "postgresql://x/y"\n'
     database += "[limits]\nmax_sessions_per_user = 3\n"
     assert [p.key for p in problems(conf_dir, database)] == ["store.lock_session"]
+
+
+def test_log_format_and_logout_format(conf_dir: Path) -> None:
+    config = parse(conf_dir, BASE + '[log]\nformat = "json"\nlogout_format = "%{retr_count}/%b"\n')
+    assert (config.log.format, config.log.logout_format) == ("json", "%{retr_count}/%b")
+    assert parse(conf_dir, BASE).log.logout_format == "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s"
+    problem = only(conf_dir, BASE + '[log]\nformat = "logfmt"\n')
+    assert problem.key == "log.format"
+    assert '"text" or "json"' in problem.message
+    problem = only(conf_dir, BASE + '[log]\nlogout_format = "retr=%r %x"\n')
+    assert problem.key == "log.logout_format"
+    assert "%x" in problem.message
+    problem = only(conf_dir, BASE + '[log]\nlogout_format = "%{retr}"\n')
+    assert problem.key == "log.logout_format"

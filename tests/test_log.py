@@ -230,7 +230,7 @@ def test_a_session_line_without_a_record_is_the_line_a_record_makes(
 def test_the_direct_path_steps_aside_for_anything_else_that_would_see_the_record() -> None:
     parent = logging.getLogger("mailslot.test.aside")
     logger = logging.getLogger("mailslot.test.aside.session")
-    log = SessionLogger(logger, "session=1 peer=p ")
+    log = SessionLogger(logger, session_prefix("1", "p"))
     seen: list[str] = []
 
     class Seeing(logging.Handler):
@@ -269,7 +269,7 @@ def test_the_direct_path_steps_aside_for_anything_else_that_would_see_the_record
 def test_a_bad_format_is_reported_by_logging_not_raised(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    log = SessionLogger(logging.getLogger("mailslot.test.bad"), "session=1 peer=p ")
+    log = SessionLogger(logging.getLogger("mailslot.test.bad"), session_prefix("1", "p"))
     with only(ours()):
         log.info("n=%d", "not a number")  # must not raise into the session
     assert "Logging error" in capsys.readouterr().err

@@ -165,7 +165,7 @@ def _check_certificates(
 
         from mailslot import log
 
-        log.setup(config.log.level)  # the server's own; runner.run() keeps it
+        log.setup(config.log.level, config.log.format)  # the server's own; runner.run() keeps it
         for problem in problems["warning"]:
             logging.getLogger("mailslot").warning("%s", problem.format(config.source))
         return

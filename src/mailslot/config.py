@@ -183,9 +183,8 @@ class LogConfig:
     """``[log]``."""
 
     level: str = "info"
-    # issue 16, agreed names: Dovecot's pop3_logout_format; text or JSON lines.
-    format: Literal["text", "json"] = "text"
-    logout_format: str = "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s"
+    format: str = "text"  # or "json": mailslot.log (checked below, with a clearer message)
+    logout_format: str = "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s"  # Dovecot's; mailslot.logout
 
 
 @dataclass(frozen=True, slots=True)
@@ -774,6 +773,13 @@ class _Loader:
             self.problem(
                 "log", "level", f'must be one of {", ".join(_LOG_LEVELS)}, not "{config.log.level}"'
             )
+        if config.log.format not in ("text", "json"):
+            self.problem("log", "format", f'must be "text" or "json", not "{config.log.format}"')
+        from mailslot.logout import check as check_logout_format
+
+        logout_problem = check_logout_format(config.log.logout_format)
+        if logout_problem is not None:
+            self.problem("log", "logout_format", logout_problem)
         if not config.server.hostname:
             self.problem(
                 "server", "hostname", "must not be empty: it names this server in greetings"

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import TextIO
 
+from mailslot import logfields
+
 _ESCAPES = {i: f"\\x{i:02x}" for i in [*range(0x20), 0x7F]} | {0x5C: "\\\\"}
 
 
@@ -29,24 +31,77 @@ def escape(value: object, limit: int = 200) -> str:
     return out
 
 
-def session_prefix(session: str, peer: str) -> str:
-    """What each line of one session begins with: ``session=<id> peer=<address> ``."""
-    return f"session={session} peer={peer} "
+def session_prefix(session: str, peer: str) -> LogContext:
+    """The context of one session's lines: ``session=<id> peer=<address> `` begins each."""
+    return LogContext(session, peer)
+
+
+class LogContext:
+    """What every line of one session carries: its id and peer (the text format's prefix),
+    then fields learnt as it goes (``listener``, ``tls``, ``user``, ``proxy``...).
+
+    Values are set already escaped (or from the configuration); the formatter escapes
+    control characters once more in any case.  A slot per field, and no container: tens of
+    thousands of idle sessions each hold one of these.
+    """
+
+    __slots__ = ("header", "listener", "prefix", "proxy", "tls", "user")
+    FIELDS = ("listener", "proxy", "header", "tls", "user")  # in the order lines carry them
+
+    def __init__(self, session: str, peer: str) -> None:
+        self.prefix = f"session={session} peer={peer} "
+        self.listener: str | None = None
+        self.proxy: str | None = None
+        self.header: str | None = None
+        self.tls: str | None = None
+        self.user: str | None = None
+
+    @property
+    def session(self) -> str:
+        return self.prefix[8 : self.prefix.index(" peer=")]
+
+    @property
+    def peer(self) -> str:
+        return self.prefix[self.prefix.index(" peer=") + 6 : -1]
+
+    def set(self, key: str, value: str) -> None:
+        """Give every further line of the session the field ``key`` (one of FIELDS)."""
+        if key not in self.FIELDS:
+            raise KeyError(key)
+        # Interned: a TLS version and cipher, a listener's name, are shared by many sessions.
+        setattr(self, key, sys.intern(logfields.unprintable_escaped(value)))
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The fields set so far, in order."""
+        return {k: v for k in self.FIELDS if (v := getattr(self, k)) is not None}
+
+
+# Fields of every line this process writes (``worker``), set once a worker starts.
+_PROCESS_FIELDS: dict[str, object] = {}
+_process_rendered: tuple[tuple[str, str], ...] = ()
+
+
+def set_worker(index: int) -> None:
+    """Name the worker process in every line it writes from now on (``worker=<index>``)."""
+    global _process_rendered
+    _PROCESS_FIELDS["worker"] = index
+    _process_rendered = logfields.rendered(_PROCESS_FIELDS)
 
 
 class SessionLogger:
-    """Begins each message with a session's prefix (:func:`session_prefix`).
+    """Begins each message with a session's prefix and gives it the session's fields.
 
     Two slots, where a ``LoggerAdapter`` took an instance dict and an ``extra`` dict, and a
-    call goes straight to the logger instead of through the adapter's ``log`` and
-    ``process``.  Cheap enough to make for each line: a session keeps only its prefix.
+    call goes straight to the handler instead of through the adapter's ``log`` and
+    ``process``.  Cheap enough to make for each line: a session keeps only its context.
     """
 
-    __slots__ = ("_logger", "_prefix")
+    __slots__ = ("_context", "_logger")
 
-    def __init__(self, logger: logging.Logger, prefix: str) -> None:
+    def __init__(self, logger: logging.Logger, context: LogContext) -> None:
         self._logger = logger
-        self._prefix = prefix
+        self._context = context
 
     def info(self, msg: str, *args: object) -> None:
         self._log(logging.INFO, msg, args)
@@ -64,23 +119,25 @@ class SessionLogger:
         logger = self._logger
         if not logger.isEnabledFor(level):
             return
+        context = self._context
         handler = None if exc_info else _direct_handler(logger, level)
         if handler is not None:
             try:
-                text = msg % args if args else msg
-            except (TypeError, ValueError):
+                handler.write_event(level, logger.name, msg, args, context)
+            except (TypeError, ValueError, KeyError):
                 pass  # a bad format: logging's own path below reports it (handleError)
             else:
-                handler.write_line(level, logger.name, self._prefix + text)
                 return
         # The prefix is an argument, never part of the format: an IPv6 peer's zone ("%eth0")
         # is not a conversion.  A message without arguments is not a format either, as
-        # logging has it.  stacklevel=3: the record's caller is the session's code.
+        # logging has it.  stacklevel=3: the record's caller is the session's code.  Our
+        # formatter renders the record from ``log_msg``/``log_args`` and the context.
         if args:
-            fmt, values = "%s" + msg, (self._prefix, *args)
+            fmt, values = "%s" + msg, (context.prefix, *args)
         else:
-            fmt, values = "%s%s", (self._prefix, msg)
-        logger.log(level, fmt, *values, exc_info=exc_info, stacklevel=3)
+            fmt, values = "%s%s", (context.prefix, msg)
+        extra = {"log_context": context, "log_msg": msg, "log_args": args}
+        logger.log(level, fmt, *values, exc_info=exc_info, stacklevel=3, extra=extra)
 
 
 def _direct_handler(logger: logging.Logger, level: int) -> LoopHandler | None:
@@ -117,15 +174,30 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _WRITE_AT_MOST = 4096
 
 
-class Formatter(logging.Formatter):
-    """:data:`FORMAT` with the date and time formatted once per second, not once per line.
+FORMATS = ("text", "json")
+_LEVELS = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
 
-    The output is the standard formatter's (``2026-11-27 15:48:47,285``); ``strftime`` of
-    the local time was a sixth of what a log line cost.
+
+class Formatter(logging.Formatter):
+    """A line per event in ``[log] format`` (``text``: :data:`FORMAT`; ``json``), with the
+    event's fields (:mod:`mailslot.logfields`), its session's and its process's.
+
+    The date and time are formatted once per second, not once per line: ``strftime`` of the
+    local time was a sixth of what a log line cost.  The text format's time is the standard
+    formatter's (``2026-11-27 15:48:47,285``), JSON's is UTC (``2026-11-27T14:48:47.285Z``).
     """
 
-    def __init__(self, fmt: str = FORMAT) -> None:
+    def __init__(self, fmt: str = FORMAT, style: str = "text") -> None:
         super().__init__(fmt)
+        if style not in FORMATS:
+            raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {style!r}")
+        self.json = style == "json"
         self._second = -1
         self._stamp = ""
 
@@ -134,19 +206,113 @@ class Formatter(logging.Formatter):
             return super().formatTime(record, datefmt)
         return f"{self._seconds(record.created)},{int(record.msecs):03d}"  # default_msec_format
 
-    def line(self, created: float, level: int, name: str, message: str) -> str:
-        """What :meth:`format` makes of a record with these fields and no exception: the same
-        text, without building the record (a fifth of a plain login's CPU went to the two
-        records of its log lines)."""
+    def format(self, record: logging.LogRecord) -> str:
+        context = getattr(record, "log_context", None)
+        msg = getattr(record, "log_msg", None)
+        args: object
+        if msg is None:
+            msg, args = record.msg, record.args
+        else:
+            args = getattr(record, "log_args", ())
+        exception = None
+        if record.exc_info:
+            if not record.exc_text:
+                record.exc_text = self.formatException(record.exc_info)
+            exception = record.exc_text
+        if isinstance(msg, str) and isinstance(args, tuple):
+            line = self.line(
+                record.created, record.levelno, record.name, msg, args, context, exception
+            )
+        else:  # a mapping's "%(name)s", a message that is no string: no fields
+            line = self.line(
+                record.created,
+                record.levelno,
+                record.name,
+                record.getMessage(),
+                (),
+                context,
+                exception,
+            )
+        return line
+
+    def line(
+        self,
+        created: float,
+        level: int,
+        name: str,
+        msg: str,
+        args: tuple[object, ...] = (),
+        context: LogContext | None = None,
+        exception: str | None = None,
+    ) -> str:
+        """The line of an event without building a record (a fifth of a plain login's CPU
+        went to the two records of its log lines).  TypeError/ValueError when ``args`` do
+        not fit ``msg``."""
+        template = logfields.parse(msg, bool(args))
+        if self.json:
+            message, fields = logfields.render(template, args)
+            return self._json(
+                created, level, name, template.event, message, fields, context, exception
+            )
+        message = logfields.render_text(template, args)
         stamp = self._seconds(created)
         msecs = int((created - int(created)) * 1000)  # as LogRecord computes it
-        return f"{stamp},{msecs:03d} {logging.getLevelName(level)} {name}: {message}"
+        head = f"{stamp},{msecs:03d} {logging.getLevelName(level)} {name}: "
+        keys = template.keyset
+        if context is not None:
+            head += context.prefix
+            for key in LogContext.FIELDS:
+                value = getattr(context, key)
+                if value is not None and key not in keys:
+                    message += f" {key}={logfields.text_value(value)}"
+        for key, text in _process_rendered:
+            if key not in keys:
+                message += text
+        if exception:
+            message += "\n" + exception
+        return head + message
+
+    def _json(
+        self,
+        created: float,
+        level: int,
+        name: str,
+        event: str,
+        message: str,
+        fields: list[tuple[str, object]],
+        context: LogContext | None,
+        exception: str | None,
+    ) -> str:
+        stamp = self._utc_seconds(created)
+        msecs = int((created - int(created)) * 1000)
+        head: dict[str, object] = {
+            "time": f"{stamp}.{msecs:03d}Z",
+            "level": _LEVELS.get(level) or logging.getLevelName(level).lower(),
+            "logger": name,
+            "event": event,
+            "message": message,
+        }
+        if context is not None:
+            head["session"] = context.session
+            head["peer"] = context.peer
+            head.update(context.fields)
+        head.update(_PROCESS_FIELDS)
+        if exception:
+            head["exception"] = exception
+        return logfields.json_line(head, fields)
 
     def _seconds(self, created: float) -> str:
         """The date and time of ``created`` to the second, formatted once per second."""
         second = int(created)
         if second != self._second:  # called under the handler's lock
             self._stamp = time.strftime(self.default_time_format, self.converter(created))
+            self._second = second
+        return self._stamp
+
+    def _utc_seconds(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
             self._second = second
         return self._stamp
 
@@ -192,13 +358,21 @@ class LoopHandler(logging.StreamHandler[TextIO]):
             return
         self._add(line, record.levelno)
 
-    def write_line(self, level: int, name: str, message: str) -> None:
-        """Log ``message`` of logger ``name`` as :meth:`emit` would log its record (see
+    def write_event(
+        self,
+        level: int,
+        name: str,
+        msg: str,
+        args: tuple[object, ...],
+        context: LogContext | None = None,
+    ) -> None:
+        """Log ``msg % args`` of logger ``name`` as :meth:`emit` would log its record (see
         :func:`_direct_handler` for when that is the same)."""
         formatter = self.formatter
         assert isinstance(formatter, Formatter)
         with self.lock:  # type: ignore[union-attr]
-            self._add(formatter.line(time.time(), level, name, message) + self.terminator, level)
+            line = formatter.line(time.time(), level, name, msg, args, context)
+            self._add(line + self.terminator, level)
 
     def _add(self, line: str, level: int) -> None:
         """Hold ``line`` or write it (under the lock)."""
@@ -244,10 +418,11 @@ class LoopHandler(logging.StreamHandler[TextIO]):
         self.stream.flush()
 
 
-def setup(level: str = "info") -> None:
-    """Log to stderr, one line per record (see :class:`LoopHandler`)."""
+def setup(level: str = "info", style: str = "text") -> None:
+    """Log to stderr, one line per record (see :class:`LoopHandler`), in ``style``
+    (``[log] format``: ``text`` or ``json``)."""
     handler = LoopHandler(sys.stderr)
-    handler.setFormatter(Formatter())
+    handler.setFormatter(Formatter(style=style))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 

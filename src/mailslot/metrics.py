@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, User
 from mailslot.config import MetricsConfig
+from mailslot.protocol.state import KNOWN_VERBS
 from mailslot.store.base import (
     Maildrop,
     MaildropLocked,
@@ -83,6 +84,10 @@ class ListenerMetrics:
 
     def penalty(self, delay: float) -> None:
         """A failed login was answered ``delay`` seconds late."""
+
+    def command(self, verb: str) -> None:
+        """A command line was read: ``verb`` is a known verb in upper case or ``unknown``
+        (the core never passes the client's own string)."""
 
     def retrieved(self, top_lines: int | None, size: int) -> None:
         """RETR (``top_lines`` None) or TOP sent a message of ``size`` stored octets."""
@@ -234,6 +239,12 @@ class _Families:
             ["listener", "result", "mechanism"],
             registry=None,
         )
+        self.commands = pc.Counter(
+            "mailslot_commands_total",
+            "POP3 command lines read, by verb (any verb POP3 does not know as unknown).",
+            ["listener", "command"],
+            registry=None,
+        )
         self.penalty = pc.Histogram(
             "mailslot_login_penalty_seconds",
             "Delay added to failed logins.",
@@ -298,6 +309,7 @@ class _PrometheusListener(ListenerMetrics):
 
     # Label children bound once: a hook costs a dict lookup or two, not a labels() call.
     __slots__ = (
+        "_commands",
         "_commit",
         "_connections",
         "_deleted",
@@ -319,6 +331,7 @@ class _PrometheusListener(ListenerMetrics):
         self._connections = families.connections.labels(name)
         self._sessions: dict[str, Any] = {}
         self._logins: dict[tuple[str, bool], Any] = {}
+        self._commands: dict[str, Any] = {}
         self._penalty = families.penalty
         self._retr = families.retrieved.labels("RETR")
         self._top = families.retrieved.labels("TOP")
@@ -353,6 +366,17 @@ class _PrometheusListener(ListenerMetrics):
 
     def penalty(self, delay: float) -> None:
         self._penalty.observe(delay)
+
+    def command(self, verb: str) -> None:
+        child = self._commands.get(verb)
+        if child is None:
+            if verb not in KNOWN_VERBS:
+                verb = "unknown"  # whoever calls: a label value is never a client's string
+            child = self._commands.get(verb)
+            if child is None:
+                child = self._commands[verb] = self._families.commands.labels(self._name, verb)
+        pending = self._pending
+        pending[child] = pending.get(child, 0) + 1
 
     def retrieved(self, top_lines: int | None, size: int) -> None:
         pending = self._pending

@@ -132,6 +132,8 @@ def test_counters_match_what_clients_did_over_two_workers(server: MailslotServer
     assert pop.retr(1)[0].startswith(b"+OK")
     pop.top(2, 0)
     pop.dele(1)
+    with pytest.raises(poplib.error_proto):
+        pop._shortcmd("X-EVIL\x1b[31m")  # an unknown verb: counted as "unknown", never itself
     pop.quit()
 
     # Sessions are counted as they end, the server's side a moment after the client's QUIT,
@@ -158,6 +160,23 @@ def test_counters_match_what_clients_did_over_two_workers(server: MailslotServer
     assert delta("mailslot_retrieved_bytes_total") == len(MESSAGE)
     assert delta("mailslot_messages_deleted_total") == 1
     assert delta("mailslot_commit_duration_seconds_count") == 1
+    # Commands by verb, over both workers: the two sessions' USER, PASS and QUIT, and what
+    # the second sent (poplib sends nothing else: no CAPA).
+    commands = {
+        verb: delta("mailslot_commands_total", listener=listener, command=verb)
+        for verb in ("USER", "PASS", "RETR", "TOP", "DELE", "QUIT", "unknown", "STAT")
+    }
+    assert commands == {
+        "USER": 2,
+        "PASS": 2,
+        "RETR": 1,
+        "TOP": 1,
+        "DELE": 1,
+        "QUIT": 2,
+        "unknown": 1,
+        "STAT": 0,
+    }
+    assert "X-EVIL" not in text
     expiry = value(after, "mailslot_certificate_expiry_timestamp_seconds")
     assert expiry > time.time()
     # No user name or address in any label.

@@ -275,7 +275,7 @@ def test_sigterm_cancels_a_session_past_the_deadline_and_deletes_nothing(
     assert len(message_files(server.maildir("alice"))) == 3
     # The worker's last lines, logged on its loop as it stopped, were written before it exited.
     log = server.log()
-    assert "disconnect: reason=server shutdown user=alice" in log
+    assert 'disconnect: reason="server shutdown" user=alice' in log
     assert "INFO mailslot: shutting down" in log
 
 
@@ -402,7 +402,7 @@ def test_sigterm_reaches_a_retiring_worker_too(
         assert not wire.read_until_eof().startswith(b"+OK")
     assert server.process.wait(POLL_DEADLINE) == 0
     assert len(message_files(server.maildir("alice"))) == 3
-    assert "disconnect: reason=server shutdown user=alice" in server.log()
+    assert 'disconnect: reason="server shutdown" user=alice' in server.log()
 
 
 def test_sigusr2_stops_a_lone_worker_once_its_sessions_end(servers: Any) -> None:

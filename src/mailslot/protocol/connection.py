@@ -100,7 +100,9 @@ class Connection:
         "_deleted_size",
         "_encoder",
         "_lines",
+        "_lowest_retr",
         "_messages",
+        "_on_command",
         "_out",
         "_retrieving_size",
         "_retrieving_top",
@@ -108,17 +110,26 @@ class Connection:
         "_started",
         "_state",
         "_tls",
+        "_uidl_listed",
         "_user",
         "_waiting",
+        "octets_in",
+        "octets_out",
         "username",
         "utf8",
     )
 
-    def __init__(self, config: CoreConfig) -> None:
+    def __init__(self, config: CoreConfig, on_command: Callable[[str], None] | None = None) -> None:
+        """``on_command``: told each command line's verb as it is read (a known verb in
+        upper case, any other as ``"unknown"``: never the client's own string)."""
         self._config = config
+        self._on_command = on_command
         self._lines = LineBuffer()
         # None while nothing is queued: an idle session holds no buffer.
         self._out: bytearray | None = bytearray(r.ok(config.greeting))
+        # Octets received and queued for sending so far (a logout summary's counts).
+        self.octets_in = 0
+        self.octets_out = len(self._out)
         self._state = State.AUTHORIZATION
         self._waiting = _WAIT_NONE
         self._tls = config.tls_active
@@ -134,6 +145,10 @@ class Connection:
         self._retrieving_size = 0
         self._retrieving_top = False
         self._started = False
+        # For a logout summary's %u (Dovecot's uidl_change): whether UIDL was asked, and the
+        # lowest message RETR asked for.
+        self._uidl_listed = False
+        self._lowest_retr = 0
         self.username: str | None = None
         self.utf8 = False
 
@@ -158,6 +173,26 @@ class Connection:
         return 0 if self._out is None else len(self._out)
 
     @property
+    def snapshot(self) -> Sequence[SnapshotEntry]:
+        """The maildrop's messages as listed at login (empty before)."""
+        return self._messages
+
+    @property
+    def delete_marks(self) -> frozenset[int]:
+        """The message numbers DELE marked (and RSET did not clear)."""
+        return frozenset(self._deleted)
+
+    @property
+    def uidl_listed(self) -> bool:
+        """Whether UIDL (a listing or one message's) was answered."""
+        return self._uidl_listed
+
+    @property
+    def lowest_retrieved(self) -> int:
+        """The lowest message number RETR asked for (0: none)."""
+        return self._lowest_retr
+
+    @property
     def buffered(self) -> int:
         """Received bytes not yet consumed as commands."""
         return len(self._lines)
@@ -166,6 +201,7 @@ class Connection:
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes read from the client; ``b""`` means the client closed its side."""
+        self.octets_in += len(data)
         self._lines.feed(data)
 
     def data_to_send(self) -> bytes:
@@ -175,6 +211,7 @@ class Connection:
 
     def _reply(self, data: bytes) -> None:
         """Queue ``data`` for the client."""
+        self.octets_out += len(data)
         if self._out is None:
             self._out = bytearray(data)
         else:
@@ -336,7 +373,10 @@ class Connection:
 
     def _command(self, line: bytes) -> Event | None:
         verb, rest = cmd.split_verb(line)
-        if verb not in KNOWN_VERBS:
+        known = verb in KNOWN_VERBS
+        if self._on_command is not None:
+            self._on_command(verb if known else "unknown")
+        if not known:
             return self._bad(r.UNKNOWN_COMMAND, "unknown command")
         if not allowed(self._state, verb):
             return self._bad(r.BAD_STATE, f"{verb} not valid in {self._state.value}")
@@ -396,10 +436,16 @@ class Connection:
             case cmd.List(number=int() as number):
                 return self._single(number, lambda n, m: f"{n} {m.size}")
             case cmd.Uidl(number=None):
+                self._uidl_listed = True
                 self._listing(lambda m: m.uid, "unique-id listing follows")
             case cmd.Uidl(number=int() as number):
+                self._uidl_listed = True
                 return self._single(number, lambda n, m: f"{n} {m.uid}")
             case cmd.Retr(number=number):
+                if 0 < number <= len(self._messages) and (
+                    not self._lowest_retr or number < self._lowest_retr
+                ):
+                    self._lowest_retr = number
                 return self._retrieve(number, None)
             case cmd.Top(number=number, lines=lines):
                 return self._retrieve(number, lines)

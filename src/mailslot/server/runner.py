@@ -161,6 +161,7 @@ class Application:
                 idle_timeout=limits.idle_timeout,
                 handshake_timeout=config.tls.handshake_timeout,
                 ipv6_prefix=config.auth.ipv6_prefix,
+                logout_format=config.log.logout_format,
                 metrics=self.metrics.listener(format_address((listener.address, listener.port))),
             )
             pop3 = Pop3Listener(
@@ -274,6 +275,7 @@ async def serve(
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
+    log.set_worker(worker)
     log.attach_loop(loop)
     try:
         app = Application(
@@ -517,7 +519,7 @@ EX_CONFIG = 78
 
 def run(config: Config) -> int:
     """Serve ``config`` until SIGTERM/SIGINT; returns the exit code."""
-    log.setup(config.log.level)
+    log.setup(config.log.level, config.log.format)
     # Our log format has no caller, process or thread fields; not collecting them saves a
     # stack walk and a getpid() per record (logging HOWTO, "Optimization").
     logging._srcfile = None

@@ -33,7 +33,15 @@ from mailslot.auth.base import (
     User,
     login_source,
 )
-from mailslot.log import SessionLogger, escape, session_prefix
+from mailslot.log import LogContext, SessionLogger, escape, session_prefix
+from mailslot.logout import (
+    DEFAULT_FORMAT,
+    LogoutCounts,
+    end_kind,
+    expand,
+    uidl_change,
+    wants_uidl_change,
+)
 from mailslot.metrics import ListenerMetrics
 from mailslot.protocol import events as ev
 from mailslot.protocol.connection import Connection, CoreConfig
@@ -63,6 +71,7 @@ _CHUNK = 256 * 1024
 _CLOSE_WAIT = 2.0
 # Received bytes a session keeps while busy before it stops reading.
 _READ_AHEAD = 64 * 1024
+_TERMINATOR = b".\r\n"
 _HANDED: Any = object()  # _Started: what the coroutine waits on went to the task
 
 
@@ -152,6 +161,7 @@ class SessionContext:
     idle_timeout: float
     handshake_timeout: float
     label: str = "plain"  # the listener's ``tls`` setting, for the log
+    logout_format: str = DEFAULT_FORMAT  # [log] logout_format ("": no summary= field)
     proxy_protocol: bool = False
     ipv6_prefix: int = 64  # an IPv6 client's network, for the failure penalty
     ids: Iterator[str] = field(default_factory=session_ids)
@@ -197,24 +207,22 @@ class Session(asyncio.Protocol):
         "_conn",
         "_context",
         "_counted",
+        "_counts",
         "_deadline",
         "_done",
         "_drain",
         "_early",
+        "_logctx",
         "_lost",
         "_maildrop",
-        "_octets",
         "_phase",
-        "_prefix",
         "_proxy",
         "_read_paused",
         "_real",
-        "_retrieved",
         "_slot",
         "_task",
         "_transport",
         "_username",
-        "_via",
         "_write_paused",
         "header",
     )
@@ -231,7 +239,7 @@ class Session(asyncio.Protocol):
         the session releases that count once it has begun.  ``deadline``: the end of the
         login phase (loop time), when the listener already started it (implicit TLS)."""
         self._context = context
-        self._conn = Connection(context.core)
+        self._conn = Connection(context.core, context.metrics.command)
         self.header = header  # given by the listener when it read one before TLS
         self._phase = _EARLY
         self._transport: asyncio.Transport | None = None
@@ -239,13 +247,11 @@ class Session(asyncio.Protocol):
         self._proxy: ProxyParser | None = None
         self._address = address
         self._real = address  # the connecting peer, a PROXY header's proxy
-        self._via = ""
         self._counted = False
         self._maildrop: Maildrop | None = None
         self._username: str | None = None  # once logged in
-        self._prefix: str | None = None  # of the session's log lines, once it has begun
-        self._retrieved = 0
-        self._octets = 0
+        self._logctx: LogContext | None = None  # of the session's log lines, once begun
+        self._counts: LogoutCounts | None = None  # once logged in
         # The read deadline, watched by the listener's ReadDeadlines (in bucket _slot, or
         # None) and moved forward lazily, rather than a timer per read.  Before login it is
         # the login deadline, fixed from the accept; after, the idle timeout's.
@@ -261,9 +267,10 @@ class Session(asyncio.Protocol):
 
     @property
     def log(self) -> logging.Logger | SessionLogger:
-        """The session's logger: a line begins with its id and peer once it has begun."""
-        prefix = self._prefix
-        return logger if prefix is None else SessionLogger(logger, prefix)
+        """The session's logger: a line begins with its id and peer once it has begun, and
+        carries its fields (listener, TLS, user...)."""
+        logctx = self._logctx
+        return logger if logctx is None else SessionLogger(logger, logctx)
 
     # ------------------------------------------------------------------ transport callbacks
 
@@ -374,7 +381,6 @@ class Session(asyncio.Protocol):
         self._real = str(peer[0]) if peer else self._address
         header = self.header
         if header is not None:
-            self._via = f" proxy={format_address(peer)} header=v{header.version}/{header.command}"
             peer = header.source or peer
         address = str(peer[0]) if peer else self._address
         context = self._context
@@ -389,7 +395,12 @@ class Session(asyncio.Protocol):
                 transport.close()
                 return
             self._address = address
-        self._prefix = session_prefix(next(context.ids), format_address(peer))
+        logctx = self._logctx = session_prefix(next(context.ids), format_address(peer))
+        logctx.set("listener", context.label)
+        if header is not None:
+            logctx.set("proxy", format_address(transport.get_extra_info("peername")))
+            logctx.set("header", f"v{header.version}/{header.command}")
+        logctx.set("tls", tls_description(transport))
         self._phase = _SERVING
         early, self._early = self._early, None
         if early:
@@ -667,15 +678,20 @@ class Session(asyncio.Protocol):
             raise
         self._username, self._maildrop = user.name, maildrop
         messages = maildrop.messages
+        self._counts = LogoutCounts(
+            len(messages),
+            0,  # their size: added up at the end, off the login's path (a large maildrop)
+            conn.octets_in - conn.buffered,  # the login's line is Dovecot's last pre-login one
+            conn.octets_out,  # and its +OK the first counted
+        )
         self.log.info(
-            "login: user=%s mechanism=%s messages=%d listener=%s%s tls=%s",
+            "login: user=%s mechanism=%s messages=%d",
             escape(user.name),
             event.mechanism,
             len(messages),
-            context.label,
-            self._via,
-            tls_description(self._transport_or_fail()),
         )
+        if self._logctx is not None:
+            self._logctx.set("user", escape(user.name))
         conn.login_succeeded(messages)
 
     def _login_source(self) -> LoginSource:
@@ -744,6 +760,8 @@ class Session(asyncio.Protocol):
             return False
         self._transport = transport
         self._phase = _SERVING
+        if self._logctx is not None:
+            self._logctx.set("tls", tls_description(transport))
         self._conn.tls_started()
         early, self._early = self._early, None
         if early:
@@ -767,6 +785,7 @@ class Session(asyncio.Protocol):
             self.log.error("cannot read message %d: %s", event.number, exc)
             conn.message_failed(Failure.SYS_TEMP)
             return
+        before = conn.octets_out
         conn.message_started()
         more = conn.message_data(first)
         try:
@@ -788,8 +807,10 @@ class Session(asyncio.Protocol):
         conn.message_finished()
         if event.top_lines is None and isinstance(self._maildrop, SeenFlags):
             self._maildrop.retrieved(message)  # RETR, not TOP: \Seen, as Dovecot sets it
-        self._retrieved += 1
-        self._octets += message.size
+        if self._counts is not None:
+            # Dovecot counts from the +OK line up to the terminating ".\r\n", not it.
+            sent = conn.octets_out - before - len(_TERMINATOR)
+            self._counts.sent(event.top_lines is not None, sent, message.size)
         self._context.metrics.retrieved(event.top_lines, message.size)
 
     async def _commit(self, event: ev.Commit) -> None:
@@ -814,6 +835,9 @@ class Session(asyncio.Protocol):
             self._conn.commit_failed(Failure.SYS_TEMP)
             return
         self.log.info("deleted %d messages", len(deleted))
+        if self._counts is not None:
+            self._counts.deleted_count += len(deleted)
+            self._counts.deleted_bytes += sum(m.size for m in deleted)
         self._context.metrics.deleted(len(deleted))
         self._conn.commit_succeeded()
 
@@ -866,15 +890,49 @@ class Session(asyncio.Protocol):
             if self._conn.tls_active or transport.get_write_buffer_size():
                 self._closer = self._context.loop.call_later(_CLOSE_WAIT, transport.abort)
         self._context.metrics.session_ended(transport)
-        user = escape(self._username) if self._username is not None else "-"
+        self._log_end(reason)
+
+    def _log_end(self, reason: str) -> None:
+        """The session's last line: how it ended and, once logged in, the logout summary."""
+        counts = self._counts
+        if counts is None:
+            self.log.info(
+                "disconnect: reason=%s user=- retrieved=0 octets=0 end=%s",
+                escape(reason),
+                end_kind(reason),
+            )
+            return
+        conn = self._conn
+        counts.ended(conn.octets_in - conn.buffered, conn.octets_out)
+        counts.message_bytes = sum(m.size for m in conn.snapshot)
+        template = self._context.logout_format
+        if template and wants_uidl_change(template):
+            counts.uidl_change = uidl_change(
+                [m.uid for m in conn.snapshot],
+                conn.uidl_listed,
+                conn.delete_marks,
+                conn.lowest_retrieved,
+            )
         self.log.info(
-            "disconnect: reason=%s user=%s retrieved=%d octets=%d listener=%s%s",
+            "disconnect: reason=%s user=%s retrieved=%d octets=%d end=%s"
+            " retr=%d retr_octets=%d top=%d top_octets=%d deleted=%d deleted_octets=%d"
+            " messages=%d size=%d bytes_in=%d bytes_out=%d summary=%s",
             escape(reason),
-            user,
-            self._retrieved,
-            self._octets,
-            self._context.label,
-            self._via,
+            escape(self._username),
+            counts.retr_count + counts.top_count,
+            counts.stored_octets,
+            end_kind(reason),
+            counts.retr_count,
+            counts.retr_bytes,
+            counts.top_count,
+            counts.top_bytes,
+            counts.deleted_count,
+            counts.deleted_bytes,
+            counts.message_count,
+            counts.message_bytes,
+            counts.input,
+            counts.output,
+            expand(template, counts) if template else "",
         )
 
     def _forget(self) -> None:
