@@ -629,6 +629,17 @@ def add_doctor(subparsers: SubParsers) -> None:
     register(subparsers)
 
 
+# -- admin socket ----------------------------------------------------------------------------
+
+
+def add_admin(subparsers: SubParsers) -> None:
+    """``who``, ``kick``, ``mailbox status``, ``reload``, ``stop``: clients of the admin socket
+    (:mod:`mailslot.admin.command`)."""
+    from mailslot.admin.command import register
+
+    register(subparsers)
+
+
 # -- db --------------------------------------------------------------------------------------
 
 
@@ -668,6 +679,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_systemd_unit,
     add_doctor,
     add_db,
+    add_admin,
 )
 
 

@@ -171,6 +171,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``[admin]``: the admin socket of ``mailslot who/kick/...`` (docs/cli.md)."""
+
+    socket: Path | None = None  # default: /run/mailslot/admin.sock (mailslot.admin.sockets)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
@@ -183,6 +190,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     source: Path | None = None
 
 
@@ -224,6 +232,7 @@ _TABLES: dict[str, type[Any]] = {
     "delivery": DeliveryConfig,
     "server": ServerConfig,
     "metrics": MetricsConfig,
+    "admin": AdminConfig,
 }
 _TOP_LEVEL = ("listener", *_TABLES)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -596,6 +605,7 @@ class _Loader:
             )
         self.check_duplicates(config.listeners)
         self.check_metrics(config)
+        self.check_admin(config)
         tls_users = [i for i, lst in enumerate(config.listeners) if lst.tls != "none"]
         if tls_users:
             first = config.listeners[tls_users[0]]
@@ -642,6 +652,13 @@ class _Loader:
             self.problem(
                 "server", "hostname", "must not be empty: it names this server in greetings"
             )
+
+    def check_admin(self, config: Config) -> None:
+        path = config.admin.socket
+        if path is None:
+            return
+        if path.name in ("", ".", ".."):
+            self.problem("admin", "socket", f"must name a socket file, not {path}")
 
     def check_metrics(self, config: Config) -> None:
         metrics = config.metrics

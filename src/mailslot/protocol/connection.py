@@ -154,6 +154,11 @@ class Connection:
         return 0 if self._out is None else len(self._out)
 
     @property
+    def marked(self) -> int:
+        """Messages marked deleted in this session, not yet removed (RFC 1939 section 5, DELE)."""
+        return len(self._deleted)
+
+    @property
     def buffered(self) -> int:
         """Received bytes not yet consumed as commands."""
         return len(self._lines)
