@@ -216,3 +216,23 @@ def test_systemd_analyze_verifies_both_units(tmp_path: Path) -> None:
     # units of this machine do not concern them.
     ours = [line for line in result.stderr.splitlines() if "mailslot." in line]
     assert result.returncode == 0 and ours == [], result.stderr
+
+
+def test_the_admin_socket_directory_is_made_and_writable(tmp_path: Path) -> None:
+    service = _units(tmp_path)["mailslot.service"].splitlines()
+    # The default admin socket, /run/mailslot/admin.sock: /run is read-only otherwise.
+    assert "RuntimeDirectory=mailslot" in service
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    (elsewhere / "mailslot.toml").write_text(
+        CONFIG.replace('path = "/run/mailslot/lmtp.sock"', 'path = "/var/spool/lmtp.sock"')
+        + '\n[admin]\nsocket = "/var/lib/mailslot/admin.sock"\n'
+    )
+    (elsewhere / "users").write_text("")
+    quickstart.ensure_certificates(elsewhere)
+    config = load(elsewhere / "mailslot.toml")
+    unit = systemd.service_unit(config, elsewhere / "mailslot.toml", ["/usr/bin/mailslot"])
+    assert "RuntimeDirectory=mailslot" not in unit.splitlines()
+    assert "-/var/lib/mailslot" in next(
+        line for line in unit.splitlines() if line.startswith("ReadWritePaths=")
+    )

@@ -111,7 +111,8 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[socket.s
 
 
 def _writable_paths(config: Config) -> list[str]:
-    """What the service writes: the maildrops (below the store's root), LMTP sockets."""
+    """What the service writes: the maildrops (below the store's root), LMTP sockets, the
+    admin socket."""
     from mailslot.store.confine import root_of
 
     paths = []
@@ -121,7 +122,14 @@ def _writable_paths(config: Config) -> list[str]:
     for listener in config.listeners:
         if listener.path is not None:
             paths.append(str(listener.path.parent))
+    paths.append(str(_admin_socket(config).parent))
     return sorted(set(paths))
+
+
+def _admin_socket(config: Config) -> Path:
+    from mailslot.admin.sockets import DEFAULT_SOCKET
+
+    return config.admin.socket or DEFAULT_SOCKET
 
 
 def service_unit(
@@ -139,6 +147,9 @@ def service_unit(
         read_write = "ProtectHome=no\nReadWritePaths=/home\n"
     else:
         read_write = "ProtectHome=yes\n"
+    if _admin_socket(config).parent == Path("/run/mailslot"):
+        # Under ProtectSystem=strict /run is read-only: systemd makes the directory.
+        read_write += "RuntimeDirectory=mailslot\nRuntimeDirectoryMode=0755\n"
     if writable:
         # "-": a path that does not exist yet does not stop the service from starting.
         read_write += "ReadWritePaths=" + " ".join("-" + _quote(p) for p in writable) + "\n"

@@ -322,3 +322,32 @@ def test_a_symlink_at_the_socket_path_is_never_followed(
         server.start()
     assert "exists and is not a socket" in server.log()
     assert link.is_symlink() and target.read_text() == "keep me\n"
+
+
+def test_the_quick_start_has_a_working_admin_socket(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailslot", "serve", "--data-dir", str(data)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        config = str(data / "mailslot.toml")
+        deadline = time.monotonic() + DEADLINE
+        result = None
+        while time.monotonic() < deadline and process.poll() is None:
+            result = cli("who", "--config", config, "--json")
+            if result.returncode == 0:
+                break
+            time.sleep(0.1)  # polling for the server to come up
+        assert result is not None and result.returncode == 0, (tmp_path / "serve.log").read_text()
+        assert json.loads(result.stdout) == {"sessions": [], "unreachable": []}
+        assert (data / "admin.sock").is_socket()
+        assert cli("stop", "--config", config).returncode == 0
+        assert process.wait(timeout=STOP_DEADLINE) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
