@@ -519,3 +519,33 @@ def test_proxy_trusted_networks_are_networks_and_need_proxy_protocol(conf_dir: P
     assert "is not a network" in bad.message
     unused = only(conf_dir, base + 'proxy_trusted_networks = ["10.0.0.0/8"]\n')
     assert "only means something with proxy_protocol" in unused.message
+
+
+# -- [admin] ---------------------------------------------------------------------------------
+
+
+def test_admin_socket_defaults_to_unset_and_is_relative_to_the_file(conf_dir: Path) -> None:
+    assert parse(conf_dir, BASE).admin.socket is None
+    config = parse(conf_dir, BASE + '[admin]\nsocket = "admin.sock"\n')
+    assert config.admin.socket == conf_dir / "admin.sock"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"."', "must name a socket file, not the directory"),
+        ("5", "must be"),
+        ('""', "must be"),
+    ],
+)
+def test_admin_socket_problems_name_the_key(conf_dir: Path, value: str, message: str) -> None:
+    problem = only(conf_dir, BASE + f"[admin]\nsocket = {value}\n")
+    assert problem.key == "admin.socket"
+    assert message in problem.message
+    assert problem.line == BASE.count("\n") + 2
+
+
+def test_admin_unknown_key_is_named(conf_dir: Path) -> None:
+    problem = only(conf_dir, BASE + '[admin]\nsockt = "a.sock"\n')
+    assert problem.key == "admin.sockt"
+    assert "socket" in problem.message

@@ -657,8 +657,8 @@ class _Loader:
         path = config.admin.socket
         if path is None:
             return
-        if path.name in ("", ".", ".."):
-            self.problem("admin", "socket", f"must name a socket file, not {path}")
+        if path.is_dir():
+            self.problem("admin", "socket", f"must name a socket file, not the directory {path}")
 
     def check_metrics(self, config: Config) -> None:
         metrics = config.metrics

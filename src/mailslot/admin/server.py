@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import ipaddress
 import logging
 import os
 import signal
@@ -41,7 +42,7 @@ from mailslot.admin.protocol import (
     encode_response,
 )
 from mailslot.admin.sockets import AdminEndpoints, bind_peer, peer_credentials
-from mailslot.auth.base import Authenticator
+from mailslot.auth.base import Authenticator, AuthError
 from mailslot.server.session import Session, SessionView
 from mailslot.store.base import Store
 
@@ -182,6 +183,8 @@ class AdminServer:
             sessions, unreachable = await self._gather(request, fan_out, self._who)
             return Response.success({"sessions": sessions, "unreachable": unreachable}), None
         if command == "kick":
+            if fan_out and request.user is not None:
+                request = Request("kick", user=await self._canonical(request.user))
             kicked, unreachable = await self._gather(request, fan_out, self._kick)
             if kicked:
                 what = f"user={request.user}" if request.user else f"address={request.address}"
@@ -215,6 +218,15 @@ class AdminServer:
         logger.info("admin: stop asked (uid %d)", uid)
         return Response.success({"stopping": True}), self._control(STOP)
 
+    async def _canonical(self, name: str) -> str:
+        """The name sessions are listed under ([auth] username_format: ``Alice`` logs in as
+        ``alice``); ``name`` itself when the user database does not know it (any more)."""
+        try:
+            user = await self.host.users.lookup(name)
+        except AuthError:  # the database is down: kick by the name as given
+            return name
+        return name if user is None else user.name
+
     def _control(self, what: bytes) -> Callable[[], None]:
         pipe = self.endpoints.control
 
@@ -237,7 +249,7 @@ class AdminServer:
             if request.user is not None:
                 match = session.user == request.user
             else:
-                match = session.address == request.address
+                match = same_address(session.address, request.address)
             if not match:
                 continue
             view = session.view()
@@ -280,6 +292,24 @@ class AdminServer:
             elif answer.ok:
                 found.extend(answer.result.get(key, []))
         return found, unreachable
+
+
+def same_address(address: str, wanted: str | None) -> bool:
+    """Whether ``address`` is ``wanted``, an IPv4 client on a dual-stack listener (which
+    reports ``::ffff:192.0.2.7``) included."""
+    if wanted is None:
+        return False
+    try:
+        ip, other = ipaddress.ip_address(address), ipaddress.ip_address(wanted)
+    except ValueError:
+        return False
+    return _unmapped(ip) == _unmapped(other)
+
+
+def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> object:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _peer_pids(peers: Path) -> list[int]:

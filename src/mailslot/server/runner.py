@@ -772,4 +772,5 @@ def _serve_workers(
         watch,
         parent,
         control=None if admin is None else admin.commands,
+        on_stop=None if admin is None else admin.listening.close,
     ).run()

@@ -112,9 +112,11 @@ class Supervisor:
         metrics: ParentMetrics | None = None,
         *,
         control: int | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.control = control  # the read end of the admin control pipe (non-blocking)
+        self._on_stop = on_stop  # closes the admin socket: a stopping server answers no more
         self.count = workers
         self.contexts = contexts
         self.sockets = dict(sockets)
@@ -279,6 +281,8 @@ class Supervisor:
         self._stopping = True
         systemd.stopping()
         self._close_sockets()  # the ports refuse connections as soon as the workers stop
+        if self._on_stop is not None:
+            self._on_stop()
         for pid in self.workers:
             _signal(pid, signum)
 
