@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration.test_postgresql import lmtp_deliver, node, upgraded
 from tests.support import dropped
 from tests.support.maildir import message_files
 from tests.support.passwd import PasswdUser
+from tests.support.postgres import PostgresServer
 from tests.support.server import STOP_DEADLINE, MailslotServer, ServerFactory
 
 from mailslot.admin.client import call
@@ -351,3 +353,31 @@ def test_the_quick_start_has_a_working_admin_socket(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_mailbox_status_of_the_postgresql_store_names_the_lease_holder(
+    mailslot_factory: ServerFactory, postgres: PostgresServer
+) -> None:
+    dsn = upgraded(postgres)
+    server = node(mailslot_factory, dsn, "node-a", server={"workers": 2})
+    lmtp_deliver(server, "alice", MESSAGE)
+    first = login(server, "alice")
+    stat_reply = first.stat()
+    first.quit()
+    config = str(server.config_path)
+    free = json.loads(cli("mailbox", "status", "--config", config, "alice", "--json").stdout)
+    assert free["store"] == "postgresql"
+    assert stat_reply[0] == 1
+    assert (free["messages"], free["octets"]) == stat_reply  # STAT's count and octets
+    assert free["oldest"].endswith("Z")
+    assert free["locked"] is False and free["lease"] is None
+    client = login(server, "alice")
+    try:
+        held = json.loads(cli("mailbox", "status", "--config", config, "alice", "--json").stdout)
+        assert held["locked"] is True
+        assert held["lease"]["node"] == "node-a" and held["lease"]["live"] is True
+        [holder] = held["locked_by"]
+        assert holder["worker"]["node"] == "node-a"
+        assert holder["worker"]["pid"] in workers(server)
+    finally:
+        client.quit()

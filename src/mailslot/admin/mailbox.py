@@ -43,7 +43,18 @@ async def status(store: Store, users: Authenticator, name: str) -> dict[str, Any
     if user is None:
         raise NoSuchUser(name)
     if not isinstance(store, MaildirStore):
-        raise Unavailable(f"mailbox status reads Maildir stores only, not {type(store).__name__}")
+        if getattr(store, "lease_seconds", None) is not None:  # PostgresStore, without asyncpg
+            try:
+                return {
+                    "user": user.name,
+                    "store": "postgresql",
+                    **await postgres_status(store, user.name),
+                }
+            except StoreError as exc:
+                raise Unavailable(f"cannot read the maildrop: {exc}") from None
+        raise Unavailable(
+            f"mailbox status reads Maildir and PostgreSQL stores, not {type(store).__name__}"
+        )
     try:
         result = await asyncio.to_thread(maildir_status, store, user.name, user.home)
     except (StoreError, OSError) as exc:
@@ -97,6 +108,42 @@ def maildir_status(store: MaildirStore, user: str, home: str | None) -> dict[str
         "octets": octets,
         "oldest": None if oldest is None else _iso(oldest),
         "lock_pids": lock_pids,
+    }
+
+
+_PG_STATUS = """
+SELECT count(m.seq), coalesce(sum(m.wire_size), 0), min(m.delivered)
+FROM mailslot_accounts a LEFT JOIN mailslot_messages m ON m.account_id = a.account_id
+WHERE a.name = $1
+"""
+_PG_LEASE = """
+SELECT l.node, l.acquired, l.expires, l.expires > now()
+FROM mailslot_accounts a JOIN mailslot_leases l ON l.account_id = a.account_id
+WHERE a.name = $1
+"""
+
+
+async def postgres_status(store: Any, user: str) -> dict[str, Any]:
+    """The account's messages (``octets``: their exact STAT size) and its lease, if any:
+    which node holds it, since when, until when (RFC 1939 section 8's lock across nodes)."""
+    async with store.connection() as connection:
+        messages, octets, oldest = await connection.fetchrow(_PG_STATUS, user)
+        lease = await connection.fetchrow(_PG_LEASE, user)
+    held = None
+    if lease is not None:
+        node, acquired, expires, live = lease
+        held = {
+            "node": node,
+            "acquired": _iso(acquired.timestamp()),
+            "expires": _iso(expires.timestamp()),
+            "live": bool(live),
+        }
+    return {
+        "messages": int(messages),
+        "octets": int(octets),
+        "oldest": None if oldest is None else _iso(oldest.timestamp()),
+        "lock_pids": [],
+        "lease": held,
     }
 
 

@@ -207,7 +207,10 @@ class AdminServer:
             except mailbox.Unavailable as exc:
                 return Response.failure(str(exc), "unavailable"), None
             holders = [s for s in sessions if s["user"] == request.user]
-            status["locked"] = bool(holders) or bool(status.get("lock_pids"))
+            lease = status.get("lease")
+            status["locked"] = (
+                bool(holders) or bool(status.get("lock_pids")) or bool(lease and lease["live"])
+            )
             status["locked_by"] = holders
             status["unreachable"] = unreachable
             return Response.success(status), None
