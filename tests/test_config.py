@@ -549,3 +549,10 @@ def test_admin_unknown_key_is_named(conf_dir: Path) -> None:
     problem = only(conf_dir, BASE + '[admin]\nsockt = "a.sock"\n')
     assert problem.key == "admin.sockt"
     assert "socket" in problem.message
+
+
+def test_admin_group_must_exist(conf_dir: Path) -> None:
+    problem = only(conf_dir, BASE + '[admin]\ngroup = "no-such-group-here"\n')
+    assert problem.key == "admin.group"
+    assert "no group" in problem.message
+    assert parse(conf_dir, BASE + '[admin]\ngroup = "root"\n').admin.group == "root"

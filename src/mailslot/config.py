@@ -175,6 +175,7 @@ class AdminConfig:
     """``[admin]``: the admin socket of ``mailslot who/kick/...`` (docs/cli.md)."""
 
     socket: Path | None = None  # default: /run/mailslot/admin.sock (mailslot.admin.sockets)
+    group: str | None = None  # may use it too: mode 0660 and this group
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,11 +655,23 @@ class _Loader:
             )
 
     def check_admin(self, config: Config) -> None:
+        self.check_admin_group(config)
         path = config.admin.socket
         if path is None:
             return
         if path.is_dir():
             self.problem("admin", "socket", f"must name a socket file, not the directory {path}")
+
+    def check_admin_group(self, config: Config) -> None:
+        group = config.admin.group
+        if group is None:
+            return
+        import grp
+
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            self.problem("admin", "group", f'there is no group "{group}" on this system')
 
     def check_metrics(self, config: Config) -> None:
         metrics = config.metrics

@@ -4,9 +4,11 @@ real TLS on both workers, and the socket's permissions checked as an unprivilege
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import poplib
+import pwd
 import shutil
 import socket
 import stat
@@ -381,3 +383,19 @@ def test_mailbox_status_of_the_postgresql_store_names_the_lease_holder(
         assert holder["worker"]["pid"] in workers(server)
     finally:
         client.quit()
+
+
+def test_admin_group_lets_its_members_in(mailslot_factory: ServerFactory) -> None:
+    dropped.require_importable_as()
+    gid = pwd.getpwnam(dropped.USER).pw_gid
+    group = grp.getgrgid(gid).gr_name
+    with dropped.shared_directory() as shared:
+        path = shared / "admin.sock"
+        server = mailslot_factory(extra_sections={"admin": {"socket": str(path), "group": group}})
+        info = path.lstat()
+        assert stat.S_IMODE(info.st_mode) == 0o660
+        assert (info.st_uid, info.st_gid) == (os.geteuid(), gid)
+        member = cli("who", "--socket", str(path), "--json", user=dropped.USER)
+        assert member.returncode == 0, member.stderr + server.log()
+        assert json.loads(member.stdout)["sessions"] == []
+        server.stop()

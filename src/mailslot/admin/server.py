@@ -128,24 +128,23 @@ class AdminServer:
     async def _serve_shared(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        await self._serve(reader, writer, {0, self.endpoints.owner}, fan_out=True)
+        await self._serve(reader, writer, self.endpoints.allows, fan_out=True)
 
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._serve(reader, writer, {0, os.geteuid()}, fan_out=False)
+        await self._serve(reader, writer, _worker_peer, fan_out=False)
 
     async def _serve(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        allowed: set[int],
+        allows: Callable[[socket.socket], tuple[bool, int, int]],
         *,
         fan_out: bool,
     ) -> None:
         after: Callable[[], None] | None = None
         try:
-            sock = writer.get_extra_info("socket")
-            pid, uid, _ = peer_credentials(sock)
-            if uid not in allowed:
+            allowed, pid, uid = allows(writer.get_extra_info("socket"))
+            if not allowed:
                 logger.warning("admin: refused a connection from uid %d (pid %d)", uid, pid)
                 response = Response.failure("permission denied", "denied")
             else:
@@ -295,6 +294,12 @@ class AdminServer:
             elif answer.ok:
                 found.extend(answer.result.get(key, []))
         return found, unreachable
+
+
+def _worker_peer(sock: socket.socket) -> tuple[bool, int, int]:
+    """A worker's own socket takes root and the workers' user (the other workers)."""
+    pid, uid, _ = peer_credentials(sock)
+    return uid in (0, os.geteuid()), pid, uid
 
 
 def same_address(address: str, wanted: str | None) -> bool:

@@ -50,7 +50,8 @@ class AdminSocketError(OSError):
 class AdminEndpoints:
     """What the starting process made for the workers' admin servers.
 
-    ``owner``: the uid allowed besides root.  ``control``: the write end of the pipe to the
+    ``owner``: the uid allowed besides root; ``group``: a gid whose members are allowed too
+    (``[admin] group``).  ``control``: the write end of the pipe to the
     supervisor (several workers), else ``None``: a lone worker signals itself; ``commands``
     its read end, the supervisor's.
     """
@@ -61,6 +62,16 @@ class AdminEndpoints:
     peers: Path | None = None
     control: int | None = None
     commands: int | None = None
+    group: int | None = None
+
+    def allows(self, sock: socket.socket) -> tuple[bool, int, int]:
+        """Whether the peer of ``sock`` may use the admin socket; and its pid and uid."""
+        pid, uid, gid = peer_credentials(sock)
+        if uid in (0, self.owner):
+            return True, pid, uid
+        if self.group is not None and (gid == self.group or self.group in peer_groups(sock)):
+            return True, pid, uid
+        return False, pid, uid
 
 
 @contextlib.contextmanager
@@ -76,8 +87,9 @@ def _at(directory: int, name: str) -> str:
     return f"/proc/self/fd/{directory}/{name}"
 
 
-def bind_admin_socket(path: Path) -> socket.socket:
-    """A listening Unix socket at ``path``, mode 0600, owned by this process's user.
+def bind_admin_socket(path: Path, group: int | None = None) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600, owned by this process's user; with
+    ``group`` (a gid), mode 0660 and that group.
 
     The directory is made (0755) when it is missing and its parent exists (``/run/mailslot``).
     Raises :class:`AdminSocketError` when ``path`` is taken.
@@ -93,11 +105,13 @@ def bind_admin_socket(path: Path) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # bind() makes the file with mode 0777 & ~umask: no moment where it is open to all.
-            old = os.umask(0o177)
+            old = os.umask(0o177 if group is None else 0o117)
             try:
                 sock.bind(_at(directory, path.name))
             finally:
                 os.umask(old)
+            if group is not None:
+                os.chown(path.name, -1, group, dir_fd=directory, follow_symlinks=False)
             sock.listen(64)
             sock.setblocking(False)
         except OSError as exc:
@@ -203,6 +217,20 @@ def connect(path: Path, timeout: float | None = None) -> socket.socket:
             sock.close()
             raise
     return sock
+
+
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux 4.13, socket(7)
+
+
+def peer_groups(sock: socket.socket) -> list[int]:
+    """The supplementary groups of the process on the other end (``SO_PEERGROUPS``)."""
+    size = 4 * 1024
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, size)
+    except OSError:
+        return []
+    count = len(data) // 4
+    return list(struct.unpack(f"{count}I", data[: count * 4]))
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

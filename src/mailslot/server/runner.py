@@ -666,8 +666,16 @@ def admin_endpoints(
     server on it) only costs the admin commands: a warning.  A configured one is required.
     """
     path = config.admin.socket or admin_sockets.DEFAULT_SOCKET
+    group = None
+    if config.admin.group is not None:
+        import grp
+
+        try:
+            group = grp.getgrnam(config.admin.group).gr_gid
+        except KeyError:
+            raise OSError(f'no group "{config.admin.group}" ([admin] group)') from None
     try:
-        listening = admin_sockets.bind_admin_socket(path)
+        listening = admin_sockets.bind_admin_socket(path, group)
     except OSError as exc:
         if config.admin.socket is not None:
             raise
@@ -694,6 +702,7 @@ def admin_endpoints(
         peers,
         None if control is None else control[1],
         None if control is None else control[0],
+        group,
     )
 
 
