@@ -13,6 +13,7 @@ import pytest
 from mailslot.admin.mailbox import flock_holders
 from mailslot.admin.sockets import (
     AdminSocketError,
+    NotOwned,
     bind_admin_socket,
     connect,
     peer_credentials,
@@ -120,3 +121,12 @@ def test_flock_holders_sees_a_real_lock(tmp_path: Path) -> None:
         assert flock_holders(info.st_dev, info.st_ino) == []
         fcntl.flock(file, fcntl.LOCK_EX)
         assert flock_holders(info.st_dev, info.st_ino) == [os.getpid()]
+
+
+def test_a_socket_of_another_user_gets_no_request(tmp_path: Path) -> None:
+    path = tmp_path / "admin.sock"
+    with bind_admin_socket(path):
+        with pytest.raises(NotOwned, match="belongs to uid"):
+            connect(path, 5, {os.geteuid() + 1})
+        with connect(path, 5, {os.geteuid()}):
+            pass

@@ -24,7 +24,8 @@ from tests.support import dropped
 from tests.support.maildir import message_files
 from tests.support.passwd import PasswdUser
 from tests.support.postgres import PostgresServer
-from tests.support.server import STOP_DEADLINE, MailslotServer, ServerFactory
+from tests.support.server import STOP_DEADLINE, Listener, MailslotServer, ServerFactory
+from tests.support.tls import TlsFiles
 
 from mailslot.admin.client import call
 from mailslot.admin.protocol import Request
@@ -399,3 +400,51 @@ def test_admin_group_lets_its_members_in(mailslot_factory: ServerFactory) -> Non
         assert member.returncode == 0, member.stderr + server.log()
         assert json.loads(member.stdout)["sessions"] == []
         server.stop()
+
+
+def test_workers_that_dropped_root_answer_for_each_other(tls_files: TlsFiles) -> None:
+    """Started as root with [server] user: the workers, as that user, still find and ask
+    each other, and reload and stop reach the root parent (the control pipe and SIGCONT)."""
+    dropped.require_importable_as()
+    entry = pwd.getpwnam(dropped.USER)
+    with dropped.shared_directory() as shared:
+        server = MailslotServer(
+            shared / "server",
+            tls_files,
+            listeners=(Listener("implicit"),),
+            extra_users=USERS,
+            extra_sections={
+                "server": {
+                    "workers": 2,
+                    "user": dropped.USER,
+                    "group": grp.getgrgid(entry.pw_gid).gr_name,
+                }
+            },
+        )
+        os.chown(server.mail_root, entry.pw_uid, entry.pw_gid)
+        os.chown(server.passwd_path, 0, entry.pw_gid)
+        server.passwd_path.chmod(0o640)
+        clients: list[poplib.POP3] = []
+        try:
+            server.start()
+            peers = server.admin_socket.with_name("admin.sock.workers")
+            assert peers.stat().st_uid == entry.pw_uid
+            sessions_on_both_workers(server, clients)
+            assert len(who(server)) == len(clients)
+            name = USERS[len(clients) - 1].name
+            kicked = cli("kick", "--config", str(server.config_path), name)
+            assert kicked.returncode == 0, kicked.stderr
+            assert cli("reload", "--config", str(server.config_path)).returncode == 0
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline and "reload asked" not in server.log():
+                time.sleep(0.05)  # polling for the parent to act
+            assert "TLS certificate reloaded" in server.log()
+            for client in clients:
+                client.close()
+            assert cli("stop", "--config", str(server.config_path)).returncode == 0
+            assert server.process is not None
+            assert server.process.wait(timeout=STOP_DEADLINE) == 0
+        finally:
+            for client in clients:
+                client.close()
+            server.stop()

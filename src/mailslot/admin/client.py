@@ -1,7 +1,7 @@
 """The CLI's side of the admin socket: one request, one response (blocking).
 
-The server on the other end must be root or this user (``SO_PEERCRED``): a socket someone
-else made at that path gets no request.
+The socket file must belong to root or to this user: a socket someone else made at that path
+gets no request.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mailslot.admin.protocol import (
     decode_response,
     encode_request,
 )
-from mailslot.admin.sockets import AdminSocketError, connect, peer_credentials
+from mailslot.admin.sockets import AdminSocketError, NotOwned, connect
 
 #: Long enough for a fan-out over workers that each wait for a slow one.
 TIMEOUT = 30.0
@@ -39,21 +39,20 @@ def call(path: Path, request: Request, timeout: float = TIMEOUT) -> Response:
     that is not one.
     """
     try:
-        sock = connect(path, timeout)
+        sock = connect(path, timeout, {0, os.geteuid()})
     except (FileNotFoundError, ConnectionRefusedError):
         raise NotRunning(f"no server answers on {path}: is mailslot running?") from None
     except PermissionError:
         raise Denied(
             f"permission denied: {path} (run as root or as the user that started the server)"
         ) from None
+    except NotOwned as exc:
+        raise Denied(str(exc)) from None
     except AdminSocketError as exc:
         raise NotRunning(str(exc)) from None
     except (TimeoutError, OSError) as exc:
         raise NotRunning(f"cannot connect to {path}: {exc}") from None
     with sock:
-        _, uid, _ = peer_credentials(sock)
-        if uid not in (0, os.geteuid()):
-            raise Denied(f"{path} is served by uid {uid}, neither root nor this user")
         try:
             sock.sendall(encode_request(request))
             line = _read_line(sock)

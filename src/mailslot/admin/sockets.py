@@ -202,13 +202,26 @@ def bind_peer(peers: Path, pid: int) -> socket.socket:
     return sock
 
 
-def connect(path: Path, timeout: float | None = None) -> socket.socket:
+class NotOwned(AdminSocketError):
+    """The socket file belongs to a user the caller does not trust."""
+
+
+def connect(
+    path: Path, timeout: float | None = None, owners: set[int] | None = None
+) -> socket.socket:
     """A connected socket to the Unix socket at ``path``; the last component must be a socket,
-    not a symlink to one.  Raises FileNotFoundError, PermissionError, ConnectionRefusedError."""
+    not a symlink to one, and with ``owners`` belong to one of those uids.
+
+    The file's owner is what says who made the socket: ``SO_PEERCRED`` on the connecting side
+    names whoever last called listen() on it, and asyncio calls it again in each worker, which
+    may have dropped its privileges.  Raises FileNotFoundError, PermissionError,
+    ConnectionRefusedError, :class:`AdminSocketError`, :class:`NotOwned`."""
     with _directory(path.parent) as directory:
         info = os.stat(path.name, dir_fd=directory, follow_symlinks=False)
         if not stat.S_ISSOCK(info.st_mode):
             raise AdminSocketError(errno.ENOTSOCK, f"{path} is not a socket")
+        if owners is not None and info.st_uid not in owners:
+            raise NotOwned(errno.EPERM, f"{path} belongs to uid {info.st_uid}, not to root or you")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
