@@ -54,7 +54,10 @@ def call(path: Path, request: Request, timeout: float = TIMEOUT) -> Response:
         raise NotRunning(f"cannot connect to {path}: {exc}") from None
     with sock:
         try:
-            sock.sendall(encode_request(request))
+            try:
+                sock.sendall(encode_request(request))
+            except BrokenPipeError:
+                pass  # the server answered (a refusal) before reading: its answer may be there
             line = _read_line(sock)
         except (TimeoutError, OSError) as exc:
             raise NotRunning(f"no answer on {path}: {exc}") from None

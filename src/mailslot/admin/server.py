@@ -144,18 +144,20 @@ class AdminServer:
         after: Callable[[], None] | None = None
         try:
             allowed, pid, uid = allows(writer.get_extra_info("socket"))
-            if not allowed:
-                logger.warning("admin: refused a connection from uid %d (pid %d)", uid, pid)
-                response = Response.failure("permission denied", "denied")
+            # The request is read even from a caller refused, so that the answer is not lost
+            # to a reset (a close with unread data sends RST).
+            try:
+                async with asyncio.timeout(_READ_TIMEOUT):
+                    line = await reader.readline()
+                request = decode_request(line) if allowed else None
+            except AdminProtocolError as exc:
+                response = Response.failure(f"bad request: {exc}", "usage")
+            except (TimeoutError, ValueError):
+                response = Response.failure("bad request: no complete line", "usage")
             else:
-                try:
-                    async with asyncio.timeout(_READ_TIMEOUT):
-                        line = await reader.readline()
-                    request = decode_request(line)
-                except AdminProtocolError as exc:
-                    response = Response.failure(f"bad request: {exc}", "usage")
-                except (TimeoutError, ValueError):
-                    response = Response.failure("bad request: no complete line", "usage")
+                if request is None:
+                    logger.warning("admin: refused a connection from uid %d (pid %d)", uid, pid)
+                    response = Response.failure("permission denied", "denied")
                 else:
                     response, after = await self.handle(request, fan_out=fan_out, uid=uid)
             writer.write(encode_response(response))
