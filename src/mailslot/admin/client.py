@@ -6,6 +6,7 @@ gets no request.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -54,10 +55,9 @@ def call(path: Path, request: Request, timeout: float = TIMEOUT) -> Response:
         raise NotRunning(f"cannot connect to {path}: {exc}") from None
     with sock:
         try:
-            try:
+            # A server that answered (a refusal) before reading: its answer may be there.
+            with contextlib.suppress(BrokenPipeError):
                 sock.sendall(encode_request(request))
-            except BrokenPipeError:
-                pass  # the server answered (a refusal) before reading: its answer may be there
             line = _read_line(sock)
         except (TimeoutError, OSError) as exc:
             raise NotRunning(f"no answer on {path}: {exc}") from None
