@@ -207,7 +207,7 @@ class AdminServer:
                 return Response.failure(f"no user {request.user!r}", "nouser"), None
             except mailbox.Unavailable as exc:
                 return Response.failure(str(exc), "unavailable"), None
-            holders = [s for s in sessions if s["user"] == request.user]
+            holders = [s for s in sessions if s["user"] == status["user"]]
             lease = status.get("lease")
             status["locked"] = (
                 bool(holders) or bool(status.get("lock_pids")) or bool(lease and lease["live"])
