@@ -5,10 +5,11 @@ Signals: SIGTERM/SIGINT stop (stop accepting, let sessions finish until
 sessions (``mailslot stop`` and ``reload`` on the admin socket do the same:
 :mod:`mailslot.admin.server`); so does a change of those files (:mod:`mailslot.tls.watch`),
 seen by the process that handles SIGHUP. With ``server.workers`` > 1 a parent binds the
-listening sockets and forks that many workers that all accept from them: a worker busy with other sessions leaves a new
-connection to an idle one. The parent (:mod:`mailslot.server.supervisor`) replaces a worker
-that dies and, on SIGHUP, starts a new generation of workers while the old one retires. The
-maildrop lock (flock) is shared by all of them.
+listening sockets and forks that many workers that all accept from them: a worker busy with
+other sessions leaves a new connection to an idle one. The parent
+(:mod:`mailslot.server.supervisor`) replaces a worker that dies and, on SIGHUP, starts a new
+generation of workers while the old one retires. The maildrop lock (flock) is shared by all of
+them.
 
 Started as root, the process binds every listening socket and loads the TLS certificate and
 key first; each worker then becomes ``[server] user`` (:mod:`mailslot.privileges`) before it
