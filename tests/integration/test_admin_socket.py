@@ -246,21 +246,35 @@ def test_reload_starts_new_workers_and_stop_stops(server: MailslotServer) -> Non
     config = str(server.config_path)
     old = set(workers(server))
     assert len(old) == 2
+    held = login(server, "user0")  # kept across the reload: its worker retires, serving it
+    [before] = who(server)
+    retiring = before["worker"]["pid"]
     result = cli("reload", "--config", config)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "reloading"
     deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline and (set(workers(server)) & old or len(workers(server)) != 2):
+    while time.monotonic() < deadline and len(set(workers(server)) - old) != 2:
         time.sleep(0.05)  # polling for the new generation
-    new = set(workers(server))
-    assert len(new) == 2 and not new & old, server.log()
+    new = set(workers(server)) - old
+    assert len(new) == 2, server.log()
     assert "reload asked on the admin socket" in server.log()
     assert "TLS certificate reloaded" in server.log()
-    client = login(server, "alice")  # the new generation answers the admin socket
+    client = login(server, "alice")  # on the new generation
     try:
-        assert {s["worker"]["pid"] for s in who(server)} <= new
+        listed = {s["user"]: s["worker"]["pid"] for s in who(server)}
+        # The retiring worker no longer takes admin requests, but is asked by the new ones.
+        assert listed["user0"] == retiring
+        assert listed["alice"] in new
+        assert cli("kick", "--config", config, "user0").returncode == 0
+        with pytest.raises(poplib.error_proto, match="SYS/TEMP"):
+            held.noop()
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline and retiring in workers(server):
+            time.sleep(0.05)  # polling for the retired worker to exit, its last session gone
+        assert set(workers(server)) == new
     finally:
         client.quit()
+        held.close()
     stopped = cli("stop", "--config", config)
     assert stopped.returncode == 0, stopped.stderr
     assert server.process is not None
