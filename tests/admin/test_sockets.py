@@ -130,3 +130,12 @@ def test_a_socket_of_another_user_gets_no_request(tmp_path: Path) -> None:
             connect(path, 5, {os.geteuid() + 1})
         with connect(path, 5, {os.geteuid()}):
             pass
+
+
+def test_the_directory_is_0755_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)  # systemd's UMask=0077
+    try:
+        with bind_admin_socket(tmp_path / "run" / "admin.sock"):
+            assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
+    finally:
+        os.umask(old)

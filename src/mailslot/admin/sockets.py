@@ -97,7 +97,8 @@ def bind_admin_socket(path: Path, group: int | None = None) -> socket.socket:
     parent = path.parent
     if not parent.is_dir():
         try:
-            parent.mkdir(mode=0o755)
+            parent.mkdir()
+            parent.chmod(0o755)  # whatever the umask: the workers pass through it
         except OSError as exc:
             raise AdminSocketError(exc.errno, f"cannot create {parent}: {exc.strerror}") from None
     with _directory(parent) as directory:
