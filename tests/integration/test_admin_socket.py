@@ -53,7 +53,9 @@ def cli(
 def who(server: MailslotServer) -> list[dict[str, Any]]:
     result = cli("who", "--config", str(server.config_path), "--json")
     assert result.returncode == 0, result.stderr
-    sessions: list[dict[str, Any]] = json.loads(result.stdout)["sessions"]
+    answer = json.loads(result.stdout)
+    assert answer["unreachable"] == [], result.stderr + server.log()
+    sessions: list[dict[str, Any]] = answer["sessions"]
     return sessions
 
 
@@ -451,7 +453,7 @@ def test_workers_that_dropped_root_answer_for_each_other(tls_files: TlsFiles) ->
             peers = server.admin_socket.with_name("admin.sock.workers")
             assert peers.stat().st_uid == entry.pw_uid
             sessions_on_both_workers(server, clients)
-            assert len(who(server)) == len(clients)
+            assert len(who(server)) == len(clients), server.log()
             name = USERS[len(clients) - 1].name
             kicked = cli("kick", "--config", str(server.config_path), name)
             assert kicked.returncode == 0, kicked.stderr
