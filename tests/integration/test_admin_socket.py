@@ -10,6 +10,7 @@ import os
 import poplib
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -468,3 +469,41 @@ def test_workers_that_dropped_root_answer_for_each_other(tls_files: TlsFiles) ->
             for client in clients:
                 client.close()
             server.stop()
+
+
+def test_a_worker_killed_with_sigkill_is_forgotten(
+    mailslot_factory: ServerFactory, tmp_path: Path
+) -> None:
+    # A worker killed before it serves would stop the server (supervisor): wait for systemd's
+    # READY=1, sent once both serve.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(DEADLINE)
+        server = mailslot_factory(
+            extra_users=USERS,
+            extra_sections={"server": {"workers": 2}},
+            env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
+        )
+        while b"READY=1" not in notify.recv(4096):
+            pass
+    first, second = workers(server)
+    os.kill(second, signal.SIGKILL)
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline and len(set(workers(server)) - {first, second}) != 1:
+        time.sleep(0.05)  # polling for the replacement
+    [replacement] = set(workers(server)) - {first, second}
+    peers = server.admin_socket.with_name("admin.sock.workers")
+    assert str(second) in os.listdir(peers)  # what it could not remove itself
+    for _ in range(4):  # whichever worker takes it, the dead one is not "unreachable"
+        assert call(server.admin_socket, Request("who")).result["unreachable"] == []
+    clients: list[poplib.POP3] = []
+    try:
+        # Asked until a request lands on each live worker: the killed one's socket, which no
+        # process answers any more, is not reported and is removed.
+        sessions = sessions_on_both_workers(server, clients)
+        assert {s["worker"]["pid"] for s in sessions} == {first, replacement}
+        assert who(server)
+        assert str(second) not in os.listdir(peers)
+    finally:
+        for client in clients:
+            client.close()

@@ -52,6 +52,7 @@ logger = logging.getLogger("mailslot.admin")
 PEER_TIMEOUT = 10.0
 _READ_TIMEOUT = 10.0
 RELOAD, STOP = b"H", b"T"  # the control pipe's bytes
+_GONE = Response.success({})  # the answer of a worker that no longer exists
 
 
 class Host(Protocol):
@@ -322,6 +323,16 @@ def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> object:
     return ip
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _peer_pids(peers: Path) -> list[int]:
     try:
         names = os.listdir(peers)
@@ -333,7 +344,7 @@ def _peer_pids(peers: Path) -> list[int]:
 async def _ask(path: Path, request: Request) -> Response | None:
     """``request`` of the worker at ``path``; ``None`` if it is gone or does not answer.
 
-    A socket no process answers on (a worker killed with SIGKILL) is removed.
+    The socket of a process that no longer exists (a worker killed with SIGKILL) is removed.
     """
     directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -355,8 +366,11 @@ async def _ask(path: Path, request: Request) -> Response | None:
                 with contextlib.suppress(ConnectionError, OSError):
                     await writer.wait_closed()
     except ConnectionRefusedError:
-        with contextlib.suppress(OSError):
-            os.unlink(path.name, dir_fd=directory)
+        # A worker killed with SIGKILL left it; a live one is only between bind and listen.
+        if not _alive(int(path.name)):
+            with contextlib.suppress(OSError):
+                os.unlink(path.name, dir_fd=directory)
+            return _GONE  # no worker, no sessions: nothing to report
         return None
     except (TimeoutError, OSError, ValueError) as exc:
         logger.warning("admin: worker socket %s did not answer: %s", path, exc)
