@@ -4,6 +4,7 @@ sessions are in tests/integration/test_admin_socket.py)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,3 +112,33 @@ def test_mailbox_status_of_an_unknown_user_or_store(admin: AdminServer) -> None:
     memory, _ = asyncio.run(admin.handle(Request("mailbox-status", user="alice"), fan_out=True))
     assert not memory.ok and memory.code == "unavailable"
     assert "MemoryStore" in memory.error
+
+
+def test_a_bad_request_over_a_real_socket_is_answered_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mailslot.admin.protocol import decode_response
+    from mailslot.admin.sockets import bind_admin_socket, connect
+
+    async def exchange() -> bytes:
+        listening = bind_admin_socket(tmp_path / "admin.sock")
+        server = AdminServer(
+            AdminEndpoints(listening, tmp_path / "admin.sock", 0),
+            FakeHost(),  # type: ignore[arg-type]
+            "node-a",
+        )
+        await server.start()
+        try:
+            client = await asyncio.to_thread(connect, tmp_path / "admin.sock", 5)
+            with client:
+                await asyncio.to_thread(client.sendall, b'{"version": 1, "command": "rm"}\n')
+                return await asyncio.to_thread(client.recv, 65536)
+        finally:
+            await server.close()
+            listening.close()
+
+    caplog.set_level(logging.INFO, logger="mailslot.admin")
+    response = decode_response(asyncio.run(exchange()))
+    assert not response.ok and response.code == "usage"
+    assert "unknown command" in response.error
+    assert "admin: bad request from uid" in caplog.text

@@ -43,6 +43,7 @@ from mailslot.admin.protocol import (
 )
 from mailslot.admin.sockets import AdminEndpoints, bind_peer, peer_credentials
 from mailslot.auth.base import Authenticator, AuthError
+from mailslot.log import escape
 from mailslot.server.session import Session, SessionView
 from mailslot.store.base import Store
 
@@ -152,8 +153,10 @@ class AdminServer:
                     line = await reader.readline()
                 request = decode_request(line) if allowed else None
             except AdminProtocolError as exc:
+                logger.info("admin: bad request from uid %d: %s", uid, escape(exc))
                 response = Response.failure(f"bad request: {exc}", "usage")
             except (TimeoutError, ValueError):
+                logger.info("admin: bad request from uid %d: no complete line", uid)
                 response = Response.failure("bad request: no complete line", "usage")
             else:
                 if request is None:
