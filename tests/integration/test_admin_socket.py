@@ -150,6 +150,8 @@ def test_who_lists_every_session_of_both_workers(server: MailslotServer) -> None
         assert listed[USERS[1].name]["retrieved"] == 0
         assert listed["alice"]["listener"] == "{}:{}".format(*server.starttls)
         assert listed["alice"]["tls"] == "TLSv1.3"
+        # The session id is the one its log lines carry.
+        assert f"session={listed['alice']['session']} peer=" in server.log()
         text = cli("who", "--config", str(server.config_path))
         assert text.returncode == 0
         lines = text.stdout.splitlines()

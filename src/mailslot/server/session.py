@@ -207,7 +207,6 @@ class Session(asyncio.Protocol):
         "_done",
         "_drain",
         "_early",
-        "_id",
         "_lost",
         "_maildrop",
         "_octets",
@@ -251,7 +250,6 @@ class Session(asyncio.Protocol):
         self._maildrop: Maildrop | None = None
         self._username: str | None = None  # once logged in
         self._prefix: str | None = None  # of the session's log lines, once it has begun
-        self._id = ""
         self._since = 0.0  # wall-clock time of the login, for `mailslot who`
         self._stop_reason = "server shutdown"  # why shut_down() ended it
         self._retrieved = 0
@@ -390,8 +388,10 @@ class Session(asyncio.Protocol):
             return None
         transport = self._transport
         ssl_object = transport.get_extra_info("ssl_object")
+        # The id is read back from the log prefix rather than kept: a slot per idle session.
+        prefix = self._prefix or ""
         return SessionView(
-            id=self._id,
+            id=prefix.split(" ", 1)[0].removeprefix("session="),
             user=self._username,
             address=self._address,
             client=format_address(self._client_peer()),
@@ -449,8 +449,7 @@ class Session(asyncio.Protocol):
                 transport.close()
                 return
             self._address = address
-        self._id = next(context.ids)
-        self._prefix = session_prefix(self._id, format_address(peer))
+        self._prefix = session_prefix(next(context.ids), format_address(peer))
         self._phase = _SERVING
         early, self._early = self._early, None
         if early:
