@@ -552,3 +552,40 @@ def test_log_format_and_logout_format(conf_dir: Path) -> None:
     assert "%x" in problem.message
     problem = only(conf_dir, BASE + '[log]\nlogout_format = "%{retr}"\n')
     assert problem.key == "log.logout_format"
+
+
+# -- [admin] ---------------------------------------------------------------------------------
+
+
+def test_admin_socket_defaults_to_unset_and_is_relative_to_the_file(conf_dir: Path) -> None:
+    assert parse(conf_dir, BASE).admin.socket is None
+    config = parse(conf_dir, BASE + '[admin]\nsocket = "admin.sock"\n')
+    assert config.admin.socket == conf_dir / "admin.sock"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"."', "must name a socket file, not the directory"),
+        ("5", "must be"),
+        ('""', "must be"),
+    ],
+)
+def test_admin_socket_problems_name_the_key(conf_dir: Path, value: str, message: str) -> None:
+    problem = only(conf_dir, BASE + f"[admin]\nsocket = {value}\n")
+    assert problem.key == "admin.socket"
+    assert message in problem.message
+    assert problem.line == BASE.count("\n") + 2
+
+
+def test_admin_unknown_key_is_named(conf_dir: Path) -> None:
+    problem = only(conf_dir, BASE + '[admin]\nsockt = "a.sock"\n')
+    assert problem.key == "admin.sockt"
+    assert "socket" in problem.message
+
+
+def test_admin_group_must_exist(conf_dir: Path) -> None:
+    problem = only(conf_dir, BASE + '[admin]\ngroup = "no-such-group-here"\n')
+    assert problem.key == "admin.group"
+    assert "no group" in problem.message
+    assert parse(conf_dir, BASE + '[admin]\ngroup = "root"\n').admin.group == "root"

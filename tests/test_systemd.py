@@ -226,3 +226,23 @@ def test_acme_keeps_its_state_and_the_certificate_directories_writable(tmp_path:
     written = set(line.removeprefix("ReadWritePaths=").split())
     assert "-/var/lib/mailslot/acme" in written
     assert f"-{config.tls.certificate.parent}" in written  # type: ignore[union-attr]
+
+
+def test_the_admin_socket_directory_is_made_and_writable(tmp_path: Path) -> None:
+    service = _units(tmp_path)["mailslot.service"].splitlines()
+    # The default admin socket, /run/mailslot/admin.sock: /run is read-only otherwise.
+    assert "RuntimeDirectory=mailslot" in service
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    (elsewhere / "mailslot.toml").write_text(
+        CONFIG.replace('path = "/run/mailslot/lmtp.sock"', 'path = "/var/spool/lmtp.sock"')
+        + '\n[admin]\nsocket = "/var/lib/mailslot/admin.sock"\n'
+    )
+    (elsewhere / "users").write_text("")
+    quickstart.ensure_certificates(elsewhere)
+    config = load(elsewhere / "mailslot.toml")
+    unit = systemd.service_unit(config, elsewhere / "mailslot.toml", ["/usr/bin/mailslot"])
+    assert "RuntimeDirectory=mailslot" not in unit.splitlines()
+    assert "-/var/lib/mailslot" in next(
+        line for line in unit.splitlines() if line.startswith("ReadWritePaths=")
+    )

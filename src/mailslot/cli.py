@@ -2,9 +2,10 @@
 
 One small ``add_<command>`` function per subcommand registers its parser and handler, so adding
 a command is a few lines.  Exit codes follow BSD sysexits(3), which service managers and mail
-transfer agents understand: 64 usage, 67 unknown user, 69 unavailable, 71 cannot drop
-privileges, 73 cannot create, 75 cannot start (a port in use), 78 configuration error (root
-without ``[server] user`` and a certificate or key that fails its checks included).
+transfer agents understand: 64 usage, 67 unknown user, 69 unavailable, 70 internal error,
+71 cannot drop privileges, 73 cannot create, 75 cannot start (a port in use), 77 permission
+denied (the admin socket), 78 configuration error (root without ``[server] user`` and a
+certificate or key that fails its checks included).
 """
 
 from __future__ import annotations
@@ -747,6 +748,17 @@ def add_acme(subparsers: SubParsers) -> None:
     register(subparsers, _load)
 
 
+# -- admin socket ----------------------------------------------------------------------------
+
+
+def add_admin(subparsers: SubParsers) -> None:
+    """``who``, ``kick``, ``mailbox status``, ``reload``, ``stop``: clients of the admin socket
+    (:mod:`mailslot.admin.command`)."""
+    from mailslot.admin.command import register
+
+    register(subparsers)
+
+
 # -- db --------------------------------------------------------------------------------------
 
 
@@ -825,6 +837,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_acme,
     add_db,
     add_import_dovecot,
+    add_admin,
 )
 
 

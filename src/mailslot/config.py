@@ -238,6 +238,14 @@ class AcmeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``[admin]``: the admin socket of ``mailslot who/kick/...`` (docs/cli.md)."""
+
+    socket: Path | None = None  # default: /run/mailslot/admin.sock (mailslot.admin.sockets)
+    group: str | None = None  # may use it too: mode 0660 and this group
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
@@ -251,6 +259,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     source: Path | None = None
 
 
@@ -293,6 +302,7 @@ _TABLES: dict[str, type[Any]] = {
     "server": ServerConfig,
     "metrics": MetricsConfig,
     "acme": AcmeConfig,
+    "admin": AdminConfig,
 }
 _TOP_LEVEL = ("listener", *_TABLES)
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -708,6 +718,7 @@ class _Loader:
             )
         self.check_duplicates(config.listeners)
         self.check_metrics(config)
+        self.check_admin(config)
         tls_users = [i for i, lst in enumerate(config.listeners) if lst.tls != "none"]
         if tls_users and config.acme.enabled:
             self.check_acme_paths(config.tls)  # files ACME writes: need not exist yet
@@ -797,6 +808,25 @@ class _Loader:
 
         for key, message in problems(config, check_files=self.check_files):
             self.problem("acme", key, message)
+
+    def check_admin(self, config: Config) -> None:
+        self.check_admin_group(config)
+        path = config.admin.socket
+        if path is None:
+            return
+        if path.is_dir():
+            self.problem("admin", "socket", f"must name a socket file, not the directory {path}")
+
+    def check_admin_group(self, config: Config) -> None:
+        group = config.admin.group
+        if group is None:
+            return
+        import grp
+
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            self.problem("admin", "group", f'there is no group "{group}" on this system')
 
     def check_metrics(self, config: Config) -> None:
         metrics = config.metrics

@@ -78,7 +78,11 @@ maildir = "mail/{{user}}/Maildir"
 
 [server]
 hostname = "localhost"
-{identity}"""
+{identity}
+[admin]
+# mailslot who|kick|mailbox status|reload|stop --config {config}
+socket = "admin.sock"
+"""
 
 # Written when the quick start is run as root: a root-started server without [server] user is
 # refused, and a trial on 127.0.0.1 should not need an account made first.  The files of the

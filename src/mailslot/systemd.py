@@ -111,8 +111,8 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[socket.s
 
 
 def _writable_paths(config: Config) -> list[str]:
-    """What the service writes: the maildrops (below the store's root), LMTP sockets, and
-    with ``[acme]`` its state directory and the certificate's directories."""
+    """What the service writes: the maildrops (below the store's root), LMTP sockets, the
+    admin socket, and with ``[acme]`` its state directory and the certificate's directories."""
     from mailslot.store.confine import root_of
 
     paths = []
@@ -127,7 +127,14 @@ def _writable_paths(config: Config) -> list[str]:
         for path in (config.tls.certificate, config.tls.private_key):
             if path is not None:
                 paths.append(str(path.parent))
+    paths.append(str(_admin_socket(config).parent))
     return sorted(set(paths))
+
+
+def _admin_socket(config: Config) -> Path:
+    from mailslot.admin.sockets import DEFAULT_SOCKET
+
+    return config.admin.socket or DEFAULT_SOCKET
 
 
 def service_unit(
@@ -145,6 +152,9 @@ def service_unit(
         read_write = "ProtectHome=no\nReadWritePaths=/home\n"
     else:
         read_write = "ProtectHome=yes\n"
+    if _admin_socket(config).parent == Path("/run/mailslot"):
+        # Under ProtectSystem=strict /run is read-only: systemd makes the directory.
+        read_write += "RuntimeDirectory=mailslot\nRuntimeDirectoryMode=0755\n"
     if writable:
         # "-": a path that does not exist yet does not stop the service from starting.
         read_write += "ReadWritePaths=" + " ".join("-" + _quote(p) for p in writable) + "\n"

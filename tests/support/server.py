@@ -229,6 +229,9 @@ class MailslotServer:
         config += toml_table("store", store)
         if limits:
             config += toml_table("limits", limits)
+        # The admin socket in the server's directory, not /run/mailslot: tests run side by side.
+        sections.setdefault("admin", {}).setdefault("socket", str(directory / "admin.sock"))
+        self.admin_socket = Path(sections["admin"]["socket"])
         server = sections.setdefault("server", {})
         if os.geteuid() == 0 and run_as_root is not None and "user" not in server:
             server.setdefault("run_as_root", run_as_root)

@@ -193,6 +193,11 @@ class Connection:
         return self._lowest_retr
 
     @property
+    def marked(self) -> int:
+        """Messages marked deleted in this session, not yet removed (RFC 1939 section 5, DELE)."""
+        return len(self._deleted)
+
+    @property
     def buffered(self) -> int:
         """Received bytes not yet consumed as commands."""
         return len(self._lines)

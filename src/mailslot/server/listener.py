@@ -35,7 +35,7 @@ import math
 import os
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
 
 from mailslot.config import ListenerConfig
@@ -136,6 +136,11 @@ class Pop3Listener:
             format_address(self._sock.getsockname()),
             self.config.tls,
         )
+
+    @property
+    def sessions(self) -> Iterable[Session]:
+        """The open connections (for the admin socket: ``mailslot who``, ``kick``)."""
+        return self._context.sessions.keys()
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:

@@ -2,12 +2,14 @@
 
 Signals: SIGTERM/SIGINT stop (stop accepting, let sessions finish until
 ``server.shutdown_timeout``), SIGHUP reloads the TLS certificates and keys without dropping
-sessions; so does a change of those files (:mod:`mailslot.tls.watch`), seen by the process that
-handles SIGHUP. With ``server.workers`` > 1 a parent binds the listening sockets and forks that
-many workers that all accept from them: a worker busy with other sessions leaves a new
-connection to an idle one. The parent (:mod:`mailslot.server.supervisor`) replaces a worker
-that dies and, on SIGHUP, starts a new generation of workers while the old one retires. The
-maildrop lock (flock) is shared by all of them.
+sessions (``mailslot stop`` and ``reload`` on the admin socket do the same:
+:mod:`mailslot.admin.server`); so does a change of those files (:mod:`mailslot.tls.watch`),
+seen by the process that handles SIGHUP. With ``server.workers`` > 1 a parent binds the
+listening sockets and forks that many workers that all accept from them: a worker busy with
+other sessions leaves a new connection to an idle one. The parent
+(:mod:`mailslot.server.supervisor`) replaces a worker that dies and, on SIGHUP, starts a new
+generation of workers while the old one retires. The maildrop lock (flock) is shared by all of
+them.
 
 Started as root, the process binds every listening socket and loads the TLS certificate and
 key first; each worker then becomes ``[server] user`` (:mod:`mailslot.privileges`) before it
@@ -25,10 +27,13 @@ import resource
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from mailslot import log, metrics, privileges, systemd
+from mailslot.admin import sockets as admin_sockets
+from mailslot.admin.server import AdminServer
+from mailslot.admin.sockets import AdminEndpoints
 from mailslot.auth import backends as auth_backends
 from mailslot.auth.pool import VerifyPool
 from mailslot.auth.sqlcheck import SqlDsnMissing
@@ -40,7 +45,7 @@ from mailslot.server import tls
 from mailslot.server.limits import Limits
 from mailslot.server.listener import Pop3Listener, listening_socket
 from mailslot.server.penalty import LocalPenaltyState, PenaltyPolicy, PenaltyState
-from mailslot.server.session import SessionContext, format_address
+from mailslot.server.session import Session, SessionContext, format_address
 from mailslot.server.supervisor import (
     RETIRE,
     WORKER_SIGNALS,
@@ -76,8 +81,11 @@ class Application:
         watch: FileWatch | None = None,
         metrics_socket: socket.socket | None = None,
         penalty: PenaltyState | None = None,
+        admin: AdminEndpoints | None = None,
     ) -> None:
         self.config = config
+        self.admin = admin
+        self.admin_server: AdminServer | None = None
         # Made by the parent before forking, so that all workers share it; a lone worker
         # (or a test) makes its own.
         self.penalty = penalty if penalty is not None else penalty_state(config)
@@ -169,6 +177,15 @@ class Application:
             )
             await pop3.start()
             self.listeners.append(pop3)
+        if self.admin is not None:
+            node = config.server.node_id or socket.gethostname()
+            self.admin_server = AdminServer(self.admin, self, node)
+            await self.admin_server.start()
+
+    def sessions(self) -> Iterator[Session]:
+        """Every open POP3 connection of this worker (for the admin socket)."""
+        for listener in self.listeners:
+            yield from listener.sessions
 
     async def _start_lmtp(self, listener: ListenerConfig, sock: socket.socket | None) -> None:
         from mailslot.delivery.lmtp import start_lmtp_server
@@ -233,9 +250,16 @@ class Application:
             logger.info("second stop signal: ending the open sessions now")
             self._hurry.set()
 
+    async def close_admin(self) -> None:
+        """At exit: this worker's own admin socket goes (the other workers stop asking it)."""
+        if self.admin_server is not None:
+            await self.admin_server.close()
+
     async def _close(self, deadline: float | None) -> None:
         if self._watch_timer is not None:
             self._watch_timer.cancel()
+        if self.admin_server is not None:
+            self.admin_server.stop_accepting()
         if self.exporter is not None:
             self.exporter.close()  # the other workers go on serving /metrics
         await asyncio.gather(
@@ -272,6 +296,7 @@ async def serve(
     watch: FileWatch | None = None,
     metrics_socket: socket.socket | None = None,
     penalty: PenaltyState | None = None,
+    admin: AdminEndpoints | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
@@ -286,8 +311,12 @@ async def serve(
             watch=watch,
             metrics_socket=metrics_socket,
             penalty=penalty,
+            admin=admin,
         )
-        return await _serve(loop, app, ready)
+        try:
+            return await _serve(loop, app, ready)
+        finally:
+            await app.close_admin()
     finally:
         log.detach_loop()
 
@@ -380,6 +409,7 @@ def _run_worker(
     metrics_socket: socket.socket | None = None,
     *,
     penalty: PenaltyState | None = None,
+    admin: AdminEndpoints | None = None,
 ) -> int:
     # Before anything of the worker exists: no session, Maildir or passwd-file is ever
     # touched as root.
@@ -400,6 +430,7 @@ def _run_worker(
                 watch=watch,
                 metrics_socket=metrics_socket,
                 penalty=penalty,
+                admin=admin,
             )
         )
 
@@ -616,13 +647,96 @@ def _run_serving(config: Config, identity: Identity | None, workers: int) -> int
     if contexts is not None:
         parent.certificate(config.tls.certificate)
     try:
+        admin = admin_endpoints(config, identity, workers)
+    except OSError as exc:
+        for sock in sockets.values():
+            sock.close()
+        if metrics_socket is not None:
+            metrics_socket.close()
+        metrics.remove(directory)
+        logger.error("cannot start: [admin] socket: %s", exc)
+        return 75
+    try:
         return _serve_workers(
-            config, workers, contexts, sockets, identity, watch, metrics_socket, parent, penalty
+            config,
+            workers,
+            contexts,
+            sockets,
+            identity,
+            watch,
+            metrics_socket,
+            parent,
+            penalty,
+            admin,
         )
     finally:
         if metrics_socket is not None:
             metrics_socket.close()
         metrics.remove(directory)
+        if admin is not None:
+            close_admin(admin)
+
+
+def admin_endpoints(
+    config: Config, identity: Identity | None, workers: int
+) -> AdminEndpoints | None:
+    """The admin socket (``[admin] socket``), bound before any worker exists and before the
+    privileges are dropped; with several workers also their directory and the supervisor's
+    control pipe (:mod:`mailslot.admin.server`).
+
+    An unset ``socket`` that cannot be made (``/run`` not writable for a non-root user, another
+    server on it) only costs the admin commands: a warning.  A configured one is required.
+    """
+    path = config.admin.socket or admin_sockets.DEFAULT_SOCKET
+    group = None
+    if config.admin.group is not None:
+        import grp
+
+        try:
+            group = grp.getgrnam(config.admin.group).gr_gid
+        except KeyError:
+            raise OSError(f'no group "{config.admin.group}" ([admin] group)') from None
+    try:
+        listening = admin_sockets.bind_admin_socket(path, group)
+    except OSError as exc:
+        if config.admin.socket is not None:
+            raise
+        logger.warning("no admin socket (set [admin] socket): %s", exc)
+        return None
+    peers = control = None
+    try:
+        if workers > 1:
+            uid, gid = os.geteuid(), os.getegid()
+            if identity is not None:
+                uid, gid = identity.uid, identity.gid
+            peers = admin_sockets.peer_directory(path, uid, gid)
+            control = os.pipe()
+            os.set_blocking(control[0], False)
+    except OSError:
+        listening.close()
+        admin_sockets.remove(path)
+        raise
+    logger.info("admin socket: %s", path)
+    return AdminEndpoints(
+        listening,
+        path,
+        os.geteuid(),
+        peers,
+        None if control is None else control[1],
+        None if control is None else control[0],
+        group,
+    )
+
+
+def close_admin(admin: AdminEndpoints) -> None:
+    admin.listening.close()
+    admin_sockets.remove(admin.path)
+    if admin.peers is not None:
+        admin_sockets.remove_peer_directory(admin.peers)
+    for fd in (admin.control, admin.commands):
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _serve_workers(
@@ -635,6 +749,7 @@ def _serve_workers(
     metrics_socket: socket.socket | None,
     parent: metrics.ParentMetrics,
     penalty: PenaltyState,
+    admin: AdminEndpoints | None = None,
 ) -> int:
     if workers == 1:
 
@@ -652,6 +767,7 @@ def _serve_workers(
                 watch,
                 metrics_socket,
                 penalty=penalty,
+                admin=admin,
             )
         finally:
             for sock in sockets.values():
@@ -674,6 +790,7 @@ def _serve_workers(
             None,
             metrics_socket,
             penalty=penalty,
+            admin=admin,
         )
 
     return Supervisor(
@@ -685,4 +802,6 @@ def _serve_workers(
         lambda: tls_for(config),
         watch,
         parent,
+        control=None if admin is None else admin.commands,
+        on_stop=None if admin is None else admin.listening.close,
     ).run()

@@ -20,9 +20,10 @@ import logging
 import math
 import secrets
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from mailslot.auth import policy
 from mailslot.auth.base import (
@@ -147,6 +148,20 @@ def _deadlines_for(login_timeout: float, idle_timeout: float) -> ReadDeadlines:
     return ReadDeadlines(min(1.0, min(login_timeout, idle_timeout) / 10))
 
 
+class SessionView(NamedTuple):
+    """One logged-in session as ``mailslot who`` shows it (docs/cli.md)."""
+
+    id: str
+    user: str
+    address: str  # the client's IP address
+    client: str  # address:port
+    listener: str  # the local address:port it came in on
+    tls: str | None  # "TLSv1.3", or None without TLS
+    since: float  # the login, seconds since the epoch
+    retrieved: int  # RETR and TOP so far
+    deleted: int  # messages marked with DELE, not yet removed
+
+
 @dataclass(slots=True)
 class SessionContext:
     """What every session of one listener shares."""
@@ -219,7 +234,9 @@ class Session(asyncio.Protocol):
         "_proxy",
         "_read_paused",
         "_real",
+        "_since",
         "_slot",
+        "_stop_reason",
         "_task",
         "_transport",
         "_username",
@@ -252,6 +269,8 @@ class Session(asyncio.Protocol):
         self._username: str | None = None  # once logged in
         self._logctx: LogContext | None = None  # of the session's log lines, once begun
         self._counts: LogoutCounts | None = None  # once logged in
+        self._since = 0.0  # wall-clock time of the login, for `mailslot who`
+        self._stop_reason = "server shutdown"  # why shut_down() ended it
         # The read deadline, watched by the listener's ReadDeadlines (in bucket _slot, or
         # None) and moved forward lazily, rather than a timer per read.  Before login it is
         # the login deadline, fixed from the accept; after, the idle timeout's.
@@ -359,19 +378,72 @@ class Session(asyncio.Protocol):
                 self._done.set_result(None)
         return self._done
 
-    def shut_down(self) -> None:
+    def shut_down(
+        self,
+        reason: str = "server shutdown",
+        message: str = "Server shutting down, try again later.",
+    ) -> None:
         """End now, at server shutdown: whatever was running is cancelled, nothing deleted.
 
         A client waiting for its next command is told why (RFC 3206 section 4: ``[SYS/TEMP]``,
         try again later); one in the middle of a reply is not, as a line there would corrupt it.
         """
+        self._stop_reason = reason
         if self._task is not None:
             self._task.cancel()  # the task ends the session
         elif self._phase < _ENDING:
             if self._phase == _SERVING and self._transport is not None and not self._lost:
                 self._send()
-                self._transport.write(err("Server shutting down, try again later.", Code.SYS_TEMP))
-            self._end("server shutdown")
+                self._transport.write(err(message, Code.SYS_TEMP))
+            self._end(reason)
+
+    # ------------------------------------------------------------------ for the admin socket
+
+    def view(self) -> SessionView | None:
+        """What ``mailslot who`` shows of a logged-in session; ``None`` before login or once
+        it is ending."""
+        if self._username is None or self._phase >= _ENDING or self._transport is None:
+            return None
+        transport = self._transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        # The id is read back from the log context rather than kept: a slot per idle session.
+        logctx = self._logctx
+        return SessionView(
+            id=logctx.session if logctx is not None else "",
+            user=self._username,
+            address=self._address,
+            client=format_address(self._client_peer()),
+            listener=format_address(transport.get_extra_info("sockname")),
+            tls=ssl_object.version() if ssl_object is not None else None,
+            since=self._since,
+            retrieved=self._counts.retr_count if self._counts is not None else 0,
+            deleted=self._conn.marked,
+        )
+
+    def kick(self) -> bool:
+        """End the session for ``mailslot kick``: as at shutdown, its DELE marks are dropped
+        (a session that ends without QUIT deletes nothing: RFC 1939 section 6).  ``False`` if
+        it was ending already."""
+        if self._phase >= _ENDING:
+            return False
+        self.shut_down("kicked by the administrator", "Disconnected by the administrator.")
+        return True
+
+    @property
+    def user(self) -> str | None:
+        """The logged-in user, else ``None``."""
+        return self._username
+
+    @property
+    def address(self) -> str:
+        """The client's address (the one a PROXY header gave, if any)."""
+        return self._address
+
+    def _client_peer(self) -> object:
+        header = self.header
+        if header is not None and header.source:
+            return header.source
+        return self._transport_or_fail().get_extra_info("peername")
 
     # ------------------------------------------------------------------ beginning
 
@@ -519,7 +591,7 @@ class Session(asyncio.Protocol):
             return
         except asyncio.CancelledError:
             self._task = None
-            self._end("server shutdown")
+            self._end(self._stop_reason)
             raise
         except Exception:
             self.log.exception("internal error")
@@ -677,6 +749,7 @@ class Session(asyncio.Protocol):
             context.limits.release_user(user.name)
             raise
         self._username, self._maildrop = user.name, maildrop
+        self._since = time.time()
         messages = maildrop.messages
         self._counts = LogoutCounts(
             len(messages),

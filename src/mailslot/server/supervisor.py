@@ -16,6 +16,10 @@ It keeps the sockets, so that it can start workers again later:
   has started serving would only fail again: the server then stops, with its exit status.
 - **SIGTERM / SIGINT** close the parent's sockets and reach every worker, retiring ones
   included; the parent returns the highest exit status once they have all exited.
+- **The admin socket's** ``mailslot reload`` and ``stop`` arrive from a worker, which may not
+  signal a root parent once it has dropped its privileges: it writes ``H`` or ``T`` to the
+  control pipe and sends SIGCONT, which kill(2) allows between processes of one session.  The
+  parent reads the pipe and acts as on SIGHUP or SIGTERM (:mod:`mailslot.admin.server`).
 
 The parent runs no event loop: it waits for signals with ``sigtimedwait`` (SIGCHLD
 included), so no signal is handled in the middle of a fork.
@@ -51,7 +55,7 @@ logger = logging.getLogger("mailslot")
 RETIRE = signal.SIGUSR2
 #: What a worker handles itself; blocked from before the fork until its handlers are set.
 WORKER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RETIRE}
-_PARENT_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+_PARENT_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGCONT}
 _WAKE_EVERY = 1.0  # seconds; a lost SIGCHLD is noticed this late at worst
 
 #: ``run_worker(config, index, sockets, contexts, started)`` in the child: the worker's exit
@@ -106,8 +110,13 @@ class Supervisor:
         load_contexts: Callable[[], tls.TlsContexts | None],
         watch: FileWatch | None = None,
         metrics: ParentMetrics | None = None,
+        *,
+        control: int | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        self.control = control  # the read end of the admin control pipe (non-blocking)
+        self._on_stop = on_stop  # closes the admin socket: a stopping server answers no more
         self.count = workers
         self.contexts = contexts
         self.sockets = dict(sockets)
@@ -143,6 +152,8 @@ class Supervisor:
                     self.stop(signum)
                 elif signum == signal.SIGHUP:
                     self.reload()
+                elif signum == signal.SIGCONT:
+                    self._commands()
                 self.reap()
                 self._announce()
                 if self.watch is not None and self.watch.due() and self.watch.poll():
@@ -151,6 +162,21 @@ class Supervisor:
             self._close_sockets()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS | _PARENT_SIGNALS)
         return self._status
+
+    def _commands(self) -> None:
+        """What workers wrote to the control pipe: ``H`` reload, ``T`` stop."""
+        if self.control is None:
+            return
+        try:
+            data = os.read(self.control, 64)
+        except (BlockingIOError, OSError):
+            return
+        if b"T" in data:
+            logger.info("stop asked on the admin socket")
+            self.stop(signal.SIGTERM)
+        elif b"H" in data:
+            logger.info("reload asked on the admin socket")
+            self.reload()
 
     def _wake_every(self) -> float:
         # Often while waiting for workers to serve, so systemd hears of it soon.
@@ -185,7 +211,9 @@ class Supervisor:
             try:
                 for fd in [readable, *(other.started for other in self.workers.values())]:
                     os.close(fd)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                if self.control is not None:
+                    os.close(self.control)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, signal.SIGCONT})
                 # Only this parent speaks to systemd (NotifyAccess=main).
                 os.environ.pop("NOTIFY_SOCKET", None)
                 code = self._worker_main(
@@ -253,6 +281,8 @@ class Supervisor:
         self._stopping = True
         systemd.stopping()
         self._close_sockets()  # the ports refuse connections as soon as the workers stop
+        if self._on_stop is not None:
+            self._on_stop()
         for pid in self.workers:
             _signal(pid, signum)
 
