@@ -6,6 +6,8 @@
   (paths pointed at test files, tests/support/production.py), passes ``mailslot check-config``;
 - the nftables ruleset passes ``nft -c`` (checked, never loaded);
 - the hardening table names exactly the options ``mailslot systemd-unit`` writes;
+- Postfix with the guide's ``postconf`` settings delivers into the sample's LMTP socket and
+  Maildir template;
 - the certbot deploy hook, run as certbot would after a renewal, makes a running server serve
   the renewed certificate at once, and refuses (and reloads nothing) when the renewal fails
   the certificate checks.  ``systemctl reload mailslot.service`` is stood in for by what the
@@ -14,9 +16,11 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import shlex
+import smtplib
 import socket
 import subprocess
 import sys
@@ -28,7 +32,7 @@ import pytest
 from tests.support.dropped import shared_directory
 from tests.support.production import localise
 from tests.support.programs import require_program
-from tests.support.server import Listener, ServerFactory
+from tests.support.server import Listener, MailslotServer, ServerFactory, free_port
 from tests.support.tls import TlsFiles
 from tests.tls.certmaker import Issued, Pki, pki, write
 
@@ -268,3 +272,72 @@ def test_the_deploy_hook_reloads_a_renewed_certificate_at_once(
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.05)
     assert server.running
+
+
+# -- Postfix -----------------------------------------------------------------------------------
+
+
+def _postconf_settings() -> dict[str, str]:
+    (postconf,) = [argv for argv in commands() if argv[0] == "postconf"]
+    assert postconf[1] == "-e"
+    return dict(setting.split(" = ", 1) for setting in postconf[2:])
+
+
+@pytest.mark.slow
+def test_postfix_configured_as_the_guide_says_delivers_into_the_sample(tmp_path: Path) -> None:
+    """The guide's main.cf settings in a private Postfix (tests/delivery/postfix.py), the
+    sample configuration's LMTP socket in that Postfix's queue directory: a message sent to
+    Postfix over SMTP lands in the recipient's Maildir under the sample's template."""
+    from tests.delivery.postfix import Postfix
+
+    require_program("postfix")
+    if os.geteuid() != 0:
+        pytest.skip("Postfix must be started as root (it drops to mail_owner = postfix)")
+    settings = _postconf_settings()
+    assert settings == {
+        "virtual_mailbox_domains": "example.org",
+        "virtual_transport": "lmtp:unix:private/mailslot-lmtp",
+    }
+    postfix = Postfix(free_port(), settings)
+    server = None
+    try:
+        postfix.start()  # makes queue/private, where the sample's socket goes
+        with shared_directory() as directory:
+            here = localise(directory)
+            pop3s, pop3 = free_port(), free_port()
+            text = (
+                sample_config()
+                .replace("/var/spool/postfix/", f"{postfix.directory / 'queue'}/")
+                .replace('address = "0.0.0.0"', 'address = "127.0.0.1"')
+                .replace('address = "::"', 'address = "::1"')
+                .replace("port = 995", f"port = {pop3s}")
+                .replace("port = 110", f"port = {pop3}")
+            )
+            server = MailslotServer(
+                directory / "harness",
+                here.tls_files,
+                listeners=(Listener("implicit", port=pop3s), Listener("starttls", port=pop3)),
+            )
+            server.config_path.write_text(here.apply(text))
+            server.start()
+            socket_path = postfix.directory / "queue" / "private" / "mailslot-lmtp"
+            assert socket_path.is_socket()
+            # What `usermod -aG mailslot postfix` gives Postfix: the socket's group.
+            os.chown(socket_path, -1, grp.getgrnam("postfix").gr_gid)
+            with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=60) as smtp:
+                smtp.sendmail(
+                    "bob@example.net",
+                    ["carol@example.org"],
+                    b"From: bob@example.net\r\nTo: carol@example.org\r\n"
+                    b"Subject: guide\r\n\r\nhi\r\n",
+                )
+            new = here.mail_root / "example.org" / "carol" / "Maildir" / "new"
+            postfix.wait_for(lambda: new.is_dir() and any(new.iterdir()), "carol's message")
+            (stored,) = new.iterdir()
+            assert b"Delivered-To: carol@example.org\n" in stored.read_bytes()
+            assert b"Subject: guide\n" in stored.read_bytes()
+    finally:
+        if server is not None:
+            server.stop()
+        postfix.stop()
+        postfix.remove()
