@@ -332,6 +332,8 @@ def drive(setup: Setup, server: subprocess.Popen[bytes], warmup: float, seconds:
         for thread in threads:
             thread.join()
     print()
+    for error in sorted({f"{type(e).__name__}: {e}" for e in errors}):
+        print(f"client error: {error}")
 
 
 # -- Prometheus's answers ----------------------------------------------------------------------
@@ -391,7 +393,8 @@ def formatter(unit: str) -> Any:
 
 def draw(
     dashboard: dict[str, Any], base: str, span: tuple[float, float, float], output: Path
-) -> None:
+) -> list[str]:
+    """Draw every panel into ``output``; return the titles of those without data."""
     _, start, end = span
     import matplotlib
 
@@ -399,6 +402,7 @@ def draw(
     import matplotlib.pyplot as plt
 
     panels = dashboard["panels"]
+    empty: list[str] = []
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels) // 8
     figure = plt.figure(figsize=(16, 3.1 * rows + 1.0), facecolor=BACKGROUND)
     grid = figure.add_gridspec(rows * 8, 24, hspace=14, wspace=4, top=0.95, bottom=0.03)
@@ -420,16 +424,19 @@ def draw(
             spine.set_color(GRID)
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "short")
         if panel["type"] == "stat":
-            draw_stat(axes, panel, base, end, unit)
+            filled = draw_stat(axes, panel, base, end, unit)
         else:
-            draw_series(axes, panel, base, span, unit)
+            filled = draw_series(axes, panel, base, span, unit)
+        if not filled:
+            empty.append(panel["title"])
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=90, facecolor=BACKGROUND)
+    return empty
 
 
 def draw_series(
     axes: Any, panel: dict[str, Any], base: str, span: tuple[float, float, float], unit: str
-) -> None:
+) -> bool:
     """``span``: when the load began, the first and the last time drawn."""
     origin, start, end = span
     colour = iter(COLOURS)
@@ -456,9 +463,10 @@ def draw_series(
         )
     else:
         axes.text(0.5, 0.5, "no data", color=TEXT, ha="center", transform=axes.transAxes)
+    return bool(axes.lines)
 
 
-def draw_stat(axes: Any, panel: dict[str, Any], base: str, end: float, unit: str) -> None:
+def draw_stat(axes: Any, panel: dict[str, Any], base: str, end: float, unit: str) -> bool:
     (target,) = panel["targets"]
     result = query(base, target["expr"], time=end)
     value = float(result[0]["value"][1]) if result else math.nan
@@ -476,6 +484,7 @@ def draw_stat(axes: Any, panel: dict[str, Any], base: str, end: float, unit: str
     )
     axes.set_xticks([])
     axes.set_yticks([])
+    return not math.isnan(value)
 
 
 def main() -> None:
@@ -501,8 +510,10 @@ def main() -> None:
         drive(setup, server, args.warmup * 60, args.minutes * 60)
         time.sleep(2 * SCRAPE_SECONDS)  # the last counts scraped
         end = time.time()
-        draw(dashboard, web, (origin, origin + args.warmup * 60, end), args.output)
+        empty = draw(dashboard, web, (origin, origin + args.warmup * 60, end), args.output)
         print(f"wrote {args.output}")
+        if empty:
+            sys.exit(f"panels without data: {', '.join(empty)}")
     finally:
         for process in (prometheus, server):
             if process is not None:
