@@ -261,7 +261,8 @@ def guess(setup: Setup, source: str) -> None:
 def deliver(setup: Setup, rng: random.Random) -> None:
     roll = rng.random()
     user = FULL if roll < 0.15 else BROKEN if roll < 0.2 else rng.choice(USERS)
-    body = "x" * rng.choice((600, 2_000, 12_000, 80_000))
+    size = rng.choice((600, 2_000, 12_000, 80_000))
+    body = ("x" * 76 + "\r\n") * (size // 78)  # lines within RFC 5321's 1000 octets
     message = (
         f"From: news@example.org\r\nTo: {user}@example.org\r\nSubject: hello\r\n\r\n{body}\r\n"
     )
@@ -405,11 +406,12 @@ def draw(
     empty: list[str] = []
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels) // 8
     figure = plt.figure(figsize=(16, 3.1 * rows + 1.0), facecolor=BACKGROUND)
-    grid = figure.add_gridspec(rows * 8, 24, hspace=14, wspace=4, top=0.95, bottom=0.03)
+    grid = figure.add_gridspec(rows * 8, 24, hspace=14, wspace=4, top=0.93, bottom=0.03)
     figure.suptitle(
         f"{dashboard['title']}: the panels of dashboards/mailslot.json, each query evaluated "
         f"by Prometheus over the last {(end - start) / 60:.0f} minutes of a run of "
-        "scripts/dashboard-picture (rendered with matplotlib, not a Grafana screenshot)",
+        "scripts/dashboard-picture\n(real mailslot, real clients; drawn with matplotlib, "
+        "not a Grafana screenshot)",
         color=TEXT,
         fontsize=11,
     )

@@ -49,11 +49,10 @@ def tables() -> Iterator[tuple[str, type[Any]]]:
 def _nested(cls: type[Any]) -> dict[str, type[Any]]:
     nested = {}
     for key, hint in typing.get_type_hints(cls).items():
-        args = typing.get_args(hint)
-        if typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
-            hint = args[0]
-        if dataclasses.is_dataclass(hint):
-            nested[key] = typing.cast(type[Any], hint)
+        # A table (T, or T | None), or an array of tables (tuple[T, ...]).
+        for inner in (hint, *typing.get_args(hint)):
+            if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+                nested[key] = inner
     return nested
 
 
