@@ -727,6 +727,36 @@ def _this_program() -> list[str]:
     return [sys.executable, "-m", "mailslot"]
 
 
+# -- sample-config ---------------------------------------------------------------------------
+
+
+def add_sample_config(subparsers: SubParsers) -> None:
+    _subparser(
+        subparsers,
+        "sample-config",
+        "print a commented configuration for a production server",
+        "Print a commented mailslot.toml for a production server: POP3S on 995 and STLS on\n"
+        "110, certbot's certificate paths, a passwd-file, Maildirs, an LMTP socket for\n"
+        "Postfix, [server] user, metrics off. Every setting of every table is in it with\n"
+        "its default and a line on what it does; change the host name and the paths, then\n"
+        "run check-config (docs/production.md).",
+        "  mailslot sample-config > /etc/mailslot/mailslot.toml\n",
+        _sample_config,
+    )
+
+
+def sample_config() -> str:
+    """The sample shipped in the package (``mailslot/data/mailslot.toml``)."""
+    from importlib.resources import files
+
+    return files("mailslot").joinpath("data", "mailslot.toml").read_text(encoding="utf-8")
+
+
+def _sample_config(args: argparse.Namespace) -> int:
+    sys.stdout.write(sample_config())
+    return EX_OK
+
+
 # -- doctor ----------------------------------------------------------------------------------
 
 
@@ -833,6 +863,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_user,
     add_deliver,
     add_systemd_unit,
+    add_sample_config,
     add_doctor,
     add_acme,
     add_db,
