@@ -658,6 +658,13 @@ def _db(args: argparse.Namespace) -> int:
     return run(config, args.action)
 
 
+def add_migrate(subparsers: SubParsers) -> None:
+    """``mailslot migrate`` (Maildir into PostgreSQL) lives in :mod:`mailslot.migration`."""
+    command = importlib.import_module("mailslot.migration.command")
+    register: Callable[[SubParsers], None] = command.register
+    register(subparsers)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
@@ -668,6 +675,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_systemd_unit,
     add_doctor,
     add_db,
+    add_migrate,
 )
 
 
