@@ -240,3 +240,37 @@ def test_a_delivery_to_an_account_being_migrated_is_deferred_then_delivered(
         lmtp.sendmail("sender@example.org", ["alice@localhost"], message)
     listing, _, _ = listings(new, "alice")
     assert len(listing) == len(SAMPLE_MESSAGES) + 8 + 1  # the migrated ones, then the new one
+
+
+BIG = 100_000  # about 21 s here; the rate is measured in benchmarks/migrate_rate.py
+
+
+def test_a_big_dovecot_maildrop_lists_the_same_before_and_after(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    old, new = pair(mailslot_factory, dsn, DOVECOT_FORMAT)
+    maildir = old.maildir("alice")
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    names = dovecot_names(maildir, BIG, 1_600_000_000)
+    # Dovecot knew the first half; the rest get their UIDs from mailslot, as from Dovecot.
+    records = "".join(f"{uid} :{base}\n" for uid, base in enumerate(names[: BIG // 2], 1))
+    (maildir / "dovecot-uidlist").write_text(f"3 V1600000000 N{BIG // 2 + 1}\n{records}")
+    old.start()
+    client = pop3_connect(old, "implicit")
+    client.user("alice")
+    client.pass_(old.password("alice"))
+    before = (client.list()[1], client.uidl()[1])
+    client.quit()
+    old.stop()
+    assert len(before[0]) == BIG
+
+    code, _, err = finished(migrate(old, new))
+    assert code == 0, err
+    new.start()
+    client = pop3_connect(new, "implicit")
+    client.user("alice")
+    client.pass_(old.password("alice"))
+    after = (client.list()[1], client.uidl()[1])
+    client.quit()
+    assert after == before
