@@ -173,8 +173,10 @@ def test_an_interrupted_migration_goes_on_with_nothing_doubled(
     assert code == (130 if how == signal.SIGINT else -signal.SIGKILL), err
     copied = sql(dsn, "SELECT count(*) FROM mailslot_messages")[0][0]
     assert 0 < copied < 3000, "interrupted too late to prove anything"
-    # The account stays held: a login on the new store would see half a maildrop.
+    # The account stays held: a login on the new store would see half a maildrop, and a
+    # delivery would come before the rest of the old messages: it is deferred.
     assert sql(dsn, "SELECT node FROM mailslot_leases")[0][0] == "mailslot-migrate"
+    assert deliver(new, "alice") == 75
 
     code, _, err = finished(migrate(old, new))
     assert code == 0, err
@@ -183,6 +185,18 @@ def test_an_interrupted_migration_goes_on_with_nothing_doubled(
     assert not sql(dsn, "SELECT 1 FROM mailslot_leases")  # released
     code, out, err = finished(migrate(old, new, "--verify"))
     assert code == 0, out + err
+    assert deliver(new, "alice") == 0  # released: delivered after the migrated ones
+    assert sql(dsn, "SELECT max(seq) FROM mailslot_messages")[0][0] == 3001
+
+
+def deliver(new: MailslotServer, user: str) -> int:
+    """``mailslot deliver`` of one message into NEW; its exit status."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mailslot", "deliver", "--config", str(new.config_path),
+         "-u", user],
+        input=b"Subject: delivered\n\nbody\n", capture_output=True, check=False,
+    )  # fmt: skip
+    return result.returncode
 
 
 def test_verify_reports_an_altered_message_and_a_missing_one(
@@ -225,12 +239,7 @@ def test_a_delivery_to_an_account_being_migrated_is_deferred_then_delivered(
     ):
         lmtp.sendmail("sender@example.org", ["alice@localhost"], message)
     assert refused.value.smtp_code == 451
-    deliver = subprocess.run(
-        [sys.executable, "-m", "mailslot", "deliver", "--config", str(new.config_path),
-         "-u", "alice"],
-        input=message, capture_output=True, check=False,
-    )  # fmt: skip
-    assert deliver.returncode == 75, deliver.stderr
+    assert deliver(new, "alice") == 75
     with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
         listings(new, "alice")
 
