@@ -283,3 +283,24 @@ def test_a_big_dovecot_maildrop_lists_the_same_before_and_after(
     after = (client.list()[1], client.uidl()[1])
     client.quit()
     assert after == before
+
+
+def test_an_account_in_use_on_the_old_server_is_skipped_and_taken_by_the_next_run(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    old, new = pair(mailslot_factory, dsn)
+    for seed, user in enumerate(USERS):
+        fill(old.maildir(user), uidl_format=None, seed=seed)
+    old.start()
+    session = pop3_connect(old, "implicit")
+    session.user("alice")
+    session.pass_(old.password("alice"))  # holds alice's Maildir lock
+    code, _, err = finished(migrate(old, new))
+    assert code == 75, err
+    assert "alice: skipped: a POP3 session holds its Maildir; run again later" in err
+    assert "2 of 3 accounts migrated" in err  # bob and carol
+    session.quit()
+    code, _, err = finished(migrate(old, new))
+    assert code == 0, err
+    code, out, err = finished(migrate(old, new, "--verify"))
+    assert code == 0, out + err
