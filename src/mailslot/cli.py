@@ -855,6 +855,13 @@ def _import_dovecot(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def add_migrate(subparsers: SubParsers) -> None:
+    """``mailslot migrate`` (Maildir into PostgreSQL) lives in :mod:`mailslot.migration`."""
+    command = importlib.import_module("mailslot.migration.command")
+    register: Callable[[SubParsers], None] = command.register
+    register(subparsers)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
@@ -869,6 +876,7 @@ COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_db,
     add_import_dovecot,
     add_admin,
+    add_migrate,
 )
 
 

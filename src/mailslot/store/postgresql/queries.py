@@ -59,11 +59,20 @@ DELETE_MESSAGES = """
 DELETE FROM mailslot_messages WHERE account_id = $1 AND seq = ANY($2::bigint[])
 """
 
+# The lease node name of ``mailslot migrate``'s hold on an account it is filling: a lease
+# that never expires (until the migration releases it), so logins get [IN-USE] and
+# deliveries are deferred (DELIVER returns no row) until the account is complete.
+MIGRATION_NODE = "mailslot-migrate"
+
 # The row lock taken on the account by the UPDATE orders deliveries: seq order is commit
-# order, so a snapshot never misses an earlier seq that commits later.
+# order, so a snapshot never misses an earlier seq that commits later.  No row comes back
+# while ``mailslot migrate`` holds the account: the delivery is deferred.
 DELIVER = """
 WITH account AS (
-    UPDATE mailslot_accounts SET next_seq = next_seq + 1 WHERE account_id = $1
+    UPDATE mailslot_accounts SET next_seq = next_seq + 1
+    WHERE account_id = $1 AND NOT EXISTS (
+        SELECT 1 FROM mailslot_leases WHERE account_id = $1 AND node = 'mailslot-migrate'
+    )
     RETURNING next_seq - 1 AS seq, uid_prefix
 ), message AS (
     INSERT INTO mailslot_messages (account_id, seq, uidl, wire_size, stored_size, header_size)

@@ -197,6 +197,10 @@ class PostgresStore:
             seq = await connection.fetchval(
                 queries.DELIVER, account, wire_size(data), len(data), header_length(data), data
             )
+        if seq is None:
+            # mailslot migrate is filling this account: deferred (LMTP 451, exit 75), the
+            # MTA retries once the account is complete and in order.
+            raise TemporaryFailure("the maildrop is being migrated (mailslot migrate)")
         return _key(account, seq)
 
     async def usage(self, user: str, home: str | None = None) -> Any:
