@@ -169,10 +169,13 @@ def test_the_hardening_table_lists_every_option_of_the_unit() -> None:
     template = systemd._HARDENING.format(read_write="")
     hardening = set(re.findall(r"^(\w+)=", template, re.MULTILINE))
     written = set(re.findall(r"^(\w+)=", unit, re.MULTILINE))
-    assert hardening | {"ReadWritePaths", "ProtectHome", "LimitNOFILE"} == listed
+    assert (
+        hardening | {"ReadWritePaths", "ProtectHome", "LimitNOFILE", "RuntimeDirectory"} == listed
+    )
     assert listed <= written
     # What the table says ReadWritePaths are, for the sample's configuration.
-    assert "ReadWritePaths=-/var/spool/postfix/private -/var/vmail\n" in unit
+    assert "ReadWritePaths=-/run/mailslot -/var/spool/postfix/private -/var/vmail\n" in unit
+    assert "RuntimeDirectory=mailslot\n" in unit
     assert "ProtectHome=yes\n" in unit
 
 
