@@ -351,10 +351,12 @@ async def _serve(
     finally:
         stopping.cancel()
         retiring.cancel()
-    logger.info("shutting down")
-    systemd.stopping()
+    # The second signal's handler first: one that arrives just after the line below must not
+    # meet the first signal's handler, which would take it for the first again.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, app.hurry)
+    logger.info("shutting down")
+    systemd.stopping()
     await app.stop()
     return 0
 
