@@ -36,10 +36,11 @@ from mailslot.delivery.transactions import Transactions
 from mailslot.privileges import Identity, PrivilegeError
 from mailslot.protocol.connection import CoreConfig
 from mailslot.server import tls
-from mailslot.server.limits import Limits
 from mailslot.server.listener import Pop3Listener, listening_socket
 from mailslot.server.penalty import LocalPenaltyState, PenaltyPolicy, PenaltyState
 from mailslot.server.session import SessionContext, format_address
+from mailslot.server.sharedcounts import SharedCounts
+from mailslot.server.sharedlimits import SharedLimits, table_for
 from mailslot.server.supervisor import (
     RETIRE,
     WORKER_SIGNALS,
@@ -73,11 +74,14 @@ class Application:
         watch: FileWatch | None = None,
         metrics_socket: socket.socket | None = None,
         penalty: PenaltyState | None = None,
+        counts: SharedCounts | None = None,
     ) -> None:
         self.config = config
-        # Made by the parent before forking, so that all workers share it; a lone worker
+        # Made by the parent before forking, so that all workers share them; a lone worker
         # (or a test) makes its own.
         self.penalty = penalty if penalty is not None else penalty_state(config)
+        self.counts = counts if counts is not None else limits_table(config)
+        self.limits: SharedLimits | None = None  # made by start()
         self.worker = worker
         self.metrics = metrics.for_worker(config.metrics)
         self.metrics_socket = metrics_socket
@@ -135,9 +139,16 @@ class Application:
                 affordable,
             )
             max_connections = affordable
-        shared_limits = Limits(
-            max_connections, limits.max_connections_per_ip, limits.max_sessions_per_user
+        # One count per node, whichever worker takes a connection (server.sharedlimits).
+        shared_limits = SharedLimits(
+            self.counts,
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.max_sessions_per_user,
+            ipv6_prefix=config.auth.ipv6_prefix,
+            process_connections=max_connections,
         )
+        self.limits = shared_limits
         store = self.metrics.observe_store(self.store)
         users = self.metrics.observe_users(self.users)
         for listener in config.listeners:
@@ -266,6 +277,7 @@ async def serve(
     watch: FileWatch | None = None,
     metrics_socket: socket.socket | None = None,
     penalty: PenaltyState | None = None,
+    counts: SharedCounts | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
@@ -279,6 +291,7 @@ async def serve(
             watch=watch,
             metrics_socket=metrics_socket,
             penalty=penalty,
+            counts=counts,
         )
         return await _serve(loop, app, ready)
     finally:
@@ -373,6 +386,7 @@ def _run_worker(
     metrics_socket: socket.socket | None = None,
     *,
     penalty: PenaltyState | None = None,
+    counts: SharedCounts | None = None,
 ) -> int:
     # Before anything of the worker exists: no session, Maildir or passwd-file is ever
     # touched as root.
@@ -393,6 +407,7 @@ def _run_worker(
                 watch=watch,
                 metrics_socket=metrics_socket,
                 penalty=penalty,
+                counts=counts,
             )
         )
 
@@ -411,6 +426,11 @@ def verify_threads(config: Config) -> int:
     if config.auth.verify_pool:
         return config.auth.verify_pool
     return max(1, len(os.sched_getaffinity(0)) // max(1, config.server.workers))
+
+
+def limits_table(config: Config) -> SharedCounts:
+    """The table of ``[limits]``'s counts, in memory the workers share."""
+    return table_for(config.limits.max_connections, max(1, config.server.workers))
 
 
 def penalty_state(config: Config) -> LocalPenaltyState:
@@ -578,6 +598,8 @@ def run(config: Config) -> int:
     # replace a dead one and each SIGHUP generation, maps the same shared memory, so a
     # client's failures count once per node whichever worker takes its connections.
     penalty = penalty_state(config)
+    # So is the table of [limits]'s counts; the supervisor gives back a dead worker's slots.
+    counts = limits_table(config)
     # Metrics: a directory every process writes its values into, and the exporter's socket
     # that every worker serves (mailslot.metrics); made before any worker exists.
     try:
@@ -597,7 +619,16 @@ def run(config: Config) -> int:
         parent.certificate(config.tls.certificate)
     try:
         return _serve_workers(
-            config, workers, contexts, sockets, identity, watch, metrics_socket, parent, penalty
+            config,
+            workers,
+            contexts,
+            sockets,
+            identity,
+            watch,
+            metrics_socket,
+            parent,
+            penalty,
+            counts,
         )
     finally:
         if metrics_socket is not None:
@@ -615,6 +646,7 @@ def _serve_workers(
     metrics_socket: socket.socket | None,
     parent: metrics.ParentMetrics,
     penalty: PenaltyState,
+    counts: SharedCounts,
 ) -> int:
     if workers == 1:
 
@@ -632,6 +664,7 @@ def _serve_workers(
                 watch,
                 metrics_socket,
                 penalty=penalty,
+                counts=counts,
             )
         finally:
             for sock in sockets.values():
@@ -654,6 +687,7 @@ def _serve_workers(
             None,
             metrics_socket,
             penalty=penalty,
+            counts=counts,
         )
 
     return Supervisor(
@@ -665,4 +699,5 @@ def _serve_workers(
         lambda: tls_for(config),
         watch,
         parent,
+        on_exit=counts.reclaim,
     ).run()
