@@ -96,6 +96,10 @@ class Application:
         self.lmtp_transactions = Transactions()  # DATA commands in progress, all listeners
         self._hurry = asyncio.Event()  # set by a second stop signal
         self.store = backends.build(config)
+        # With PostgreSQL, the penalty and the limits hold across nodes too.
+        self.cluster: Any = None  # a ClusterCounts
+        if config.store.backend == "postgresql":
+            self.penalty, self.cluster = cluster_state(config, self.store, self.penalty)
         # At most one stat() of a passwd-file per second rather than one per login.
         self.users = auth_backends.build(
             config,
@@ -148,6 +152,9 @@ class Application:
             ipv6_prefix=config.auth.ipv6_prefix,
             process_connections=max_connections,
         )
+        if self.cluster is not None:
+            shared_limits.elsewhere = self.cluster.elsewhere
+            self.cluster.start(shared_limits)
         self.limits = shared_limits
         store = self.metrics.observe_store(self.store)
         users = self.metrics.observe_users(self.users)
@@ -227,6 +234,8 @@ class Application:
 
     async def stop(self) -> None:
         await self._close(self.config.server.shutdown_timeout)
+        if self.cluster is not None:
+            await self.cluster.stop()
         for owner in (self.store, self.users):  # database pools (a shared one closes once)
             close = getattr(owner, "aclose", None)
             if close is not None:
@@ -426,6 +435,24 @@ def verify_threads(config: Config) -> int:
     if config.auth.verify_pool:
         return config.auth.verify_pool
     return max(1, len(os.sched_getaffinity(0)) // max(1, config.server.workers))
+
+
+def cluster_state(config: Config, store: object, penalty: PenaltyState) -> tuple[PenaltyState, Any]:
+    """The penalty and the counts of every node sharing ``store``'s database
+    (:mod:`mailslot.store.postgresql.cluster`), over its pool; ``penalty`` is the node's own,
+    which answers while the database does not."""
+    from mailslot.store.postgresql.cluster import ClusterCounts, ClusterPenaltyState
+    from mailslot.store.postgresql.store import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    local = penalty if isinstance(penalty, LocalPenaltyState) else penalty_state(config)
+    counts = ClusterCounts(
+        store.pool,
+        backends.node_id(config),
+        refresh=config.limits.cluster_refresh,
+        forget_after=local.policy.forget_after,
+    )
+    return ClusterPenaltyState(store.pool, local.policy, local), counts
 
 
 def limits_table(config: Config) -> SharedCounts:
