@@ -519,3 +519,11 @@ def test_proxy_trusted_networks_are_networks_and_need_proxy_protocol(conf_dir: P
     assert "is not a network" in bad.message
     unused = only(conf_dir, base + 'proxy_trusted_networks = ["10.0.0.0/8"]\n')
     assert "only means something with proxy_protocol" in unused.message
+
+
+@pytest.mark.parametrize("value", ["0", "0.05", "61"])
+def test_cluster_refresh_is_bounded(conf_dir: Path, value: str) -> None:
+    problem = only(conf_dir, BASE + f"[limits]\ncluster_refresh = {value}\n")
+    assert problem.key == "limits.cluster_refresh"
+    assert "0.1 to 60 seconds" in problem.message
+    assert parse(conf_dir, BASE + "[limits]\ncluster_refresh = 0.5\n").limits.cluster_refresh == 0.5

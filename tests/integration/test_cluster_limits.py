@@ -152,3 +152,28 @@ def test_a_restarted_node_clears_its_counts(dsn: str) -> None:
         return cleared, int(left)
 
     assert asyncio.run(run()) == (1, 1)
+
+
+def test_without_the_database_the_nodes_own_penalty_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database that cannot be reached: the node's own penalty slows the client still
+    (its second check waits a gap), and the failure is logged once, not per attempt."""
+    policy = PenaltyPolicy(base=10.0, cap=20.0)
+    local = LocalPenaltyState(policy, slots=64)
+
+    async def run() -> list[tuple[bool, float]]:
+        pool = LazyPool("postgresql://mailslot@127.0.0.1:1/none", size=1, connect_timeout=2)
+        state = ClusterPenaltyState(pool, policy, local)
+        try:
+            seen = [await state.reserve("192.0.2.9") for _ in range(2)]
+        finally:
+            await pool.aclose()
+        return [(a.allowed, a.wait) for a in seen]
+
+    got = asyncio.run(run())
+    assert got[0] == (True, 0.0)
+    assert got[1][0] and got[1][1] > 9
+    assert local.strikes("192.0.2.9") == 2
+    lines = [r.getMessage() for r in caplog.records if "using this node's own" in r.getMessage()]
+    assert len(lines) == 1, lines
