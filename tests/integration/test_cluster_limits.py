@@ -6,6 +6,9 @@ private PostgreSQL (tests/support/postgres.py).  Counted from replies and logs, 
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
+import time
 
 import asyncpg
 import pytest
@@ -177,3 +180,49 @@ def test_without_the_database_the_nodes_own_penalty_answers(
     assert local.strikes("192.0.2.9") == 2
     lines = [r.getMessage() for r in caplog.records if "using this node's own" in r.getMessage()]
     assert len(lines) == 1, lines
+
+
+GAP = 0.5
+DURATION = 4.0
+
+
+def _guess(server: MailslotServer, until: float, attempts: list[int]) -> None:
+    """USER/PASS with wrong passwords over implicit TLS until ``until``, reconnecting."""
+    while time.monotonic() < until:
+        try:
+            with _wire(server) as wire:
+                while time.monotonic() < until:
+                    assert wire.command("USER alice").startswith(b"+OK")
+                    assert wire.command("PASS wrong-password").startswith(b"-ERR [AUTH]")
+                    attempts.append(1)
+        except (ConnectionClosed, OSError):
+            continue
+
+
+def test_fifty_guessers_over_two_nodes_get_no_more_checks_than_one_connection(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    """(a) across nodes: 25 guessing connections on each of two nodes (each with two
+    workers) from one address; the password checks of both nodes together (a "login failed"
+    line each) stay within one connection's policy: one at once, then one per GAP."""
+    options = {
+        "failure_delay": GAP,
+        "failure_delay_max": GAP,
+        "limits": {"max_bad_commands_before_login": 1000},
+        "server": {"workers": 2},
+    }
+    nodes = [node(mailslot_factory, dsn, name, **options) for name in ("node-a", "node-b")]  # type: ignore[arg-type]
+    attempts: list[int] = []
+    started = time.monotonic()
+    until = started + DURATION
+    threads = [
+        threading.Thread(target=_guess, args=(nodes[n % 2], until, attempts)) for n in range(50)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    checks = [server.log().count("login failed: user=alice") for server in nodes]
+    print(f"attempts={len(attempts)} checks={checks} in {elapsed:.1f}s")
+    assert sum(checks) <= 1 + math.ceil(elapsed / GAP) + 1, checks
