@@ -19,7 +19,7 @@ from tests.support.postgres import PostgresServer
 from tests.support.server import MailslotServer, ServerFactory
 from tests.support.wire import ConnectionClosed, Pop3Wire
 
-from mailslot.server.penalty import LocalPenaltyState, PenaltyPolicy
+from mailslot.server.penalty import LocalPenaltyState, PenaltyPolicy, PenaltyState
 from mailslot.store.postgresql.cluster import ClusterPenaltyState, clear_node
 from mailslot.store.postgresql.pool import LazyPool
 
@@ -34,14 +34,20 @@ def _wire(server: MailslotServer) -> Pop3Wire:
     return Pop3Wire(host, port, tls_context=server.tls_files.client_context())
 
 
-def test_the_penalty_arithmetic_in_the_database_follows_the_policy(dsn: str) -> None:
-    """One slot at once (free), then one a gap later, then a refusal when the next slot is
-    more than the cap away; a success forgets.  Waits are computed by the database clock."""
+@pytest.mark.parametrize("backend", ["local", "postgresql"])
+def test_the_penalty_backends_follow_one_policy(postgres: PostgresServer, backend: str) -> None:
+    """The PenaltyState contract, for the node's memory and the database alike: one slot at
+    once (free), then one a gap later, then a refusal when the next slot is more than the cap
+    away; a success forgets.  The database's waits come from the database's clock."""
     policy = PenaltyPolicy(base=10.0, cap=20.0, free=1)
+    dsn = upgraded(postgres) if backend == "postgresql" else "unused"
 
     async def run() -> list[tuple[bool, float]]:
+        local = LocalPenaltyState(policy, slots=64)
         pool = LazyPool(dsn, size=2)
-        state = ClusterPenaltyState(pool, policy, LocalPenaltyState(policy, slots=64))
+        state: PenaltyState = local
+        if backend == "postgresql":
+            state = ClusterPenaltyState(pool, policy, local)
         try:
             seen = [await state.reserve("192.0.2.1") for _ in range(4)]
             other = await state.reserve("192.0.2.2")

@@ -7,7 +7,7 @@ section 8 and RFC 3206).
 The counts live behind :class:`ConnectionLimits`, in the manner of the penalty's
 :class:`~mailslot.server.penalty.PenaltyState`: the server counts in memory shared by all
 workers of the node (:class:`~mailslot.server.sharedlimits.SharedLimits`), and a cluster
-backend adds the other nodes' counts (:mod:`mailslot.server.clusterlimits`).  :class:`Limits`
+backend adds the other nodes' counts (:mod:`mailslot.store.postgresql.cluster`).  :class:`Limits`
 counts for one process: the verified fake of the unit tests.  The calls are synchronous:
 they are made in the accept loop, for every connection, and must cost no round trip.
 

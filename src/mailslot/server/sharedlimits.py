@@ -13,7 +13,7 @@ supervisor when it replaces it (:meth:`SharedCounts.reclaim`).
 (:func:`~mailslot.server.penalty.address_key`), and ``u:<user>`` per user.
 
 **Across nodes.**  ``elsewhere(key)``, when given, is the count of ``key`` on the other nodes
-of a cluster, from a view refreshed in the background (:mod:`mailslot.server.clusterlimits`):
+of a cluster, from a view refreshed in the background (:mod:`mailslot.store.postgresql.cluster`):
 the per-client and per-user limits then hold for the cluster, as fresh as that view.
 ``max_connections`` protects the node's own resources and stays per node.
 """
