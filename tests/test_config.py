@@ -589,3 +589,11 @@ def test_admin_group_must_exist(conf_dir: Path) -> None:
     assert problem.key == "admin.group"
     assert "no group" in problem.message
     assert parse(conf_dir, BASE + '[admin]\ngroup = "root"\n').admin.group == "root"
+
+
+@pytest.mark.parametrize("value", ["0", "0.05", "61"])
+def test_cluster_refresh_is_bounded(conf_dir: Path, value: str) -> None:
+    problem = only(conf_dir, BASE + f"[limits]\ncluster_refresh = {value}\n")
+    assert problem.key == "limits.cluster_refresh"
+    assert "0.1 to 60 seconds" in problem.message
+    assert parse(conf_dir, BASE + "[limits]\ncluster_refresh = 0.5\n").limits.cluster_refresh == 0.5

@@ -158,6 +158,9 @@ class LimitsConfig:
     max_bad_commands: int = 20
     login_timeout: float = 60.0
     idle_timeout: float = 600.0  # RFC 1939 section 3: at least 10 minutes
+    # [store] backend = "postgresql": seconds between two publishings of a worker's counts
+    # (the other nodes' view is at most twice this old; a dead node's expire after 3x).
+    cluster_refresh: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -905,6 +908,12 @@ class _Loader:
                 "command_line_length",
                 f"must be at least {_MIN_COMMAND_LINE} (RFC 2449 section 4 lets clients "
                 f"send lines that long), not {limits.command_line_length}",
+            )
+        if not 0.1 <= limits.cluster_refresh <= 60:
+            self.problem(
+                "limits",
+                "cluster_refresh",
+                f"must be 0.1 to 60 seconds, not {limits.cluster_refresh:g}",
             )
         if limits.login_timeout <= 0:
             self.problem(

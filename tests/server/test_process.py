@@ -294,7 +294,10 @@ def test_a_probe_of_the_tls_port_neither_lingers_nor_holds_shutdown(servers: Any
 
 
 def test_two_workers_both_serve_and_share_the_maildrop_lock(servers: Any) -> None:
-    server = servers(extra_sections={"server": {"workers": 2}}, limits=HELD_LIMITS)
+    # Sessions per user above 1, so that the flock, not the node's session count (which
+    # would refuse first, tests/server/test_limits_shared.py), is what is tested here.
+    limits = {**HELD_LIMITS, "max_sessions_per_user": 10}
+    server = servers(extra_sections={"server": {"workers": 2}}, limits=limits)
     server.builder("alice").add_all(MESSAGES)
     workers = ready_workers(server, 2)
     host, port = server.starttls

@@ -4,6 +4,13 @@ Each ``acquire_*`` either takes a slot and returns True or refuses; the session 
 refusal with a clear ``-ERR`` (``[SYS/TEMP]`` for connections, ``[IN-USE]`` for users, RFC 2449
 section 8 and RFC 3206).
 
+The counts live behind :class:`ConnectionLimits`, in the manner of the penalty's
+:class:`~mailslot.server.penalty.PenaltyState`: the server counts in memory shared by all
+workers of the node (:class:`~mailslot.server.sharedlimits.SharedLimits`), and a cluster
+backend adds the other nodes' counts (:mod:`mailslot.store.postgresql.cluster`).  :class:`Limits`
+counts for one process: the verified fake of the unit tests.  The calls are synchronous:
+they are made in the accept loop, for every connection, and must cost no round trip.
+
 A connection is counted from its accept, before any PROXY header or TLS handshake: a client
 that never sends a byte holds a descriptor as surely as one that logs in.  Until a PROXY
 header names the client, the connection counts against the proxy's address;
@@ -21,8 +28,29 @@ from collections.abc import Callable
 from typing import Protocol
 
 
+class ConnectionLimits(Protocol):
+    """The three limits of ``[limits]``: total, per client address, per user."""
+
+    def acquire_connection(self, address: str) -> str | None:
+        """Take a connection slot for ``address``; on refusal return the reason."""
+        ...
+
+    def move_connection(self, old: str, new: str) -> str | None:
+        """Count a connection held under ``old`` under ``new`` (a PROXY header named the
+        client); on refusal return the reason and leave it under ``old``."""
+        ...
+
+    def release_connection(self, address: str) -> None: ...
+
+    def acquire_user(self, user: str) -> bool:
+        """Take a session slot for ``user``; False: over ``max_sessions_per_user``."""
+        ...
+
+    def release_user(self, user: str) -> None: ...
+
+
 class Limits:
-    """Counters for the three limits of ``[limits]``."""
+    """Counters for the three limits of ``[limits]``, in one process (for tests)."""
 
     def __init__(self, max_connections: int, per_ip: int, per_user: int) -> None:
         self.max_connections = max_connections

@@ -31,9 +31,9 @@ rotate through freely); an IPv4-mapped IPv6 address is its IPv4 address.
 
 The state lives behind :class:`PenaltyState`, in the manner of the store Protocols: the
 session asks it and never holds a dict of its own.  :class:`LocalPenaltyState` keeps it in
-memory shared by every worker of the node (:mod:`mailslot.server.sharedtable`); a backend for
-a cluster (PostgreSQL, a row per key updated in one transaction) would implement the same
-three calls with :class:`PenaltyPolicy`'s arithmetic.
+memory shared by every worker of the node (:mod:`mailslot.server.sharedtable`);
+:class:`mailslot.store.postgresql.cluster.ClusterPenaltyState` implements the same three calls
+for every node of a database, :class:`PenaltyPolicy`'s arithmetic done in one statement each.
 """
 
 from __future__ import annotations

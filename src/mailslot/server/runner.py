@@ -42,10 +42,11 @@ from mailslot.delivery.transactions import Transactions
 from mailslot.privileges import Identity, PrivilegeError
 from mailslot.protocol.connection import CoreConfig
 from mailslot.server import tls
-from mailslot.server.limits import Limits
 from mailslot.server.listener import Pop3Listener, listening_socket
 from mailslot.server.penalty import LocalPenaltyState, PenaltyPolicy, PenaltyState
 from mailslot.server.session import Session, SessionContext, format_address
+from mailslot.server.sharedcounts import SharedCounts
+from mailslot.server.sharedlimits import SharedLimits, table_for
 from mailslot.server.supervisor import (
     RETIRE,
     WORKER_SIGNALS,
@@ -81,14 +82,17 @@ class Application:
         watch: FileWatch | None = None,
         metrics_socket: socket.socket | None = None,
         penalty: PenaltyState | None = None,
+        counts: SharedCounts | None = None,
         admin: AdminEndpoints | None = None,
     ) -> None:
         self.config = config
         self.admin = admin
         self.admin_server: AdminServer | None = None
-        # Made by the parent before forking, so that all workers share it; a lone worker
+        # Made by the parent before forking, so that all workers share them; a lone worker
         # (or a test) makes its own.
         self.penalty = penalty if penalty is not None else penalty_state(config)
+        self.counts = counts if counts is not None else limits_table(config)
+        self.limits: SharedLimits | None = None  # made by start()
         self.worker = worker
         self.metrics = metrics.for_worker(config.metrics)
         self.metrics_socket = metrics_socket
@@ -103,6 +107,10 @@ class Application:
         self.lmtp_transactions = Transactions()  # DATA commands in progress, all listeners
         self._hurry = asyncio.Event()  # set by a second stop signal
         self.store = backends.build(config)
+        # With PostgreSQL, the penalty and the limits hold across nodes too.
+        self.cluster: Any = None  # a ClusterCounts
+        if config.store.backend == "postgresql":
+            self.penalty, self.cluster = cluster_state(config, self.store, self.penalty)
         # At most one stat() of a passwd-file per second rather than one per login.
         self.users = auth_backends.build(
             config,
@@ -148,9 +156,19 @@ class Application:
                 affordable,
             )
             max_connections = affordable
-        shared_limits = Limits(
-            max_connections, limits.max_connections_per_ip, limits.max_sessions_per_user
+        # One count per node, whichever worker takes a connection (server.sharedlimits).
+        shared_limits = SharedLimits(
+            self.counts,
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.max_sessions_per_user,
+            ipv6_prefix=config.auth.ipv6_prefix,
+            process_connections=max_connections,
         )
+        if self.cluster is not None:
+            shared_limits.elsewhere = self.cluster.elsewhere
+            self.cluster.start(shared_limits)
+        self.limits = shared_limits
         store = self.metrics.observe_store(self.store)
         users = self.metrics.observe_users(self.users)
         for listener in config.listeners:
@@ -239,6 +257,8 @@ class Application:
 
     async def stop(self) -> None:
         await self._close(self.config.server.shutdown_timeout)
+        if self.cluster is not None:
+            await self.cluster.stop()
         for owner in (self.store, self.users):  # database pools (a shared one closes once)
             close = getattr(owner, "aclose", None)
             if close is not None:
@@ -296,6 +316,7 @@ async def serve(
     watch: FileWatch | None = None,
     metrics_socket: socket.socket | None = None,
     penalty: PenaltyState | None = None,
+    counts: SharedCounts | None = None,
     admin: AdminEndpoints | None = None,
 ) -> int:
     """Run one worker until SIGTERM/SIGINT."""
@@ -311,6 +332,7 @@ async def serve(
             watch=watch,
             metrics_socket=metrics_socket,
             penalty=penalty,
+            counts=counts,
             admin=admin,
         )
         try:
@@ -411,6 +433,7 @@ def _run_worker(
     metrics_socket: socket.socket | None = None,
     *,
     penalty: PenaltyState | None = None,
+    counts: SharedCounts | None = None,
     admin: AdminEndpoints | None = None,
 ) -> int:
     # Before anything of the worker exists: no session, Maildir or passwd-file is ever
@@ -432,6 +455,7 @@ def _run_worker(
                 watch=watch,
                 metrics_socket=metrics_socket,
                 penalty=penalty,
+                counts=counts,
                 admin=admin,
             )
         )
@@ -451,6 +475,29 @@ def verify_threads(config: Config) -> int:
     if config.auth.verify_pool:
         return config.auth.verify_pool
     return max(1, len(os.sched_getaffinity(0)) // max(1, config.server.workers))
+
+
+def cluster_state(config: Config, store: object, penalty: PenaltyState) -> tuple[PenaltyState, Any]:
+    """The penalty and the counts of every node sharing ``store``'s database
+    (:mod:`mailslot.store.postgresql.cluster`), over its pool; ``penalty`` is the node's own,
+    which answers while the database does not."""
+    from mailslot.store.postgresql.cluster import ClusterCounts, ClusterPenaltyState
+    from mailslot.store.postgresql.store import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    local = penalty if isinstance(penalty, LocalPenaltyState) else penalty_state(config)
+    counts = ClusterCounts(
+        store.pool,
+        backends.node_id(config),
+        refresh=config.limits.cluster_refresh,
+        forget_after=local.policy.forget_after,
+    )
+    return ClusterPenaltyState(store.pool, local.policy, local), counts
+
+
+def limits_table(config: Config) -> SharedCounts:
+    """The table of ``[limits]``'s counts, in memory the workers share."""
+    return table_for(config.limits.max_connections, max(1, config.server.workers))
 
 
 def penalty_state(config: Config) -> LocalPenaltyState:
@@ -631,6 +678,8 @@ def _run_serving(config: Config, identity: Identity | None, workers: int) -> int
     # replace a dead one and each SIGHUP generation, maps the same shared memory, so a
     # client's failures count once per node whichever worker takes its connections.
     penalty = penalty_state(config)
+    # So is the table of [limits]'s counts; the supervisor gives back a dead worker's slots.
+    counts = limits_table(config)
     # Metrics: a directory every process writes its values into, and the exporter's socket
     # that every worker serves (mailslot.metrics); made before any worker exists.
     try:
@@ -669,6 +718,7 @@ def _run_serving(config: Config, identity: Identity | None, workers: int) -> int
             metrics_socket,
             parent,
             penalty,
+            counts,
             admin,
         )
     finally:
@@ -751,6 +801,7 @@ def _serve_workers(
     metrics_socket: socket.socket | None,
     parent: metrics.ParentMetrics,
     penalty: PenaltyState,
+    counts: SharedCounts,
     admin: AdminEndpoints | None = None,
 ) -> int:
     if workers == 1:
@@ -769,6 +820,7 @@ def _serve_workers(
                 watch,
                 metrics_socket,
                 penalty=penalty,
+                counts=counts,
                 admin=admin,
             )
         finally:
@@ -792,6 +844,7 @@ def _serve_workers(
             None,
             metrics_socket,
             penalty=penalty,
+            counts=counts,
             admin=admin,
         )
 
@@ -806,4 +859,5 @@ def _serve_workers(
         parent,
         control=None if admin is None else admin.commands,
         on_stop=None if admin is None else admin.listening.close,
+        on_exit=counts.reclaim,
     ).run()

@@ -48,7 +48,7 @@ from mailslot.protocol import events as ev
 from mailslot.protocol.connection import Connection, CoreConfig
 from mailslot.protocol.responses import Code, Failure, err
 from mailslot.protocol.state import State
-from mailslot.server.limits import Limits, RefusalLog
+from mailslot.server.limits import ConnectionLimits, RefusalLog
 from mailslot.server.penalty import PenaltyState, address_key
 from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
 from mailslot.server.tls import TlsContexts
@@ -170,7 +170,7 @@ class SessionContext:
     store: Store
     users: Authenticator
     penalty: PenaltyState
-    limits: Limits
+    limits: ConnectionLimits
     tls: TlsContexts | None
     login_timeout: float
     idle_timeout: float

@@ -14,6 +14,8 @@ It keeps the sockets, so that it can start workers again later:
 - **A worker that exits on its own** (a crash, an out-of-memory kill) is replaced by a new one
   with the same index, so the server keeps all its workers.  A worker that exits before it
   has started serving would only fail again: the server then stops, with its exit status.
+- **A worker that exits** gives back the connection and session slots it still held in the
+  node's shared counts (:mod:`mailslot.server.sharedcounts`), before any replacement starts.
 - **SIGTERM / SIGINT** close the parent's sockets and reach every worker, retiring ones
   included; the parent returns the highest exit status once they have all exited.
 - **The admin socket's** ``mailslot reload`` and ``stop`` arrive from a worker, which may not
@@ -113,6 +115,7 @@ class Supervisor:
         *,
         control: int | None = None,
         on_stop: Callable[[], None] | None = None,
+        on_exit: Callable[[int], int] | None = None,
     ) -> None:
         self.config = config
         self.control = control  # the read end of the admin control pipe (non-blocking)
@@ -124,6 +127,9 @@ class Supervisor:
         self._load_contexts = load_contexts
         self.watch = watch
         self.metrics = metrics or ParentMetrics()
+        # Called with each exited worker's pid before a replacement is forked: gives back
+        # the connection slots it held (SharedCounts.reclaim); returns how many.
+        self._on_exit = on_exit
         self.workers: dict[int, _Worker] = {}  # by pid
         self._stopping = False
         self._status = 0
@@ -301,6 +307,14 @@ class Supervisor:
                 continue
             self.metrics.worker_exited(pid)
             code = os.waitstatus_to_exitcode(status)
+            if self._on_exit is not None:
+                reclaimed = self._on_exit(pid)
+                if reclaimed:
+                    logger.warning(
+                        "worker pid=%d held %d connection and session slots; given back",
+                        pid,
+                        reclaimed,
+                    )
             started = worker.has_started()
             if self._stopping:
                 self._status = max(self._status, code)

@@ -31,7 +31,7 @@ from mailslot.store.base import (
     StoreError,
     TemporaryFailure,
 )
-from mailslot.store.postgresql import queries, schema
+from mailslot.store.postgresql import cluster, queries, schema
 from mailslot.store.postgresql.lease import Lease, fenced
 from mailslot.store.postgresql.pool import DATABASE_ERRORS, LazyPool, describe
 from mailslot.store.wiresize import wire_size
@@ -244,6 +244,7 @@ async def start_node(dsn: str, node: str, connect_timeout: float = 5.0) -> int:
     try:
         await schema.check(connection)
         status = await connection.execute(queries.CLEAR_NODE_LEASES, node)
+        await cluster.clear_node(connection, node)  # its connection counts, too
     finally:
         await connection.close()
     return int(status.split()[-1])
