@@ -30,7 +30,7 @@ from mailslot.store.base import (
     StoreError,
     TemporaryFailure,
 )
-from mailslot.store.postgresql import queries, schema
+from mailslot.store.postgresql import fault, queries, schema
 from mailslot.store.postgresql.lease import Lease, fenced
 from mailslot.store.postgresql.pool import DATABASE_ERRORS, LazyPool, describe
 from mailslot.store.wiresize import wire_size
@@ -106,6 +106,7 @@ class PostgresMaildrop:
                     "the maildrop's lease was lost (another session holds it): nothing deleted"
                 )
             await connection.execute(queries.DELETE_MESSAGES, self._lease.account, seqs)
+            fault.point("quit-before-commit")
 
     async def close(self) -> None:
         if self._open:
