@@ -35,7 +35,7 @@ from typing import Any
 import asyncpg
 import pytest
 from tests.support.external import describe, run
-from tests.support.haproxy import HAProxy, Node
+from tests.support.haproxy import HAProxy, Node, check_config, render_config
 from tests.support.postgres import PostgresServer
 from tests.support.programs import require_program
 from tests.support.server import Listener, MailslotServer, ServerFactory
@@ -199,6 +199,34 @@ def cluster(mailslot_factory: ServerFactory, postgres: PostgresServer) -> Iterat
             if process is not None and process.poll() is None:
                 os.kill(process.pid, signal.SIGCONT)
         haproxy.stop()
+
+
+# -- the deployment guide's configuration ---------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
+GUIDE_NODES = [Node(f"pop{n}", f"10.0.0.1{n}", 995) for n in (1, 2, 3)]
+
+
+def guide_block() -> str:
+    blocks = re.findall(r"```haproxy\n(.*?)```", GUIDE.read_text(), re.DOTALL)
+    assert len(blocks) == 1, "docs/deployment.md has one haproxy block"
+    return str(blocks[0])
+
+
+def test_the_guides_haproxy_config_is_the_one_the_tests_run(tmp_path: Path) -> None:
+    # The fixture below renders the same template for its own addresses.
+    assert guide_block() == render_config(
+        bind="192.0.2.10:995",
+        nodes=GUIDE_NODES,
+        ca_file="@system-ca",
+        admin_socket="/run/haproxy/admin.sock",
+        check_sni="pop.example.org",
+    )
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(guide_block())
+    checked = check_config(require_program("haproxy"), path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Configuration file is valid" in checked.stdout
 
 
 # -- HAProxy's health checks -----------------------------------------------------------------
