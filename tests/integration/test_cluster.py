@@ -38,7 +38,8 @@ from tests.support.external import describe, run
 from tests.support.haproxy import HAProxy, Node, check_config, render_config
 from tests.support.postgres import PostgresServer
 from tests.support.programs import require_program
-from tests.support.server import Listener, MailslotServer, ServerFactory
+from tests.support.server import Listener, MailslotServer
+from tests.support.tls import TlsFiles
 
 from mailslot.store.postgresql import schema
 
@@ -154,8 +155,22 @@ def _add_users(config: Path, users: dict[str, str]) -> None:
         assert process.returncode == 0, errors
 
 
-@pytest.fixture
-def cluster(mailslot_factory: ServerFactory, postgres: PostgresServer) -> Iterator[Cluster]:
+def _start_all(nodes: list[MailslotServer]) -> None:
+    starting = [threading.Thread(target=server.start) for server in nodes if not server.running]
+    for thread in starting:
+        thread.start()
+    for thread in starting:
+        thread.join()
+    for server in nodes:
+        assert server.running, server.log()
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(
+    tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles, postgres: PostgresServer
+) -> Iterator[Cluster]:
+    """One cluster for the module (starting three nodes costs seconds on a loaded machine);
+    :func:`cluster` puts it back in shape for each test."""
     program = require_program("haproxy")
     dsn = postgres.database("cluster")
 
@@ -167,38 +182,56 @@ def cluster(mailslot_factory: ServerFactory, postgres: PostgresServer) -> Iterat
             await connection.close()
 
     asyncio.run(upgrade())
+    directory = tmp_path_factory.mktemp("cluster")
     nodes = [
-        mailslot_factory(
+        MailslotServer(
+            directory / name,
+            tls_files,
             listeners=LISTENERS,
             store={"backend": "postgresql", "dsn": dsn, "lease_seconds": LEASE, "pool_size": 4},
             auth={"backend": "postgresql"},
             extra_sections={"server": {"node_id": name, "shutdown_timeout": 1}},
-            start=False,
         )
         for name in NAMES
     ]
     _add_users(nodes[0].config_path, {user: nodes[0].password(user) for user in ("alice", "bob")})
-    starting = [threading.Thread(target=server.start) for server in nodes]
-    for thread in starting:
-        thread.start()
-    for thread in starting:
-        thread.join()
-    for server in nodes:
-        assert server.running, server.log()
-    haproxy = HAProxy(
-        program,
-        [Node(name, *server.implicit) for name, server in zip(NAMES, nodes, strict=True)],
-        str(nodes[0].tls_files.ca_pem),
-    ).start()
+    haproxy: HAProxy | None = None
     try:
-        haproxy.wait_for(dict.fromkeys(NAMES, "UP"))
+        _start_all(nodes)
+        haproxy = HAProxy(
+            program,
+            [Node(name, *server.implicit) for name, server in zip(NAMES, nodes, strict=True)],
+            str(tls_files.ca_pem),
+        ).start()
         yield Cluster(nodes, haproxy, dsn)
     finally:
-        for index in range(len(nodes)):  # a SIGSTOPped node would not stop
-            process = nodes[index].process
+        for server in nodes:
+            process = server.process
             if process is not None and process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)
-        haproxy.stop()
+                os.kill(process.pid, signal.SIGCONT)  # a SIGSTOPped node would not stop
+            server.stop()
+        if haproxy is not None:
+            haproxy.stop()
+
+
+@pytest.fixture
+def cluster(shared_cluster: Cluster, request: pytest.FixtureRequest) -> Cluster:
+    """The module's cluster with every node running (without the fault hook), an empty
+    mail store (the users stay) and HAProxy seeing every node UP."""
+    nodes = shared_cluster.nodes
+    request.node.mailslot_servers = nodes  # their logs go into a failing test's report
+    for server in nodes:
+        process = server.process
+        if process is not None and process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)
+        if server.env.pop("MAILSLOT_TEST_FAULT", None) is not None:
+            server.stop()
+    _start_all(nodes)
+    shared_cluster.query(
+        "TRUNCATE mailslot_accounts, mailslot_messages, mailslot_bodies, mailslot_leases"
+    )
+    shared_cluster.haproxy.wait_for(dict.fromkeys(NAMES, "UP"))
+    return shared_cluster
 
 
 # -- the deployment guide's configuration ---------------------------------------------------
@@ -233,15 +266,13 @@ def test_the_guides_haproxy_config_is_the_one_the_tests_run(tmp_path: Path) -> N
 
 
 def test_haproxy_health_checks_send_local_and_cost_nothing(cluster: Cluster) -> None:
-    # Several rounds of checks (inter 1s) have reached every node by the time all are UP
-    # and a few more have run.
-    cluster.haproxy.wait_for(dict.fromkeys(NAMES, "UP"))
-    for server in cluster.nodes:
+    marks = [len(server.log()) for server in cluster.nodes]
+    for server, mark in zip(cluster.nodes, marks, strict=True):
         deadline = time.monotonic() + TAKEOVER_DEADLINE
-        while server.log().count("header=v2/LOCAL") < 2:  # polling for two checks
+        while server.log()[mark:].count("header=v2/LOCAL") < 2:  # polling for two checks
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
-        log = server.log()
+        log = server.log()[mark:]
         checks = [line for line in log.splitlines() if "header=v2/LOCAL" in line]
         # PROXY v2 section 2.2: LOCAL keeps the real endpoints (HAProxy's own address),
         # and the check's QUIT ends it as any client's would.
@@ -249,7 +280,7 @@ def test_haproxy_health_checks_send_local_and_cost_nothing(cluster: Cluster) -> 
         assert all("peer=127.0.0.1:" in line for line in checks), checks
         assert "PROXY header refused" not in log
         assert "TLS handshake failed" not in log
-        assert " ERROR " not in log and "Traceback" not in log
+        assert " ERROR " not in log and " WARNING " not in log and "Traceback" not in log
     # A client through HAProxy is logged with its own address and the proxy's.
     client = cluster.login()
     client.quit()
@@ -458,6 +489,7 @@ def test_a_node_killed_inside_the_quit_transaction_deletes_all_marked_or_none(
 # -- deliveries while nodes die --------------------------------------------------------------
 
 DELIVERIES = 1000
+KILL_AT = (100, 250, 400, 550)  # answered deliveries before each kill
 MESSAGE_ID = re.compile(rb"^Message-ID: <([^>]+)>", re.MULTILINE | re.IGNORECASE)
 
 
@@ -469,6 +501,7 @@ def test_deliveries_while_nodes_are_killed_and_restarted_are_each_stored_once(
     lock = threading.Lock()
     ids = iter(range(10 * DELIVERIES))
     done = threading.Event()
+    chaos_done = threading.Event()
 
     def deliverer(first: int) -> None:
         index = first
@@ -490,7 +523,7 @@ def test_deliveries_while_nodes_are_killed_and_restarted_are_each_stored_once(
                     with lock:  # 250: the transaction committed
                         unanswered.discard(ident)
                         answered.add(ident)
-                        if len(answered) >= DELIVERIES:
+                        if len(answered) >= DELIVERIES and chaos_done.is_set():
                             done.set()
             except (smtplib.SMTPException, OSError):
                 continue  # the node died under the delivery: reconnect elsewhere
@@ -501,22 +534,33 @@ def test_deliveries_while_nodes_are_killed_and_restarted_are_each_stored_once(
     threads = [threading.Thread(target=deliverer, args=(i,)) for i in range(3)]
     for thread in threads:
         thread.start()
+    # Each node in turn is SIGKILLed while deliveries flow and started again; the deliveries
+    # go on until there are DELIVERIES answered 250 *and* every kill is done.
     kills = 0
     try:
-        while not done.is_set() and kills < 6:
-            with lock:
-                progress = len(answered)
-            if progress >= (kills + 1) * DELIVERIES // 8:
-                victim = cluster.nodes[kills % len(cluster.nodes)]
-                victim.kill()
-                victim.start()
-                kills += 1
-            time.sleep(0.02)  # polling the progress
+        for kill, threshold in enumerate(KILL_AT):
+            while True:
+                with lock:
+                    if len(answered) >= threshold:
+                        break
+                assert all(thread.is_alive() for thread in threads)
+                time.sleep(0.01)  # polling the progress
+            victim = cluster.nodes[kill % len(cluster.nodes)]
+            victim.kill()
+            victim.start()
+            kills += 1
+        with lock:
+            chaos_done.set()
+            if len(answered) >= DELIVERIES:
+                done.set()
     finally:
+        chaos_done.set()
+        if kills < len(KILL_AT):  # failed: stop the deliveries at once
+            done.set()
         for thread in threads:
-            thread.join(timeout=120)
+            thread.join(timeout=300)
         done.set()
-    assert kills == 6
+    assert kills == len(KILL_AT)
     stored = Counter(
         match.group(1).decode()
         for body in cluster.bodies("bob")
