@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -141,15 +142,19 @@ class HAProxy:
         # HAProxy binds every frontend before it serves its admin socket; probing the
         # frontends themselves would open sessions on the nodes.
         deadline = time.monotonic() + START_DEADLINE
-        while True:
-            if self.process.poll() is not None:
-                raise HAProxyError(f"haproxy exited ({self.process.returncode}):\n{self.log()}")
-            with contextlib.suppress(OSError):
-                self.admin("show info")
-                return self
-            if time.monotonic() > deadline:
-                raise HAProxyError(f"haproxy's admin socket does not answer:\n{self.log()}")
-            time.sleep(0.05)  # polling for HAProxy to come up
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise HAProxyError(f"haproxy exited ({self.process.returncode}):\n{self.log()}")
+                with contextlib.suppress(OSError):
+                    self.admin("show info")
+                    return self
+                if time.monotonic() > deadline:
+                    raise HAProxyError(f"haproxy's admin socket does not answer:\n{self.log()}")
+                time.sleep(0.05)  # polling for HAProxy to come up
+        except BaseException:
+            self.stop()  # the caller never gets this object to stop
+            raise
 
     def admin(self, command: str) -> str:
         """One command on the admin socket; its answer."""
@@ -193,8 +198,6 @@ class HAProxy:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        import shutil
-
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
