@@ -140,6 +140,23 @@ def test_v2_local_means_the_real_peer_whatever_follows(block: bytes, family: int
     assert header == ProxyHeader(2, "LOCAL", None, None, 16 + len(block))
 
 
+# What Debian's HAProxy 2.6 sends first on a health check with `send-proxy-v2` and
+# `check-send-proxy` (captured from a listening socket): LOCAL, AF_UNSPEC, no address block.
+HAPROXY_CHECK = SIGNATURE + b"\x20\x00\x00\x00"
+
+
+def test_haproxys_health_check_header_is_local_and_leaves_the_client_hello() -> None:
+    parser = ProxyParser()
+    header = None
+    for octet in HAPROXY_CHECK:  # as slowly as the network may deliver it
+        assert parser.wanted >= 1
+        header = parser.feed(bytes([octet]))
+    assert header == ProxyHeader(2, "LOCAL", None, None, 16)
+    assert parser.wanted == 0
+    parser.feed(b"\x16\x03\x01")  # the health check's TLS ClientHello follows
+    assert parser.rest == b"\x16\x03\x01"
+
+
 def test_v2_proxy_with_af_unspec_means_the_real_peer() -> None:
     assert parse(v2(0x1, 0x00, b"")) == ProxyHeader(2, "PROXY", None, None, 16)
 

@@ -242,6 +242,10 @@ class Pop3Listener:
         assert task is not None and context.tls is not None
         self._handshakes.add(task)
         address = waiting.address
+        # Asked now, while the transport is open: uvloop's get_extra_info raises, rather than
+        # answering None, once the transport has been closed (as a shutdown closes those still
+        # in their handshake).
+        peername = transport.get_extra_info("peername")
         counted = True  # the count is ours until the session has begun
         try:
             header: ProxyHeader | None = None
@@ -251,7 +255,7 @@ class Pop3Listener:
                     async with asyncio.timeout_at(limit):
                         header = await waiting.proxy_header()
                 except (ProxyProtocolError, TimeoutError) as exc:
-                    proxy_refused(transport.get_extra_info("peername"), exc)
+                    proxy_refused(peername, exc)
                     transport.abort()  # type: ignore[attr-defined]
                     return
                 if header.source is not None:
@@ -293,7 +297,7 @@ class Pop3Listener:
                     waiting.early.clear()
                 tls_transport = await handshake
             except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
-                peer = format_address(transport.get_extra_info("peername"))
+                peer = format_address(peername)
                 reason = escape(exc) or (
                     "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
                 )

@@ -31,7 +31,7 @@ from mailslot.store.base import (
     StoreError,
     TemporaryFailure,
 )
-from mailslot.store.postgresql import cluster, queries, schema
+from mailslot.store.postgresql import cluster, fault, queries, schema
 from mailslot.store.postgresql.lease import Lease, fenced
 from mailslot.store.postgresql.pool import DATABASE_ERRORS, LazyPool, describe
 from mailslot.store.wiresize import wire_size
@@ -107,6 +107,7 @@ class PostgresMaildrop:
                     "the maildrop's lease was lost (another session holds it): nothing deleted"
                 )
             await connection.execute(queries.DELETE_MESSAGES, self._lease.account, seqs)
+            fault.point("quit-before-commit")
 
     async def close(self) -> None:
         if self._open:

@@ -1,0 +1,39 @@
+"""The ``MAILSLOT_TEST_FAULT`` hook (mailslot.store.postgresql.fault): it kills the process at
+the point it names and nowhere else, and does nothing without the variable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+CALL = "from mailslot.store.postgresql import fault; fault.point({!r}); print('alive')"
+
+
+def _run(point: str, armed: str | None) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "MAILSLOT_TEST_FAULT"}
+    if armed is not None:
+        env["MAILSLOT_TEST_FAULT"] = armed
+    return subprocess.run(
+        [sys.executable, "-c", CALL.format(point)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_named_point_kills_the_process() -> None:
+    result = _run("quit-before-commit", "quit-before-commit")
+    assert result.returncode == -signal.SIGKILL
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("armed", [None, "", "some-other-point"])
+def test_without_the_variable_or_at_another_point_nothing_happens(armed: str | None) -> None:
+    result = _run("quit-before-commit", armed)
+    assert (result.returncode, result.stdout) == (0, "alive\n"), result.stderr
