@@ -69,6 +69,9 @@ class Server:
     tls_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     stls: bool = True  # offers STLS (RFC 2595) on the plain port
+    # The certificate chain (leaf first) and key its TLS listeners serve; read at start().
+    cert: Path = Path()
+    key: Path = Path()
 
     @property
     def log(self) -> Path:
@@ -115,8 +118,6 @@ class Server:
 @dataclass
 class Mailslot(Server):
     passwd: Path = Path()
-    cert: Path = Path()
-    key: Path = Path()
     workers: int = 1
 
     def command(self) -> list[str]:
@@ -158,8 +159,6 @@ max_connections_per_ip = 30000
 @dataclass
 class TwistedPop3(Server):
     passwd: Path = Path()
-    cert: Path = Path()
-    key: Path = Path()
     stls: bool = False
 
     def command(self) -> list[str]:
@@ -199,8 +198,6 @@ DOVECOT_MODES = {
 @dataclass
 class Dovecot(Server):
     passwd: Path = Path()
-    cert: Path = Path()
-    key: Path = Path()
     uid: int = 0
     gid: int = 0
     reuse_login: bool = False  # service_count = 0 for pop3-login

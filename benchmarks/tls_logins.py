@@ -1,0 +1,147 @@
+"""The ``tls-login`` benchmark's floor and its summary against the issue's targets.
+
+A TLS login's cost is mostly the handshake (RFC 8446 section 2; implicit TLS, RFC 8314
+section 3.3).  The floor for mailslot's server CPU per implicit-TLS login is what OpenSSL
+alone spends on the server's side of one full handshake with the same certificate and the
+same ``SSLContext`` (:class:`mailslot.tls.context.TlsContexts`, as ``mailslot serve`` builds
+it), plus mailslot's own CPU per plaintext login (the same USER/PASS/QUIT dialogue, RFC 1939
+section 7, on a plaintext listener).  The handshake runs in this process over memory BIOs,
+client and server alike, and only the server side's calls are timed, with the thread's own
+CPU clock (``time.thread_time``): no sockets, no event loop, no scheduler.
+
+Targets (issue 17): mailslot's server CPU per TLS login at most 1.2 times the floor, and its
+TLS logins/s at least 1.5 times the best peer's, with either certificate type.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections import Counter
+from pathlib import Path
+
+from benchmarks.report import Report
+
+CPU_TARGET = 1.2  # mailslot's CPU per TLS login / floor, at most
+RATE_TARGET = 1.5  # mailslot's TLS logins/s / the best peer's, at least
+KINDS = ("ecdsa", "rsa")  # ECDSA P-256 and RSA-2048 leaves from one CA
+
+
+def handshake_server_cpu(
+    server: ssl.SSLContext, client: ssl.SSLContext, server_name: str = "localhost"
+) -> float:
+    """The server side's CPU seconds for one full handshake between the two contexts.
+
+    Everything the server does for the handshake is counted: making its ``SSLObject`` and
+    every ``do_handshake`` call, the last of which also writes TLS 1.3's session tickets
+    (RFC 8446 section 4.6.1).  The client's work, which runs in the same thread, is not.
+    The client offers no session, so every handshake is a full one.
+    """
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    clock = time.thread_time
+    t0 = clock()
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    spent = clock() - t0
+    c = client.wrap_bio(c_in, c_out, server_hostname=server_name)
+    client_done = server_done = False
+    for _ in range(20):  # a full handshake takes 2 round trips; never loop forever
+        if not client_done:
+            try:
+                c.do_handshake()
+                client_done = True
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        if not server_done:
+            t0 = clock()
+            try:
+                s.do_handshake()
+                server_done = True
+            except ssl.SSLWantReadError:
+                pass
+            spent += clock() - t0
+        c_in.write(s_out.read())
+        if client_done and server_done:
+            return spent
+    raise ssl.SSLError("the handshake did not complete")
+
+
+def handshake_floor(
+    server: ssl.SSLContext, client: ssl.SSLContext, count: int, server_name: str = "localhost"
+) -> float:
+    """Mean server CPU seconds per handshake over ``count`` handshakes (after 5 unmeasured)."""
+    for _ in range(5):  # first-use costs: lazy tables, the key's precomputation
+        handshake_server_cpu(server, client, server_name)
+    total = sum(handshake_server_cpu(server, client, server_name) for _ in range(count))
+    return total / count
+
+
+def summarise(report: Report, subject: str = "mailslot") -> None:
+    """Add the floor, the two ratios and a note per target, from the reps' medians."""
+    add = report.add
+    plain = report.figures.get("tls-login plain server CPU/op")
+    for kind in KINDS:
+        label = f"tls-login {kind}"
+        floor = report.figures.get(f"{label} handshake floor")
+        used = report.figures.get(f"{label} server CPU/op")
+        if plain is not None and floor is not None and used is not None:
+            total = floor.median(subject) + plain.median(subject)
+            ratio = used.median(subject) / total
+            if total == total and ratio == ratio:
+                add(f"{label} floor (handshake + plain login)", "ms", "lower", subject, total)
+                add(f"{label} CPU/login / floor", "x", "lower", subject, ratio)
+                verdict = "met" if ratio <= CPU_TARGET else "missed"
+                report.notes.append(
+                    f"{label}: {subject} {used.median(subject):.3f} ms of server CPU per TLS "
+                    f"login against a floor of {total:.3f} ms (handshake "
+                    f"{floor.median(subject):.3f} + plain login {plain.median(subject):.3f}): "
+                    f"{ratio:.2f}x, target <= {CPU_TARGET}x {verdict}"
+                )
+        rate = report.figures.get(f"{label} rate")
+        if rate is None:
+            continue
+        peers = {
+            s: rate.median(s)
+            for s in report.servers
+            if s != subject and rate.median(s) == rate.median(s)
+        }
+        mine = rate.median(subject)
+        if not peers or mine != mine:
+            continue
+        best = max(peers, key=lambda s: peers[s])
+        ratio = mine / peers[best]
+        add(f"{label} rate / best peer", "x", "higher", subject, ratio)
+        verdict = "met" if ratio >= RATE_TARGET else "missed"
+        report.notes.append(
+            f"{label}: {subject} {mine:,.0f} TLS logins/s against the best peer's "
+            f"({best}) {peers[best]:,.0f}: {ratio:.2f}x, target >= {RATE_TARGET}x {verdict}"
+        )
+
+
+def top_frames(speedscope: Path, top: int = 15) -> list[tuple[str, float, float]]:
+    """(frame, self %, total %) of a ``py-spy record --format speedscope`` profile.
+
+    "self" counts the samples a frame was the innermost one of, "total" those it was
+    anywhere on the stack of (once per sample); sorted by self.
+    """
+    doc = json.loads(speedscope.read_text())
+    frames = [
+        f"{f['name']} ({Path(f.get('file', '?')).name}:{f.get('line', '?')})"
+        for f in doc["shared"]["frames"]
+    ]
+    own: Counter[int] = Counter()
+    anywhere: Counter[int] = Counter()
+    samples = 0.0
+    for profile in doc["profiles"]:
+        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+            samples += weight
+            if stack:
+                own[stack[-1]] += weight
+            for index in set(stack):
+                anywhere[index] += weight
+    if not samples:
+        return []
+    return [
+        (frames[i], 100 * n / samples, 100 * anywhere[i] / samples) for i, n in own.most_common(top)
+    ]
