@@ -15,11 +15,14 @@ TLS logins/s at least 1.5 times the best peer's, with either certificate type.
 
 from __future__ import annotations
 
+import argparse
 import json
 import ssl
 import time
-from collections import Counter
+from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from benchmarks.report import Report
 
@@ -119,10 +122,25 @@ def summarise(report: Report, subject: str = "mailslot") -> None:
         )
 
 
+# The event loop waiting for the next event: py-spy --native sees the thread in the system
+# call and counts the sample as busy.  Left out of the shares below.
+IDLE_FRAMES = frozenset({"epoll_pwait", "epoll_wait", "io_uring_enter"})
+
+
+def _samples(doc: dict[str, Any]) -> Iterator[tuple[list[int], float]]:
+    """(stack, weight) of every sample but the idle ones (outermost frame first)."""
+    frames = doc["shared"]["frames"]
+    for profile in doc["profiles"]:
+        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+            if stack and frames[stack[-1]]["name"] in IDLE_FRAMES:
+                continue
+            yield stack, weight
+
+
 def top_frames(speedscope: Path, top: int = 15) -> list[tuple[str, float, float]]:
     """(frame, self %, total %) of a ``py-spy record --format speedscope`` profile.
 
-    "self" counts the samples a frame was the innermost one of, "total" those it was
+    "self" counts the busy samples a frame was the innermost one of, "total" those it was
     anywhere on the stack of (once per sample); sorted by self.
     """
     doc = json.loads(speedscope.read_text())
@@ -130,18 +148,64 @@ def top_frames(speedscope: Path, top: int = 15) -> list[tuple[str, float, float]
         f"{f['name']} ({Path(f.get('file', '?')).name}:{f.get('line', '?')})"
         for f in doc["shared"]["frames"]
     ]
-    own: Counter[int] = Counter()
-    anywhere: Counter[int] = Counter()
+    own: defaultdict[int, float] = defaultdict(float)
+    anywhere: defaultdict[int, float] = defaultdict(float)
     samples = 0.0
-    for profile in doc["profiles"]:
-        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
-            samples += weight
-            if stack:
-                own[stack[-1]] += weight
-            for index in set(stack):
-                anywhere[index] += weight
+    for stack, weight in _samples(doc):
+        samples += weight
+        if stack:
+            own[stack[-1]] += weight
+        for index in set(stack):
+            anywhere[index] += weight
     if not samples:
         return []
     return [
-        (frames[i], 100 * n / samples, 100 * anywhere[i] / samples) for i, n in own.most_common(top)
+        (frames[i], 100 * n / samples, 100 * anywhere[i] / samples)
+        for i, n in sorted(own.items(), key=lambda item: -item[1])[:top]
     ]
+
+
+def shares(speedscope: Path) -> dict[str, float]:
+    """Busy samples by where their innermost frame is, in %: a library, or Python code.
+
+    Native frames are named by their library (``libcrypto.so.3``, ``libssl.so.3``,
+    ``libc.so.6`` and so the system calls, uvloop's ``loop.c``); Python frames by
+    ``mailslot`` or ``python`` (the standard library, asyncio's and ssl's Python parts).
+    """
+    doc = json.loads(speedscope.read_text())
+    frames = doc["shared"]["frames"]
+    where: defaultdict[str, float] = defaultdict(float)
+    total = 0.0
+    for stack, weight in _samples(doc):
+        total += weight
+        if not stack:
+            where["?"] += weight
+            continue
+        path = str(frames[stack[-1]].get("file", "?"))
+        name = Path(path).name
+        if name.endswith(".py"):
+            where["mailslot" if "/mailslot/" in path else "python"] += weight
+        else:
+            where[name] += weight
+    ordered = sorted(where.items(), key=lambda item: -item[1])
+    return {k: 100 * v / total for k, v in ordered} if total else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.tls_logins PROFILE...``: what ``--profile`` recorded, summed up."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tls_logins")
+    parser.add_argument("profiles", nargs="+", type=Path, help="speedscope files of py-spy")
+    parser.add_argument("--top", type=int, default=20)
+    args = parser.parse_args(argv)
+    for path in args.profiles:
+        print(f"{path} (busy samples; the loop's waits left out)")
+        for where, share in shares(path).items():
+            print(f"  {share:5.1f} %  {where}")
+        print("  self %  total %  frame")
+        for frame, own, anywhere in top_frames(path, args.top):
+            print(f"  {own:6.1f}  {anywhere:7.1f}  {frame}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

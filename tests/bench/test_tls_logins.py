@@ -148,24 +148,38 @@ def test_summary_divides_the_medians() -> None:
     assert not any(name.startswith("tls-login ecdsa") for name in figures)
 
 
-def test_top_frames_reads_a_speedscope_profile(tmp_path: Path) -> None:
+def test_profile_summary_reads_a_speedscope_profile(tmp_path: Path) -> None:
+    """Busy samples only: the loop waiting in epoll_pwait is left out of every share."""
     doc = {
         "shared": {
             "frames": [
                 {"name": "main", "file": "/x/run.py", "line": 1},
-                {"name": "do_handshake", "file": "/usr/lib/ssl.py", "line": 2},
-                {"name": "read", "file": "/x/session.py", "line": 3},
+                {"name": "do_handshake", "file": "/usr/lib/python3.11/ssl.py", "line": 2},
+                {"name": "read", "file": "/src/mailslot/server/session.py", "line": 3},
+                {"name": "EVP_DigestSignFinal", "file": "/usr/lib/libcrypto.so.3", "line": 0},
+                {"name": "epoll_pwait", "file": "/usr/lib/libc.so.6", "line": 0},
             ]
         },
         "profiles": [
-            {"type": "sampled", "samples": [[0, 1], [0, 1], [0, 2], [0]], "weights": [1, 1, 1, 1]}
+            {
+                "type": "sampled",
+                "samples": [[0, 1], [0, 1, 3], [0, 2], [0], [0, 4], [0, 4]],
+                "weights": [1, 1, 1, 1, 5, 5],
+            }
         ],
     }
     path = tmp_path / "p.speedscope.json"
     path.write_text(json.dumps(doc))
     top = tls_logins.top_frames(path)
-    assert top[0] == ("do_handshake (ssl.py:2)", 50.0, 50.0)
-    assert ("main (run.py:1)", 25.0, 100.0) in top
+    assert top[0] == ("main (run.py:1)", 25.0, 100.0)
+    assert ("do_handshake (ssl.py:2)", 25.0, 50.0) in top
+    assert not any(frame.startswith("epoll_pwait") for frame, _, _ in top)
+    assert tls_logins.shares(path) == {
+        "python": 50.0,  # main and do_handshake: not mailslot's files
+        "libcrypto.so.3": 25.0,
+        "mailslot": 25.0,
+    }
+    assert tls_logins.main([str(path)]) == 0
 
 
 def test_the_runner_knows_the_suite() -> None:
