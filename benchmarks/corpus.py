@@ -196,15 +196,33 @@ def write_passwd(path: Path, users: list[str], home_root: Path) -> None:
 
 def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and an RSA-2048 leaf for localhost/127.0.0.1: (ca, chain, key)."""
+    ca_path, leaves = make_certificates(directory)
+    chain_path, key_path = leaves["rsa"]
+    return ca_path, chain_path, key_path
+
+
+def make_certificates(directory: Path) -> tuple[Path, dict[str, tuple[Path, Path]]]:
+    """A throwaway CA and two leaves for localhost/127.0.0.1 that it signed.
+
+    Returns the CA's file and, by key type, (chain, key): ``"rsa"`` (RSA-2048, the files
+    ``fullchain.pem`` and ``privkey.pem`` that every benchmark serves) and ``"ecdsa"``
+    (ECDSA P-256, ``fullchain-ecdsa.pem`` and ``privkey-ecdsa.pem``, for ``tls-login``).
+    """
     import trustme
 
     ca = trustme.CA(key_type=trustme.KeyType.RSA)
-    leaf = ca.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.RSA)
     ca_path = directory / "ca.pem"
-    chain_path = directory / "fullchain.pem"
-    key_path = directory / "privkey.pem"
     ca.cert_pem.write_to_path(str(ca_path))
-    chain_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key_path))
-    key_path.chmod(0o600)  # mailslot refuses a key every account can read
-    return ca_path, chain_path, key_path
+    leaves: dict[str, tuple[Path, Path]] = {}
+    for kind, key_type, suffix in (
+        ("rsa", trustme.KeyType.RSA, ""),
+        ("ecdsa", trustme.KeyType.ECDSA, "-ecdsa"),  # trustme's ECDSA keys are P-256
+    ):
+        leaf = ca.issue_cert("localhost", "127.0.0.1", key_type=key_type)
+        chain_path = directory / f"fullchain{suffix}.pem"
+        key_path = directory / f"privkey{suffix}.pem"
+        chain_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(key_path))
+        key_path.chmod(0o600)  # mailslot refuses a key every account can read
+        leaves[kind] = (chain_path, key_path)
+    return ca_path, leaves

@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import corpus, servers
+from benchmarks import corpus, servers, tls_logins
 from benchmarks.loadgen import ClientPool, raise_nofile
 from benchmarks.report import Report
 from benchmarks.servers import Dovecot, Mailslot, Server, TwistedPop3
 from benchmarks.suites import Bench, Settings
 
 # "idle" holds plain connections, "idle-tls" implicit-TLS ones (the method ``idle_tls``).
-BENCHMARKS = ("login", "session", "retr", "idle", "idle-tls", "bigbox")
+# "tls-login": implicit-TLS logins with an ECDSA and an RSA certificate, and their floor.
+BENCHMARKS = ("login", "tls-login", "session", "retr", "idle", "idle-tls", "bigbox")
 SERVERS = ("mailslot", "dovecot", "dovecot-hp", "dovecot-sc0", "twisted")
 MAIL_UID = 64123  # an unprivileged uid of our own: Dovecot refuses to serve mail as root
 LOAD_USERS = 64
@@ -46,6 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mailslot-workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--no-pipeline", action="store_true", help="one command per round trip")
     p.add_argument("--keep", action="store_true", help="keep the temp dir for inspection")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="tls-login: py-spy record one mailslot worker into DIR (figures then not results)",
+    )
     args = p.parse_args(argv)
     args.only = [b for b in args.only.split(",") if b]
     args.servers = [s for s in args.servers.split(",") if s]
@@ -108,8 +115,9 @@ def build(
     args: argparse.Namespace,
     users: list[str],
     data: corpus.Corpus,
+    leaves: dict[str, tuple[Path, Path]],
 ) -> list[Server]:
-    _ca, chain, key = corpus.make_certificate(tmp)
+    chain, key = leaves["rsa"]
     passwd = tmp / "users"
     corpus.write_passwd(passwd, users, tmp / "home")
     made: list[Server] = []
@@ -189,16 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     report = Report([])
     t_start = time.monotonic()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    load_start = os.getloadavg()
     rev_start = source_revision()
     pool: ClientPool | None = None
     try:
         print(f"setting up under {tmp} ...", flush=True)
         data = corpus.Corpus(tmp, MAIL_UID, MAIL_UID)
-        idle_users = [f"i{n:05d}" for n in range(max(settings.idle_sizes))]
+        # Maildirs for 10,000 idle users per server take minutes to make and to remove.
+        idle_users = [f"i{n:05d}" for n in range(max(settings.idle_sizes) if idles else 0)]
         load_users = [f"l{n:03d}" for n in range(LOAD_USERS)]
         big_users = [f"big{r}" for r in range(settings.reps)]
         users = [*load_users, "p0", *idle_users, *big_users]
-        for server in build(tmp, args.servers, settings, args, users, data):
+        _ca, leaves = corpus.make_certificates(tmp)
+        for server in build(tmp, args.servers, settings, args, users, data, leaves):
             try:
                 server.start()
             except Exception as exc:
@@ -211,7 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         report.servers = [s.name for s in started]
         pool = ClientPool(args.clients)
         bench = Bench(
-            settings, pool, data, report, str(tmp / "ca.pem"), load_users, idle_users, "p0"
+            settings,
+            pool,
+            data,
+            report,
+            str(tmp / "ca.pem"),
+            load_users,
+            idle_users,
+            "p0",
+            certificates={kind: leaves[kind] for kind in tls_logins.KINDS},
+            profile_dir=args.profile,
         )
         for rep in range(settings.reps):
             for name in args.only:
@@ -232,9 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         report.errors.append("interrupted")
     finally:
+        load_end = os.getloadavg()
         if pool is not None:
             pool.close()
         cleanup()
+    if "tls-login" in args.only:
+        tls_logins.summarise(report)
 
     meta = {
         "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
@@ -243,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients,
         "elapsed_s": round(time.monotonic() - t_start, 1),
         "started": started_at,
+        # The machine is shared: its 1-minute load average as the run started and ended.
+        "loadavg_1min": [round(load_start[0], 2), round(load_end[0], 2)],
     }
     if meta["machine"]["mailslot_commit"] != rev_start:
         report.notes.append(

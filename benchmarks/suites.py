@@ -7,17 +7,19 @@ slow drift of the machine hits all servers alike; figures are medians over the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from benchmarks import proctree
+from benchmarks import proctree, tls_logins
 from benchmarks.corpus import Corpus, bigbox_idents, warm_homes
 from benchmarks.loadgen import ClientPool, _loop_factory
 from benchmarks.pop3client import TlsMode
 from benchmarks.report import Report, percentile
-from benchmarks.scenarios import Job, Kind, Result, bigbox, probe
+from benchmarks.scenarios import Job, Kind, Result, bigbox, client_context, probe
 from benchmarks.servers import Server
 
 TLS_LABEL: dict[TlsMode, str] = {"none": "plain", "starttls": "stls", "implicit": "tls"}
@@ -34,6 +36,7 @@ class Settings:
     bigbox_messages: int = 100_000
     ramp_timeout: float = 150.0  # both idle stages; the count reached is reported
     pipeline: bool = True
+    handshakes: int = 400  # tls-login: in-process handshakes per floor figure
 
     @classmethod
     def quick(cls) -> Settings:
@@ -45,6 +48,7 @@ class Settings:
             probe_duration=3.0,
             bigbox_messages=5_000,
             ramp_timeout=30.0,
+            handshakes=100,
         )
 
 
@@ -58,6 +62,9 @@ class Bench:
     load_users: list[str]
     idle_users: list[str]
     probe_user: str
+    # tls-login: (chain, key) by key type, tls_logins.KINDS; and where py-spy writes, if at all.
+    certificates: dict[str, tuple[Path, Path]] = field(default_factory=dict)
+    profile_dir: Path | None = None
 
     def job(self, server: Server, kind: Kind, tls: TlsMode, users: list[str]) -> Job:
         s = self.settings
@@ -117,6 +124,92 @@ class Bench:
             add(f"{label} rate", "logins/s", "higher", server.name, res.ops / res.wall)
             add(f"{label} p50", "ms", "lower", server.name, percentile(res.latencies, 50) * 1e3)
             add(f"{label} p99", "ms", "lower", server.name, percentile(res.latencies, 99) * 1e3)
+
+    def tls_login(self, server: Server) -> None:
+        """Implicit-TLS logins with each certificate type, and (for mailslot) their floor.
+
+        The server is restarted with each certificate (``tls_logins.KINDS``, the same files
+        for every server) and given a short unmeasured run first, so that the measured one
+        does not pay for a cold start; it ends on the certificate it started with.  For
+        mailslot, the floor's two parts are measured in the same rep: plaintext logins on its
+        plaintext listener, and the handshake alone in this process
+        (:func:`benchmarks.tls_logins.handshake_floor`) with mailslot's own ``SSLContext``.
+        """
+        from mailslot.tls.context import TlsContexts
+
+        subject = server.name == "mailslot"
+        add = self.report.add
+        if subject:
+            self._load(server, "login", "none", "tls-login plain")
+        start = (server.cert, server.key)
+        for kind in tls_logins.KINDS:
+            chain, key = self.certificates[kind]
+            label = f"tls-login {kind}"
+            if subject:
+                floor = tls_logins.handshake_floor(
+                    TlsContexts(chain, key).current,
+                    client_context(self.ca_path),
+                    self.settings.handshakes,
+                )
+                add(f"{label} handshake floor", "ms", "lower", server.name, floor * 1e3)
+            self._restart(server, chain, key)
+            warm = replace(
+                self.job(server, "login", "implicit", self.load_users[: self.settings.concurrency]),
+                duration=min(1.0, self.settings.duration / 4),
+            )
+            self.pool.run(warm)
+            with self._profiled(server, label):
+                res = self._load(server, "login", "implicit", label)
+            if res is not None:
+                add(f"{label} rate", "logins/s", "higher", server.name, res.ops / res.wall)
+                p99 = percentile(res.latencies, 99) * 1e3
+                add(f"{label} p99", "ms", "lower", server.name, p99)
+        if (server.cert, server.key) != start:
+            self._restart(server, *start)
+
+    @staticmethod
+    def _restart(server: Server, chain: Path, key: Path) -> None:
+        running = server.proc is not None and server.proc.poll() is None
+        if running and (server.cert, server.key) == (chain, key):
+            return
+        server.stop()
+        server.cert, server.key = chain, key
+        server.start()
+
+    @contextlib.contextmanager
+    def _profiled(self, server: Server, label: str) -> Iterator[None]:
+        """``py-spy record`` on one of mailslot's workers while the block runs (``--profile``).
+
+        The profile is a speedscope file, ``DIR/<label>-<pid>.speedscope.json``, with native
+        frames (OpenSSL's among them); sampling stops the worker briefly 100 times a second
+        (``--native`` needs that), so a profiled run's figures are not results.
+        """
+        workers = proctree.tree(server.pid)[1:]
+        if self.profile_dir is None or server.name != "mailslot" or not workers:
+            yield
+            return
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        pid = min(workers)
+        out = self.profile_dir / f"{label.replace(' ', '-')}-{pid}.speedscope.json"
+        command = ["py-spy", "record", "--pid", str(pid), "--native", "--format", "speedscope"]
+        spy = subprocess.Popen(
+            [*command, "--output", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            yield
+        finally:
+            spy.send_signal(2)  # SIGINT: py-spy writes what it has and exits
+            try:
+                _, err = spy.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                _, err = spy.communicate()
+            if out.exists():
+                self.report.notes.append(f"{server.name} {label}: py-spy profile {out}")
+            else:
+                self.report.notes.append(f"{server.name} {label}: py-spy failed: {err[-300:]!r}")
 
     def session(self, server: Server) -> None:
         add = self.report.add
