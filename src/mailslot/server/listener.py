@@ -307,6 +307,10 @@ class Pop3Listener:
                 transport.abort()  # type: ignore[attr-defined]
                 return
             if tls_transport is None:  # the peer went away during the handshake
+                logger.info(
+                    "peer=%s TLS handshake failed: closed by the peer during the handshake",
+                    format_address(peername),
+                )
                 return
             # start_tls() leaves connection_made to the caller.
             counted = False
