@@ -44,6 +44,7 @@ from mailslot.protocol.events import (
     Close,
     Commit,
     Event,
+    Reset,
     RetrieveMessage,
     StartTls,
 )
@@ -218,6 +219,9 @@ class Driver:
                 assert conn.buffered == 0
                 conn.tls_started()
                 assert conn.tls_active
+            case Reset():
+                # RSET was answered: the marks are gone (the core's reply says so too).
+                assert conn.state is State.TRANSACTION and not conn.delete_marks
             case BadCommand():
                 pass
             case _:

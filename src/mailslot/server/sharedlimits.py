@@ -14,7 +14,8 @@ supervisor when it replaces it (:meth:`SharedCounts.reclaim`).
 
 **Across nodes.**  ``elsewhere(key)``, when given, is the count of ``key`` on the other nodes
 of a cluster, from a view refreshed in the background (:mod:`mailslot.store.postgresql.cluster`):
-the per-client and per-user limits then hold for the cluster, as fresh as that view.
+the per-client limit then holds for the cluster, as fresh as that view (the per-user one
+stays the node's: across nodes the maildrop lease admits one session per user, exactly).
 ``max_connections`` protects the node's own resources and stays per node.
 """
 
@@ -116,7 +117,14 @@ class SharedLimits:
         self._give(self.key(address))
 
     def acquire_user(self, user: str) -> bool:
-        return self._take("u:" + user, self.per_user)
+        # The node's count only, never the cluster's view: across nodes the maildrop lease
+        # admits one session per user exactly and at once, where the published counts lag by
+        # up to two refreshes (a user who logs out on one node and straight back in through
+        # another would be refused for seconds) and outlive a dead node by three.
+        if not self.counts.add("u:" + user, 1, self.per_user):
+            return False
+        self.held["u:" + user] += 1
+        return True
 
     def release_user(self, user: str) -> None:
         self._give("u:" + user)
