@@ -43,23 +43,39 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  mailslot doctor pop.example.org\n"
         "  mailslot doctor 127.0.0.1 --port 1995 --stls-port 1110 --cafile mailslot-data/ca.pem\n"
-        "  mailslot doctor pop.example.org --user alice --json > report.json\n",
+        "  mailslot doctor pop.example.org --user alice --json > report.json\n"
+        "  sudo mailslot doctor --config /etc/mailslot/mailslot.toml\n"
+        "\n"
+        "--config FILE adds what only the server's host sees: the certificate files checked\n"
+        "as check-config checks them, whether the ports serve those files (a replaced file\n"
+        "not yet reloaded), and with [acme] enabled the renewal loop's state. HOST then\n"
+        "defaults to [server] hostname and the ports to the first implicit-TLS and STLS\n"
+        "[[listener]]s.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("host", metavar="HOST", help="name or IP address of the server")
+    parser.add_argument(
+        "host",
+        metavar="HOST",
+        nargs="?",
+        help="name or IP address of the server (with --config: default [server] hostname)",
+    )
     parser.add_argument(
         "--port",
         type=_port,
-        default=DEFAULT_PORT,
         metavar="N",
-        help=f"POP3S port, implicit TLS (default {DEFAULT_PORT})",
+        help=f"POP3S port, implicit TLS (default {DEFAULT_PORT}, or --config's)",
     )
     parser.add_argument(
         "--stls-port",
         type=_port,
-        default=DEFAULT_STLS_PORT,
         metavar="N",
-        help=f"POP3 port with STLS (default {DEFAULT_STLS_PORT})",
+        help=f"POP3 port with STLS (default {DEFAULT_STLS_PORT}, or --config's)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="also check this host's side: certificate files, what is served, ACME state",
     )
     parser.add_argument(
         "--cafile", type=Path, metavar="FILE", help="also trust the CA certificate(s) in FILE (PEM)"
@@ -97,6 +113,17 @@ def _password(args: argparse.Namespace) -> str | None:
     return getpass.getpass(f"Password for {args.user}: ")
 
 
+def _load_config(path: Path) -> Any:
+    """The configuration, or None after printing why not (the doctor then exits 2)."""
+    from mailslot.config import ConfigError, load
+
+    try:
+        return load(path, check_files=False)
+    except ConfigError as error:
+        print(f"mailslot doctor: cannot check locally:\n{error}", file=sys.stderr)
+        return None
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the checks and print the report; return the exit status (0, 1 or 2)."""
     # Imported here: every `mailslot` command registers this parser, and `deliver` (run by
@@ -107,10 +134,25 @@ def main(args: argparse.Namespace) -> int:
     if args.cafile is not None and not args.cafile.is_file():
         print(f"mailslot doctor: {args.cafile}: no such file", file=sys.stderr)
         return 2
+    config = None
+    host, port, stls_port = args.host, args.port, args.stls_port
+    if args.config is not None:
+        config = _load_config(args.config)
+        if config is None:
+            return 2
+        from mailslot.doctor.local import default_ports
+
+        host = host or config.server.hostname
+        implicit, stls = default_ports(config)
+        port = port or implicit
+        stls_port = stls_port or stls
+    if host is None:
+        print("mailslot doctor: give HOST, or --config FILE", file=sys.stderr)
+        return 2
     options = Options(
-        host=args.host,
-        port=args.port,
-        stls_port=args.stls_port,
+        host=host,
+        port=port or DEFAULT_PORT,
+        stls_port=stls_port or DEFAULT_STLS_PORT,
         cafile=args.cafile,
         timeout=args.timeout,
         user=args.user,
@@ -118,6 +160,11 @@ def main(args: argparse.Namespace) -> int:
         probe_groups=args.probe_groups,
     )
     report = run(options)
+    if config is not None:
+        from mailslot.doctor.local import checks
+
+        report.config = str(args.config)
+        report.add(checks(config, report.served, options.now()))
     if args.json:
         write_json(report, sys.stdout)
     else:
