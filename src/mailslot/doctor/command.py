@@ -8,10 +8,17 @@ users can read in the process list, and it is never printed.
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from mailslot.doctor.results import Check
 
 from mailslot.doctor.net import DEFAULT_PORT, DEFAULT_STLS_PORT, DEFAULT_TIMEOUT
 
@@ -30,8 +37,33 @@ def _timeout(text: str) -> float:
     return value
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``doctor`` to the ``mailslot`` command's subparsers."""
+class HostSide(Protocol):
+    """``--config FILE`` read by the server's code (:mod:`mailslot.hostcheck`, handed in by
+    the command line so that this package stays a client): where to look, and the checks
+    of this host's side given the leaf each port served."""
+
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def stls_port(self) -> int | None: ...
+
+    def checks(
+        self, served: Mapping[int, x509.Certificate], now: datetime.datetime
+    ) -> list[Check]: ...
+
+
+def _no_host_side(path: Path) -> HostSide | None:
+    print("mailslot doctor: --config is not available here", file=sys.stderr)
+    return None
+
+
+def register(
+    subparsers: Any, load_host_side: Callable[[Path], HostSide | None] = _no_host_side
+) -> argparse.ArgumentParser:
+    """Add ``doctor`` to the ``mailslot`` command's subparsers; ``load_host_side`` reads a
+    ``--config`` file."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "doctor",
         help="check a live POP3 server from outside",
@@ -100,7 +132,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_false",
         help="skip the key-exchange group probe (it runs openssl s_client)",
     )
-    parser.set_defaults(handler=main)
+    parser.set_defaults(handler=main, doctor_parser=parser, load_host_side=load_host_side)
     return parser
 
 
@@ -113,17 +145,6 @@ def _password(args: argparse.Namespace) -> str | None:
     return getpass.getpass(f"Password for {args.user}: ")
 
 
-def _load_config(path: Path) -> Any:
-    """The configuration, or None after printing why not (the doctor then exits 2)."""
-    from mailslot.config import ConfigError, load
-
-    try:
-        return load(path, check_files=False)
-    except ConfigError as error:
-        print(f"mailslot doctor: cannot check locally:\n{error}", file=sys.stderr)
-        return None
-
-
 def main(args: argparse.Namespace) -> int:
     """Run the checks and print the report; return the exit status (0, 1 or 2)."""
     # Imported here: every `mailslot` command registers this parser, and `deliver` (run by
@@ -131,24 +152,20 @@ def main(args: argparse.Namespace) -> int:
     from mailslot.doctor.render import write_json, write_text
     from mailslot.doctor.runner import Options, run
 
+    if args.host is None and args.config is None:
+        args.doctor_parser.error("give HOST, or --config FILE (HOST is then [server] hostname)")
     if args.cafile is not None and not args.cafile.is_file():
         print(f"mailslot doctor: {args.cafile}: no such file", file=sys.stderr)
         return 2
-    config = None
+    side: HostSide | None = None
     host, port, stls_port = args.host, args.port, args.stls_port
     if args.config is not None:
-        config = _load_config(args.config)
-        if config is None:
+        side = args.load_host_side(args.config)
+        if side is None:
             return 2
-        from mailslot.doctor.local import default_ports
-
-        host = host or config.server.hostname
-        implicit, stls = default_ports(config)
-        port = port or implicit
-        stls_port = stls_port or stls
-    if host is None:
-        print("mailslot doctor: give HOST, or --config FILE", file=sys.stderr)
-        return 2
+        host = host or side.hostname
+        port = port or side.port
+        stls_port = stls_port or side.stls_port
     options = Options(
         host=host,
         port=port or DEFAULT_PORT,
@@ -160,11 +177,9 @@ def main(args: argparse.Namespace) -> int:
         probe_groups=args.probe_groups,
     )
     report = run(options)
-    if config is not None:
-        from mailslot.doctor.local import checks
-
+    if side is not None:
         report.config = str(args.config)
-        report.add(checks(config, report.served, options.now()))
+        report.add(side.checks(report.served, options.now()))
     if args.json:
         write_json(report, sys.stdout)
     else:

@@ -1,5 +1,8 @@
 """``mailslot doctor --config FILE``: what only the server's host can see (docs/doctor.md).
 
+Outside :mod:`mailslot.doctor`, which is a client and imports nothing of the server: the
+command line hands :func:`load` to the doctor (``mailslot.cli.add_doctor``).
+
 Besides the outside checks, the doctor then reads what the server reads:
 
 - ``local.tls``: the ``[tls]`` and ``[[tls.certificates]]`` files, through the very checks
@@ -16,14 +19,17 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from mailslot.config import Config
+from mailslot.config import Config, ConfigError
+from mailslot.config import load as load_config
 from mailslot.doctor.results import Check, failure, ok, warning
 from mailslot.tls import certificates
 from mailslot.tls.acme.state import StateDirectory
@@ -254,6 +260,30 @@ def acme_checks(config: Config, status: Mapping[str, Any], now: datetime.datetim
             **details,
         )
     ]
+
+
+@dataclass(frozen=True)
+class HostSide:
+    """A configuration read for the doctor: where it points, and the local checks."""
+
+    config: Config
+    hostname: str
+    port: int | None
+    stls_port: int | None
+
+    def checks(self, served: Mapping[int, x509.Certificate], now: datetime.datetime) -> list[Check]:
+        return checks(self.config, served, now)
+
+
+def load(path: Path) -> HostSide | None:
+    """``path`` read as ``serve`` reads it, or None after printing why it cannot be."""
+    try:
+        config = load_config(path, check_files=False)
+    except ConfigError as error:
+        print(f"mailslot doctor: cannot check locally:\n{error}", file=sys.stderr)
+        return None
+    port, stls_port = default_ports(config)
+    return HostSide(config, config.server.hostname, port, stls_port)
 
 
 def default_ports(config: Config) -> tuple[int | None, int | None]:
