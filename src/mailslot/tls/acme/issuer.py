@@ -168,7 +168,8 @@ class Issuer:
                 f"{what}: {exc}",
                 retry_after=retry,
                 rate_limited=limited,
-                account=exc.code in ACCOUNT_ERRORS,
+                # by the type: the library's ``code`` knows no userActionRequired
+                account=str(exc.typ or "").rpartition(":")[2] in ACCOUNT_ERRORS,
             )
         if isinstance(exc, errors.ValidationError):
             details = "; ".join(
