@@ -227,7 +227,7 @@ def acme_checks(config: Config, status: Mapping[str, Any], now: datetime.datetim
     if isinstance(failures, int):
         details["failures"] = failures
     expiry = (
-        f"; the certificate being served meanwhile is valid until {_shown(status.get('not_after'))}"
+        f"; the current certificate is valid until {_shown(status.get('not_after'))}"
         if not_after is not None
         else ""
     )
@@ -242,7 +242,8 @@ def acme_checks(config: Config, status: Mapping[str, Any], now: datetime.datetim
             )
         ]
     if status.get("rate_limited"):
-        summary = f"rate limited by the CA: {error}; {retry_text} (its Retry-After){expiry}"
+        what = error if error.startswith("rate limited") else f"rate limited by the CA: {error}"
+        summary = f"{what}; {retry_text} (its Retry-After){expiry}"
         fix = (
             "wait: mailslot retries by itself, and more orders only prolong the limit; for "
             "tests use the CA's staging directory"
