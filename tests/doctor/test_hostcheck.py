@@ -9,13 +9,18 @@ run a real mailslot and the doctor as a user runs it.
 from __future__ import annotations
 
 import datetime
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.doctor.conftest import run_doctor
-from tests.support.server import ServerFactory
+from tests.support.dropped import USER, require_importable_as, shared_directory
+from tests.support.server import ServerFactory, free_port, toml_table
 from tests.support.tls import TlsFiles, make_tls_files
 
 from mailslot import hostcheck
@@ -236,3 +241,50 @@ def test_replaced_file_not_reloaded_is_a_failure(
     assert str(files.certificate) in served[0]["summary"]
     assert "reload" in served[0]["fix"]
     assert outcome.status == 1
+
+
+def test_a_state_directory_only_root_reads_says_run_as_root() -> None:
+    """For real: the doctor run as an unprivileged user on the 0700 directory root made."""
+    require_importable_as(USER)
+    with shared_directory() as directory:
+        state = directory / "acme"
+        StateDirectory(state).update_status(state="ok", renew_at=_iso(datetime.timedelta(1)))
+        config = directory / "mailslot.toml"
+        config.write_text(
+            toml_table(
+                "listener",
+                {"address": "127.0.0.1", "port": free_port(), "tls": "implicit"},
+                array=True,
+            )
+            + toml_table(
+                "tls",
+                {
+                    "certificate": str(directory / "fullchain.pem"),
+                    "private_key": str(directory / "privkey.pem"),
+                },
+            )
+            + toml_table("auth", {"passwd_file": str(directory / "users")})
+            + toml_table("store", {"maildir": str(directory / "{user}")})
+            + toml_table("acme", {"enabled": True, "state_directory": str(state)}),
+            encoding="utf-8",
+        )
+        config.chmod(0o644)
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")
+        assert runuser is not None
+        doctor = ["doctor", "127.0.0.1", "--config", str(config), "--json", "--no-groups"]
+        done = subprocess.run(
+            [runuser, "-u", USER, "--", sys.executable, "-m", "mailslot", *doctor],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+            capture_output=True,
+            text=True,
+            cwd="/",
+            timeout=120,
+            check=False,
+        )
+    assert done.stdout, done.stderr
+    report = json.loads(done.stdout)
+    assert done.returncode == 2  # nothing listens: the local checks are made all the same
+    (check,) = [c for c in report["checks"] if c["id"] == "acme.state"]
+    assert check["status"] == "warning"
+    assert "permission denied" in check["summary"]
+    assert "run as root" in check["fix"]
