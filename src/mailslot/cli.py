@@ -762,10 +762,16 @@ def _sample_config(args: argparse.Namespace) -> int:
 
 def add_doctor(subparsers: SubParsers) -> None:
     """``mailslot doctor`` lives in its own package (a client: it imports nothing of the
-    server); ``mailslot.doctor.command.register(subparsers)`` adds its parser and handler."""
-    from mailslot.doctor.command import register
+    server); ``mailslot.doctor.command.register(subparsers)`` adds its parser and handler.
+    ``--config`` is read by :mod:`mailslot.hostcheck`, imported only when it is given."""
+    from mailslot.doctor.command import HostSide, register
 
-    register(subparsers)
+    def load_host_side(path: Path) -> HostSide | None:
+        from mailslot import hostcheck
+
+        return hostcheck.load(path)
+
+    register(subparsers, load_host_side)
 
 
 # -- acme ------------------------------------------------------------------------------------

@@ -10,7 +10,17 @@ from typing import Any
 
 from tests.doctor.conftest import Pki, doctor_args, run_doctor
 
-TOP_KEYS = {"schema", "host", "port", "stls_port", "exit_status", "unreachable", "counts", "checks"}
+TOP_KEYS = {
+    "schema",
+    "host",
+    "port",
+    "stls_port",
+    "config",
+    "exit_status",
+    "unreachable",
+    "counts",
+    "checks",
+}
 CHECK_KEYS = {"id", "port", "status", "summary", "fix", "details"}
 
 

@@ -163,3 +163,20 @@ def test_a_rate_limit_is_reported_with_the_cas_retry_after(tmp_path: Path) -> No
     assert service.failed(failure) == datetime.timedelta(seconds=7200)  # not 1 s
     status = service.state.status()
     assert status["state"] == "failing" and status["rate_limited"] is True
+    assert status["account_problem"] is False
+
+
+def test_an_account_error_is_recorded_as_an_account_problem(tmp_path: Path) -> None:
+    """RFC 8555 section 6.7: the CA objects to the account (new terms to accept), which
+    ``mailslot doctor --config`` reports as ``acme.account``."""
+    config = loads(config_for(tmp_path), check_files=False)
+    service = AcmeService(config)
+    error = messages.Error(
+        typ="urn:ietf:params:acme:error:userActionRequired", detail="accept the new terms"
+    )
+    failure = service.issuer.fail(error)
+    assert failure.account and not failure.rate_limited
+    service.failed(failure)
+    status = service.state.status()
+    assert status["state"] == "failing" and status["account_problem"] is True
+    assert "accept the new terms" in status["last_error"]

@@ -8,10 +8,17 @@ users can read in the process list, and it is never printed.
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from mailslot.doctor.results import Check
 
 from mailslot.doctor.net import DEFAULT_PORT, DEFAULT_STLS_PORT, DEFAULT_TIMEOUT
 
@@ -30,8 +37,33 @@ def _timeout(text: str) -> float:
     return value
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``doctor`` to the ``mailslot`` command's subparsers."""
+class HostSide(Protocol):
+    """``--config FILE`` read by the server's code (:mod:`mailslot.hostcheck`, handed in by
+    the command line so that this package stays a client): where to look, and the checks
+    of this host's side given the leaf each port served."""
+
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def port(self) -> int | None: ...
+    @property
+    def stls_port(self) -> int | None: ...
+
+    def checks(
+        self, served: Mapping[int, x509.Certificate], now: datetime.datetime
+    ) -> list[Check]: ...
+
+
+def _no_host_side(path: Path) -> HostSide | None:
+    print("mailslot doctor: --config is not available here", file=sys.stderr)
+    return None
+
+
+def register(
+    subparsers: Any, load_host_side: Callable[[Path], HostSide | None] = _no_host_side
+) -> argparse.ArgumentParser:
+    """Add ``doctor`` to the ``mailslot`` command's subparsers; ``load_host_side`` reads a
+    ``--config`` file."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "doctor",
         help="check a live POP3 server from outside",
@@ -43,23 +75,39 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  mailslot doctor pop.example.org\n"
         "  mailslot doctor 127.0.0.1 --port 1995 --stls-port 1110 --cafile mailslot-data/ca.pem\n"
-        "  mailslot doctor pop.example.org --user alice --json > report.json\n",
+        "  mailslot doctor pop.example.org --user alice --json > report.json\n"
+        "  sudo mailslot doctor --config /etc/mailslot/mailslot.toml\n"
+        "\n"
+        "--config FILE adds what only the server's host sees: the certificate files checked\n"
+        "as check-config checks them, whether the ports serve those files (a replaced file\n"
+        "not yet reloaded), and with [acme] enabled the renewal loop's state. HOST then\n"
+        "defaults to [server] hostname and the ports to the first implicit-TLS and STLS\n"
+        "[[listener]]s.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("host", metavar="HOST", help="name or IP address of the server")
+    parser.add_argument(
+        "host",
+        metavar="HOST",
+        nargs="?",
+        help="name or IP address of the server (with --config: default [server] hostname)",
+    )
     parser.add_argument(
         "--port",
         type=_port,
-        default=DEFAULT_PORT,
         metavar="N",
-        help=f"POP3S port, implicit TLS (default {DEFAULT_PORT})",
+        help=f"POP3S port, implicit TLS (default {DEFAULT_PORT}, or --config's)",
     )
     parser.add_argument(
         "--stls-port",
         type=_port,
-        default=DEFAULT_STLS_PORT,
         metavar="N",
-        help=f"POP3 port with STLS (default {DEFAULT_STLS_PORT})",
+        help=f"POP3 port with STLS (default {DEFAULT_STLS_PORT}, or --config's)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="also check this host's side: certificate files, what is served, ACME state",
     )
     parser.add_argument(
         "--cafile", type=Path, metavar="FILE", help="also trust the CA certificate(s) in FILE (PEM)"
@@ -84,7 +132,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_false",
         help="skip the key-exchange group probe (it runs openssl s_client)",
     )
-    parser.set_defaults(handler=main)
+    parser.set_defaults(handler=main, doctor_parser=parser, load_host_side=load_host_side)
     return parser
 
 
@@ -104,13 +152,24 @@ def main(args: argparse.Namespace) -> int:
     from mailslot.doctor.render import write_json, write_text
     from mailslot.doctor.runner import Options, run
 
+    if args.host is None and args.config is None:
+        args.doctor_parser.error("give HOST, or --config FILE (HOST is then [server] hostname)")
     if args.cafile is not None and not args.cafile.is_file():
         print(f"mailslot doctor: {args.cafile}: no such file", file=sys.stderr)
         return 2
+    side: HostSide | None = None
+    host, port, stls_port = args.host, args.port, args.stls_port
+    if args.config is not None:
+        side = args.load_host_side(args.config)
+        if side is None:
+            return 2
+        host = host or side.hostname
+        port = port or side.port
+        stls_port = stls_port or side.stls_port
     options = Options(
-        host=args.host,
-        port=args.port,
-        stls_port=args.stls_port,
+        host=host,
+        port=port or DEFAULT_PORT,
+        stls_port=stls_port or DEFAULT_STLS_PORT,
         cafile=args.cafile,
         timeout=args.timeout,
         user=args.user,
@@ -118,6 +177,9 @@ def main(args: argparse.Namespace) -> int:
         probe_groups=args.probe_groups,
     )
     report = run(options)
+    if side is not None:
+        report.config = str(args.config)
+        report.add(side.checks(report.served, options.now()))
     if args.json:
         write_json(report, sys.stdout)
     else:

@@ -3,7 +3,7 @@
 JSON schema (``"schema": 1``; fields are only ever added, never renamed or removed within a
 schema version)::
 
-    {"schema": 1, "host": str, "port": int, "stls_port": int,
+    {"schema": 1, "host": str, "port": int, "stls_port": int, "config": str | null,
      "exit_status": 0 | 1 | 2, "unreachable": str | null,
      "counts": {"ok": int, "warning": int, "failure": int},
      "checks": [{"id": str, "port": int | null, "status": "ok" | "warning" | "failure",
@@ -27,6 +27,7 @@ def as_dict(report: Report) -> dict[str, Any]:
         "host": report.host,
         "port": report.port,
         "stls_port": report.stls_port,
+        "config": report.config,
         "exit_status": report.exit_status,
         "unreachable": report.unreachable,
         "counts": {status.value: report.count(status) for status in Status},
@@ -55,7 +56,10 @@ def _clean(text: str) -> str:
 
 
 def write_text(report: Report, out: TextIO) -> None:
-    out.write(f"mailslot doctor {report.host} (POP3S {report.port}, STLS {report.stls_port})\n")
+    local = f", local checks from {report.config}" if report.config is not None else ""
+    out.write(
+        f"mailslot doctor {report.host} (POP3S {report.port}, STLS {report.stls_port}{local})\n"
+    )
     for check in report.checks:
         where = f"[{check.port}] " if check.port is not None else ""
         out.write(f"{_MARK[check.status]} {check.id:<22} {where}{_clean(check.summary)}\n")

@@ -10,6 +10,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -62,6 +66,9 @@ class Report:
     stls_port: int
     checks: list[Check] = field(default_factory=list)
     unreachable: str | None = None
+    # The leaf each TLS port served (``--config`` compares it with the files).
+    served: dict[int, x509.Certificate] = field(default_factory=dict)
+    config: str | None = None  # ``--config FILE``, when the local checks ran
 
     def add(self, checks: Check | Iterable[Check]) -> None:
         if isinstance(checks, Check):

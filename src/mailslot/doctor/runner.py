@@ -210,9 +210,10 @@ def _verify(endpoint: Endpoint, cafile: Path | None) -> certificate.Verification
 
 
 def _tls_checks(
-    options: Options, endpoint: Endpoint, *, greeting: bool
+    options: Options, endpoint: Endpoint, report: Report, *, greeting: bool
 ) -> tuple[list[Check], bool]:
-    """Every TLS and certificate check over one endpoint; True if TLS worked."""
+    """Every TLS and certificate check over one endpoint; True if TLS worked.  The served
+    leaf is kept in ``report.served``."""
     port = endpoint.port
     try:
         session = _tls_session(endpoint)
@@ -241,6 +242,7 @@ def _tls_checks(
     if shake.chain:
         verification = _verify(endpoint, options.cafile)
         leaf = shake.chain[0]
+        report.served[port] = leaf
         checks += [
             certificate.check_chain(shake.chain, verification, port),
             certificate.check_intermediates(
@@ -323,7 +325,7 @@ def run(options: Options) -> Report:
     login_endpoint: Endpoint | None = None
     if implicit_up:
         endpoint = Endpoint(host, options.port, False, options.timeout)
-        checks, worked = _tls_checks(options, endpoint, greeting=True)
+        checks, worked = _tls_checks(options, endpoint, report, greeting=True)
         report.add(checks)
         if worked:
             login_endpoint = endpoint
@@ -332,7 +334,7 @@ def run(options: Options) -> Report:
         report.add(checks)
         if stls:
             endpoint = Endpoint(host, options.stls_port, True, options.timeout)
-            checks, worked = _tls_checks(options, endpoint, greeting=False)
+            checks, worked = _tls_checks(options, endpoint, report, greeting=False)
             report.add(checks)
             if worked and login_endpoint is None:
                 login_endpoint = endpoint

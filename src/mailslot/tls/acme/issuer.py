@@ -35,14 +35,35 @@ ORDER_TIMEOUT = datetime.timedelta(seconds=90)
 
 
 class AcmeFailure(Exception):
-    """An order or a request failed; ``retry_after`` (seconds) if the CA said when to retry."""
+    """An order or a request failed; ``retry_after`` (seconds) if the CA said when to retry;
+    ``account``: the CA objects to the account itself (RFC 8555 section 6.7), which a retry
+    alone will not mend."""
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, rate_limited: bool = False
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        rate_limited: bool = False,
+        account: bool = False,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.rate_limited = rate_limited
+        self.account = account
+
+
+# RFC 8555 section 6.7 error types about the account rather than an order.
+ACCOUNT_ERRORS = frozenset(
+    {
+        "accountDoesNotExist",
+        "externalAccountRequired",
+        "invalidContact",
+        "unsupportedContact",
+        "userActionRequired",
+        "unauthorized",
+    }
+)
 
 
 class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
@@ -143,7 +164,13 @@ class Issuer:
         if isinstance(exc, messages.Error):
             limited = exc.code == "rateLimited"
             what = "rate limited by the CA" if limited else "the CA refused"
-            return AcmeFailure(f"{what}: {exc}", retry_after=retry, rate_limited=limited)
+            return AcmeFailure(
+                f"{what}: {exc}",
+                retry_after=retry,
+                rate_limited=limited,
+                # by the type: the library's ``code`` knows no userActionRequired
+                account=str(exc.typ or "").rpartition(":")[2] in ACCOUNT_ERRORS,
+            )
         if isinstance(exc, errors.ValidationError):
             details = "; ".join(
                 f"{authzr.body.identifier.value}: {_challenge_error(authzr)}"

@@ -207,6 +207,7 @@ class AcmeService:
             failures=0,
             next_attempt=None,
             rate_limited=False,
+            account_problem=False,
         )
         logger.info(
             "acme: certificate issued for %s, valid until %s, written to %s",
@@ -263,6 +264,7 @@ class AcmeService:
             last_error=str(failure),
             failures=self.failures,
             rate_limited=failure.rate_limited,
+            account_problem=failure.account,
             next_attempt=_iso(next_attempt) if retrying else None,
         )
         return datetime.timedelta(seconds=seconds)

@@ -5,7 +5,11 @@
 - ``account.key``: the account's private key (PEM, 0600), made once; ``account.json``: the
   account's URL at the CA it was registered with (RFC 8555 section 7.3).
 - ``status.json``: what the renewal loop last did: the certificate's names and dates, when it
-  renews, the last failure and when it tries again (``mailslot acme status`` prints it).
+  renews, the last failure and when it tries again (``mailslot acme status`` prints it, and
+  ``mailslot doctor --config`` reports it).  Keys: ``state`` (``"ok"``, ``"ordering"``,
+  ``"failing"``), ``names``, ``not_after``, ``renew_at``, ``checked``, ``issued``,
+  ``reason``, ``last_error``, ``failures``, ``rate_limited``, ``account_problem`` and
+  ``next_attempt``; times are ISO 8601 with an offset.
 
 Every file is written atomically: a temporary file in the same directory, fsynced, then
 renamed over the old one (rename(2)), so a reader (the server's reload, :mod:`mailslot.tls.
