@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import math
 import os
@@ -441,7 +442,7 @@ def draw_series(
 ) -> bool:
     """``span``: when the load began, the first and the last time drawn."""
     origin, start, end = span
-    colour = iter(COLOURS)
+    colour = itertools.cycle(COLOURS)  # more series than colours: they repeat
     for target in panel["targets"]:
         for series in query(base, target["expr"], start=start, end=end, step=SCRAPE_SECONDS):
             times = [(float(t) - origin) / 60 for t, _ in series["values"]]
