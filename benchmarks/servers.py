@@ -169,14 +169,9 @@ class MailslotPg(Mailslot):
     pg_pid: int = 0
     node_id: str = "bench-1"
     pool_size: int = 4
-    proxy: bool = False  # listeners take the PROXY protocol (behind HAProxy)
+    cgroup: str = ""  # a cgroup v1 cpu directory the node starts in (benchmarks.pg_scaling)
 
     def config_text(self) -> str:
-        proxy = (
-            'proxy_protocol = true\nproxy_trusted_networks = ["127.0.0.0/8"]\n'
-            if self.proxy
-            else ""
-        )
         return f"""[server]
 workers = {self.workers}
 node_id = "{self.node_id}"
@@ -185,11 +180,11 @@ run_as_root = "a benchmark on 127.0.0.1 (ignored unless started as root)"
 address = "127.0.0.1"
 port = {self.plain_port}
 tls = "starttls"
-{proxy}[[listener]]
+[[listener]]
 address = "127.0.0.1"
 port = {self.tls_port}
 tls = "implicit"
-{proxy}[tls]
+[tls]
 certificate = "{self.cert}"
 private_key = "{self.key}"
 [auth]
@@ -224,7 +219,12 @@ max_connections_per_ip = 30000
 
     def command(self) -> list[str]:
         self.config_path.write_text(self.config_text())
-        return [sys.executable, "-m", "mailslot", "serve", "--config", str(self.config_path)]
+        serve = [sys.executable, "-m", "mailslot", "serve", "--config", str(self.config_path)]
+        if not self.cgroup:
+            return serve
+        # Into the cgroup before exec, so the workers it forks are born in it.
+        join = f'echo $$ > "{self.cgroup}/cgroup.procs" && exec "$0" "$@"'
+        return ["sh", "-c", join, *serve]
 
 
 @dataclass
