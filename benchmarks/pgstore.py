@@ -90,6 +90,9 @@ async def _bulk(dsn: str, user: str, bodies: list[bytes]) -> None:
     connection = await _connect(dsn)
     try:
         async with connection.transaction():
+            # The rows are consistent by construction: skip the per-row foreign-key triggers
+            # (superuser, the private cluster), which made a 100,000-row COPY take minutes.
+            await connection.execute("SET LOCAL session_replication_role = replica")
             account = await connection.fetchval(
                 "INSERT INTO mailslot_accounts (name) VALUES ($1) RETURNING account_id", user
             )
