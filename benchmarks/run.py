@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import os
 import platform
 import shutil
@@ -19,16 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import corpus, servers, tls_logins
+from benchmarks import corpus, pgcluster, pgstore, servers, tls_logins
 from benchmarks.loadgen import ClientPool, raise_nofile
 from benchmarks.report import Report
-from benchmarks.servers import Dovecot, Mailslot, Server, TwistedPop3
+from benchmarks.servers import Dovecot, Mailslot, MailslotPg, Server, TwistedPop3
 from benchmarks.suites import Bench, Settings
 
 # "idle" holds plain connections, "idle-tls" implicit-TLS ones (the method ``idle_tls``).
 # "tls-login": implicit-TLS logins with an ECDSA and an RSA certificate, and their floor.
-BENCHMARKS = ("login", "tls-login", "session", "retr", "idle", "idle-tls", "bigbox")
-SERVERS = ("mailslot", "dovecot", "dovecot-hp", "dovecot-sc0", "twisted")
+# "roundtrips" counts database round trips per session (mailslot-pg only).
+BENCHMARKS = ("login", "tls-login", "session", "retr", "idle", "idle-tls", "bigbox", "roundtrips")
+SERVERS = ("mailslot", "mailslot-pg", "dovecot", "dovecot-hp", "dovecot-sc0", "twisted")
 MAIL_UID = 64123  # an unprivileged uid of our own: Dovecot refuses to serve mail as root
 LOAD_USERS = 64
 
@@ -116,6 +118,7 @@ def build(
     users: list[str],
     data: corpus.Corpus,
     leaves: dict[str, tuple[Path, Path]],
+    cluster: pgcluster.Cluster | None = None,
 ) -> list[Server]:
     chain, key = leaves["rsa"]
     passwd = tmp / "users"
@@ -134,6 +137,30 @@ def build(
             elif user.startswith("i"):
                 data.make_maildir(mail, user, [1000 + i % corpus.TEMPLATES])
         server: Server
+        if name == "mailslot-pg":
+            assert cluster is not None
+            cluster.execute(f'CREATE DATABASE "{name.replace("-", "_")}"')
+            cluster.execute("CREATE EXTENSION pg_stat_statements", name.replace("-", "_"))
+            pg = MailslotPg(
+                name,
+                workdir,
+                mail,
+                passwd=passwd,
+                cert=chain,
+                key=key,
+                workers=args.mailslot_workers,
+                dsn=cluster.dsn(name.replace("-", "_")),
+                pg_pid=cluster.pid,
+            )
+            pg.upgrade()
+            drops = {
+                u: corpus.load_idents(i) if u[0] in "lp" else [1000 + i % corpus.TEMPLATES]
+                for i, u in enumerate(users)
+                if u[0] in "lp"  # idle users have no messages here (idle is not run on it)
+            }
+            pgstore.load(pg.dsn, data, users, drops, tmp / "home")
+            made.append(pg)
+            continue
         if name == "twisted":
             server = TwistedPop3(name, workdir, mail, passwd=passwd, cert=chain, key=key)
         elif name == "mailslot":
@@ -186,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mailslot-bench-"))
     tmp.chmod(0o755)  # the Dovecot mail uid must reach its Maildirs
     started: list[Server] = []
+    stack = contextlib.ExitStack()
 
     def cleanup() -> None:
         for s in started:
             s.stop()
+        stack.close()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -209,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         big_users = [f"big{r}" for r in range(settings.reps)]
         users = [*load_users, "p0", *idle_users, *big_users]
         _ca, leaves = corpus.make_certificates(tmp)
-        for server in build(tmp, args.servers, settings, args, users, data, leaves):
+        cluster = (
+            stack.enter_context(pgcluster.running()) if "mailslot-pg" in args.servers else None
+        )
+        for server in build(tmp, args.servers, settings, args, users, data, leaves, cluster):
             try:
                 server.start()
             except Exception as exc:
@@ -238,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                 for server in started:
                     t0 = time.monotonic()
                     try:
-                        if name == "bigbox":
+                        if name == "roundtrips":
+                            bench.roundtrips(server)
+                        elif name == "bigbox":
                             bench.bigbox(server, rep)
                         else:
                             getattr(bench, name.replace("-", "_"))(server)

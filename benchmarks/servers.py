@@ -149,7 +149,7 @@ private_key = "{self.key}"
 [auth]
 passwd_file = "{self.passwd}"
 allow_plaintext_without_tls = true
-failure_delay = 0
+failure_delay = 0  # as mailslot-pg's, below
 [store]
 maildir = "{self.mail_root}/{{user}}/Maildir"
 [limits]
@@ -164,6 +164,77 @@ max_connections_per_ip = 30000
         src = str(REPO / "src")
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else "")
         return env
+
+
+@dataclass
+class MailslotPg(Mailslot):
+    """mailslot on the PostgreSQL store, users in PostgreSQL too (``mailslot-pg``).
+
+    ``dsn`` is a database of the run's private cluster (``benchmarks/pgcluster.py``), its
+    schema made by ``mailslot db upgrade``; ``pg_pid`` is the postmaster, whose process tree's
+    CPU is reported next to mailslot's.  ``mail_root`` is unused (no Maildirs).
+    """
+
+    dsn: str = ""
+    pg_pid: int = 0
+    node_id: str = "bench-1"
+    pool_size: int = 4
+    cgroup: str = ""  # a cgroup v1 cpu directory the node starts in (benchmarks.pg_scaling)
+
+    def config_text(self) -> str:
+        return f"""[server]
+workers = {self.workers}
+node_id = "{self.node_id}"
+run_as_root = "a benchmark on 127.0.0.1 (ignored unless started as root)"
+[[listener]]
+address = "127.0.0.1"
+port = {self.plain_port}
+tls = "starttls"
+[[listener]]
+address = "127.0.0.1"
+port = {self.tls_port}
+tls = "implicit"
+[tls]
+certificate = "{self.cert}"
+private_key = "{self.key}"
+[auth]
+backend = "postgresql"
+allow_plaintext_without_tls = true
+# Off: every check reserves a penalty slot for its address before the password lookup, so
+# concurrent logins from one address (all of the load generator's) whose lookup waits on the
+# database pile up strikes and wait seconds with no failure at all (docs/benchmarks.md).
+failure_delay = 0
+[store]
+backend = "postgresql"
+dsn = "{self.dsn}"
+pool_size = {self.pool_size}
+[limits]
+max_connections = 30000
+max_connections_per_ip = 30000
+"""
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "mailslot.toml"
+
+    def upgrade(self) -> None:
+        """``mailslot db upgrade``: the schema, as an operator makes it."""
+        self.config_path.write_text(self.config_text())
+        subprocess.run(
+            [sys.executable, "-m", "mailslot", "db", "upgrade", "--config", str(self.config_path)],
+            check=True,
+            env=self.environment(),
+            capture_output=True,
+        )
+
+    def command(self) -> list[str]:
+        self.config_path.write_text(self.config_text())
+        serve = [sys.executable, "-m", "mailslot", "serve", "--config", str(self.config_path)]
+        if not self.cgroup:
+            return serve
+        # Into the cgroup before exec, so the workers it forks are born in it.
+        join = f'echo $$ > "{self.cgroup}/cgroup.procs" && exec "$0" "$@"'
+        return ["sh", "-c", join, *serve]
 
 
 @dataclass

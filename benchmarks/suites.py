@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from benchmarks import proctree, tls_logins
+from benchmarks import pgstore, proctree, tls_logins
 from benchmarks.corpus import Corpus, bigbox_idents, warm_homes
 from benchmarks.loadgen import ClientPool, _loop_factory
 from benchmarks.pop3client import TlsMode
 from benchmarks.report import Report, percentile
 from benchmarks.scenarios import Job, Kind, Result, bigbox, client_context, probe
-from benchmarks.servers import Server
+from benchmarks.servers import MailslotPg, Server
 
 TLS_LABEL: dict[TlsMode, str] = {"none": "plain", "starttls": "stls", "implicit": "tls"}
 
@@ -93,13 +93,26 @@ class Bench:
 
     def _load(self, server: Server, kind: Kind, tls: TlsMode, label: str) -> Result | None:
         users = self.load_users[: self.settings.concurrency]
+        pg = server.pg_pid if isinstance(server, MailslotPg) else 0
         cpu0 = proctree.cpu_seconds(proctree.tree(server.pid))
+        pg0 = proctree.cpu_seconds(proctree.tree(pg)) if pg else 0.0
         res = self.pool.run(self.job(server, kind, tls, users))
         cpu1 = proctree.cpu_seconds(proctree.tree(server.pid))
+        pg1 = proctree.cpu_seconds(proctree.tree(pg)) if pg else 0.0
         if not self._check(server, label, res):
             return None
         add = self.report.add
         add(f"{label} server CPU/op", "ms", "lower", server.name, (cpu1 - cpu0) / res.ops * 1e3)
+        if pg:
+            # PostgreSQL's backends are children of the postmaster: their CPU is reaped
+            # into its cutime when a connection closes, counted live while it is open.
+            add(
+                f"{label} PostgreSQL CPU/op",
+                "ms",
+                "lower",
+                server.name,
+                (pg1 - pg0) / res.ops * 1e3,
+            )
         add(f"{label} client CPU", "% of a core", "lower", server.name, res.cpu / res.wall * 100)
         return res
 
@@ -331,7 +344,10 @@ class Bench:
         count = self.settings.bigbox_messages
         idents = bigbox_idents(count)
         total = sum(self.corpus.expected[i].size for i in idents)
-        self.corpus.make_maildir(server.mail_root, user, idents)
+        if isinstance(server, MailslotPg):
+            pgstore.bulk_maildrop(server.dsn, self.corpus, user, idents)
+        else:
+            self.corpus.make_maildir(server.mail_root, user, idents)
         job = self.job(server, "login", "none", [user])
         try:
             with asyncio.Runner(loop_factory=_loop_factory) as runner:
@@ -341,6 +357,69 @@ class Bench:
             self.report.errors.append(f"{server.name} bigbox: {type(exc).__name__}: {exc}")
             return
         finally:
-            shutil.rmtree(Path(server.mail_root) / user, ignore_errors=True)
+            if isinstance(server, MailslotPg):
+                pgstore.drop_account(server.dsn, user)
+            else:
+                shutil.rmtree(Path(server.mail_root) / user, ignore_errors=True)
         self.report.add(f"bigbox {count} first", "s", "lower", server.name, first)
         self.report.add(f"bigbox {count} second", "s", "lower", server.name, second)
+
+    def roundtrips(self, server: Server, sessions: int = 20) -> None:
+        """Database round trips per POP3 session on ``mailslot-pg`` (others: nothing to count).
+
+        Counted in PostgreSQL: the delta of ``pg_stat_statements`` calls (every statement,
+        BEGIN and COMMIT included, ``track_utility = on``; each is one round trip of the
+        extended protocol) over ``sessions`` sequential sessions, divided by ``sessions``.
+        (``pg_stat_database.xact_commit`` was tried and dropped: backends flush it at most
+        once a second and pooled idle ones later, so its deltas were not reproducible.)
+        Not counted: asyncpg's one-off prepare (Parse/Describe) of a statement on a pooled
+        connection's first use of it, which the warm-up session takes.
+        Two shapes: USER/PASS, LIST, UIDL, RETR 1, QUIT;
+        and the same with DELE 1 before QUIT (a message delivered for it beforehand, outside
+        the count).
+        """
+        if not isinstance(server, MailslotPg):
+            return
+        import poplib
+        import time
+
+        from benchmarks.corpus import PASSWORD
+
+        user = self.probe_user
+        ident = next(iter(self.corpus.expected))
+        body = self.corpus.templates[ident].read_bytes()
+
+        def session(delete: bool) -> None:
+            client = poplib.POP3("127.0.0.1", server.plain_port, timeout=30)
+            client.user(user)
+            client.pass_(PASSWORD)
+            client.list()
+            client.uidl()
+            client.retr(1)
+            if delete:
+                client.dele(1)
+            client.quit()
+
+        def measure(delete: bool) -> float:
+            if delete:
+                for _ in range(sessions + 1):
+                    pgstore.deliver(server.dsn, user, body)
+            session(delete)  # warm-up: prepares on whichever pooled connection it gets
+            time.sleep(1.2)  # pg_stat_database is flushed at most once a second
+            pgstore.reset_statements(server.dsn)
+            before = pgstore.counts(server.dsn)
+            for _ in range(sessions):
+                session(delete)
+            time.sleep(1.2)
+            after = pgstore.counts(server.dsn)
+            shape = "with DELE" if delete else "no DELE"
+            for calls, query in pgstore.by_statement(server.dsn):
+                self.report.notes.append(
+                    f"{server.name} roundtrips {shape}: {calls / sessions:g}/session {query}"
+                )
+            # counts() itself is one statement-free transaction per call: take it out.
+            return (after.statements - before.statements) / sessions
+
+        add = self.report.add
+        for delete, label in ((False, "roundtrips no DELE"), (True, "roundtrips with DELE")):
+            add(f"{label} per session", "round trips", "lower", server.name, measure(delete))

@@ -71,6 +71,7 @@ class LazyPool:
                     timeout=self.connect_timeout,
                     command_timeout=self.command_timeout,
                     statement_cache_size=self._statement_cache_size,
+                    reset=_keep_session,
                 )
         return self._pool
 
@@ -98,6 +99,14 @@ class LazyPool:
                 await asyncio.wait_for(pool.close(), self.connect_timeout)
         elif self._owner[0] == os.getpid():
             pool.terminate()
+
+
+async def _keep_session(connection: Any) -> None:
+    """The pool's reset on release: nothing beyond asyncpg's own rollback of an open
+    transaction.  asyncpg's default reset is one more round trip per release (``SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``), five per POP3 session,
+    undoing session state this store never creates: no advisory locks, LISTEN, SET or cursor
+    outliving its transaction (benchmarks: ``roundtrips``, docs/benchmarks.md)."""
 
 
 def describe(exc: BaseException) -> str:

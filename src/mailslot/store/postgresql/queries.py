@@ -1,9 +1,9 @@
 """The SQL the PostgreSQL store sends, in one place (schema: ``migrations/``).
 
-Every statement is one round trip.  A login is three (account, lease, snapshot); a RETR is one
-per 256 KiB; a QUIT with deletions is one transaction of two statements (four round trips with
-BEGIN and COMMIT); a delivery is one transaction (account, then one statement inserting the
-listing and the body).
+Every statement is one round trip.  A login is two (account and lease, snapshot; four at a
+user's first login); a RETR is one per 256 KiB; a QUIT with deletions is one transaction of
+two statements (four round trips with BEGIN and COMMIT); a delivery is one transaction
+(account, then one statement inserting the listing and the body).
 """
 
 ACCOUNT = "SELECT account_id FROM mailslot_accounts WHERE name = $1"
@@ -25,6 +25,25 @@ ON CONFLICT (account_id) DO UPDATE
     SET token = EXCLUDED.token, node = EXCLUDED.node, acquired = now(), expires = EXCLUDED.expires
     WHERE mailslot_leases.expires < now()
 RETURNING token
+"""
+
+# A login's first round trip: the account's id and, if the lease could be taken, its token
+# (ACQUIRE_LEASE's statement on the looked-up account).  No row: no account yet (made with
+# CREATE_ACCOUNT, then ACQUIRE_LEASE).  A row with a NULL token: the maildrop is in use.
+ACCOUNT_AND_LEASE = """
+WITH account AS (
+    SELECT account_id FROM mailslot_accounts WHERE name = $1
+), lease AS (
+    INSERT INTO mailslot_leases (account_id, token, node, expires)
+    SELECT account_id, nextval('mailslot_lease_tokens'), $2, now() + make_interval(secs => $3)
+    FROM account
+    ON CONFLICT (account_id) DO UPDATE
+        SET token = EXCLUDED.token, node = EXCLUDED.node, acquired = now(),
+            expires = EXCLUDED.expires
+        WHERE mailslot_leases.expires < now()
+    RETURNING token
+)
+SELECT account.account_id, (SELECT token FROM lease) AS token FROM account
 """
 
 RENEW_LEASE = """

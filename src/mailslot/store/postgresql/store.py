@@ -172,10 +172,16 @@ class PostgresStore:
         self, user: str, home: str | None = None, *, owner: Owner | None = None
     ) -> PostgresMaildrop:
         async with self.connection() as connection:
-            account = await self._account(connection, user)
-            token = await connection.fetchval(
-                queries.ACQUIRE_LEASE, account, self.node, self.lease_seconds
+            row = await connection.fetchrow(
+                queries.ACCOUNT_AND_LEASE, user, self.node, self.lease_seconds
             )
+            if row is None:  # a user's first login: make the account, then take the lease
+                account = await self._account(connection, user)
+                token = await connection.fetchval(
+                    queries.ACQUIRE_LEASE, account, self.node, self.lease_seconds
+                )
+            else:
+                account, token = int(row[0]), row[1]
             if token is None:
                 raise MaildropLocked("maildrop is in use")
             lease = Lease(self.connection, account, int(token), self.lease_seconds)
