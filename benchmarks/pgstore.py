@@ -28,6 +28,9 @@ WHERE d.datname = current_database()
   -- asyncpg's default pool reset is four statements in one simple-query round trip:
   -- counted once, as its pg_advisory_unlock_all().
   AND s.query NOT IN ('CLOSE ALL', 'UNLISTEN *', 'RESET ALL')
+  -- The cluster limits' publishing runs every [limits] cluster_refresh seconds per worker,
+  -- whatever the sessions: a cost per second, not per session.
+  AND s.query NOT ILIKE '%mailslot_limit_counts%'
 """
 
 _BY_STATEMENT = """
