@@ -96,16 +96,20 @@ def test_shared_limits_group_ipv6_prefixes_and_count_elsewhere() -> None:
     # Two connections on other nodes: one left here.
     assert limits.acquire_connection("198.51.100.7") is None
     assert limits.acquire_connection("198.51.100.7") == "too many connections from your address"
+    # A user's count is the node's alone (the other nodes' "u:alice" is not asked): across
+    # nodes the maildrop lease keeps a user to one session, without the published lag.
+    assert limits.acquire_user("alice")
     assert limits.acquire_user("alice")
     assert not limits.acquire_user("alice")
     assert limits.held == {
         "a:2001:db8::/48": 3,
         "a:2001:db8:1::/48": 1,
         "a:198.51.100.7": 1,
-        "u:alice": 1,
+        "u:alice": 2,
     }
     for address in ["2001:db8::1", "2001:db8::2", "2001:db8:0:ffff::1", "198.51.100.7"]:
         limits.release_connection(address)
+    limits.release_user("alice")
     limits.release_user("alice")
     assert limits.node_total("*") == 1
     assert limits.held == {"a:2001:db8:1::/48": 1}

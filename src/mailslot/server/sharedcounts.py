@@ -22,56 +22,26 @@ refuses, as a limit does: the server stays within its limits rather than beyond 
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import mmap
 import os
-import secrets
 import struct
-import threading
+
+from mailslot.server.sharedtable import FREE as _FREE
+from mailslot.server.sharedtable import SharedBuckets
 
 __all__ = ["SharedCounts"]
 
 # key digest (16 bytes, all zero: a free slot), owner pid, count
 _RECORD = struct.Struct("<16sIi")
-_FREE = bytes(16)
 
 
-class SharedCounts:
+class SharedCounts(SharedBuckets):
     """``slots`` counters in ``MAP_SHARED`` memory; see the module docstring.
 
     Create it in the process that forks; every child forked afterwards shares it.
     """
 
     def __init__(self, slots: int = 4096, ways: int = 32) -> None:
-        if slots < ways or ways < 1:
-            raise ValueError("a table needs at least one bucket of at least one slot")
-        self.ways = ways
-        self.buckets = slots // ways
-        self._bucket_size = ways * _RECORD.size
-        size = self.buckets * self._bucket_size
-        self._fd = os.memfd_create("mailslot-limits", os.MFD_CLOEXEC)
-        os.ftruncate(self._fd, size)  # zero-filled: every slot starts free
-        self._map = mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED)
-        self._secret = secrets.token_bytes(16)
-        self._thread_lock = threading.Lock()
-
-    @property
-    def size(self) -> int:
-        """Bytes of shared memory the table holds (it never grows)."""
-        return len(self._map)
-
-    def _locate(self, key: str) -> tuple[bytes, int]:
-        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16, key=self._secret).digest()
-        if digest == _FREE:  # pragma: no cover - one chance in 2**128
-            digest = b"\x01" + digest[1:]
-        return digest, (int.from_bytes(digest[:8], "little") % self.buckets) * self._bucket_size
-
-    def _lock(self, start: int, length: int) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_EX, length, start, os.SEEK_SET)
-
-    def _unlock(self, start: int, length: int) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_UN, length, start, os.SEEK_SET)
+        super().__init__(slots, ways, _RECORD.size, "mailslot-limits")
 
     def add(self, key: str, delta: int, limit: int | None = None, *, owner: int = 0) -> bool:
         """Add ``delta`` to ``owner``'s count of ``key`` (default owner: this process).
@@ -82,12 +52,8 @@ class SharedCounts:
         """
         owner = owner or os.getpid()
         digest, start = self._locate(key)
-        with self._thread_lock:
-            self._lock(start, self._bucket_size)
-            try:
-                return self._add(digest, start, owner, delta, limit)
-            finally:
-                self._unlock(start, self._bucket_size)
+        with self._locked(start, self._bucket_size):
+            return self._add(digest, start, owner, delta, limit)
 
     def _add(self, digest: bytes, start: int, owner: int, delta: int, limit: int | None) -> bool:
         data = self._map
@@ -121,29 +87,21 @@ class SharedCounts:
         """The sum of every owner's count of ``key``."""
         digest, start = self._locate(key)
         total = 0
-        with self._thread_lock:
-            self._lock(start, self._bucket_size)
-            try:
-                for offset in range(start, start + self._bucket_size, _RECORD.size):
-                    found, _, n = _RECORD.unpack_from(self._map, offset)
-                    if found == digest:
-                        total += n
-            finally:
-                self._unlock(start, self._bucket_size)
+        with self._locked(start, self._bucket_size):
+            for offset in range(start, start + self._bucket_size, _RECORD.size):
+                found, _, n = _RECORD.unpack_from(self._map, offset)
+                if found == digest:
+                    total += n
         return total
 
     def reclaim(self, owner: int) -> int:
         """Drop every count ``owner`` (a dead worker's pid) held; the sum of those counts."""
         dropped = 0
         data = self._map
-        with self._thread_lock:
-            self._lock(0, len(data))
-            try:
-                for offset in range(0, len(data), _RECORD.size):
-                    key, who, n = _RECORD.unpack_from(data, offset)
-                    if who == owner and key != _FREE:
-                        dropped += n
-                        _RECORD.pack_into(data, offset, _FREE, 0, 0)
-            finally:
-                self._unlock(0, len(data))
+        with self._locked(0, len(data)):
+            for offset in range(0, len(data), _RECORD.size):
+                key, who, n = _RECORD.unpack_from(data, offset)
+                if who == owner and key != _FREE:
+                    dropped += n
+                    _RECORD.pack_into(data, offset, _FREE, 0, 0)
         return dropped

@@ -21,6 +21,7 @@ The records are read and written in place with :mod:`struct`; nothing is cached 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import mmap
@@ -28,14 +29,15 @@ import os
 import secrets
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 __all__ = ["Record", "SharedTable"]
 
 # key (16 bytes, all zero: a free slot), strikes, next (monotonic seconds), touched (ditto)
 _RECORD = struct.Struct("<16sI4xdd")
-_FREE = bytes(16)
+FREE = bytes(16)  # the digest of a free slot
+_FREE = FREE
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +49,22 @@ class Record:
     touched: float
 
 
-class SharedTable:
-    """``slots`` records in ``MAP_SHARED`` memory; see the module docstring.
+class SharedBuckets:
+    """``slots`` fixed-size records in ``MAP_SHARED`` memory, in buckets of ``ways`` slots, a
+    key's bucket chosen by a keyed hash and locked as the module docstring says.  The base of
+    :class:`SharedTable` and :class:`mailslot.server.sharedcounts.SharedCounts`.
 
     Create it in the process that forks; every child forked afterwards shares it.
     """
 
-    def __init__(self, slots: int = 65_536, ways: int = 8) -> None:
+    def __init__(self, slots: int, ways: int, record_size: int, name: str) -> None:
         if slots < ways or ways < 1:
             raise ValueError("a table needs at least one bucket of at least one slot")
         self.ways = ways
         self.buckets = slots // ways
-        self._bucket_size = ways * _RECORD.size
+        self._bucket_size = ways * record_size
         size = self.buckets * self._bucket_size
-        self._fd = os.memfd_create("mailslot-penalty", os.MFD_CLOEXEC)
+        self._fd = os.memfd_create(name, os.MFD_CLOEXEC)
         os.ftruncate(self._fd, size)  # zero-filled: every slot starts free
         self._map = mmap.mmap(self._fd, size, flags=mmap.MAP_SHARED)
         self._secret = secrets.token_bytes(16)
@@ -71,22 +75,39 @@ class SharedTable:
         """Bytes of shared memory the table holds (it never grows)."""
         return len(self._map)
 
+    def _locate(self, key: str) -> tuple[bytes, int]:
+        """``key``'s 16-byte digest (never the free marker) and its bucket's offset."""
+        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16, key=self._secret).digest()
+        if digest == _FREE:  # pragma: no cover - one chance in 2**128
+            digest = b"\x01" + digest[1:]
+        return digest, (int.from_bytes(digest[:8], "little") % self.buckets) * self._bucket_size
+
+    @contextlib.contextmanager
+    def _locked(self, start: int, length: int) -> Iterator[None]:
+        """Hold ``length`` bytes from ``start`` against every process and thread."""
+        with self._thread_lock:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX, length, start, os.SEEK_SET)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, length, start, os.SEEK_SET)
+
+
+class SharedTable(SharedBuckets):
+    """``slots`` penalty records in ``MAP_SHARED`` memory; see the module docstring."""
+
+    def __init__(self, slots: int = 65_536, ways: int = 8) -> None:
+        super().__init__(slots, ways, _RECORD.size, "mailslot-penalty")
+
     def update(self, key: str, change: Callable[[Record | None], Record | None]) -> None:
         """Replace ``key``'s record by ``change(record)`` (``None``: absent / remove it).
 
         ``change`` runs with the key's bucket locked in every process, so a read-modify-write
         through it is atomic; it must be quick and must not call back into the table.
         """
-        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16, key=self._secret).digest()
-        if digest == _FREE:  # pragma: no cover - one chance in 2**128
-            digest = b"\x01" + digest[1:]
-        start = (int.from_bytes(digest[:8], "little") % self.buckets) * self._bucket_size
-        with self._thread_lock:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, self._bucket_size, start, os.SEEK_SET)
-            try:
-                self._update(digest, start, change)
-            finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, self._bucket_size, start, os.SEEK_SET)
+        digest, start = self._locate(key)
+        with self._locked(start, self._bucket_size):
+            self._update(digest, start, change)
 
     def get(self, key: str) -> Record | None:
         """``key``'s record, for tests and diagnostics."""
