@@ -108,7 +108,8 @@ def test_sample_config_prints_the_file_shipped_in_the_package(
     assert main(["sample-config"]) == 0
     printed = capsys.readouterr().out
     assert printed == SAMPLE.read_text(encoding="utf-8") == sample_config()
-    pyproject = tomllib.loads((SAMPLE.parents[3] / "pyproject.toml").read_text())
+    # The checkout's pyproject.toml (the package may be installed elsewhere, as in CI).
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert "data/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["mailslot"]
 
 

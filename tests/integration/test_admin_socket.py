@@ -4,6 +4,7 @@ real TLS on both workers, and the socket's permissions checked as an unprivilege
 
 from __future__ import annotations
 
+import concurrent.futures
 import grp
 import json
 import os
@@ -113,13 +114,27 @@ def server(mailslot_factory: ServerFactory) -> MailslotServer:
 def sessions_on_both_workers(
     server: MailslotServer, clients: list[poplib.POP3]
 ) -> list[dict[str, Any]]:
-    """Log in users one by one until ``who`` shows sessions on both workers."""
-    for user in USERS:
-        clients.append(login(server, user.name))
-        response = call(server.admin_socket, Request("who"))
-        sessions = response.result["sessions"]
-        if len({s["worker"]["pid"] for s in sessions}) == 2:
-            return sessions
+    """Log in users one by one until ``who`` shows sessions on both workers.
+
+    First both workers must serve (each has put its socket in the peers' directory): a
+    worker still starting (it measures the password schemes' costs) leaves every connection
+    to the other."""
+    peers = server.admin_socket.with_name("admin.sock.workers")
+    deadline = time.monotonic() + 30
+    while not (peers.is_dir() and len([n for n in os.listdir(peers) if n.isdigit()]) >= 2):
+        assert time.monotonic() < deadline, "the two workers' admin sockets"
+        time.sleep(0.05)
+    # In batches of four at once: while one worker is busy with a handshake the kernel wakes
+    # the other, where logins one after another may all go to whichever worker waits.
+    sessions: list[dict[str, Any]] = []
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for start in range(0, len(USERS), 4):
+            batch = [user.name for user in USERS[start : start + 4]]
+            clients.extend(pool.map(lambda name: login(server, name), batch))
+            response = call(server.admin_socket, Request("who"))
+            sessions = response.result["sessions"]
+            if len({s["worker"]["pid"] for s in sessions}) == 2:
+                return sessions
     pytest.fail(f"{len(USERS)} sessions all landed on one worker: {sessions}")
 
 
