@@ -155,7 +155,15 @@ def describe(exc: BaseException) -> str:
 class _LazyPool:
     """A pool made at first use, per process and event loop; ``make`` builds it."""
 
-    def __init__(self) -> None:
+    driver: Driver  # how the subclass's DSN is read (connect_arguments)
+
+    def __init__(
+        self, dsn: str, *, size: int = 5, connect_timeout: float = 5.0, query_timeout: float = 10.0
+    ) -> None:
+        self._arguments = connect_arguments(self.driver, dsn)
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self.query_timeout = query_timeout
         self._pool: Any = None
         self._owner: tuple[int, asyncio.AbstractEventLoop] | None = None
         self._lock: asyncio.Lock | None = None
@@ -192,14 +200,7 @@ class _LazyPool:
 class PostgresDatabase(_LazyPool):
     """PostgreSQL through an asyncpg pool."""
 
-    def __init__(
-        self, dsn: str, *, size: int = 5, connect_timeout: float = 5.0, query_timeout: float = 10.0
-    ) -> None:
-        super().__init__()
-        self._arguments = connect_arguments("postgresql", dsn)
-        self.size = size
-        self.connect_timeout = connect_timeout
-        self.query_timeout = query_timeout
+    driver: Driver = "postgresql"
 
     async def _make(self) -> Any:
         import asyncpg
@@ -259,14 +260,7 @@ class PostgresDatabase(_LazyPool):
 class MysqlDatabase(_LazyPool):
     """MySQL or MariaDB through an aiomysql pool."""
 
-    def __init__(
-        self, dsn: str, *, size: int = 5, connect_timeout: float = 5.0, query_timeout: float = 10.0
-    ) -> None:
-        super().__init__()
-        self._arguments = connect_arguments("mysql", dsn)
-        self.size = size
-        self.connect_timeout = connect_timeout
-        self.query_timeout = query_timeout
+    driver: Driver = "mysql"
 
     async def _make(self) -> Any:
         import aiomysql
