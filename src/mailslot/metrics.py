@@ -37,6 +37,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mailslot import certexpiry
 from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, User
 from mailslot.config import MetricsConfig
 from mailslot.protocol.state import KNOWN_VERBS
@@ -53,6 +54,7 @@ from mailslot.store.base import (
 
 if TYPE_CHECKING:
     from mailslot.privileges import Identity
+    from mailslot.tls.certificates import Loaded
 
 logger = logging.getLogger("mailslot")
 
@@ -110,8 +112,8 @@ class Metrics:
     def lmtp_reply(self, code: int) -> None:
         """An LMTP recipient's delivery was answered with ``code`` (250, 452, 550...)."""
 
-    def certificate(self, path: Path | None) -> None:
-        """The server certificate at ``path`` was loaded (again)."""
+    def certificates(self, loaded: Sequence[Loaded]) -> None:
+        """The certificates ``loaded`` were loaded again and are served now (a reload)."""
 
     def store_error(self, operation: str) -> None:
         """The store failed to ``open`` a maildrop, ``read`` a message or ``delete``."""
@@ -149,8 +151,8 @@ class ParentMetrics:
     def worker_exited(self, pid: int) -> None:
         """Worker ``pid`` was reaped: its live gauges go."""
 
-    def certificate(self, path: Path | None) -> None:
-        """The server certificate at ``path`` was loaded (again), as root."""
+    def certificates(self, loaded: Sequence[Loaded]) -> None:
+        """The certificates ``loaded`` were loaded (at start, or again) and are served now."""
 
 
 # ----------------------------------------------------------------------------- Prometheus
@@ -204,16 +206,22 @@ def _client() -> Any:
     return prometheus_client
 
 
-def _not_after(path: Path | None) -> float | None:
-    if path is None:
-        return None
-    from cryptography import x509
+def _directory() -> Path:
+    return Path(os.environ[_ENV])
 
-    try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return cert.not_valid_after_utc.timestamp()
+
+class _CertificateCollector:
+    """The certificates' expiry gauge for a scrape's registry (:mod:`mailslot.certexpiry`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def describe(self) -> list[Any]:
+        return []  # so that registering it reads nothing; collect() reads the snapshot
+
+    def collect(self) -> list[Any]:
+        gauge = certexpiry.family(self._directory)
+        return [] if gauge is None else [gauge]
 
 
 class _Families:
@@ -288,16 +296,6 @@ class _Families:
             "Times the user database could not answer (wrong passwords are not counted).",
             registry=None,
         )
-        self.not_after = _expiry_gauge(pc)
-
-
-def _expiry_gauge(pc: Any) -> Any:
-    return pc.Gauge(
-        "mailslot_certificate_expiry_timestamp_seconds",
-        "notAfter of the server certificate loaded last, in seconds since the epoch.",
-        multiprocess_mode="mostrecent",
-        registry=None,
-    )
 
 
 class _PrometheusListener(ListenerMetrics):
@@ -456,10 +454,8 @@ class PrometheusMetrics(Metrics):
             child = self._lmtp[kind] = self._families.lmtp.labels(kind)
         child.inc()
 
-    def certificate(self, path: Path | None) -> None:
-        not_after = _not_after(path)
-        if not_after is not None:
-            self._families.not_after.set(not_after)
+    def certificates(self, loaded: Sequence[Loaded]) -> None:
+        certexpiry.write(_directory(), loaded)
 
     def render(self) -> bytes:
         """The exposition text of every process's values, summed."""
@@ -469,21 +465,22 @@ class PrometheusMetrics(Metrics):
 
         registry = pc.CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_CertificateCollector(_directory()))
         text: bytes = pc.generate_latest(registry)
         return text
 
 
 class PrometheusParentMetrics(ParentMetrics):
     """The supervising parent's metrics (root's files in the same directory).  With one
-    worker and no parent, the process makes one of these too, for the certificate it loads
+    worker and no parent, the process makes one of these too, for the certificates it loads
     before dropping privileges."""
 
-    __slots__ = ("_not_after", "_restarts")
+    __slots__ = ("_restarts",)
 
     def __init__(self) -> None:
         pc = _client()
-        # Both families are unlabelled, so their files are made here, and made readable by
-        # the workers that answer scrapes whatever root's umask (systemd's UMask=0077).
+        # The family is unlabelled, so its file is made here, and made readable by the
+        # workers that answer scrapes whatever root's umask (systemd's UMask=0077).
         umask = os.umask(0o022)
         try:
             self._restarts = pc.Counter(
@@ -491,17 +488,14 @@ class PrometheusParentMetrics(ParentMetrics):
                 "Workers that died and were replaced.",
                 registry=None,
             )
-            self._not_after = _expiry_gauge(pc)
         finally:
             os.umask(umask)
 
     def worker_restarted(self) -> None:
         self._restarts.inc()
 
-    def certificate(self, path: Path | None) -> None:
-        not_after = _not_after(path)
-        if not_after is not None:
-            self._not_after.set(not_after)
+    def certificates(self, loaded: Sequence[Loaded]) -> None:
+        certexpiry.write(_directory(), loaded)
 
     def worker_exited(self, pid: int) -> None:
         from prometheus_client import multiprocess

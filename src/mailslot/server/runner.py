@@ -239,7 +239,7 @@ class Application:
             systemd.ready()
             if self.watch is not None and signature is not None:
                 self.watch.loaded(signature)
-        self.metrics.certificate(self.config.tls.certificate)
+        self.metrics.certificates(self.tls.loaded)
         log_reloaded(self.tls, self.config, changed)
 
     def _look_at_files(self) -> None:
@@ -696,7 +696,7 @@ def _run_serving(config: Config, identity: Identity | None, workers: int) -> int
         return 75
     parent = metrics.for_parent(config.metrics)
     if contexts is not None:
-        parent.certificate(config.tls.certificate)
+        parent.certificates(contexts.loaded)
     try:
         admin = admin_endpoints(config, identity, workers)
     except OSError as exc:

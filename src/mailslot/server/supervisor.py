@@ -270,7 +270,7 @@ class Supervisor:
             systemd.ready()
             return
         self._awaited = [self.workers[pid] for pid in new]
-        self.metrics.certificate(self.config.tls.certificate)
+        self.metrics.certificates(contexts.loaded)
         for worker in old:
             worker.retiring = True
         log_reloaded(

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from mailslot.config import TlsConfig
-from mailslot.tls.certificates import CertificateError, Finding, KeyPair, load_pairs
+from mailslot.tls.certificates import CertificateError, Finding, KeyPair, Loaded, load_pairs
 from mailslot.tls.sni import SniTable
 
 Profile = Literal["intermediate", "modern"]
@@ -145,7 +145,8 @@ class TlsContexts:
     (:mod:`mailslot.tls.sni`).  Every load runs the checks of
     :mod:`mailslot.tls.certificates` first: a file with an error raises
     :class:`~mailslot.tls.certificates.CertificateError` (an :class:`ssl.SSLError`) and the
-    contexts in use stay; :attr:`warnings` are the last load's warnings, for the log.
+    contexts in use stay; :attr:`warnings` are the last load's warnings, for the log, and
+    :attr:`loaded` the pairs it loaded (the default first), for the metrics.
     """
 
     def __init__(
@@ -159,6 +160,7 @@ class TlsContexts:
         self.pairs = (KeyPair("tls", certificate, private_key), *more)
         self._profile: Profile = profile
         self.warnings: list[Finding] = []
+        self.loaded: list[Loaded] = []
         self.names: SniTable
         self.reload()
 
@@ -180,6 +182,7 @@ class TlsContexts:
             raise CertificateError(errors or findings)
         self.names = SniTable(loaded, lambda: policy_context(self._profile))
         self.warnings = findings
+        self.loaded = loaded
 
 
 def _pairs(tls: TlsConfig) -> list[KeyPair]:
