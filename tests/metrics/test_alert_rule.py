@@ -1,0 +1,72 @@
+"""The certificate alerting rule docs/metrics.md gives: ``promtool check rules`` parses it and
+``promtool test rules`` shows it firing for the certificate with under 21 days left, and only
+for it, with the labels and the text an administrator reads."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from tests.support.programs import require_program
+
+DOCS = Path(__file__).parents[2] / "docs" / "metrics.md"
+DAY = 86400
+NAME = "mailslot_certificate_expiry_timestamp_seconds"
+
+
+def documented_rules() -> str:
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.DOTALL)
+    (rules,) = [block for block in blocks if "alert: MailslotCertificateExpiresSoon" in block]
+    return str(rules)
+
+
+def series(path: str, names: str, key_type: str, expires: int) -> str:
+    labels = (
+        f'certificate="{path}",names="{names}",key_type="{key_type}",'
+        'instance="pop.example.org:9154",job="mailslot"'
+    )
+    return f"      - series: '{NAME}{{{labels}}}'\n        values: '{expires}x10'\n"
+
+
+def test_the_documented_rule_fires_for_the_certificate_about_to_expire(tmp_path: Path) -> None:
+    promtool = require_program("promtool")
+    rules = tmp_path / "mailslot.rules.yml"
+    rules.write_text(documented_rules())
+    check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # Evaluated 5 minutes after the epoch: the ECDSA certificate has 20 days left, the RSA one
+    # beside it 21 days and an hour (over the line), another 40 days.
+    soon = 20 * DAY + 300
+    cases = tmp_path / "test.yml"
+    cases.write_text(
+        "rule_files: [mailslot.rules.yml]\n"
+        "evaluation_interval: 1m\n"
+        "tests:\n"
+        "  - interval: 1m\n"
+        "    input_series:\n"
+        + series("/etc/mailslot/mail.pem", "mail.example.org,pop.example.org", "ecdsa", soon)
+        + series("/etc/mailslot/mail-rsa.pem", "mail.example.org", "rsa", 21 * DAY + 3600 + 300)
+        + series("/etc/mailslot/other.pem", "other.example.org", "ecdsa", 40 * DAY)
+        + "    alert_rule_test:\n"
+        "      - eval_time: 5m\n"
+        "        alertname: MailslotCertificateExpiresSoon\n"
+        "        exp_alerts:\n"
+        "          - exp_labels:\n"
+        "              severity: warning\n"
+        "              certificate: /etc/mailslot/mail.pem\n"
+        "              names: mail.example.org,pop.example.org\n"
+        "              key_type: ecdsa\n"
+        "              instance: pop.example.org:9154\n"
+        "              job: mailslot\n"
+        "            exp_annotations:\n"
+        "              summary: 'TLS certificate for mail.example.org,pop.example.org (ecdsa)"
+        " expires in 20d 0h 0m 0s'\n"
+        "              description: '/etc/mailslot/mail.pem on pop.example.org:9154: renew it,"
+        " or see why the renewal was not loaded (mailslot acme status, the server''s log).'\n"
+    )
+    test = subprocess.run(
+        [promtool, "test", "rules", str(cases)], capture_output=True, cwd=tmp_path
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
