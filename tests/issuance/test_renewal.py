@@ -1,7 +1,7 @@
 """Renewal against a private pebble, the clock injected: nothing happens before two thirds
 of the lifetime, the renewal then replaces the files where ``[tls]`` points, the running
-server (its file watch) serves the new certificate to new connections, and a session open
-during the swap goes on to its QUIT."""
+server (its file watch) serves the new certificate to new connections and its expiry metric
+follows, and a session open during the swap goes on to its QUIT."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import pytest
 from cryptography import x509
 from tests.issuance.conftest import PebbleFactory
 from tests.issuance.test_server_acme import acme_section
-from tests.support.server import MailslotServer, ServerFactory
+from tests.metrics.test_exporter import metrics_port, samples, scrape
+from tests.support.server import MailslotServer, ServerFactory, free_port
 from tests.support.tls import TlsFiles
 
 from mailslot.config import load
@@ -36,6 +37,17 @@ def served_serial(port: int, root: Path) -> int:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
+
+
+def expiry_of(server: MailslotServer, certificate: Path) -> float:
+    """The scraped expiry of ``certificate``, the one series there is."""
+    found = {
+        dict(labels)["certificate"]: value
+        for (name, labels), value in samples(scrape(metrics_port(server))).items()
+        if name == "mailslot_certificate_expiry_timestamp_seconds"
+    }
+    assert list(found) == [str(certificate)]
+    return found[str(certificate)]
 
 
 class Clock:
@@ -64,6 +76,7 @@ def test_renewal_at_two_thirds_swaps_the_certificate_under_an_open_session(
         extra_sections={
             "acme": acme_section(pebble, tmp_path / "state") | {"enabled": False},
             "server": {"workers": workers},  # 2: a new generation, the old one retires
+            "metrics": {"port": free_port()},
         },
     )
     config = load(server.config_path, check_files=False)
@@ -75,6 +88,7 @@ def test_renewal_at_two_thirds_swaps_the_certificate_under_an_open_session(
     server.start()
     _, port = server.implicit
     assert served_serial(port, root) == first.serial
+    assert expiry_of(server, files.certificate) == first.not_after.timestamp()
 
     session = poplib.POP3_SSL("localhost", port, context=ssl.create_default_context(cafile=root))
     session.user("alice")
@@ -105,6 +119,11 @@ def test_renewal_at_two_thirds_swaps_the_certificate_under_an_open_session(
     while served_serial(port, root) != second.serial:
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.1)  # polling for the file watch's reload
+    # The metric is written once the reload succeeded, just after the new certificate is
+    # served (with two workers: once the new generation is forked).
+    while expiry_of(server, files.certificate) != second.not_after.timestamp():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
     # The session that was open across the swap goes on.
     assert session.stat() == (0, 0)
     assert session.noop().startswith(b"+OK")
