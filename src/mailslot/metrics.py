@@ -11,7 +11,9 @@ directory, made by :func:`prepare` before any worker exists and owned by ``[serv
 so that workers still write there once they dropped privileges.  A scrape reads and sums all
 files (``MultiProcessCollector``).  Counter files of dead workers stay, so that totals never
 go backwards; the parent calls :meth:`ParentMetrics.worker_exited` (``mark_process_dead``)
-for every worker it reaps, as prometheus_client's documentation asks.
+for every worker it reaps, as prometheus_client's documentation asks.  The certificates'
+expiry is not in those files: the process that loads them replaces a snapshot of them there
+and a scrape reads it (:mod:`mailslot.certexpiry` says why).
 
 The exporter is no thread and no process of its own: the parent binds the metrics socket
 before forking, like the POP3 sockets, and every worker serves ``GET /metrics`` from its

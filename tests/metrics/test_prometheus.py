@@ -108,3 +108,10 @@ def test_prometheus_scrapes_the_logins(server: MailslotServer, prometheus: str) 
         time.sleep(0.2)
     up = query(prometheus, 'up{job="mailslot"}')
     assert [item["value"][1] for item in up] == ["1"]  # type: ignore[index]
+    # The certificate's series, as Prometheus stored it: one, with its labels.
+    expiry = query(prometheus, 'mailslot_certificate_expiry_timestamp_seconds{job="mailslot"}')
+    assert [item["metric"]["certificate"] for item in expiry] == [  # type: ignore[index]
+        str(server.tls_files.certificate)
+    ]
+    assert expiry[0]["metric"]["key_type"] == "ecdsa"  # type: ignore[index]
+    assert expiry[0]["metric"]["names"] == "localhost,127.0.0.1,::1"  # type: ignore[index]
