@@ -19,6 +19,7 @@ from typing import Any, cast
 import pytest
 
 from mailslot.config import Config, ListenerConfig
+from mailslot.metrics import ParentMetrics
 from mailslot.server import supervisor
 from mailslot.server.supervisor import RETIRE, Supervisor
 
@@ -26,10 +27,11 @@ CONFIG = cast(Config, SimpleNamespace(tls=SimpleNamespace(certificate="cert.pem"
 
 
 class Contexts(SimpleNamespace):
-    """A stand-in for TlsContexts: a name, and no warnings from its load."""
+    """A stand-in for TlsContexts: a name, and no warnings from its load; ``loaded`` stands
+    for the pairs it loaded."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(name=name, warnings=[])
+        super().__init__(name=name, warnings=[], loaded=[f"{name} pair"])
 
     def __eq__(self, other: object) -> bool:
         return other == self.name if isinstance(other, str) else super().__eq__(other)
@@ -51,7 +53,21 @@ def unfreeze() -> Iterator[None]:
         gc.unfreeze()
 
 
-def supervise(worker: Worker, load: Callable[[], Any] = lambda: Contexts("new")) -> int:
+class Recorded(ParentMetrics):
+    """The parent's metrics: what its hooks were given."""
+
+    def __init__(self) -> None:
+        self.certificates_loaded: list[Any] = []
+
+    def certificates(self, loaded: Any) -> None:
+        self.certificates_loaded.append(loaded)
+
+
+def supervise(
+    worker: Worker,
+    load: Callable[[], Any] = lambda: Contexts("new"),
+    metrics: ParentMetrics | None = None,
+) -> int:
     """Run a supervisor of two stand-in workers, given context ``"old"`` and ``load()`` on
     SIGHUP, until it returns; its exit status."""
 
@@ -64,7 +80,7 @@ def supervise(worker: Worker, load: Callable[[], Any] = lambda: Contexts("new"))
     ) -> int:
         return worker(index, contexts, started)
 
-    return Supervisor(CONFIG, 2, cast(Any, "old"), {}, main, load).run()
+    return Supervisor(CONFIG, 2, cast(Any, "old"), {}, main, load, metrics=metrics).run()
 
 
 def wait_for(*signums: int) -> str:
@@ -141,8 +157,9 @@ def test_sighup_starts_a_generation_with_the_new_context_and_retires_the_old(
         note(log, f"{contexts} {index} {wait_for(signal.SIGTERM, RETIRE)}")
         return 0
 
+    metrics = Recorded()
     with caplog.at_level(logging.INFO, "mailslot"):
-        assert supervise(worker) == 0
+        assert supervise(worker, metrics=metrics) == 0
     assert sorted(log.read_text().splitlines()) == [
         "new 0 SIGTERM",
         "new 1 SIGTERM",
@@ -150,6 +167,7 @@ def test_sighup_starts_a_generation_with_the_new_context_and_retires_the_old(
         "old 1 SIGUSR2",
     ]
     assert "TLS certificate reloaded from cert.pem: 2 new workers" in caplog.text
+    assert metrics.certificates_loaded == [["new pair"]]  # what the new generation serves
 
 
 def test_a_failed_reload_keeps_the_workers(
@@ -168,8 +186,10 @@ def test_a_failed_reload_keeps_the_workers(
         note(log, f"{contexts} {index} {wait_for(signal.SIGTERM, RETIRE)}")
         return 0
 
+    metrics = Recorded()
     with caplog.at_level(logging.INFO, "mailslot"):
-        assert supervise(worker, unusable) == 0
+        assert supervise(worker, unusable, metrics) == 0
+    assert metrics.certificates_loaded == []
     assert sorted(log.read_text().splitlines()) == ["old 0 SIGTERM", "old 1 SIGTERM"]
     assert "TLS reload failed, keeping the old certificate: no such file" in caplog.text
 
@@ -198,8 +218,9 @@ def test_a_reload_that_cannot_fork_keeps_the_old_workers(
         return 0
 
     monkeypatch.setattr(supervisor.os, "fork", fork)
+    metrics = Recorded()
     with caplog.at_level(logging.INFO, "mailslot"):
-        assert supervise(worker) == 0
+        assert supervise(worker, metrics=metrics) == 0
     assert sorted(log.read_text().splitlines()) == [
         "new 0 SIGUSR2",
         "old 0 SIGTERM",
@@ -207,6 +228,7 @@ def test_a_reload_that_cannot_fork_keeps_the_old_workers(
     ]
     assert "TLS reload failed, keeping the old workers: cannot fork" in caplog.text
     assert "TLS certificate reloaded" not in caplog.text
+    assert metrics.certificates_loaded == []  # the old certificates are still the ones served
 
 
 def test_each_worker_is_forked_with_the_parents_objects_frozen(
