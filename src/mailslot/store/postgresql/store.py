@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -145,16 +146,10 @@ class PostgresStore:
         self.lease_seconds = lease_seconds
         self.node = node
 
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        """A pooled connection; database errors raised inside become TemporaryFailure."""
-        try:
-            async with self.pool.acquire() as connection:
-                yield connection
-        except StoreError:
-            raise
-        except DATABASE_ERRORS as exc:
-            raise TemporaryFailure(f"database: {describe(exc)}") from exc
+    def connection(self) -> _Connection:
+        """``async with store.connection() as connection``: a pooled connection; database
+        errors raised inside become TemporaryFailure."""
+        return _Connection(self.pool)
 
     async def aclose(self) -> None:
         """Close the pool (at shutdown)."""
@@ -227,6 +222,35 @@ class PostgresStore:
         async with self.connection() as connection:
             status = await connection.execute(queries.CLEAR_NODE_LEASES, self.node)
         return int(status.split()[-1])
+
+
+class _Connection:
+    """:meth:`PostgresStore.connection`'s context manager (a class: it runs around every
+    statement, a generator's context manager costs more)."""
+
+    __slots__ = ("_acquire",)
+
+    def __init__(self, pool: LazyPool) -> None:
+        self._acquire = pool.acquire()
+
+    async def __aenter__(self) -> Any:
+        try:
+            return await self._acquire.__aenter__()
+        except DATABASE_ERRORS as exc:
+            raise TemporaryFailure(f"database: {describe(exc)}") from exc
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._acquire.__aexit__(kind, exc, tb)
+        except DATABASE_ERRORS as error:
+            raise TemporaryFailure(f"database: {describe(error)}") from error
+        if isinstance(exc, DATABASE_ERRORS) and not isinstance(exc, StoreError):
+            raise TemporaryFailure(f"database: {describe(exc)}") from exc
 
 
 def _key(account: int, seq: int) -> str:
