@@ -14,7 +14,6 @@ runs, CPU time of this process per operation (``getrusage``; best of ``--reps`` 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import resource
 from collections.abc import Awaitable, Callable
 from typing import Any

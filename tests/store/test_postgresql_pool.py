@@ -97,33 +97,82 @@ def test_a_kept_connection_the_server_closed_is_replaced(dsn: str) -> None:
     run(scenario())
 
 
-def test_a_waiter_gets_the_connection_when_the_pool_is_full(dsn: str) -> None:
+def test_a_waiter_gets_the_connection_given_back(dsn: str) -> None:
     async def scenario() -> None:
         pool = LazyPool(dsn, size=1, connect_timeout=5.0)
         holding = asyncio.Event()
         done = asyncio.Event()
 
-        async def holder() -> None:
+        async def holder() -> int:
             async with pool.acquire() as connection:
                 holding.set()
                 await done.wait()
-                await connection.fetchval("SELECT 1")
-
-        async def waiter() -> int:
-            await holding.wait()
-            return await _backend(pool)
+                return int(await connection.fetchval("SELECT pg_backend_pid()"))
 
         first = asyncio.create_task(holder())
-        second = asyncio.create_task(waiter())
         await holding.wait()
-        for _ in range(1000):  # until the waiter is in asyncpg's queue
-            if pool._waiting:
+        second = asyncio.create_task(_backend(pool))
+        for _ in range(1000):  # until the second one waits
+            if pool._waiters:
                 break
             await asyncio.sleep(0)
-        assert pool._waiting == 1
+        assert len(pool._waiters) == 1
         done.set()
-        await first
-        assert isinstance(await second, int)
+        # Handed over, not back through asyncpg: the same backend, one connection held.
+        assert await first == await second
+        assert pool._held == 1
+        await pool.aclose()
+
+    run(scenario())
+
+
+def test_more_statements_than_connections_share_them(dsn: str) -> None:
+    async def scenario() -> None:
+        pool = LazyPool(dsn, size=2, connect_timeout=5.0)
+        backends = await asyncio.gather(*(_backend(pool) for _ in range(20)))
+        assert len(set(backends)) <= 2 and pool._held <= 2
+        await pool.aclose()
+
+    run(scenario())
+
+
+def test_a_connection_that_failed_makes_room_for_a_waiter(dsn: str) -> None:
+    async def scenario() -> None:
+        pool = LazyPool(dsn, size=1, connect_timeout=5.0)
+        holding = asyncio.Event()
+        done = asyncio.Event()
+
+        async def failing() -> None:
+            async with pool.acquire() as connection:
+                holding.set()
+                await done.wait()
+                await connection.fetchval("SELECT 1 / 0")
+
+        first = asyncio.create_task(failing())
+        await holding.wait()
+        second = asyncio.create_task(_backend(pool))
+        for _ in range(1000):
+            if pool._waiters:
+                break
+            await asyncio.sleep(0)
+        done.set()
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await first
+        assert isinstance(await asyncio.wait_for(second, 10), int)
+        assert pool._held == 1
+        await pool.aclose()
+
+    run(scenario())
+
+
+def test_a_waiter_gives_up_at_the_connect_timeout(dsn: str) -> None:
+    async def scenario() -> None:
+        pool = LazyPool(dsn, size=1, connect_timeout=0.2)
+        async with pool.acquire():
+            with pytest.raises(TimeoutError):
+                await _backend(pool)
+        assert not pool._waiters or all(w.done() for w in pool._waiters)
+        await _backend(pool)  # the pool still serves
         await pool.aclose()
 
     run(scenario())

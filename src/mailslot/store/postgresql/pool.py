@@ -5,17 +5,20 @@ before a fork, or in another event loop, is never used (its sockets and futures 
 them).  So a server starts, and forks its workers, without touching the database.  The
 schema is checked once per pool, at its first connection.
 
-A connection given back cleanly (no error, no open transaction) is kept by this pool for the
-next statement instead of going through asyncpg's release and acquire: those cost about as
-much CPU as the statement itself (a task for the shielded release, a timeout, the holder
-queue; ``benchmarks/pool_acquire.py``), and a POP3 session is about twenty statements, one
-per RETR.  Anything else (an error, a cancellation, a waiter in asyncpg's queue, a closed
-connection) goes through asyncpg's own release, which rolls back, resets or replaces it.
+A connection given back cleanly (no error, no open transaction) is kept by this pool and
+handed to the next statement, or to the first one waiting for a connection, instead of going
+through asyncpg's release and acquire: those cost about as much CPU as the statement itself
+(a task for the shielded release, timeouts, the holder queue; ``benchmarks/pool_acquire.py``),
+and a POP3 session is about fifteen statements.  asyncpg's pool still makes, replaces and
+closes the connections: a connection used with an error or a cancellation, or closed by the
+server, goes back through asyncpg's release, which rolls back, resets or replaces it, and one
+kept idle for a minute goes back to it too (its inactivity timer then closes it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 from types import TracebackType
@@ -76,7 +79,11 @@ class LazyPool:
         self._schema_checked = False
         # Connections acquired from asyncpg's pool and given back clean: (connection, when).
         self._idle: list[tuple[Any, float]] = []
-        self._waiting = 0  # acquirers waiting in asyncpg's pool: they get the next release
+        # Connections acquired from asyncpg's pool and not released to it: in use or idle.
+        self._held = 0
+        # Acquirers waiting while all ``size`` are out: given a connection, or None for a
+        # place (one went back to asyncpg: acquire another from it).
+        self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._returning: set[asyncio.Task[None]] = set()
 
@@ -88,7 +95,8 @@ class LazyPool:
             # Made in another process (before a fork) or another event loop: unusable here.
             self._pool, self._owner, self._lock = None, owner, asyncio.Lock()
             self._schema_checked = False
-            self._idle, self._waiting, self._sweeper = [], 0, None
+            self._idle, self._held, self._sweeper = [], 0, None
+            self._waiters = collections.deque()
         assert self._lock is not None
         async with self._lock:
             if self._pool is None:
@@ -109,48 +117,90 @@ class LazyPool:
         return _Acquire(self)
 
     async def _take(self) -> tuple[Any, Any]:
-        """(asyncpg's pool, a connection of it): a kept one if any, else asyncpg's."""
+        """(asyncpg's pool, a connection of it): a kept one if any; a new one from asyncpg
+        while this pool holds fewer than ``size``; else the next one given back."""
         if asyncio.current_task() is None:
             # The session runs work that may not wait outside any task, until it does wait
             # (server.session): asyncpg's timeouts need a task, so wait once to get one.
             await asyncio.sleep(0)
         pool = await self._get()
         idle = self._idle
-        while idle:
-            connection, _ = idle.pop()  # the most recently used: the others age out
-            if usable(connection):
+        deadline: float | None = None
+        while True:
+            while idle:
+                connection, _ = idle.pop()  # the most recently used: the others age out
+                if usable(connection):
+                    return pool, connection
+                self._held -= 1
+                await pool.release(connection)  # asyncpg replaces it at its next acquire
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.connect_timeout
+            if self._held < self.size:
+                break
+            # Every connection is out: wait for the next one given back (or for a place).
+            waiter: asyncio.Future[Any] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    connection = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._pass_on(waiter.result())  # given one just as we gave up
+                else:
+                    waiter.cancel()
+                raise
+            if connection is not None:
                 return pool, connection
-            await pool.release(connection)  # asyncpg replaces it at its next acquire
-        self._waiting += 1
+        self._held += 1
         try:
-            connection = await pool.acquire(timeout=self.connect_timeout)
-        finally:
-            self._waiting -= 1
+            connection = await pool.acquire(timeout=max(0.0, deadline - loop.time()))
+        except BaseException:
+            self._held -= 1
+            self._pass_on(None)
+            raise
         try:
             if not self._schema_checked:
                 await schema.check(connection)
                 self._schema_checked = True
         except BaseException:
-            await pool.release(connection)
+            await self._give(pool, connection, False)
             raise
         return pool, connection
 
+    def _pass_on(self, connection: Any) -> None:
+        """A clean connection (or, if None, a free place) to the first waiter; a connection
+        nobody waits for is kept idle."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        if connection is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle.append((connection, loop.time()))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(IDLE_RETURN_SECONDS, self._sweep)
+
     async def _give(self, pool: Any, connection: Any, clean: bool) -> None:
-        """Keep ``connection`` for the next acquirer if it was used cleanly and nobody waits
-        in asyncpg's queue; otherwise asyncpg's release (rollback, reset or replacement)."""
+        """Keep ``connection`` (for a waiter, or idle) if it was used cleanly; otherwise
+        asyncpg's release (rollback, reset or replacement), and its place to a waiter."""
         if (
             clean
-            and not self._waiting
             and pool is self._pool
             and usable(connection)
             and not connection.is_in_transaction()
         ):
-            loop = asyncio.get_running_loop()
-            self._idle.append((connection, loop.time()))
-            if self._sweeper is None:
-                self._sweeper = loop.call_later(IDLE_RETURN_SECONDS, self._sweep)
+            self._pass_on(connection)
             return
-        await pool.release(connection)
+        if pool is self._pool:
+            self._held -= 1
+        try:
+            await pool.release(connection)
+        finally:
+            if pool is self._pool:
+                self._pass_on(None)
 
     def _sweep(self) -> None:
         """Give connections kept idle for :data:`IDLE_RETURN_SECONDS` back to asyncpg."""
@@ -165,6 +215,7 @@ class LazyPool:
         while stale < len(self._idle) and self._idle[stale][1] <= cutoff:
             stale += 1
         old, self._idle = self._idle[:stale], self._idle[stale:]
+        self._held -= len(old)
         for connection, _ in old:
             task = loop.create_task(pool.release(connection))
             self._returning.add(task)
@@ -176,6 +227,11 @@ class LazyPool:
         """Close the pool (at shutdown)."""
         pool, self._pool = self._pool, None
         idle, self._idle = self._idle, []
+        self._held = 0
+        waiters, self._waiters = self._waiters, collections.deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(asyncpg.InterfaceError("the pool is closed"))
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
