@@ -124,7 +124,7 @@ class ReadsAhead(Protocol):
     def read_ahead(self, more: bool) -> None:
         """``more``: the client's next commands are in already, so the next :meth:`read`
         may bring the following messages with it; not ``more``: the session waits for the
-        client, so nothing read ahead is kept."""
+        client's next command, so nothing read ahead is kept."""
         ...
 
 

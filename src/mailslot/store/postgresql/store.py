@@ -10,7 +10,9 @@ so no large message is ever held whole and no connection is held while a client 
 While the client has pipelined more commands (RFC 2449 section 6.6; the session says so,
 :class:`~mailslot.store.base.ReadsAhead`), a small message's read also brings the messages
 after it, up to 256 KiB in all, in the same query; they are dropped when the session waits
-for the client, so a maildrop never keeps more than one chunk's worth between two reads.
+for the client's next command, so a maildrop keeps at most one chunk's worth between two
+reads (while a slow client drains the replies already sent, as a large message's chunk in
+flight is held).
 QUIT's deletion (section 6) is one transaction that first checks the session's lease token.
 
 Connections come from an asyncpg pool made lazily in the process and event loop that uses it
