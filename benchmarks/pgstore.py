@@ -41,6 +41,15 @@ WHERE d.datname = current_database()
 ORDER BY calls DESC
 """
 
+# The same statements with their mean execution time in the backend (planning not included).
+_TIMES = """
+SELECT calls, mean_exec_time, regexp_replace(left(query, 60), '\\s+', ' ', 'g') AS query
+FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+WHERE d.datname = current_database()
+  AND s.query NOT ILIKE '%pg_stat%' AND s.query NOT ILIKE '%mailslot_bench%'
+ORDER BY total_exec_time DESC
+"""
+
 
 async def _connect(dsn: str) -> Any:
     import asyncpg
@@ -186,3 +195,17 @@ def reset_statements(dsn: str) -> None:
             await connection.close()
 
     asyncio.run(run())
+
+
+def statement_times(dsn: str) -> list[tuple[int, float, str]]:
+    """(calls, mean execution ms, query's start) of each statement since the last reset."""
+
+    async def run() -> list[tuple[int, float, str]]:
+        connection = await _connect(dsn)
+        try:
+            rows = await connection.fetch(_TIMES)
+            return [(int(r["calls"]), float(r["mean_exec_time"]), str(r["query"])) for r in rows]
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())

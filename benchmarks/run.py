@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="tls-login: py-spy record one mailslot worker into DIR (figures then not results)",
+        help="tls-login, session, retr: py-spy record one worker of mailslot and mailslot-pg"
+        " into DIR, and note pg_stat_statements' mean times (figures then not results)",
     )
     args = p.parse_args(argv)
     args.only = [b for b in args.only.split(",") if b]

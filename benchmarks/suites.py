@@ -127,7 +127,8 @@ class Bench:
             if tls == "starttls" and not server.stls:
                 continue
             label = f"{kind} {TLS_LABEL[tls]}"
-            res = self._load(server, kind, tls, label)
+            with self._profiled(server, label):
+                res = self._load(server, kind, tls, label)
             if res is not None:
                 yield label, res
 
@@ -193,17 +194,22 @@ class Bench:
     def _profiled(self, server: Server, label: str) -> Iterator[None]:
         """``py-spy record`` on one of mailslot's workers while the block runs (``--profile``).
 
-        The profile is a speedscope file, ``DIR/<label>-<pid>.speedscope.json``, with native
-        frames (OpenSSL's among them); sampling stops the worker briefly 100 times a second
-        (``--native`` needs that), so a profiled run's figures are not results.
+        The profile is a speedscope file, ``DIR/<server>-<label>-<pid>.speedscope.json``, with
+        native frames (OpenSSL's and asyncpg's compiled protocol among them); sampling stops
+        the worker briefly 100 times a second (``--native`` needs that), so a profiled run's
+        figures are not results.  On ``mailslot-pg`` the run also notes each statement's
+        calls and mean execution time from ``pg_stat_statements`` over the block.
         """
         workers = proctree.tree(server.pid)[1:]
-        if self.profile_dir is None or server.name != "mailslot" or not workers:
+        if self.profile_dir is None or not server.name.startswith("mailslot") or not workers:
             yield
             return
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         pid = min(workers)
-        out = self.profile_dir / f"{label.replace(' ', '-')}-{pid}.speedscope.json"
+        name = f"{server.name}-{label}".replace(" ", "-")
+        out = self.profile_dir / f"{name}-{pid}.speedscope.json"
+        if isinstance(server, MailslotPg):
+            pgstore.reset_statements(server.dsn)
         command = ["py-spy", "record", "--pid", str(pid), "--native", "--format", "speedscope"]
         spy = subprocess.Popen(
             [*command, "--output", str(out)],
@@ -223,6 +229,11 @@ class Bench:
                 self.report.notes.append(f"{server.name} {label}: py-spy profile {out}")
             else:
                 self.report.notes.append(f"{server.name} {label}: py-spy failed: {err[-300:]!r}")
+            if isinstance(server, MailslotPg):
+                for calls, mean_ms, query in pgstore.statement_times(server.dsn):
+                    self.report.notes.append(
+                        f"{server.name} {label}: {calls} calls, {mean_ms:.3f} ms mean {query}"
+                    )
 
     def session(self, server: Server) -> None:
         add = self.report.add

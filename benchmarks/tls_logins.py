@@ -127,12 +127,19 @@ def summarise(report: Report, subject: str = "mailslot") -> None:
 IDLE_FRAMES = frozenset({"epoll_pwait", "epoll_wait", "io_uring_enter"})
 
 
+# A thread blocked on a lock (the to_thread pool's idle workers, in a futex wait that
+# py-spy's symbols do not name) is not busy either.
+BLOCKED_FRAME = "PyThread_acquire_lock_timed"
+
+
 def _samples(doc: dict[str, Any]) -> Iterator[tuple[list[int], float]]:
     """(stack, weight) of every sample but the idle ones (outermost frame first)."""
     frames = doc["shared"]["frames"]
     for profile in doc["profiles"]:
         for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
             if stack and frames[stack[-1]]["name"] in IDLE_FRAMES:
+                continue
+            if any(frames[i]["name"] == BLOCKED_FRAME for i in stack):
                 continue
             yield stack, weight
 

@@ -141,6 +141,30 @@ def test_delivered_on_one_node_is_fetched_on_the_other_byte_for_byte(
     assert uidl_a == uidl_b
 
 
+def test_pipelined_retrs_each_get_their_own_message(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    """RETRs sent in one write (RFC 2449 section 6.6): the small messages after the first come
+    along in its query; the large one streams by itself; every reply is its own message."""
+    server = node(mailslot_factory, dsn, "node-a")
+    bodies = [
+        b"Subject: small %d\r\n\r\n" % n + b"".join(b"line %d\r\n" % k for k in range(800 + n))
+        for n in range(3)
+    ]
+    bodies.insert(2, b"Subject: large\r\n\r\n" + b"".join(b"row %d\r\n" % k for k in range(40_000)))
+    for body in bodies:
+        lmtp_deliver(server, "alice", body)
+    client = login(server)
+    commands = b"".join(b"RETR %d\r\n" % n for n in range(1, len(bodies) + 1))
+    client.sock.sendall(commands + commands)  # each twice: read ahead, then dropped or not
+    for _ in range(2):
+        for body in bodies:
+            status, lines, _ = client._getlongresp()  # type: ignore[attr-defined]
+            assert status.startswith(b"+OK")
+            assert (b"\r\n".join(lines) + b"\r\n").endswith(body)
+    client.quit()
+
+
 def test_two_logins_for_one_user_on_two_nodes_race_with_exactly_one_winner(
     mailslot_factory: ServerFactory, dsn: str
 ) -> None:

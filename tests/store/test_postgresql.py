@@ -14,7 +14,7 @@ import pytest
 from tests.support.postgres import PostgresServer
 from tests.support.server import free_port
 
-from mailslot.store.base import MaildropLocked, TemporaryFailure
+from mailslot.store.base import MaildropLocked, MessageGone, TemporaryFailure
 from mailslot.store.postgresql import PostgresStore, schema
 from mailslot.store.postgresql.store import DB_CHUNK, header_length
 
@@ -178,6 +178,88 @@ def test_a_large_message_streams_in_bounded_chunks_and_top_stops_early(dsn: str)
         assert (await anext(stream)).startswith(b"Subject: big\n\n")
         await stream.aclose()
         assert queries == 1
+        await maildrop.close()
+
+    run(scenario())
+
+
+def _counting(store: PostgresStore) -> list[int]:
+    """Count the store's trips for a connection (one statement each in read())."""
+    trips = [0]
+    connection = store.connection
+
+    def counted() -> Any:
+        trips[0] += 1
+        return connection()
+
+    store.connection = counted  # type: ignore[method-assign]
+    return trips
+
+
+def test_pipelined_reads_bring_the_next_small_messages_in_one_query(dsn: str) -> None:
+    bodies = [b"Subject: %d\n\n" % n + b"x" * (40_000 + n) for n in range(8)]
+
+    async def scenario() -> None:
+        store = store_on(dsn)
+        for body in bodies:
+            await store.deliver("alice", body)
+        maildrop = await store.open("alice")
+        messages = list(maildrop.messages)
+        trips = _counting(store)
+        maildrop.read_ahead(True)
+        got = [await read_all(maildrop, m) for m in messages]
+        assert got == bodies
+        # Six of these fit in 256 KiB: two queries for eight messages, not eight.
+        assert trips[0] == 2
+        await maildrop.close()
+
+    run(scenario())
+
+
+def test_what_was_read_ahead_is_dropped_when_the_session_waits(dsn: str) -> None:
+    """Read ahead, then the message is removed behind the server's back: served from what was
+    read while the client's commands were in; gone once the session waited for the client."""
+    bodies = [b"Subject: %d\n\nbody\n" % n for n in range(3)]
+
+    async def scenario() -> None:
+        store = store_on(dsn)
+        for body in bodies:
+            await store.deliver("alice", body)
+        maildrop = await store.open("alice")
+        first, second, third = maildrop.messages
+        maildrop.read_ahead(True)
+        assert await read_all(maildrop, first) == bodies[0]
+        for message in (second, third):
+            seq = int(message.key.partition("/")[2])
+            await _sql(dsn, "DELETE FROM mailslot_messages WHERE seq = $1", seq)
+        assert await read_all(maildrop, second) == bodies[1]
+        maildrop.read_ahead(False)
+        with pytest.raises(MessageGone):
+            await read_all(maildrop, third)
+        await maildrop.close()
+
+    run(scenario())
+
+
+def test_no_read_ahead_without_pipelining_nor_past_one_chunk(dsn: str) -> None:
+    small = b"Subject: small\n\nbody\n"
+    large = b"Subject: large\n\n" + b"y" * DB_CHUNK
+
+    async def scenario() -> None:
+        store = store_on(dsn)
+        for body in (small, small, large, small):
+            await store.deliver("alice", body)
+        maildrop = await store.open("alice")
+        one, two, big, four = maildrop.messages
+        trips = _counting(store)
+        assert await read_all(maildrop, one) == small  # the client sent nothing more
+        assert trips[0] == 1 and not maildrop._ahead
+        maildrop.read_ahead(True)
+        assert await read_all(maildrop, two) == small  # the large one does not come along
+        assert trips[0] == 2 and not maildrop._ahead
+        assert await read_all(maildrop, big) == large  # too large to bring others
+        assert await read_all(maildrop, four) == small
+        assert trips[0] == 2 + 2 + 1
         await maildrop.close()
 
     run(scenario())

@@ -59,6 +59,7 @@ from mailslot.store.base import (
     MessageInfo,
     PartialDeletion,
     PermanentFailure,
+    ReadsAhead,
     SeenFlags,
     Store,
     StoreError,
@@ -218,6 +219,7 @@ class Session(asyncio.Protocol):
 
     __slots__ = (
         "_address",
+        "_ahead",
         "_closer",
         "_conn",
         "_context",
@@ -266,6 +268,7 @@ class Session(asyncio.Protocol):
         self._real = address  # the connecting peer, a PROXY header's proxy
         self._counted = False
         self._maildrop: Maildrop | None = None
+        self._ahead: ReadsAhead | None = None  # the maildrop, if it reads ahead
         self._username: str | None = None  # once logged in
         self._logctx: LogContext | None = None  # of the session's log lines, once begun
         self._counts: LogoutCounts | None = None  # once logged in
@@ -521,6 +524,8 @@ class Session(asyncio.Protocol):
                 if self._lost:
                     self._end("connection lost")
                     return
+                if self._ahead is not None:
+                    self._ahead.read_ahead(False)  # waiting for the client: keep nothing
                 data = conn.data_to_send()
                 if data:
                     self._transport_or_fail().write(data)
@@ -749,6 +754,8 @@ class Session(asyncio.Protocol):
             context.limits.release_user(user.name)
             raise
         self._username, self._maildrop = user.name, maildrop
+        if isinstance(maildrop, ReadsAhead):
+            self._ahead = maildrop
         self._since = time.time()
         messages = maildrop.messages
         self._counts = LogoutCounts(
@@ -847,6 +854,9 @@ class Session(asyncio.Protocol):
         conn = self._conn
         assert self._maildrop is not None
         message = cast(MessageInfo, event.message)
+        if self._ahead is not None:
+            # More commands already in (pipelined): the next RETRs may ride on this read.
+            self._ahead.read_ahead(conn.buffered > 0)
         chunks: AsyncIterator[bytes] = self._maildrop.read(message, _CHUNK)
         try:
             first = await anext(chunks, b"")
@@ -923,6 +933,7 @@ class Session(asyncio.Protocol):
         self._phase = _ENDING
         self._stop_waiting()
         maildrop, self._maildrop = self._maildrop, None
+        self._ahead = None
         if maildrop is None:
             self._close(reason, abort)
             return

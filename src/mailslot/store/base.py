@@ -115,6 +115,19 @@ class SeenFlags(Protocol):
         ...
 
 
+@runtime_checkable
+class ReadsAhead(Protocol):
+    """A maildrop that may fetch the messages after the one being read in the same trip to
+    its storage (a database round trip), when the session says the client has already sent
+    further commands (RFC 2449 section 6.6's pipelining), and drops them when it does not."""
+
+    def read_ahead(self, more: bool) -> None:
+        """``more``: the client's next commands are in already, so the next :meth:`read`
+        may bring the following messages with it; not ``more``: the session waits for the
+        client's next command, so nothing read ahead is kept."""
+        ...
+
+
 Owner = tuple[int, int]
 """(uid, gid) for files a store creates as root; -1 leaves that id as it comes."""
 

@@ -1,7 +1,8 @@
 """The SQL the PostgreSQL store sends, in one place (schema: ``migrations/``).
 
 Every statement is one round trip.  A login is two (account and lease, snapshot; four at a
-user's first login); a RETR is one per 256 KiB; a QUIT with deletions is one transaction of
+user's first login); a RETR is one per 256 KiB, or none when a pipelined RETR before it
+brought its message along (READ_BODIES); a QUIT with deletions is one transaction of
 two statements (four round trips with BEGIN and COMMIT); a delivery is one transaction
 (account, then one statement inserting the listing and the body).
 """
@@ -72,6 +73,12 @@ SELECT seq, uidl, wire_size FROM mailslot_messages WHERE account_id = $1 ORDER B
 READ_CHUNK = """
 SELECT substring(body FROM $3::integer FOR $4::integer)
 FROM mailslot_bodies WHERE account_id = $1 AND seq = $2
+"""
+
+# Several small messages in one round trip: the one a RETR asked for and those after it,
+# while the client has pipelined more commands (PostgresMaildrop.read).
+READ_BODIES = """
+SELECT seq, body FROM mailslot_bodies WHERE account_id = $1 AND seq = ANY($2::bigint[])
 """
 
 DELETE_MESSAGES = """

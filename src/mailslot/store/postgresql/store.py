@@ -7,6 +7,12 @@ read from a covering index; UIDLs (section 7) are stored, 1-70 printable octets,
 in an account; sizes are the stored CRLF wire sizes (section 11).  RETR and TOP stream the
 body from the database in 256 KiB substrings, one query per chunk as the client takes them,
 so no large message is ever held whole and no connection is held while a client is slow.
+While the client has pipelined more commands (RFC 2449 section 6.6; the session says so,
+:class:`~mailslot.store.base.ReadsAhead`), a small message's read also brings the messages
+after it, up to 256 KiB in all, in the same query; they are dropped when the session waits
+for the client's next command, so a maildrop keeps at most one chunk's worth between two
+reads (while a slow client drains the replies already sent, as a large message's chunk in
+flight is held).
 QUIT's deletion (section 6) is one transaction that first checks the session's lease token.
 
 Connections come from an asyncpg pool made lazily in the process and event loop that uses it
@@ -16,9 +22,11 @@ database error becomes :class:`~mailslot.store.base.TemporaryFailure` (``[SYS/TE
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -40,6 +48,8 @@ logger = logging.getLogger("mailslot.store")
 
 # Bytes per substring() query: 64 TOAST chunks; about 42 ms per MiB on PostgreSQL 15.
 DB_CHUNK = 256 * 1024
+# Messages per read-ahead query at most (their wire sizes add up to DB_CHUNK at most).
+READ_AHEAD_MESSAGES = 16
 
 
 def header_length(data: bytes) -> int:
@@ -64,6 +74,8 @@ class PostgresMaildrop:
         self._messages = tuple(messages)
         self._keys = frozenset(m.key for m in self._messages)
         self._open = True
+        self._more = False  # the client has pipelined more commands (read_ahead)
+        self._ahead: dict[int, bytes] = {}  # seq -> body, brought by an earlier read
 
     @property
     def messages(self) -> Sequence[MessageInfo]:
@@ -73,12 +85,24 @@ class PostgresMaildrop:
     def lease(self) -> Lease:
         return self._lease
 
+    def read_ahead(self, more: bool) -> None:
+        self._more = more
+        if not more:
+            self._ahead.clear()
+
     async def read(self, message: MessageInfo, chunk_size: int = 65536) -> AsyncIterator[bytes]:
         if not self._open:
             raise TemporaryFailure("maildrop is closed")
         if message.key not in self._keys:
             raise MessageGone("message is not in this maildrop")
         seq = _seq(message.key)
+        data = self._ahead.pop(seq, None)
+        if data is None and self._more and message.size <= DB_CHUNK:
+            data = await self._read_with_next(message, seq)
+        if data is not None:
+            for start in range(0, len(data), chunk_size):
+                yield data[start : start + chunk_size]
+            return
         step = chunk_size * max(1, DB_CHUNK // chunk_size)
         offset = 1  # substring() counts from 1
         while True:
@@ -93,6 +117,29 @@ class PostgresMaildrop:
             if len(data) < step:
                 return
             offset += step
+
+    async def _read_with_next(self, message: MessageInfo, seq: int) -> bytes | None:
+        """``message``'s body and, kept for the next reads, those of the messages after it in
+        the snapshot whose sizes add up to :data:`DB_CHUNK` with it: one query.  None when
+        no message follows that fits (the caller reads ``message`` alone)."""
+        messages = self._messages
+        at = bisect.bisect_left(messages, seq, key=lambda m: _seq(m.key))
+        seqs, total = [seq], message.size
+        for following in messages[at + 1 : at + READ_AHEAD_MESSAGES]:
+            total += following.size
+            if total > DB_CHUNK:
+                break
+            seqs.append(_seq(following.key))
+        if len(seqs) == 1:
+            return None
+        async with self._store.connection() as connection:
+            rows = await connection.fetch(queries.READ_BODIES, self._lease.account, seqs)
+        bodies: dict[int, bytes] = {int(row[0]): bytes(row[1]) for row in rows}
+        data = bodies.pop(seq, None)
+        if data is None:
+            raise MessageGone("message has been removed")
+        self._ahead = bodies
+        return data
 
     async def delete(self, messages: Sequence[MessageInfo]) -> None:
         if not self._open:
@@ -112,6 +159,7 @@ class PostgresMaildrop:
     async def close(self) -> None:
         if self._open:
             self._open = False
+            self._ahead.clear()
             await self._lease.release()
 
 
@@ -145,16 +193,10 @@ class PostgresStore:
         self.lease_seconds = lease_seconds
         self.node = node
 
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        """A pooled connection; database errors raised inside become TemporaryFailure."""
-        try:
-            async with self.pool.acquire() as connection:
-                yield connection
-        except StoreError:
-            raise
-        except DATABASE_ERRORS as exc:
-            raise TemporaryFailure(f"database: {describe(exc)}") from exc
+    def connection(self) -> _Connection:
+        """``async with store.connection() as connection``: a pooled connection; database
+        errors raised inside become TemporaryFailure."""
+        return _Connection(self.pool)
 
     async def aclose(self) -> None:
         """Close the pool (at shutdown)."""
@@ -227,6 +269,35 @@ class PostgresStore:
         async with self.connection() as connection:
             status = await connection.execute(queries.CLEAR_NODE_LEASES, self.node)
         return int(status.split()[-1])
+
+
+class _Connection:
+    """:meth:`PostgresStore.connection`'s context manager (a class: it runs around every
+    statement, a generator's context manager costs more)."""
+
+    __slots__ = ("_acquire",)
+
+    def __init__(self, pool: LazyPool) -> None:
+        self._acquire = pool.acquire()
+
+    async def __aenter__(self) -> Any:
+        try:
+            return await self._acquire.__aenter__()
+        except DATABASE_ERRORS as exc:
+            raise TemporaryFailure(f"database: {describe(exc)}") from exc
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._acquire.__aexit__(kind, exc, tb)
+        except DATABASE_ERRORS as error:
+            raise TemporaryFailure(f"database: {describe(error)}") from error
+        if isinstance(exc, DATABASE_ERRORS) and not isinstance(exc, StoreError):
+            raise TemporaryFailure(f"database: {describe(exc)}") from exc
 
 
 def _key(account: int, seq: int) -> str:
