@@ -120,13 +120,16 @@ def test_an_expired_lease_nobody_took_still_fences_correctly(dsn: str) -> None:
 
 async def _waiting_for_a_lock(dsn: str, text: str) -> None:
     """Return once a backend running a statement containing ``text`` waits for a lock."""
-    while not await _sql(
-        dsn,
-        "SELECT count(*) > 0 FROM pg_stat_activity"
-        " WHERE wait_event_type = 'Lock' AND position($1 in query) > 0",
-        text,
-    ):
+    for _ in range(3000):
+        if await _sql(
+            dsn,
+            "SELECT count(*) > 0 FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND position($1 in query) > 0",
+            text,
+        ):
+            return
         await asyncio.sleep(0.01)
+    raise AssertionError(f"no statement with {text!r} waits for a lock")
 
 
 def test_a_login_waiting_for_a_quit_that_deletes_lists_none_of_what_it_deleted(

@@ -18,6 +18,7 @@ database error becomes :class:`~mailslot.store.base.TemporaryFailure` (``[SYS/TE
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -254,13 +255,15 @@ def _listing(
 ) -> list[MessageInfo]:
     """The snapshot in arrival order (RFC 1939 section 5's numbering): as read, unless the
     plan did not keep the query's order (then sorted here)."""
-    if any(a > b for a, b in zip(seqs, seqs[1:])):
+    if any(a > b for a, b in itertools.pairwise(seqs)):
         order = sorted(range(len(seqs)), key=seqs.__getitem__)
-        seqs, uidls, sizes = [seqs[i] for i in order], [uidls[i] for i in order], [sizes[i] for i in order]
+        seqs = [seqs[i] for i in order]
+        uidls = [uidls[i] for i in order]
+        sizes = [sizes[i] for i in order]
     # Positional and inline: a 100,000-message listing is built at every login.
     return [
         MessageInfo(f"{account}/{seq}", uidl, size)
-        for seq, uidl, size in zip(seqs, uidls, sizes)
+        for seq, uidl, size in zip(seqs, uidls, sizes, strict=True)
     ]
 
 
