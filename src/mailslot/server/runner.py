@@ -129,19 +129,25 @@ class Application:
         if self.cluster is None:
             return SeparateGate(self.penalty, users, store)
         from mailslot.auth.postgresql import PostgresAuthenticator
+        from mailslot.auth.usernameformat import NormalisingAuthenticator
         from mailslot.store.postgresql.cluster import ClusterPenaltyState
         from mailslot.store.postgresql.gate import PostgresGate
         from mailslot.store.postgresql.store import PostgresStore
 
         assert isinstance(self.penalty, ClusterPenaltyState)
         assert isinstance(self.store, PostgresStore)
-        table = self.users if isinstance(self.users, PostgresAuthenticator) else None
-        shared = table is not None and table.pool is self.penalty.pool
+        # The users table, under [auth] username_format's normalising (auth.backends.build).
+        normalise: Callable[[str], str] = str
+        table: Any = self.users
+        if isinstance(table, NormalisingAuthenticator):
+            normalise, table = table.normalise, table.inner
+        shared = isinstance(table, PostgresAuthenticator) and table.pool is self.penalty.pool
         return PostgresGate(
             self.penalty,
             users,
             self.store,
             table=table if shared else None,
+            normalise=normalise,
             observe_store=self.metrics.observe_store,
             observe_users=self.metrics.observe_users,
         )

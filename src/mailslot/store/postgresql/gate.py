@@ -81,10 +81,20 @@ class PostgresGate:
 
     ``users``: the user database as the session asks it (maybe a metrics view);
     ``table``: the same as a :class:`PostgresAuthenticator` on the penalty's pool, or
-    ``None``.  ``observe_store``/``observe_users``: the metrics' views (identity by default).
+    ``None``; ``normalise``: what ``users`` does to a name before it reaches ``table``
+    (``[auth] username_format``, :mod:`mailslot.auth.usernameformat`).
+    ``observe_store``/``observe_users``: the metrics' views (identity by default).
     """
 
-    __slots__ = ("_observe_store", "_observe_users", "_penalty", "_store", "_table", "_users")
+    __slots__ = (
+        "_normalise",
+        "_observe_store",
+        "_observe_users",
+        "_penalty",
+        "_store",
+        "_table",
+        "_users",
+    )
 
     def __init__(
         self,
@@ -93,6 +103,7 @@ class PostgresGate:
         store: PostgresStore,
         *,
         table: PostgresAuthenticator | None = None,
+        normalise: Callable[[str], str] = str,
         observe_store: Callable[[Store], Store] = _same,
         observe_users: Callable[[Authenticator], Authenticator] = _same_users,
     ) -> None:
@@ -102,6 +113,7 @@ class PostgresGate:
         self._users = users
         self._store = store
         self._table = table
+        self._normalise = normalise
         self._observe_store = observe_store
         self._observe_users = observe_users
 
@@ -112,7 +124,10 @@ class PostgresGate:
         try:
             async with penalty.pool.acquire() as connection:
                 row: Any = await connection.fetchrow(
-                    RESERVE_AND_USER, key, *penalty.args, table.name_for(username)
+                    RESERVE_AND_USER,
+                    key,
+                    *penalty.args,
+                    table.name_for(self._normalise(username)),
                 )
         except DATABASE_ERRORS as exc:
             penalty.complain("failure penalty: using this node's own", exc)
