@@ -192,7 +192,7 @@ class PostgresStore:
                 queries.LOGIN, user, self.node, self.lease_seconds, forgive
             )
             if row is None:  # a user's first login: make the account, then take the lease
-                account = await self._account(connection, user)
+                account = int(await connection.fetchval(queries.CREATE_ACCOUNT, user))
                 token = await connection.fetchval(
                     queries.ACQUIRE_LEASE, account, self.node, self.lease_seconds
                 )
