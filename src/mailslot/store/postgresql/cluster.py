@@ -6,8 +6,10 @@ With ``[store] backend = "postgresql"`` every node shares two tables (migration 
 a row per client key in ``mailslot_penalty``; :class:`~mailslot.server.penalty.PenaltyPolicy`'s
 arithmetic is done by one ``INSERT ... ON CONFLICT DO UPDATE`` with the database's clock, the
 row locked for the statement, so attempts on all nodes take successive slots as they do on one
-node.  One round trip per call, and calls come only with login attempts (``reserve`` then
-``failed`` or ``succeeded``: two per attempt), never per command.  Should the database fail,
+node.  One statement per call, and calls come only with login attempts (``reserve`` then
+``failed`` or ``succeeded``: two per attempt), never per command; a successful login's two
+ride on other statements (:mod:`.gate`: the reservation carries the password lookup, the
+reset is part of the store's login statement).  Should the database fail,
 the node's own penalty (:class:`~mailslot.server.penalty.LocalPenaltyState`) answers, so a
 client is still slowed by the node it is on.
 

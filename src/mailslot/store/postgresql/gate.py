@@ -9,8 +9,9 @@ database:
   user's row in one statement.  The row is read whatever the reservation's answer, and
   whether or not the user exists (an invalid name is looked up as the empty name), so an
   unknown user, a wrong password and a refused attempt cost the database the same; the
-  password is then checked as :meth:`PostgresAuthenticator.authenticate` checks it.  With
-  another user database: ``RESERVE`` alone.
+  password is then checked as :meth:`PostgresAuthenticator.authenticate` checks it.  A
+  client the penalty makes wait (or refuses) has its row read again after the wait, as any
+  other user database would.  With another user database: ``RESERVE`` alone.
 - :meth:`PostgresGate.open` is the store's ``LOGIN`` statement with the penalty's reset in it
   (:meth:`PostgresStore.open`'s ``forgive``), reached only after a right password, so a wrong
   password never takes (or blocks) the maildrop's lease.
@@ -132,9 +133,13 @@ class PostgresGate:
         except DATABASE_ERRORS as exc:
             penalty.complain("failure penalty: using this node's own", exc)
             return await penalty.local.reserve(key), self._users
-        reserved = None if row[0] is None else (row[0], row[1])
+        admission = penalty.admission(None if row[0] is None else (row[0], row[1]))
+        if admission.wait > 0:
+            # The check comes after a penalty's wait: the row may be stale by then (a
+            # password changed, a user deleted), so it is read again after the wait.
+            return admission, self._users
         user = None if row[2] is None else row[2:]
-        return penalty.admission(reserved), self._observe_users(table.found(user))
+        return admission, self._observe_users(table.found(user))
 
     async def open(self, key: str, user: User) -> Maildrop:
         # This node's own penalty forgets the client too (it answers while the database
