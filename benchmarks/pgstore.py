@@ -31,6 +31,10 @@ WHERE d.datname = current_database()
   -- The cluster limits' publishing runs every [limits] cluster_refresh seconds per worker,
   -- whatever the sessions: a cost per second, not per session.
   AND s.query NOT ILIKE '%mailslot_limit_counts%'
+  -- The body of mailslot_penalty_gap(), run by the planner when it folds the IMMUTABLE
+  -- function over a custom plan's constant arguments: pg_stat_statements lists it as a
+  -- top-level statement (the planner is not the executor's nesting), but nothing is sent.
+  AND s.query NOT ILIKE 'SELECT CASE WHEN base <=%'
 """
 
 _BY_STATEMENT = """

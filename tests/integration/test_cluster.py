@@ -452,6 +452,11 @@ def test_a_frozen_holder_is_fenced_at_quit_and_deletes_nothing(cluster: Cluster)
 def test_a_node_killed_inside_the_quit_transaction_deletes_all_marked_or_none(
     cluster: Cluster,
 ) -> None:
+    """QUIT's deletion is one statement (queries.QUIT_DELETE): the test holds a lock its last
+    step (the generation's bump) needs, so the statement waits inside its transaction after
+    its deletions; the hook kills the node there (mailslot.store.postgresql.fault.during).
+    Nothing is deleted while it waits; once the lock goes, the database finishes or aborts
+    the dead client's statement: every marked message is gone, or none."""
     first = cluster.nodes[0]
     first.stop()
     first.env["MAILSLOT_TEST_FAULT"] = "quit-before-commit"
@@ -464,25 +469,51 @@ def test_a_node_killed_inside_the_quit_transaction_deletes_all_marked_or_none(
     marked = [n for n in range(1, count + 1) if n % 3 != 1]
     for n in marked:
         holder.dele(n)
-    with pytest.raises((poplib.error_proto, OSError, EOFError)):
-        holder.quit()  # the node SIGKILLs itself between the DELETE and the COMMIT
-    holder.close()
-    assert first.process is not None
-    assert first.process.wait(timeout=30) == -signal.SIGKILL
-    after = cluster.bodies()
     survivors = [body for n, body in enumerate(before, 1) if n not in marked]
+    with asyncio.Runner() as runner:
+        lock = runner.run(asyncpg.connect(cluster.dsn))
+        try:
+            runner.run(lock.execute("BEGIN"))
+            runner.run(
+                lock.execute(
+                    "SELECT 1 FROM mailslot_accounts WHERE name = 'alice' FOR NO KEY UPDATE"
+                )
+            )
+            with pytest.raises((poplib.error_proto, OSError, EOFError)):
+                holder.quit()  # the node SIGKILLs itself while the statement waits
+            holder.close()
+            assert first.process is not None
+            assert first.process.wait(timeout=30) == -signal.SIGKILL
+            waiting = cluster.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND position('WITH release AS' in query) > 0"
+            )
+            assert waiting[0][0] == 1  # killed inside the statement, so its transaction
+            assert cluster.bodies() == before
+        finally:
+            runner.run(lock.close())  # the lock goes: the statement goes on
+    for _ in range(3000):
+        running = cluster.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE position('WITH release AS' in query) > 0"
+            " AND state = 'active' AND pid <> pg_backend_pid()"
+        )
+        if running[0][0] == 0:
+            break
+        time.sleep(0.01)
+    after = cluster.bodies()
     assert after in (before, survivors)
-    assert after == before  # the kill came before the commit: none deleted
-    # Another node takes the maildrop once the dead node's lease expires; all is there.
+    # The maildrop is free (the statement released the lease) or once the dead node's lease
+    # expires; either way another node finds all of it or all but the marked.
     taken, _ = cluster.login_when_free(pinned=1)
-    assert taken.stat()[0] == count
+    assert taken.stat()[0] == len(after)
     taken.quit()
     # The node restarted without the hook clears its lease and deletes in one go.
     del first.env["MAILSLOT_TEST_FAULT"]
     first.start()
     client = cluster.login(pinned=0)
-    for n in marked:
-        client.dele(n)
+    if after == before:
+        for n in marked:
+            client.dele(n)
     client.quit()
     assert cluster.bodies() == survivors
 

@@ -19,14 +19,72 @@ from tests.support.postgres import PostgresServer
 from tests.support.server import MailslotServer, ServerFactory
 from tests.support.wire import ConnectionClosed, Pop3Wire
 
-from mailslot.server.penalty import LocalPenaltyState, PenaltyPolicy, PenaltyState
+from mailslot.auth.base import AuthenticationFailed
+from mailslot.auth.postgresql import PostgresAuthenticator, PostgresUsers
+from mailslot.server.penalty import Admission, LocalPenaltyState, PenaltyPolicy, PenaltyState
+from mailslot.store.base import MaildropLocked
 from mailslot.store.postgresql.cluster import ClusterPenaltyState, clear_node
+from mailslot.store.postgresql.gate import PostgresGate
 from mailslot.store.postgresql.pool import LazyPool
+from mailslot.store.postgresql.store import PostgresStore
 
 
 @pytest.fixture
 def dsn(postgres: PostgresServer) -> str:
     return upgraded(postgres)
+
+
+def test_the_postgresql_gate_reads_the_user_with_the_turn_and_forgives_with_the_lease(
+    postgres: PostgresServer,
+) -> None:
+    """PostgresGate (mailslot.store.postgresql.gate): the penalty's turn and the user's row in
+    one statement, the same for an unknown user; a wrong password fails either way; the reset
+    comes with the maildrop's opening; a client made to wait has its row read after the wait."""
+    dsn = upgraded(postgres)
+    policy = PenaltyPolicy(base=10.0, cap=20.0, free=2)
+
+    async def run() -> None:
+        pool = LazyPool(dsn, size=2)
+        penalty = ClusterPenaltyState(pool, policy, LocalPenaltyState(policy, slots=64))
+        users = PostgresAuthenticator(pool)
+        store = PostgresStore(pool, node="n1")
+        await PostgresUsers(pool).add_user("alice", "right", scheme="SHA512-CRYPT")
+        await store.deliver("alice", b"Subject: one\n\nbody\n")
+        gate = PostgresGate(penalty, users, store, table=users)
+
+        async def strikes() -> object:
+            async with pool.acquire() as connection:
+                return await connection.fetchval(
+                    "SELECT strikes FROM mailslot_penalty WHERE key = '192.0.2.1'"
+                )
+
+        try:
+            for name in ("alice", "nobody", "not a valid name"):
+                admission, checker = await gate.admit("192.0.2.1", name)
+                assert admission == Admission(True, 0.0)
+                assert checker is not users  # the row came with the turn
+                with pytest.raises(AuthenticationFailed):
+                    await checker.authenticate(name, "wrong")
+                await penalty.failed("192.0.2.1")
+            assert await strikes() == 3
+            admission, checker = await gate.admit("192.0.2.1", "alice")
+            assert admission.allowed and admission.wait > 0
+            assert checker is users  # read again after the wait
+            await penalty.succeeded("192.0.2.1")
+            admission, checker = await gate.admit("192.0.2.1", "alice")
+            user = await checker.authenticate("alice", "right")
+            assert user.name == "alice"
+            assert await strikes() == 1
+            maildrop = await gate.open("192.0.2.1", user)
+            assert await strikes() is None  # forgiven by the login's statement
+            assert len(maildrop.messages) == 1
+            with pytest.raises(MaildropLocked):
+                await gate.open("192.0.2.1", user)
+            await maildrop.close()
+        finally:
+            await pool.aclose()
+
+    asyncio.run(run())
 
 
 def _wire(server: MailslotServer) -> Pop3Wire:

@@ -15,7 +15,7 @@ from tests.support.postgres import PostgresServer
 from tests.support.server import free_port
 
 from mailslot.store.base import MaildropLocked, MessageGone, TemporaryFailure
-from mailslot.store.postgresql import PostgresStore, schema
+from mailslot.store.postgresql import PostgresStore, queries, schema
 from mailslot.store.postgresql.store import DB_CHUNK, header_length
 
 from .conftest import read_all, run
@@ -114,6 +114,56 @@ def test_an_expired_lease_nobody_took_still_fences_correctly(dsn: str) -> None:
         maildrop = await store.open("alice")
         assert list(maildrop.messages) == []
         await maildrop.close()
+
+    run(scenario())
+
+
+async def _waiting_for_a_lock(dsn: str, text: str) -> None:
+    """Return once a backend running a statement containing ``text`` waits for a lock."""
+    for _ in range(3000):
+        if await _sql(
+            dsn,
+            "SELECT count(*) > 0 FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND position($1 in query) > 0",
+            text,
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no statement with {text!r} waits for a lock")
+
+
+def test_a_login_waiting_for_a_quit_that_deletes_lists_none_of_what_it_deleted(
+    dsn: str,
+) -> None:
+    """The login's one statement reads the listing with a snapshot taken before the lease,
+    which it may have waited for (a QUIT deleting holds the lease row's lock until its
+    commit): the generation check reads the listing again, so nothing deleted comes back
+    (queries.LOGIN).  The QUIT is held open at the point of its commit by a transaction."""
+
+    async def scenario() -> None:
+        store = store_on(dsn)
+        for n in range(3):
+            await store.deliver("alice", b"message %d\n" % n)
+        holder = await store.open("alice")
+        await holder.lease.stop()
+        seqs = [int(m.key.partition("/")[2]) for m in holder.messages[:2]]
+        quit_ = await asyncpg.connect(dsn)
+        try:
+            transaction = quit_.transaction()
+            await transaction.start()
+            ours, deleted, bumped = await quit_.fetchrow(
+                queries.QUIT_DELETE, holder.lease.account, holder.lease.token, seqs
+            )
+            assert (ours, deleted, bumped) == (True, 2, 1)
+            login = asyncio.ensure_future(store_on(dsn, "other").open("alice"))
+            await _waiting_for_a_lock(dsn, "mailslot_penalty")
+            assert not login.done()
+            await transaction.commit()
+            taker = await login
+        finally:
+            await quit_.close()
+        assert [await read_all(taker, m) for m in taker.messages] == [b"message 2\n"]
+        await taker.close()
 
     run(scenario())
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from mailslot.auth import schemes, usernames
 from mailslot.auth.admin import NoSuchUser, UserExists
-from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
+from mailslot.auth.base import AuthenticationFailed, Authenticator, TemporaryAuthFailure, User
 from mailslot.auth.pool import VerifyPool
 from mailslot.auth.verification import (
     Verifier,
@@ -36,11 +36,13 @@ from mailslot.auth.verification import (
 )
 from mailslot.store.postgresql.pool import DATABASE_ERRORS, LazyPool, describe
 
-__all__ = ["PostgresAuthenticator", "PostgresUsers"]
+__all__ = ["COLUMNS", "PostgresAuthenticator", "PostgresUsers"]
 
 log = logging.getLogger(__name__)
 
-_USER = "SELECT name, password, home FROM mailslot_users WHERE name = $1"
+# What a login reads of a user, in this order (also read by PostgresGate's statement).
+COLUMNS = "name, password, home"
+_USER = f"SELECT {COLUMNS} FROM mailslot_users WHERE name = $1"  # noqa: S608 - constant
 # The dummy's scheme is the one most users have (choose_dummy); a sample says which.
 _SAMPLE = "SELECT password FROM mailslot_users ORDER BY changed DESC LIMIT 100"
 
@@ -76,14 +78,34 @@ class PostgresAuthenticator:
             log.warning("user database unavailable: %s", describe(exc))
             raise TemporaryAuthFailure(describe(exc)) from exc
 
+    @property
+    def pool(self) -> LazyPool:
+        """The connections it uses (shared with the store's when they have one database)."""
+        return self._pool
+
+    @staticmethod
+    def name_for(username: str) -> str:
+        """The name looked up for ``username``: an invalid name as the empty name, which
+        matches no row, so that it costs what an unknown user costs."""
+        return username if usernames.is_valid(username) else ""
+
+    def found(self, row: Any) -> Authenticator:
+        """An :class:`Authenticator` for the user whose row (:data:`COLUMNS`, or ``None``
+        for no such user) was read already, in another statement (the failed-login
+        penalty's: :class:`mailslot.store.postgresql.gate.PostgresGate`).  Its checks cost
+        what :meth:`authenticate`'s do, less the lookup."""
+        return _Found(self, row)
+
     async def _row(self, username: str) -> Any:
-        name = username if usernames.is_valid(username) else ""
         async with self._connection() as connection:
-            row = await connection.fetchrow(_USER, name)
-            if self._dummy is None:
-                sample = [r[0] for r in await connection.fetch(_SAMPLE)]
-                self._dummy, self._floor = await asyncio.to_thread(self._calibrate, sample)
+            row = await connection.fetchrow(_USER, self.name_for(username))
+            await self._calibrate_on(connection)
         return row
+
+    async def _calibrate_on(self, connection: Any) -> None:
+        if self._dummy is None:
+            sample = [r[0] for r in await connection.fetch(_SAMPLE)]
+            self._dummy, self._floor = await asyncio.to_thread(self._calibrate, sample)
 
     def _calibrate(self, sample: list[str]) -> tuple[str, float]:
         """The dummy hash (of the costliest scheme in ``sample``) and the failure floor: what
@@ -98,7 +120,19 @@ class PostgresAuthenticator:
         self, username: str, password: str, *, client: str | None = None
     ) -> User:
         started = time.monotonic()
-        row = await self._row(username)
+        return await self._check(started, await self._row(username), password, client)
+
+    async def verify_found(self, row: Any, password: str, client: str | None) -> User:
+        """:meth:`authenticate` with ``row`` read already (:meth:`found`)."""
+        started = time.monotonic()
+        if self._dummy is None:  # once per process, as in authenticate()
+            async with self._connection() as connection:
+                await self._calibrate_on(connection)
+        return await self._check(started, row, password, client)
+
+    async def _check(self, started: float, row: Any, password: str, client: str | None) -> User:
+        """Verify ``password`` against ``row`` (or the dummy hash); a failure is answered no
+        sooner than the floor after ``started``."""
         stored = None
         if row is not None and schemes.identify(row[1], allow_md5=self._allow_md5) is not None:
             stored = row[1]
@@ -120,6 +154,24 @@ class PostgresAuthenticator:
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+
+class _Found:
+    """:meth:`PostgresAuthenticator.found`: the row in hand, the check as usual."""
+
+    __slots__ = ("_row", "_users")
+
+    def __init__(self, users: PostgresAuthenticator, row: Any) -> None:
+        self._users = users
+        self._row = row
+
+    async def authenticate(
+        self, username: str, password: str, *, client: str | None = None
+    ) -> User:
+        return await self._users.verify_found(self._row, password, client)
+
+    async def lookup(self, username: str) -> User | None:
+        return await self._users.lookup(username)
 
 
 class PostgresUsers:

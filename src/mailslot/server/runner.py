@@ -35,6 +35,7 @@ from mailslot.admin import sockets as admin_sockets
 from mailslot.admin.server import AdminServer
 from mailslot.admin.sockets import AdminEndpoints
 from mailslot.auth import backends as auth_backends
+from mailslot.auth.base import Authenticator
 from mailslot.auth.pool import VerifyPool
 from mailslot.auth.sqlcheck import SqlDsnMissing
 from mailslot.config import Config, ListenerConfig
@@ -42,6 +43,7 @@ from mailslot.delivery.transactions import Transactions
 from mailslot.privileges import Identity, PrivilegeError
 from mailslot.protocol.connection import CoreConfig
 from mailslot.server import tls
+from mailslot.server.gate import LoginGate, SeparateGate
 from mailslot.server.listener import Pop3Listener, listening_socket
 from mailslot.server.penalty import LocalPenaltyState, PenaltyPolicy, PenaltyState
 from mailslot.server.session import Session, SessionContext, format_address
@@ -55,6 +57,7 @@ from mailslot.server.supervisor import (
     log_reloaded,
 )
 from mailslot.store import backends
+from mailslot.store.base import Store
 from mailslot.tls.acme import process as acme_process
 from mailslot.tls.acme import service as acme_service
 from mailslot.tls.certificates import CertificateError
@@ -119,6 +122,36 @@ class Application:
             pool=VerifyPool(verify_threads(config), config.auth.verify_per_client),
         )
 
+    def login_gate(self, store: Store, users: Authenticator) -> LoginGate:
+        """How sessions ask the penalty, ``users`` and ``store`` (the metrics' views of
+        ``self.store`` and ``self.users``) at a login: with the PostgreSQL store, in two
+        statements (:class:`mailslot.store.postgresql.gate.PostgresGate`)."""
+        if self.cluster is None:
+            return SeparateGate(self.penalty, users, store)
+        from mailslot.auth.postgresql import PostgresAuthenticator
+        from mailslot.auth.usernameformat import NormalisingAuthenticator
+        from mailslot.store.postgresql.cluster import ClusterPenaltyState
+        from mailslot.store.postgresql.gate import PostgresGate
+        from mailslot.store.postgresql.store import PostgresStore
+
+        assert isinstance(self.penalty, ClusterPenaltyState)
+        assert isinstance(self.store, PostgresStore)
+        # The users table, under [auth] username_format's normalising (auth.backends.build).
+        normalise: Callable[[str], str] = str
+        table: Any = self.users
+        if isinstance(table, NormalisingAuthenticator):
+            normalise, table = table.normalise, table.inner
+        shared = isinstance(table, PostgresAuthenticator) and table.pool is self.penalty.pool
+        return PostgresGate(
+            self.penalty,
+            users,
+            self.store,
+            table=table if shared else None,
+            normalise=normalise,
+            observe_store=self.metrics.observe_store,
+            observe_users=self.metrics.observe_users,
+        )
+
     async def start(self) -> None:
         config = self.config
         load = getattr(self.users, "load", None)  # a passwd-file, read at once to fail early
@@ -171,6 +204,7 @@ class Application:
         self.limits = shared_limits
         store = self.metrics.observe_store(self.store)
         users = self.metrics.observe_users(self.users)
+        gate = self.login_gate(store, users)
         for listener in config.listeners:
             if listener.protocol == "lmtp":
                 if self.worker == 0:
@@ -187,6 +221,7 @@ class Application:
                 idle_timeout=limits.idle_timeout,
                 handshake_timeout=config.tls.handshake_timeout,
                 ipv6_prefix=config.auth.ipv6_prefix,
+                gate=gate,
                 logout_format=config.log.logout_format,
                 metrics=self.metrics.listener(format_address((listener.address, listener.port))),
             )

@@ -48,6 +48,7 @@ from mailslot.protocol import events as ev
 from mailslot.protocol.connection import Connection, CoreConfig
 from mailslot.protocol.responses import Code, Failure, err
 from mailslot.protocol.state import State
+from mailslot.server.gate import LoginGate, SeparateGate
 from mailslot.server.limits import ConnectionLimits, RefusalLog
 from mailslot.server.penalty import PenaltyState, address_key
 from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
@@ -180,6 +181,8 @@ class SessionContext:
     logout_format: str = DEFAULT_FORMAT  # [log] logout_format ("": no summary= field)
     proxy_protocol: bool = False
     ipv6_prefix: int = 64  # an IPv6 client's network, for the failure penalty
+    # The penalty, users and store as a login asks them; None: SeparateGate over the three.
+    gate: LoginGate | None = None
     ids: Iterator[str] = field(default_factory=session_ids)
     deadlines: ReadDeadlines = field(init=False)
     # Open connections; a dict, as ReadDeadlines' buckets are, for its size.
@@ -192,6 +195,8 @@ class SessionContext:
 
     def __post_init__(self) -> None:
         self.deadlines = _deadlines_for(self.login_timeout, self.idle_timeout)
+        if self.gate is None:
+            self.gate = SeparateGate(self.penalty, self.users, self.store)
 
 
 # Where a session is; the transport callbacks act on it.
@@ -680,7 +685,10 @@ class Session(asyncio.Protocol):
         # One penalty per client address (an IPv6 one per prefix), whichever worker and
         # connection the attempt comes on; see mailslot.server.penalty.
         client = address_key(self._address, context.ipv6_prefix)
-        admission = await context.penalty.reserve(client)
+        gate = context.gate
+        assert gate is not None
+        # The penalty's turn, and who checks the password (with PostgreSQL, one statement).
+        admission, users = await gate.admit(client, event.username)
         if not admission.allowed:
             # Answered as a failure, and as late, so the client cannot tell it was not tried.
             self.log.info(
@@ -701,8 +709,8 @@ class Session(asyncio.Protocol):
             if event.authzid is not None and event.authzid != event.username:
                 # No proxy authorisation: acting as another user is refused like a bad password.
                 raise AuthenticationFailed
-            check = context.users.authenticate(event.username, event.password, client=client)
-            if getattr(context.users, "uses_login_source", False):
+            check = users.authenticate(event.username, event.password, client=client)
+            if getattr(users, "uses_login_source", False):
                 # In a task and context of its own, which carries where the login comes
                 # from (auth.base.login_source); other backends need no task (~11 us).
                 checking = contextvars.copy_context()
@@ -723,8 +731,6 @@ class Session(asyncio.Protocol):
             return
         if await self._refused(user, client):
             return
-        # The password was right: whatever happens to the maildrop, the address is forgiven.
-        await context.penalty.succeeded(client)
         if user.legacy_scheme is not None:
             self.log.warning(
                 "user=%s logged in with a %s password (a legacy scheme); have it rehashed:"
@@ -732,13 +738,15 @@ class Session(asyncio.Protocol):
                 escape(user.name),
                 user.legacy_scheme,
             )
+        # The password was right: whatever happens to the maildrop, the address is forgiven
+        # (by gate.open, in the statement that opens the maildrop with PostgreSQL).
         if not context.limits.acquire_user(user.name):
+            await context.penalty.succeeded(client)
             self.log.info("login refused, too many sessions: user=%s", escape(user.name))
             conn.login_failed(Failure.IN_USE)
             return
         try:
-            owner = None if user.extra is None else user.extra.owner
-            maildrop = await context.store.open(user.name, user.home, owner=owner)
+            maildrop = await gate.open(client, user)
         except MaildropLocked:
             context.limits.release_user(user.name)
             self.log.info("login refused, maildrop in use: user=%s", escape(user.name))

@@ -6,8 +6,10 @@ With ``[store] backend = "postgresql"`` every node shares two tables (migration 
 a row per client key in ``mailslot_penalty``; :class:`~mailslot.server.penalty.PenaltyPolicy`'s
 arithmetic is done by one ``INSERT ... ON CONFLICT DO UPDATE`` with the database's clock, the
 row locked for the statement, so attempts on all nodes take successive slots as they do on one
-node.  One round trip per call, and calls come only with login attempts (``reserve`` then
-``failed`` or ``succeeded``: two per attempt), never per command.  Should the database fail,
+node.  One statement per call, and calls come only with login attempts (``reserve`` then
+``failed`` or ``succeeded``: two per attempt), never per command; a successful login's two
+ride on other statements (:mod:`.gate`: the reservation carries the password lookup, the
+reset is part of the store's login statement).  Should the database fail,
 the node's own penalty (:class:`~mailslot.server.penalty.LocalPenaltyState`) answers, so a
 client is still slowed by the node it is on.
 
@@ -61,7 +63,7 @@ ON CONFLICT (key) DO UPDATE SET
         + make_interval(secs => mailslot_penalty_gap({_STRIKES}, $2, $3, $4)),
     touched = now()
 WHERE {_FORGOTTEN} OR p.next_at <= now() + make_interval(secs => $3)
-RETURNING strikes, extract(epoch FROM next_at - now())::float8
+RETURNING strikes, extract(epoch FROM next_at - now())::float8 AS until_next
 """  # noqa: S608 - built from the constants above, no input
 
 _FAILED_STRIKES = f"CASE WHEN {_FORGOTTEN} THEN 1 ELSE greatest(1, p.strikes) END"
@@ -132,28 +134,33 @@ class ClusterPenaltyState:
         self.pool = pool
         self.policy = policy
         self.local = local  # answers while the database does not
-        self._complain = _Complaints()
+        self.complain = _Complaints()
         p = policy
-        self._args = (float(p.base), float(p.cap), int(p.free), float(p.forget_after))
+        # RESERVE's and FAILED's $2 to $5.
+        self.args = (float(p.base), float(p.cap), int(p.free), float(p.forget_after))
 
     async def reserve(self, key: str) -> Admission:
         try:
             async with self.pool.acquire() as connection:
-                row = await connection.fetchrow(RESERVE, key, *self._args)
+                row = await connection.fetchrow(RESERVE, key, *self.args)
         except DATABASE_ERRORS as exc:
-            self._complain("failure penalty: using this node's own", exc)
+            self.complain("failure penalty: using this node's own", exc)
             return await self.local.reserve(key)
-        if row is None:
+        return self.admission(None if row is None else (row[0], row[1]))
+
+    def admission(self, reserved: tuple[int, float] | None) -> Admission:
+        """The answer of RESERVE's row (strikes, until_next), or of none: refused."""
+        if reserved is None:
             return Admission(allowed=False, wait=self.policy.cap)
-        strikes, until_next = int(row[0]), float(row[1])
+        strikes, until_next = int(reserved[0]), float(reserved[1])
         return Admission(True, max(0.0, until_next - self.policy.gap(strikes)))
 
     async def failed(self, key: str) -> float:
         try:
             async with self.pool.acquire() as connection:
-                seconds = await connection.fetchval(FAILED, key, *self._args)
+                seconds = await connection.fetchval(FAILED, key, *self.args)
         except DATABASE_ERRORS as exc:
-            self._complain("failure penalty: using this node's own", exc)
+            self.complain("failure penalty: using this node's own", exc)
             return await self.local.failed(key)
         return max(0.0, min(float(seconds), self.policy.cap))
 
@@ -162,7 +169,7 @@ class ClusterPenaltyState:
             async with self.pool.acquire() as connection:
                 await connection.execute(SUCCEEDED, key)
         except DATABASE_ERRORS as exc:
-            self._complain("failure penalty: cannot forget a client", exc)
+            self.complain("failure penalty: cannot forget a client", exc)
         await self.local.succeeded(key)
 
 

@@ -4,9 +4,9 @@ A row in ``mailslot_leases`` per locked maildrop, with an expiry set by the data
 (no node's clock matters) and a fencing token from a sequence.  Taking it is one statement
 that succeeds only if no row exists or the row has expired; the holder renews it every third
 of its lifetime; a holder that dies or freezes stops renewing, so another session may take it
-once it expires.  QUIT's deletion re-checks the token under a row lock in its own transaction
-(:data:`~mailslot.store.postgresql.queries.FENCE`): a frozen holder that wakes up after losing
-the lease deletes nothing.
+once it expires.  QUIT's deletion releases the lease in the statement that deletes, and only
+if the token is still the session's (:data:`~mailslot.store.postgresql.queries.QUIT_DELETE`):
+a frozen holder that wakes up after losing the lease deletes nothing.
 
 Advisory locks would not do: a frozen (SIGSTOPped) holder keeps one forever, each pins a
 connection for the whole session, and they do not survive transaction pooling (PgBouncer).
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from mailslot.store.postgresql import queries
@@ -36,6 +36,7 @@ class Lease:
         self.token = token
         self.seconds = seconds
         self.lost = False
+        self.released = False
         self._renewer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -62,15 +63,21 @@ class Lease:
                 )
                 return
 
-    async def release(self) -> None:
-        """Stop renewing and give the lease up (best effort: it expires anyway)."""
+    async def stop(self) -> None:
+        """Stop renewing (before a statement that releases the lease itself)."""
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
-        if self.lost:
+
+    async def release(self) -> None:
+        """Stop renewing and give the lease up (best effort: it expires anyway); nothing
+        if it was lost or already released (``released``, set by QUIT's deletion)."""
+        await self.stop()
+        if self.lost or self.released:
             return
+        self.released = True
         try:
             async with self._connect() as connection:
                 await connection.execute(queries.RELEASE_LEASE, self.account, self.token)
@@ -81,12 +88,3 @@ class Lease:
                 self.seconds,
                 exc,
             )
-
-
-@contextlib.asynccontextmanager
-async def fenced(connection: Any, lease: Lease) -> AsyncIterator[bool]:
-    """A transaction that yields whether ``lease`` is still ours (its row locked until the
-    commit); the caller writes only if it is."""
-    async with connection.transaction():
-        token = await connection.fetchval(queries.FENCE, lease.account, lease.token)
-        yield token is not None

@@ -13,7 +13,8 @@ after it, up to 256 KiB in all, in the same query; they are dropped when the ses
 for the client's next command, so a maildrop keeps at most one chunk's worth between two
 reads (while a slow client drains the replies already sent, as a large message's chunk in
 flight is held).
-QUIT's deletion (section 6) is one transaction that first checks the session's lease token.
+QUIT's deletion (section 6) is one statement, so one transaction, that deletes only if the
+session's lease token is still the lease's, and releases the lease.
 
 Connections come from an asyncpg pool made lazily in the process and event loop that uses it
 (a pool must not cross a fork), so a server starts while the database is down; every
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -40,7 +42,7 @@ from mailslot.store.base import (
     TemporaryFailure,
 )
 from mailslot.store.postgresql import cluster, fault, queries, schema
-from mailslot.store.postgresql.lease import Lease, fenced
+from mailslot.store.postgresql.lease import Lease
 from mailslot.store.postgresql.pool import DATABASE_ERRORS, LazyPool, describe
 from mailslot.store.wiresize import wire_size
 
@@ -147,14 +149,20 @@ class PostgresMaildrop:
         seqs = sorted({_seq(m.key) for m in messages if m.key in self._keys})
         if not seqs:
             return
-        async with self._store.connection() as connection, fenced(connection, self._lease) as ours:
-            if not ours:
-                self._lease.lost = True
-                raise TemporaryFailure(
-                    "the maildrop's lease was lost (another session holds it): nothing deleted"
-                )
-            await connection.execute(queries.DELETE_MESSAGES, self._lease.account, seqs)
-            fault.point("quit-before-commit")
+        lease = self._lease
+        # The statement releases the lease: no renewal may run after it (nor during it).
+        await lease.stop()
+        async with self._store.connection() as connection:
+            ours, _, _ = await fault.during(
+                "quit-before-commit",
+                connection.fetchrow(queries.QUIT_DELETE, lease.account, lease.token, seqs),
+            )
+        if not ours:
+            lease.lost = True
+            raise TemporaryFailure(
+                "the maildrop's lease was lost (another session holds it): nothing deleted"
+            )
+        lease.released = True
 
     async def close(self) -> None:
         if self._open:
@@ -211,29 +219,42 @@ class PostgresStore:
         return int(account)
 
     async def open(
-        self, user: str, home: str | None = None, *, owner: Owner | None = None
+        self,
+        user: str,
+        home: str | None = None,
+        *,
+        owner: Owner | None = None,
+        forgive: str | None = None,
     ) -> PostgresMaildrop:
+        """:meth:`Store.open`; ``forgive``: a failed-login penalty key
+        (:mod:`mailslot.store.postgresql.cluster`) to forget in the same statement, the
+        password having been right (:class:`mailslot.store.postgresql.gate.PostgresGate`)."""
         async with self.connection() as connection:
             row = await connection.fetchrow(
-                queries.ACCOUNT_AND_LEASE, user, self.node, self.lease_seconds
+                queries.LOGIN, user, self.node, self.lease_seconds, forgive
             )
             if row is None:  # a user's first login: make the account, then take the lease
-                account = await self._account(connection, user)
+                account = int(await connection.fetchval(queries.CREATE_ACCOUNT, user))
                 token = await connection.fetchval(
                     queries.ACQUIRE_LEASE, account, self.node, self.lease_seconds
                 )
+                listing = None
             else:
-                account, token = int(row[0]), row[1]
+                account, token, seen, latest, seqs, uidls, sizes = row
+                # A QUIT's deletion committed while the lease was awaited: the listing read
+                # with the statement's snapshot may hold what it deleted (queries.LOGIN).
+                listing = (seqs or [], uidls or [], sizes or []) if seen == latest else None
             if token is None:
                 raise MaildropLocked("maildrop is in use")
             lease = Lease(self.connection, account, int(token), self.lease_seconds)
-            try:
-                rows = await connection.fetch(queries.SNAPSHOT, account)
-            except BaseException:
-                await _release_quietly(lease)
-                raise
-        # Positional and inline: a 100,000-message listing is built at every login.
-        messages = [MessageInfo(f"{account}/{seq}", uidl, size) for seq, uidl, size in rows]
+            if listing is None:
+                try:
+                    rows = await connection.fetch(queries.SNAPSHOT, account)
+                except BaseException:
+                    await _release_quietly(lease)
+                    raise
+                listing = ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+        messages = _listing(account, *listing)
         lease.start()
         return PostgresMaildrop(self, lease, messages)
 
@@ -298,6 +319,23 @@ class _Connection:
             raise TemporaryFailure(f"database: {describe(error)}") from error
         if isinstance(exc, DATABASE_ERRORS) and not isinstance(exc, StoreError):
             raise TemporaryFailure(f"database: {describe(exc)}") from exc
+
+
+def _listing(
+    account: int, seqs: list[int], uidls: list[str], sizes: list[int]
+) -> list[MessageInfo]:
+    """The snapshot in arrival order (RFC 1939 section 5's numbering): as read, unless the
+    plan did not keep the query's order (then sorted here)."""
+    if any(a > b for a, b in itertools.pairwise(seqs)):
+        order = sorted(range(len(seqs)), key=seqs.__getitem__)
+        seqs = [seqs[i] for i in order]
+        uidls = [uidls[i] for i in order]
+        sizes = [sizes[i] for i in order]
+    # Positional and inline: a 100,000-message listing is built at every login.
+    return [
+        MessageInfo(f"{account}/{seq}", uidl, size)
+        for seq, uidl, size in zip(seqs, uidls, sizes, strict=True)
+    ]
 
 
 def _key(account: int, seq: int) -> str:
