@@ -58,9 +58,10 @@ _FORGOTTEN = "p.touched < now() - make_interval(secs => $5)"
 _CLEAN = f"({_FORGOTTEN} OR p.strikes <= 0)"
 _IN_FLIGHT = f"(NOT {_FORGOTTEN} AND p.strikes <= 0 AND p.next_at > now())"
 _STRIKES = "least(p.strikes + 1, 1048576)"
-# PenaltyPolicy.lease: failure_delay_max, at least MIN_LEASE; none without a penalty.
+# PenaltyPolicy.lease: failure_delay_max, at least MIN_LEASE; none without a penalty.  ($2
+# cast: "$2 <= 0" alone makes $2 an integer for the whole statement, 0.5 s a 0.)
 _LEASE = (
-    "now() + make_interval(secs => CASE WHEN $2 <= 0 THEN 0"
+    "now() + make_interval(secs => CASE WHEN $2::float8 <= 0 THEN 0"
     f" ELSE greatest($3::float8, {MIN_LEASE!r}::float8) END)"
 )
 
@@ -163,16 +164,28 @@ class ClusterPenaltyState:
         pause = _POLL_FIRST
         while True:
             try:
-                async with self.pool.acquire() as connection:
-                    row = await connection.fetchrow(RESERVE, key, *self._args)
+                admission = await self._reserve_once(key)
             except DATABASE_ERRORS as exc:
                 self._complain("failure penalty: using this node's own", exc)
                 return await self.local.reserve(key)
-            admission = _admission(row, self.policy)
             if admission is not None:
                 return admission
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, POLL_MAX)
+
+    async def try_reserve(self, key: str) -> Admission | None:
+        """One RESERVE: the answer, or ``None`` while another check from ``key`` is in
+        flight (:meth:`LocalPenaltyState.try_reserve`)."""
+        try:
+            return await self._reserve_once(key)
+        except DATABASE_ERRORS as exc:
+            self._complain("failure penalty: using this node's own", exc)
+            return self.local.try_reserve(key)
+
+    async def _reserve_once(self, key: str) -> Admission | None:
+        async with self.pool.acquire() as connection:
+            row = await connection.fetchrow(RESERVE, key, *self._args)
+        return _admission(row, self.policy)
 
     async def failed(self, key: str) -> float:
         try:
