@@ -56,6 +56,20 @@ def _login(
         _line(reader)
 
 
+def _wait_for_greeting(port: int, deadline: float = 60.0) -> None:
+    """The server reads (and times) the passwd-file before it listens: wait for it."""
+    until = time.monotonic() + deadline
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                _line(socket.SocketIO(sock, "rb"))
+                return
+        except OSError:
+            if time.monotonic() > until:
+                raise
+            time.sleep(0.1)
+
+
 def _hash(password: str, scheme: str) -> str:
     if scheme == "PLAIN":
         return "{PLAIN}" + password
@@ -100,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=subprocess.STDOUT,
             )
             try:
-                time.sleep(2.0)
+                _wait_for_greeting(port)
                 for round_ in range(args.rounds):
                     start = threading.Barrier(len(users))
                     done: list[tuple[float, bytes]] = []
