@@ -6,8 +6,11 @@ With ``[store] backend = "postgresql"`` every node shares two tables (migration 
 a row per client key in ``mailslot_penalty``; :class:`~mailslot.server.penalty.PenaltyPolicy`'s
 arithmetic is done by one ``INSERT ... ON CONFLICT DO UPDATE`` with the database's clock, the
 row locked for the statement, so attempts on all nodes take successive slots as they do on one
-node.  One round trip per call, and calls come only with login attempts (``reserve`` then
-``failed`` or ``succeeded``: two per attempt), never per command.  Should the database fail,
+node, and a check from an address with no failure on record holds its lease for every node.
+One round trip per call, and calls come only with login attempts (``reserve`` then ``failed``
+or ``succeeded``: two per attempt; ``released`` instead for a check without a verdict), never
+per command; a login that waits for another check in flight from its address repeats
+``reserve``'s statement every 10 to 50 ms until that check has ended.  Should the database fail,
 the node's own penalty (:class:`~mailslot.server.penalty.LocalPenaltyState`) answers, so a
 client is still slowed by the node it is on.
 
