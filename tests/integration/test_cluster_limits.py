@@ -15,6 +15,7 @@ import pytest
 from tests.integration.test_postgresql import node, upgraded
 from tests.server.procutil import poll
 from tests.server.test_proxy import wait_for_log
+from tests.support.passwd import PasswdUser
 from tests.support.postgres import PostgresServer
 from tests.support.server import MailslotServer, ServerFactory
 from tests.support.wire import ConnectionClosed, Pop3Wire
@@ -92,38 +93,90 @@ def _wire(server: MailslotServer) -> Pop3Wire:
     return Pop3Wire(host, port, tls_context=server.tls_files.client_context())
 
 
+async def _look(state: LocalPenaltyState | ClusterPenaltyState, key: str) -> Admission | None:
+    """One look at ``key`` (the database's is a statement, the node's memory's is not)."""
+    if isinstance(state, ClusterPenaltyState):
+        return await state.try_reserve(key)
+    return state.try_reserve(key)
+
+
 @pytest.mark.parametrize("backend", ["local", "postgresql"])
 def test_the_penalty_backends_follow_one_policy(postgres: PostgresServer, backend: str) -> None:
-    """The PenaltyState contract, for the node's memory and the database alike: one slot at
-    once (free), then one a gap later, then a refusal when the next slot is more than the cap
-    away; a success forgets.  The database's waits come from the database's clock."""
-    policy = PenaltyPolicy(base=10.0, cap=20.0, free=1)
+    """The PenaltyState contract, for the node's memory and the database alike.  No failure
+    on record: one check in flight at once, a second asks again (``None``) until the first
+    ends, or goes at once once its lease is released.  After a failure (free): one slot at
+    once, then one a gap later, then a refusal when the next slot is more than the cap away;
+    a success forgets.  The database's waits come from the database's clock."""
+    # A base that is not a whole number: a statement that took it for an integer gave 0.
+    policy = PenaltyPolicy(base=7.5, cap=20.0, free=1)
     dsn = upgraded(postgres) if backend == "postgresql" else "unused"
 
-    async def run() -> list[tuple[bool, float]]:
+    async def run() -> list[tuple[bool, float] | None]:
+        local = LocalPenaltyState(policy, slots=64)
+        pool = LazyPool(dsn, size=2)
+        state: LocalPenaltyState | ClusterPenaltyState = local
+        if backend == "postgresql":
+            state = ClusterPenaltyState(pool, policy, local)
+        try:
+            seen = [await _look(state, "192.0.2.1") for _ in range(3)]
+            first_hold = await state.failed("192.0.2.1")
+            seen += [await _look(state, "192.0.2.1") for _ in range(3)]
+            other = [await _look(state, "192.0.2.2") for _ in range(2)]
+            await state.released("192.0.2.2")
+            other.append(await _look(state, "192.0.2.2"))
+            await state.succeeded("192.0.2.1")
+            again = await _look(state, "192.0.2.1")
+            hold = await state.failed("192.0.2.1")
+        finally:
+            await pool.aclose()
+        answers = [*seen, *other, again]
+        return [None if a is None else (a.allowed, a.wait) for a in answers] + [
+            (True, first_hold),
+            (True, hold),
+        ]
+
+    got = asyncio.run(run())
+    assert got[:3] == [(True, 0.0), None, None]  # one check in flight; the others wait
+    assert got[3] == (True, 0.0)  # after the (free) first failure: a slot at once
+    assert got[4] is not None and got[4][0] and 7 < got[4][1] <= 7.5  # a gap (7.5 s) on
+    assert got[5] == (False, 20.0)  # refused: answered after the cap
+    assert got[6:9] == [(True, 0.0), None, (True, 0.0)]  # its own; a lease released
+    assert got[9] == (True, 0.0)  # a success forgot the address
+    assert got[10] == (True, 0.0)  # a first failure, free: no hold
+    assert got[11] == (True, 0.0)  # and again after the success
+
+
+@pytest.mark.parametrize("backend", ["local", "postgresql"])
+def test_a_waiter_goes_when_the_check_in_flight_ends(
+    postgres: PostgresServer, backend: str
+) -> None:
+    """reserve() waits for a check in flight, polling the shared state; a success there lets
+    it check at once, a failure puts it on the schedule (7.5 s: the first strike's gap)."""
+    policy = PenaltyPolicy(base=7.5, cap=20.0)
+    dsn = upgraded(postgres) if backend == "postgresql" else "unused"
+
+    async def run() -> tuple[Admission, Admission]:
         local = LocalPenaltyState(policy, slots=64)
         pool = LazyPool(dsn, size=2)
         state: PenaltyState = local
         if backend == "postgresql":
             state = ClusterPenaltyState(pool, policy, local)
         try:
-            seen = [await state.reserve("192.0.2.1") for _ in range(4)]
-            other = await state.reserve("192.0.2.2")
-            await state.succeeded("192.0.2.1")
-            again = await state.reserve("192.0.2.1")
-            hold = await state.failed("192.0.2.1")
+            answers = []
+            for ending in (state.succeeded, state.failed):
+                assert await state.reserve("192.0.2.3") == Admission(True, 0.0)
+                waiter = asyncio.create_task(state.reserve("192.0.2.3"))
+                await asyncio.sleep(0.2)
+                assert not waiter.done()  # its lease is 20 s long
+                await ending("192.0.2.3")
+                answers.append(await asyncio.wait_for(waiter, 10))
         finally:
             await pool.aclose()
-        return [(a.allowed, a.wait) for a in [*seen, other, again]] + [(True, hold)]
+        return answers[0], answers[1]
 
-    got = asyncio.run(run())
-    allowed = [a for a, _ in got]
-    assert allowed == [True, True, True, False, True, True, True]
-    waits = [w for _, w in got]
-    assert waits[0] == 0 and waits[1] == 0 and waits[4] == 0 and waits[5] == 0
-    assert 9 < waits[2] <= 10  # the third check takes the slot a gap (10 s) on
-    assert waits[3] == 20  # refused: answered after the cap
-    assert waits[6] == 0  # a first failure after a success: gap(1) is free
+    after_success, after_failure = asyncio.run(run())
+    assert after_success == Admission(True, 0.0)
+    assert after_failure.allowed and 7 < after_failure.wait <= 7.5
 
 
 def test_failures_on_one_node_delay_that_address_on_the_other(
@@ -152,6 +205,45 @@ def test_failures_on_one_node_delay_that_address_on_the_other(
         for wire in wires:
             wire.close()
     assert "login failed: user=alice" not in second.log()
+
+
+ACCOUNTS = [PasswdUser(f"user{n}", f"secret-{n}", scheme="SHA512-CRYPT") for n in range(6)]
+
+
+def test_right_passwords_at_once_over_two_nodes_are_neither_delayed_nor_refused(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    """Six right-password logins at the same moment from 127.0.0.1, three on each node:
+    with every check a strike the second waited 30 s and the rest were refused; now the
+    checks go one at a time across the nodes, and all six log in."""
+    slow = {"failure_delay": 30.0, "failure_delay_max": 30.0, "users": ACCOUNTS}
+    nodes = [node(mailslot_factory, dsn, name, **slow) for name in ("node-a", "node-b")]
+    wires = [_wire(nodes[n % 2]) for n in range(len(ACCOUNTS))]
+    replies: list[bytes] = []
+    start = threading.Barrier(len(wires))
+
+    def login(wire: Pop3Wire, user: PasswdUser) -> None:
+        start.wait()
+        wire.send(f"USER {user.name}\r\nPASS {user.password}\r\n".encode())
+        assert wire.line().startswith(b"+OK")
+        replies.append(wire.line())
+
+    try:
+        threads = [
+            threading.Thread(target=login, args=pair) for pair in zip(wires, ACCOUNTS, strict=True)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+    finally:
+        for wire in wires:
+            wire.close()
+    assert [r[:3] for r in replies] == [b"+OK"] * 6, replies
+    assert not any("login refused" in server.log() for server in nodes)
+    assert elapsed < 30.0  # no penalty slot was waited for (a bound on the configured gap)
 
 
 def _greeted(server: MailslotServer) -> Pop3Wire | None:
@@ -225,7 +317,7 @@ def test_without_the_database_the_nodes_own_penalty_answers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A database that cannot be reached: the node's own penalty slows the client still
-    (its second check waits a gap), and the failure is logged once, not per attempt."""
+    (its check after a failure waits a gap), and the failure is logged once, not per call."""
     policy = PenaltyPolicy(base=10.0, cap=20.0)
     local = LocalPenaltyState(policy, slots=64)
 
@@ -233,7 +325,9 @@ def test_without_the_database_the_nodes_own_penalty_answers(
         pool = LazyPool("postgresql://mailslot@127.0.0.1:1/none", size=1, connect_timeout=2)
         state = ClusterPenaltyState(pool, policy, local)
         try:
-            seen = [await state.reserve("192.0.2.9") for _ in range(2)]
+            seen = [await state.reserve("192.0.2.9")]
+            await state.failed("192.0.2.9")
+            seen.append(await state.reserve("192.0.2.9"))
         finally:
             await pool.aclose()
         return [(a.allowed, a.wait) for a in seen]

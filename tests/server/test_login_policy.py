@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.server.inprocess import InProcessServer
 from tests.support.tls import TlsFiles
 from tests.support.wire import Pop3Wire
 
+from mailslot.auth.base import AuthError
 from mailslot.server.penalty import LocalPenaltyState
 
 LINES = (
@@ -50,5 +52,46 @@ def test_refusals_and_the_penalty(tmp_path: Path, tls_files: TlsFiles) -> None:
         assert strikes() == 2
         assert attempt(server, "away") == b"-ERR [SYS/PERM] Mailbox unavailable.\r\n"
         assert strikes() == 0  # a right password, as when any maildrop cannot be opened
+    finally:
+        server.stop()
+
+
+class _DownOnce:
+    """The passwd-file backend, whose first check fails as a user database that is down."""
+
+    def __init__(self, users: Any) -> None:
+        self._users = users
+        self.down = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._users, name)
+
+    async def authenticate(self, username: str, password: str, **kwargs: Any) -> Any:
+        if self.down:
+            self.down = False
+            raise AuthError("the user database is down")
+        return await self._users.authenticate(username, password, **kwargs)
+
+
+def test_a_check_without_a_verdict_releases_the_addresss_turn(
+    tmp_path: Path, tls_files: TlsFiles
+) -> None:
+    """The user database fails during a check from an address with no failure on record:
+    ``-ERR [SYS/TEMP]``, and the check's lease is given back at once, so the next login
+    from there goes without waiting for it to run out (30 s here), and without a strike."""
+    server = InProcessServer(
+        tmp_path / "server",
+        tls_files,
+        auth={"failure_delay": 30.0, "failure_delay_max": 30.0},
+    )
+    (tmp_path / "server" / "users").write_text(LINES, encoding="utf-8")
+    server.app.users = _DownOnce(server.app.users)
+    server.start()
+    try:
+        penalty = server.app.penalty
+        assert isinstance(penalty, LocalPenaltyState)
+        assert attempt(server, "away").startswith(b"-ERR [SYS/TEMP]")
+        assert not penalty.in_flight("127.0.0.1")
+        assert penalty.strikes("127.0.0.1") == 0
     finally:
         server.stop()

@@ -15,6 +15,7 @@ import time
 import pytest
 from tests.server.procutil import children, ready_workers
 from tests.server.test_proxy import proxied_wire, v1, wait_for_log
+from tests.support.passwd import PasswdUser
 from tests.support.server import Listener, ServerFactory
 from tests.support.wire import ConnectionClosed, Pop3Wire
 
@@ -62,6 +63,54 @@ def test_parallel_guessers_across_workers_get_no_more_checks_than_the_penalty(
     assert 1 <= checks <= 1 + math.ceil(elapsed / GAP) + 1, server.log()
     if connections > 1:
         assert "login refused, too many failures from 127.0.0.1" in server.log()
+
+
+ACCOUNTS = [PasswdUser(f"user{n}", f"secret-{n}", scheme="SHA512-CRYPT") for n in range(6)]
+
+
+def test_right_passwords_at_once_from_one_address_are_neither_delayed_nor_refused(
+    mailslot_factory: ServerFactory,
+) -> None:
+    """A mail client starting with six accounts on this server: six logins with right
+    passwords sent at the same moment from 127.0.0.1 to two workers, their checks (hashed
+    passwords, so they overlap) in flight together.  With every check a strike, the second
+    waited 30 s and the rest were refused ``-ERR [AUTH]`` without a check; now the checks
+    go one at a time and all six log in."""
+    server = mailslot_factory(
+        users=ACCOUNTS,
+        allow_plaintext=True,
+        failure_delay=30.0,
+        failure_delay_max=30.0,
+        extra_sections={"server": {"workers": 2}},
+    )
+    ready_workers(server, 2)
+    host, port = server.starttls
+    wires = [Pop3Wire(host, port) for _ in ACCOUNTS]
+    replies: list[bytes] = []
+    start = threading.Barrier(len(wires))
+
+    def login(wire: Pop3Wire, user: PasswdUser) -> None:
+        start.wait()
+        wire.send(f"USER {user.name}\r\nPASS {user.password}\r\n".encode())
+        assert wire.line().startswith(b"+OK")
+        replies.append(wire.line())
+
+    try:
+        threads = [
+            threading.Thread(target=login, args=pair) for pair in zip(wires, ACCOUNTS, strict=True)
+        ]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+    finally:
+        for wire in wires:
+            wire.close()
+    assert [r[:3] for r in replies] == [b"+OK"] * 6, replies
+    assert "login refused" not in server.log()
+    assert elapsed < 30.0  # no penalty slot was waited for (a bound on the configured gap)
 
 
 def test_ipv6_addresses_in_one_prefix_share_a_penalty(mailslot_factory: ServerFactory) -> None:

@@ -701,8 +701,13 @@ class Session(asyncio.Protocol):
             conn.login_failed(Failure.AUTH)
             return
         if admission.wait:
-            await self._hold(admission.wait)
+            try:
+                await self._hold(admission.wait)
+            except BaseException:
+                await context.penalty.released(client)
+                raise
             if self._lost:
+                await context.penalty.released(client)
                 conn.login_failed(Failure.AUTH)  # nobody to tell: no password check either
                 return
         try:
@@ -726,9 +731,13 @@ class Session(asyncio.Protocol):
             conn.login_failed(Failure.AUTH)
             return
         except AuthError:
+            await context.penalty.released(client)
             self.log.warning("login failed, user database unavailable: user=%s", name)
             conn.login_failed(Failure.SYS_TEMP)
             return
+        except BaseException:
+            await context.penalty.released(client)  # stopped (shutdown) or a bug: no verdict
+            raise
         if await self._refused(user, client):
             return
         if user.legacy_scheme is not None:

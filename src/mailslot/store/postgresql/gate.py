@@ -10,8 +10,9 @@ database:
   whether or not the user exists (an invalid name is looked up as the empty name), so an
   unknown user, a wrong password and a refused attempt cost the database the same; the
   password is then checked as :meth:`PostgresAuthenticator.authenticate` checks it.  A
-  client the penalty makes wait (or refuses) has its row read again after the wait, as any
-  other user database would.  With another user database: ``RESERVE`` alone.
+  client the penalty makes wait (or refuses), or whose address has another check in flight,
+  has its row read again after the wait, as any other user database would.  With another
+  user database: ``RESERVE`` alone.
 - :meth:`PostgresGate.open` is the store's ``LOGIN`` statement with the penalty's reset in it
   (:meth:`PostgresStore.open`'s ``forgive``), reached only after a right password, so a wrong
   password never takes (or blocks) the maildrop's lease.
@@ -134,6 +135,11 @@ class PostgresGate:
             penalty.complain("failure penalty: using this node's own", exc)
             return await penalty.local.reserve(key), self._users
         admission = penalty.admission(None if row[0] is None else (row[0], row[1]))
+        if admission is None:
+            # Another check from this address, with no failure on record, is in flight:
+            # wait for it to end (ClusterPenaltyState.reserve asks again), then read the
+            # row again, as after any wait.
+            return await penalty.reserve(key), self._users
         if admission.wait > 0:
             # The check comes after a penalty's wait: the row may be stale by then (a
             # password changed, a user deleted), so it is read again after the wait.
