@@ -19,7 +19,6 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,9 @@ from tests.support.wire import ConnectionClosed, Pop3Wire
 
 from mailslot.config import ListenerConfig
 from mailslot.server import proxy
+from mailslot.server.proxy import Endpoint, ProxyHeader, ProxyParser, ProxyProtocolError, parse
 from mailslot.server.tlslayer import TlsTransport
 from mailslot.tls.context import server_context
-from mailslot.server.proxy import Endpoint, ProxyHeader, ProxyParser, ProxyProtocolError, parse
 
 SIGNATURE = bytes([0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A])
 POLL_DEADLINE = 15.0

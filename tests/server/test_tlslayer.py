@@ -14,7 +14,6 @@ import ssl
 from typing import Any
 
 import pytest
-
 from tests.server.tlsfake import FakeTcp
 from tests.support.tls import TlsFiles
 

@@ -350,10 +350,12 @@ class TlsTransport(asyncio.Transport, asyncio.Protocol):
             return  # as a closing transport: the bytes are dropped
         sslobj = self._sslobj
         assert sslobj is not None
-        view = memoryview(data)
-        while view:  # a MemoryBIO never fills: one call writes it all, as records
-            count = sslobj.write(view)
-            view = view[count:]
+        # A MemoryBIO never fills: one call writes it all, as records of up to 16 KiB.
+        count = sslobj.write(data)
+        if count < len(data):  # pragma: no cover - not with OpenSSL 1.1.1 to 3.x
+            view = memoryview(data)[count:]
+            while view:
+                view = view[sslobj.write(view) :]
         self._flush()
 
     def writelines(self, list_of_data: Any) -> None:
