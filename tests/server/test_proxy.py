@@ -417,11 +417,17 @@ def test_implicit_tls_header_is_taken_from_the_first_bytes_and_the_hello_follows
     asyncio.run(scenario())
 
 
-def test_implicit_tls_header_cut_short_by_the_peer_is_refused(tls_files: TlsFiles) -> None:
+@pytest.mark.parametrize("end", ["eof", "reset"])
+def test_implicit_tls_header_cut_short_by_the_peer_is_refused(
+    tls_files: TlsFiles, end: str
+) -> None:
     async def scenario() -> list[BaseException | None]:
         tls, _, headers, ended = _header_phase(tls_files)
         tls.data_received(b"PROXY TCP4 ")
-        assert tls.eof_received() is False  # the TCP transport closes
+        if end == "eof":
+            assert tls.eof_received() is False  # the TCP transport closes
+        else:
+            tls.connection_lost(ConnectionResetError())
         assert not headers and tls.reading_header
         return ended
 

@@ -154,10 +154,12 @@ class TlsTransport(asyncio.Transport, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         state = self._state
+        early = self._closed_early() if state < _OPEN else None
         self._state = _CLOSED
         self._cancel_timer()
-        if state < _OPEN:
-            self._fail(exc or self._closed_early())
+        if early is not None:
+            # A reset before the PROXY header is complete is a header cut short, as an EOF.
+            self._fail(early if self._proxy is not None else exc or early)
         # For implicit TLS the session exists only once the handshake succeeded; for STLS
         # it was connected before and hears of the end either way.
         app, self._app = self._app, None
@@ -166,11 +168,11 @@ class TlsTransport(asyncio.Transport, asyncio.Protocol):
         self._finished()
 
     def pause_writing(self) -> None:
-        if self._app is not None and self._state == _OPEN:
+        if self._app is not None and self._state >= _OPEN:
             self._app.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._app is not None and self._state == _OPEN:
+        if self._app is not None and self._state >= _OPEN:
             self._app.resume_writing()
 
     # ------------------------------------------------------------------ TLS
