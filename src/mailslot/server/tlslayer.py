@@ -276,14 +276,15 @@ class TlsTransport(asyncio.Transport, asyncio.Protocol):
             self._tcp.write(self._out.read())
 
     def _fail(self, exc: BaseException) -> None:
-        """The handshake (or the PROXY header) failed: send any alert, close, tell."""
+        """The handshake (or the PROXY header) failed: tell, then send any alert and close."""
         self._cancel_timer()
-        if self._state < _CLOSING:
-            self._state = _CLOSED
-            self._close_tcp()  # an alert OpenSSL wrote (say, protocol_version) goes first
+        close = self._state < _CLOSING
+        self._state = _CLOSED
         handshaken, self._handshaken = self._handshaken, None
         if handshaken is not None:
-            handshaken(self, exc)
+            handshaken(self, exc)  # first: uvloop answers get_extra_info only while open
+        if close:
+            self._close_tcp()  # an alert OpenSSL wrote (say, protocol_version) goes first
         self._finished()
 
     def _fatal(self, exc: ssl.SSLError) -> None:
