@@ -196,7 +196,7 @@ class SessionContext:
 
 
 # Where a session is; the transport callbacks act on it.
-_EARLY = 0  # not begun: TLS may have handed over bytes before connection_made
+_EARLY = 0  # not begun: STLS may have handed over bytes before connection_made
 _PROXY = 1  # reading the PROXY header
 _SERVING = 2
 _STLS = 3  # STLS answered, the handshake not begun: any byte now is an injection
@@ -348,7 +348,7 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         if self._phase == _EARLY:
-            return  # a failed implicit-TLS handshake (uvloop tells): the listener logs it
+            return  # never begun (the TLS layer calls it only after connection_made)
         if self._phase == _PROXY:
             self._proxy_refused(exc or ConnectionResetError())
         if self._closer is not None:
