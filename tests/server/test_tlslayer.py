@@ -247,3 +247,16 @@ def test_reading_paused_by_the_session_holds_the_plaintext_until_resumed(
         assert pair.app.received == b"NOOP\r\n"
 
     asyncio.run(scenario())
+
+
+def test_a_forged_record_after_the_handshake_drops_the_connection(tls_files: TlsFiles) -> None:
+    async def scenario() -> None:
+        pair = Pair(tls_files)
+        pair.handshake()
+        pair.server.data_received(b"\x17\x03\x03\x00\x20" + bytes(32))  # no valid AEAD tag
+        assert pair.tcp.aborted
+        assert pair.app.received == b""
+        pair.server.connection_lost(None)
+        assert pair.app.lost == [None]
+
+    asyncio.run(scenario())

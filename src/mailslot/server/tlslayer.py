@@ -4,10 +4,11 @@
 the session above it.  OpenSSL does all of the TLS through :class:`ssl.SSLObject` over two
 :class:`ssl.MemoryBIO` (the handshake, RFC 8446 section 4 and RFC 5246 section 7.4, the
 records, the alerts); this module only moves bytes between the BIOs, the socket and the
-session.  It replaces the event loop's ``start_tls()`` (uvloop's ``SSLProtocol``) because
-that costs a login more than the TLS does: a task and futures for each handshake, a
-``get_buffer`` / ``buffer_updated`` copy of every read, a failing ``SSLObject.read`` to learn
-that a record was used up, and a separate socket write for each flight.  Here:
+session.  It replaces the event loop's ``start_tls()`` (uvloop's ``SSLProtocol``), which
+costs a login more than the TLS does: a task and futures for each handshake (and, before
+it, a protocol holding the ClientHello), a failing ``SSLObject.read`` after every record,
+and separate socket writes for the tickets and the first reply (docs/benchmarks.md,
+"tls-login").  Here:
 
 - every callback from the socket ends with one write of everything OpenSSL produced during
   it: the server's half of the handshake is one write, and after the client's Finished the
@@ -51,8 +52,8 @@ class TlsTransport(asyncio.Transport, asyncio.Protocol):
     ``handshaken(self, error)`` is called once, when the handshake ends: ``error`` is
     ``None`` once it succeeded (for implicit TLS the caller then makes the session and calls
     its ``connection_made`` with this transport), else why it failed (an
-    :class:`ssl.SSLError`, :class:`TimeoutError`, :class:`ConnectionError`), after the socket
-    was closed.  ``app``: a protocol already connected (STLS: the session that answered the
+    :class:`ssl.SSLError`, :class:`TimeoutError`, :class:`ConnectionError`), just before the
+    socket is closed.  ``app``: a protocol already connected (STLS: the session that answered the
     command), which gets ``connection_lost`` whenever the connection ends; for implicit TLS it
     is set by :meth:`set_protocol` after the handshake.  ``proxy``: read a PROXY header first,
     passed to ``on_header``, which says whether to go on.  Each phase (the header, the
@@ -226,8 +227,8 @@ class TlsTransport(asyncio.Transport, asyncio.Protocol):
                 data = sslobj.read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 return  # a record not yet whole
-            except ssl.SSLError as exc:
-                self._fatal(exc)
+            except ssl.SSLError:
+                self._fatal()
                 return
             if not data:  # ssl's read() answers b"" to the peer's close_notify
                 self._peer_closed()
@@ -287,11 +288,11 @@ class TlsTransport(asyncio.Transport, asyncio.Protocol):
             self._close_tcp()  # an alert OpenSSL wrote (say, protocol_version) goes first
         self._finished()
 
-    def _fatal(self, exc: ssl.SSLError) -> None:
-        """A bad record after the handshake: the session ends as on a reset."""
+    def _fatal(self) -> None:
+        """A bad record after the handshake (OpenSSL's alert aside): the session ends as on
+        a reset, told by ``connection_lost``."""
         self._state = _CLOSED
         self._abort_tcp()
-        del exc
 
     def _arm(self) -> None:
         """Time the current phase out: ``timeout`` from now, but not past ``deadline``."""
