@@ -253,9 +253,13 @@ def test_a_forged_record_after_the_handshake_drops_the_connection(tls_files: Tls
     async def scenario() -> None:
         pair = Pair(tls_files)
         pair.handshake()
+        pair.to_client()
         pair.server.data_received(b"\x17\x03\x03\x00\x20" + bytes(32))  # no valid AEAD tag
-        assert pair.tcp.aborted
+        assert pair.tcp.closed
         assert pair.app.received == b""
+        assert pair.to_client() == 1  # bad_record_mac
+        with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC|bad record mac"):
+            pair.client_read()
         pair.server.connection_lost(None)
         assert pair.app.lost == [None]
 

@@ -273,7 +273,8 @@ class TlsTransport(asyncio.Transport, asyncio.Protocol):
 
     def _flush(self) -> None:
         """Write what OpenSSL produced, unless a socket callback will at its end."""
-        if self._out.pending and not self._deferred and self._tcp is not None:
+        if self._out.pending and not self._deferred and self._state != _CLOSED:
+            assert self._tcp is not None
             self._tcp.write(self._out.read())
 
     def _fail(self, exc: BaseException) -> None:
@@ -289,10 +290,10 @@ class TlsTransport(asyncio.Transport, asyncio.Protocol):
         self._finished()
 
     def _fatal(self) -> None:
-        """A bad record after the handshake (OpenSSL's alert aside): the session ends as on
-        a reset, told by ``connection_lost``."""
+        """A bad record after the handshake: OpenSSL's alert goes out, the socket closes,
+        and the session hears of it as a lost connection (``connection_lost``)."""
         self._state = _CLOSED
-        self._abort_tcp()
+        self._close_tcp()
 
     def _arm(self) -> None:
         """Time the current phase out: ``timeout`` from now, but not past ``deadline``."""
