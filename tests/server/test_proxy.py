@@ -16,9 +16,9 @@ import contextlib
 import ipaddress
 import select
 import socket
+import ssl
 import struct
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from tests.server.conftest import InProcessFactory
+from tests.server.tlsfake import FakeTcp
 from tests.support.server import Listener, MailslotServer, ServerFactory
+from tests.support.tls import TlsFiles
 from tests.support.wire import ConnectionClosed, Pop3Wire
 
 from mailslot.config import ListenerConfig
 from mailslot.server import proxy
-from mailslot.server.listener import _AwaitingHandshake
 from mailslot.server.proxy import Endpoint, ProxyHeader, ProxyParser, ProxyProtocolError, parse
+from mailslot.server.tlslayer import TlsTransport
+from mailslot.tls.context import server_context
 
 SIGNATURE = bytes([0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A])
 POLL_DEADLINE = 15.0
@@ -357,77 +360,92 @@ def test_the_parser_module_is_pure() -> None:
     assert imported <= {"__future__", "ipaddress", "struct", "dataclasses", "typing"}, imported
 
 
-# -- the transport glue, without sockets ---------------------------------------------------------
+# -- the TLS layer's header phase, without sockets ---------------------------------------------
 
 
-class FakeTransport:
-    """Just what _AwaitingHandshake calls on a transport."""
+def _header_phase(
+    tls_files: TlsFiles,
+) -> tuple[TlsTransport, FakeTcp, list[ProxyHeader], list[BaseException | None]]:
+    headers: list[ProxyHeader] = []
+    ended: list[BaseException | None] = []
 
-    def __init__(self) -> None:
-        self.reading = True
-        self.resumed = 0
+    def on_header(_: TlsTransport, header: ProxyHeader) -> bool:
+        headers.append(header)
+        return True
 
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-        self.resumed += 1
-
-
-def _awaiting() -> tuple[_AwaitingHandshake, FakeTransport]:
-    async def no_handshake(*_: Any) -> None:
-        return None
-
-    handshake: Callable[..., Coroutine[Any, Any, None]] = no_handshake
-    waiting = _AwaitingHandshake(handshake, "127.0.0.1")
-    transport = FakeTransport()
-    waiting.connection_made(transport)  # type: ignore[arg-type]
-    return waiting, transport
+    server = server_context(tls_files.certificate, tls_files.private_key)
+    tls = TlsTransport(
+        asyncio.get_running_loop(),
+        server,
+        lambda _, error: ended.append(error),
+        10.0,
+        asyncio.get_running_loop().time() + 10.0,
+        proxy=ProxyParser(),
+        on_header=on_header,
+    )
+    tcp = FakeTcp()
+    tls.connection_made(tcp)  # type: ignore[arg-type]
+    return tls, tcp, headers, ended
 
 
-def test_implicit_tls_header_is_taken_from_the_early_bytes_and_more_is_read_while_needed() -> None:
-    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc"
+def _client_hello(tls_files: TlsFiles) -> bytes:
+    out = ssl.MemoryBIO()
+    client = tls_files.client_context().wrap_bio(ssl.MemoryBIO(), out, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return out.read()
+
+
+def test_implicit_tls_header_is_taken_from_the_first_bytes_and_the_hello_follows(
+    tls_files: TlsFiles,
+) -> None:
     header = v2_inet("2001:db8::5", 5555, "2001:db8::6", 995)
+    hello = _client_hello(tls_files)
 
-    async def scenario() -> tuple[ProxyHeader, bytes, FakeTransport]:
-        waiting, transport = _awaiting()
-        waiting.data_received(header[:20])
-        task = asyncio.ensure_future(waiting.proxy_header())
-        await asyncio.sleep(0)
-        assert not task.done()
-        assert transport.reading and transport.resumed == 1  # asked for more bytes
-        waiting.data_received(header[20:] + hello)
-        result = await task
-        assert not transport.reading  # the TLS layer takes over from here
-        return result, bytes(waiting.early), transport
-
-    result, early, _ = asyncio.run(scenario())
-    assert result.source == Endpoint("2001:db8::5", 5555)
-    assert early == hello
-
-
-def test_implicit_tls_header_cut_short_by_the_peer_is_refused() -> None:
     async def scenario() -> None:
-        waiting, _ = _awaiting()
-        waiting.data_received(b"PROXY TCP4 ")
-        task = asyncio.ensure_future(waiting.proxy_header())
-        await asyncio.sleep(0)
-        waiting.connection_lost(None)
-        await task
+        tls, tcp, headers, ended = _header_phase(tls_files)
+        tls.data_received(header[:20])
+        assert not headers and not tcp.written
+        tls.data_received(header[20:] + hello)
+        (got,) = headers
+        assert got.source == Endpoint("2001:db8::5", 5555)
+        # The ClientHello behind the header went to OpenSSL: the server's flight, one write.
+        assert len(tcp.written) == 1 and tcp.written[0][:1] == b"\x16"
+        assert not ended and not tcp.closed
+        tls.abort()
 
-    with pytest.raises(ProxyProtocolError, match="closed"):
-        asyncio.run(scenario())
+    asyncio.run(scenario())
 
 
-def test_implicit_tls_without_a_header_is_refused_at_the_client_hello() -> None:
-    async def scenario() -> None:
-        waiting, _ = _awaiting()
-        waiting.data_received(b"\x16\x03\x01\x02\x00")
-        await waiting.proxy_header()
+@pytest.mark.parametrize("end", ["eof", "reset"])
+def test_implicit_tls_header_cut_short_by_the_peer_is_refused(
+    tls_files: TlsFiles, end: str
+) -> None:
+    async def scenario() -> list[BaseException | None]:
+        tls, _, headers, ended = _header_phase(tls_files)
+        tls.data_received(b"PROXY TCP4 ")
+        if end == "eof":
+            assert tls.eof_received() is False  # the TCP transport closes
+        else:
+            tls.connection_lost(ConnectionResetError())
+        assert not headers and tls.reading_header
+        return ended
 
-    with pytest.raises(ProxyProtocolError, match="not a PROXY"):
-        asyncio.run(scenario())
+    (error,) = asyncio.run(scenario())
+    assert isinstance(error, ProxyProtocolError) and "closed" in str(error)
+
+
+def test_implicit_tls_without_a_header_is_refused_at_the_client_hello(
+    tls_files: TlsFiles,
+) -> None:
+    async def scenario() -> tuple[list[BaseException | None], FakeTcp]:
+        tls, tcp, _, ended = _header_phase(tls_files)
+        tls.data_received(_client_hello(tls_files))
+        return ended, tcp
+
+    (error,), tcp = asyncio.run(scenario())
+    assert isinstance(error, ProxyProtocolError) and "not a PROXY" in str(error)
+    assert tcp.closed and not tcp.written  # nothing sent
 
 
 # -- over a real server ------------------------------------------------------------------------

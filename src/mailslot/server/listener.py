@@ -34,23 +34,22 @@ import logging
 import math
 import os
 import socket
-import ssl
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, cast
+from typing import Any
 
 from mailslot.config import ListenerConfig
 from mailslot.log import escape
 from mailslot.protocol.connection import CoreConfig
 from mailslot.protocol.responses import Code, err
 from mailslot.server.limits import RefusalLog
-from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
+from mailslot.server.proxy import ProxyHeader, ProxyParser
 from mailslot.server.session import (
     Session,
     SessionContext,
     format_address,
-    handshake_timeout,
     proxy_refused,
 )
+from mailslot.server.tlslayer import TlsTransport
 
 logger = logging.getLogger("mailslot.listener")
 
@@ -112,7 +111,7 @@ class Pop3Listener:
         self._retry: asyncio.TimerHandle | None = None
         self._exhausted = 0  # EMFILE/ENFILE on accept since the last such log line
         self._exhausted_logged = -math.inf
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self._handshakes: set[_ImplicitTls] = set()  # implicit TLS, before the session
 
     @staticmethod
     def core_config(config: ListenerConfig, base: CoreConfig) -> CoreConfig:
@@ -190,7 +189,7 @@ class Pop3Listener:
                 continue
             factory: Callable[[], asyncio.Protocol]
             if implicit:
-                factory = functools.partial(_AwaitingHandshake, self._handshake, address)
+                factory = functools.partial(self._implicit_tls, address)
             else:
                 factory = functools.partial(Session, context, address=address)
             _connect(context, factory, socket.socket(family, kind, 0, fd), address)
@@ -225,100 +224,74 @@ class Pop3Listener:
         if self._accepting and self._sock is not None:
             self._context.loop.add_reader(self._sock.fileno(), self._accept)
 
-    async def _handshake(
-        self, transport: asyncio.BaseTransport, waiting: _AwaitingHandshake
-    ) -> None:
-        """RFC 8314 section 3.3: TLS from the first byte, then the session as usual.
+    def _implicit_tls(self, address: str) -> _ImplicitTls:
+        """RFC 8314 section 3.3: TLS from the first byte (after a PROXY header, if configured).
 
-        The handshake is run here rather than by the listening socket so that the context
+        The TLS layer is made here rather than by the listening socket so that the context
         can be swapped on reload and a failed handshake is logged as one line.  The PROXY
-        header and the handshake are part of the login phase: they end by its deadline, and
-        the session's commands get only what is left of it.
+        header and the handshake are part of the login phase: each has ``[tls]
+        handshake_timeout``, both end by the login deadline, and the session's commands get
+        only what is left of it.
         """
         context = self._context
-        loop = context.loop
-        deadline = loop.time() + context.login_timeout
-        task = asyncio.current_task()
-        assert task is not None and context.tls is not None
-        self._handshakes.add(task)
-        address = waiting.address
-        # Asked now, while the transport is open: uvloop's get_extra_info raises, rather than
-        # answering None, once the transport has been closed (as a shutdown closes those still
-        # in their handshake).
-        peername = transport.get_extra_info("peername")
-        counted = True  # the count is ours until the session has begun
+        assert context.tls is not None
+        deadline = context.loop.time() + context.login_timeout
+        proxy = self.config.proxy_protocol
+        tls = _ImplicitTls(
+            context.loop,
+            context.tls.current,
+            self._handshaken,
+            context.handshake_timeout,
+            deadline,
+            proxy=ProxyParser() if proxy else None,
+            on_header=self._header if proxy else None,
+        )
+        tls.address = address
+        tls.header = None
+        self._handshakes.add(tls)
+        return tls
+
+    def _header(self, tls: TlsTransport, header: ProxyHeader) -> bool:
+        """A PROXY header before the ClientHello: count the client it names from now on,
+        before the handshake, so that a refusal costs no TLS."""
+        assert isinstance(tls, _ImplicitTls)
+        tls.header = header
+        if header.source is None:
+            return True
+        client = str(header.source[0])
+        context = self._context
+        refusal = context.limits.move_connection(tls.address, client)
+        if refusal is not None:
+            context.refusals.refused(client, refusal)
+            # move_connection() counted nothing new; the proxy's count is released below.
+            return False
+        tls.address = client
+        return True
+
+    def _handshaken(self, tls: TlsTransport, error: BaseException | None) -> None:
+        """The handshake ended: begin the session, or log why not and drop the count."""
+        assert isinstance(tls, _ImplicitTls)
+        self._handshakes.discard(tls)
+        context = self._context
+        if error is None:
+            session = Session(context, tls.header, address=tls.address, deadline=tls.deadline)
+            tls.set_protocol(session)
+            session.connection_made(tls)  # the greeting leaves with the session tickets
+            return
+        context.limits.release_connection(tls.address)
+        if isinstance(error, ConnectionRefusedError):
+            return  # over a limit once the PROXY header named the client: logged as such
         try:
-            header: ProxyHeader | None = None
-            if self.config.proxy_protocol:
-                limit = min(deadline, loop.time() + context.handshake_timeout)
-                try:
-                    async with asyncio.timeout_at(limit):
-                        header = await waiting.proxy_header()
-                except (ProxyProtocolError, TimeoutError) as exc:
-                    proxy_refused(peername, exc)
-                    transport.abort()  # type: ignore[attr-defined]
-                    return
-                if header.source is not None:
-                    # Count the client the header names rather than the proxy, before the
-                    # handshake: a refusal costs no TLS.
-                    client = str(header.source[0])
-                    refusal = context.limits.move_connection(address, client)
-                    if refusal is not None:
-                        context.refusals.refused(client, refusal)
-                        transport.abort()  # type: ignore[attr-defined]
-                        return
-                    address = client
-            session = Session(context, header, address=address, deadline=deadline)
-            handshake = asyncio.ensure_future(
-                loop.start_tls(
-                    cast(asyncio.WriteTransport, transport),
-                    session,
-                    context.tls.current,
-                    server_side=True,
-                    ssl_handshake_timeout=handshake_timeout(
-                        context.handshake_timeout, deadline - loop.time()
-                    ),
-                )
-            )
-            try:
-                # start_tls() puts its TLS protocol on the transport and schedules its
-                # connection_made and resume_reading before its first await; early bytes are
-                # fed right after those, in the same batch of callbacks, so before any newer
-                # bytes can be read.
-                await asyncio.sleep(0)
-                if waiting.closed:
-                    # Until start_tls() took over, the peer's FIN went to `waiting`; the TLS
-                    # layer would wait the whole handshake timeout for bytes that never come
-                    # (and hold shutdown that long).
-                    handshake.cancel()
-                    raise ConnectionResetError("closed by the peer before the handshake")
-                if waiting.early:
-                    loop.call_soon(_feed_early_data, transport, bytes(waiting.early))
-                    waiting.early.clear()
-                tls_transport = await handshake
-            except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
-                peer = format_address(peername)
-                reason = escape(exc) or (
-                    "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-                )
-                if loop.time() >= deadline:
-                    reason = f"login timeout: {reason}"
-                logger.info("peer=%s TLS handshake failed: %s", peer, reason)
-                transport.abort()  # type: ignore[attr-defined]
-                return
-            if tls_transport is None:  # the peer went away during the handshake
-                logger.info(
-                    "peer=%s TLS handshake failed: closed by the peer during the handshake",
-                    format_address(peername),
-                )
-                return
-            # start_tls() leaves connection_made to the caller.
-            counted = False
-            session.connection_made(tls_transport)
-        finally:
-            if counted:
-                context.limits.release_connection(address)
-            self._handshakes.discard(task)
+            peer: object = tls.get_extra_info("peername")
+        except Exception:  # uvloop: the transport is closed already
+            peer = tls.address
+        if tls.reading_header:
+            proxy_refused(peer, error if isinstance(error, Exception) else ConnectionError())
+            return
+        reason = escape(error) or type(error).__name__
+        if context.loop.time() >= tls.deadline:
+            reason = f"login timeout: {reason}"
+        logger.info("peer=%s TLS handshake failed: %s", format_address(peer), reason)
 
     async def close(self, deadline: float | None, hurry: asyncio.Event | None = None) -> None:
         """Stop accepting; wait up to ``deadline`` seconds (``None``: as long as they last) for
@@ -327,13 +300,16 @@ class Pop3Listener:
         self._context.refusals.flush()
         sessions = self._context.sessions
         if self._handshakes or sessions:
-            waiting = [*self._handshakes, *(s.closed() for s in sessions)]
+            waiting = [
+                *(tls.handshake_ended() for tls in self._handshakes),
+                *(s.closed() for s in sessions),
+            ]
             await _wait_unless_hurried(waiting, deadline, hurry)
-            for task in self._handshakes:
-                task.cancel()
+            for tls in list(self._handshakes):
+                tls.cancel_handshake()
             for session in list(sessions):
                 session.shut_down()
-            rest = [*self._handshakes, *(s.closed() for s in sessions)]
+            rest = [s.closed() for s in sessions]
             if rest:
                 await asyncio.wait(rest, timeout=5)
 
@@ -378,77 +354,18 @@ async def _wait_unless_hurried(
         hurried.cancel()
 
 
-class _AwaitingHandshake(asyncio.Protocol):
-    """Holds an accepted implicit-TLS connection until the TLS layer takes it over.
+class _ImplicitTls(TlsTransport):
+    """An implicit-TLS connection and what its listener keeps for it until the session."""
 
-    Bytes that arrive before then (the ClientHello, typically) are kept and handed to the TLS
-    layer first: uvloop starts reading right after ``connection_made``, so pausing there is
-    not enough, and a ClientHello read here and dropped would stall the handshake.
-    """
+    __slots__ = ("address", "header")
 
-    def __init__(
-        self,
-        handshake: Callable[[asyncio.BaseTransport, _AwaitingHandshake], Coroutine[Any, Any, None]],
-        address: str,
-    ) -> None:
-        self._handshake = handshake
-        self.address = address  # what the connection is counted under
-        self._transport: asyncio.ReadTransport | None = None
-        self.early = bytearray()
-        self._more: asyncio.Future[None] | None = None
-        self._lost = False
-        self._eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.ReadTransport, transport)
-        self._transport.pause_reading()
-        asyncio.get_running_loop().create_task(self._handshake(transport, self))
-
-    def data_received(self, data: bytes) -> None:
-        self.early += data
-        if self._transport is not None:
-            self._transport.pause_reading()
-        self._wake()
-
-    def eof_received(self) -> bool:
-        # Keep the transport: the handshake task closes it with one log line.
-        self._eof = True
-        self._wake()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
-        self._wake()
+    address: str  # what the connection is counted under
+    header: ProxyHeader | None
 
     @property
-    def closed(self) -> bool:
-        """The peer closed or reset the connection before the TLS layer took it over."""
-        return self._eof or self._lost
-
-    def _wake(self) -> None:
-        if self._more is not None and not self._more.done():
-            self._more.set_result(None)
-
-    async def proxy_header(self) -> ProxyHeader:
-        """Take a PROXY header off the front of the early bytes, reading more while needed.
-
-        What follows the header (the ClientHello, or part of it) stays in :attr:`early`.
-        """
-        parser = ProxyParser()
-        while True:
-            header = parser.feed(bytes(self.early))
-            self.early.clear()
-            if header is not None:
-                self.early += parser.rest
-                return header
-            if self.closed or self._transport is None:
-                raise ProxyProtocolError("connection closed before a complete header")
-            self._more = asyncio.get_running_loop().create_future()
-            self._transport.resume_reading()
-            try:
-                await self._more
-            finally:
-                self._more = None
+    def deadline(self) -> float:
+        """The end of the login phase (loop time), from the accept."""
+        return self._deadline
 
 
 def _connect(
@@ -486,20 +403,3 @@ def _step(
     # the flag when it takes the future over, and so do we).
     waiting._asyncio_future_blocking = False
     waiting.add_done_callback(functools.partial(_step, context, coro, address))
-
-
-def _feed_early_data(transport: asyncio.BaseTransport, data: bytes) -> None:
-    """Give bytes read before the TLS protocol existed to it, ahead of anything newer."""
-    protocol: Any = transport.get_protocol()
-    # Both asyncio's and uvloop's TLS protocols are buffered protocols; uvloop's does not
-    # inherit from asyncio.BufferedProtocol, hence the duck typing.
-    if hasattr(protocol, "get_buffer"):
-        view = memoryview(data)
-        while view:
-            buffer = memoryview(protocol.get_buffer(len(view)))
-            count = min(len(buffer), len(view))
-            buffer[:count] = view[:count]
-            protocol.buffer_updated(count)
-            view = view[count:]
-    else:
-        protocol.data_received(data)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import heapq
 import itertools
 import logging
@@ -53,6 +54,7 @@ from mailslot.server.limits import ConnectionLimits, RefusalLog
 from mailslot.server.penalty import PenaltyState, address_key
 from mailslot.server.proxy import ProxyHeader, ProxyParser, ProxyProtocolError
 from mailslot.server.tls import TlsContexts
+from mailslot.server.tlslayer import TlsTransport
 from mailslot.store.base import (
     Maildrop,
     MaildropLocked,
@@ -200,7 +202,7 @@ class SessionContext:
 
 
 # Where a session is; the transport callbacks act on it.
-_EARLY = 0  # not begun: TLS may have handed over bytes before connection_made
+_EARLY = 0  # not begun: STLS may have handed over bytes before connection_made
 _PROXY = 1  # reading the PROXY header
 _SERVING = 2
 _STLS = 3  # STLS answered, the handshake not begun: any byte now is an injection
@@ -354,7 +356,7 @@ class Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         if self._phase == _EARLY:
-            return  # a failed implicit-TLS handshake (uvloop tells): the listener logs it
+            return  # never begun (the TLS layer calls it only after connection_made)
         if self._phase == _PROXY:
             self._proxy_refused(exc or ConnectionResetError())
         if self._closer is not None:
@@ -829,6 +831,7 @@ class Session(asyncio.Protocol):
             await asyncio.sleep(seconds)
 
     async def _start_tls(self) -> bool:
+        """RFC 2595 section 4: the handshake right after STLS's ``+OK``, on the same socket."""
         assert self._context.tls is not None
         await self._flush()
         if self._phase != _STLS:  # bytes came in the clear after STLS (see data_received)
@@ -836,24 +839,25 @@ class Session(asyncio.Protocol):
         self._phase = _HANDSHAKE
         context = self._context
         assert context.tls is not None
+        loop = context.loop
+        ended: asyncio.Future[None] = loop.create_future()
+        # The handshake is part of the login phase: it ends by the login deadline.
+        transport = TlsTransport(
+            loop,
+            context.tls.current,
+            functools.partial(_handshaken, ended),
+            context.handshake_timeout,
+            self._deadline,
+            app=self,
+        )
+        transport.take_over(self._transport_or_fail())
         try:
-            transport = await context.loop.start_tls(
-                self._transport_or_fail(),
-                self,
-                context.tls.current,
-                server_side=True,
-                # The handshake is part of the login phase: it ends by the login deadline.
-                ssl_handshake_timeout=handshake_timeout(
-                    context.handshake_timeout, self._deadline - context.loop.time()
-                ),
-            )
+            await ended
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
             reason = escape(exc) or type(exc).__name__
-            if context.loop.time() >= self._deadline:
+            if loop.time() >= self._deadline:
                 reason = f"login timeout: {reason}"
             self.log.info("TLS handshake failed: %s", reason)
-            return False
-        if transport is None:  # the peer went away during the handshake
             return False
         self._transport = transport
         self._phase = _SERVING
@@ -1109,10 +1113,13 @@ class _Started(Coroutine[Any, Any, None]):
             self._then()
 
 
-def handshake_timeout(configured: float, remaining: float) -> float:
-    """A TLS handshake's timeout before login: ``[tls] handshake_timeout``, but not beyond
-    the login deadline, ``remaining`` seconds away (start_tls() wants more than 0)."""
-    return max(0.001, min(configured, remaining))
+def _handshaken(ended: asyncio.Future[None], _: TlsTransport, error: BaseException | None) -> None:
+    """An STLS handshake ended: wake the session's task."""
+    if not ended.done():
+        if error is None:
+            ended.set_result(None)
+        else:
+            ended.set_exception(error)
 
 
 def proxy_refused(peer: object, exc: Exception) -> None:
