@@ -123,8 +123,14 @@ def test_a_ca_that_is_down_is_retried_with_backoff_and_the_server_serves_meanwhi
     assert delays[:4] == [0.2, 0.4, 0.8, 0.8], server.log()  # doubling, capped at retry_max
     assert "cannot reach the CA" in server.log()
     assert "Traceback" not in server.log()
-    status = json.loads((state / "status.json").read_text())
-    assert status["state"] == "failing" and status["failures"] >= 4, status
+    # status.json is written after the attempt's log line, and again as the next attempt
+    # starts ("ordering"): read it until it shows a failed one.
+    while True:
+        status = json.loads((state / "status.json").read_text())
+        if status["state"] == "failing" and status["failures"] >= 4:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)  # polling the state file
     # Still serving, with the bootstrap certificate.
     self_signed = peer_certificate(server.implicit[1], certs / "fullchain.pem")
     assert self_signed.issuer == self_signed.subject
