@@ -41,8 +41,6 @@ from tests.support.programs import require_program
 from tests.support.server import Listener, MailslotServer
 from tests.support.tls import TlsFiles
 
-from mailslot.store.postgresql import schema
-
 LEASE = 2.0  # seconds: short, so that takeovers are quick
 TAKEOVER_DEADLINE = 30.0  # polling for a lease to expire; not a threshold
 LISTENERS = (
@@ -173,16 +171,7 @@ def shared_cluster(
     """One cluster for the module (starting three nodes costs seconds on a loaded machine);
     :func:`cluster` puts it back in shape for each test."""
     program = require_program("haproxy")
-    dsn = postgres.database("cluster")
-
-    async def upgrade() -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await schema.upgrade(connection)
-        finally:
-            await connection.close()
-
-    asyncio.run(upgrade())
+    dsn = postgres.upgraded("cluster")
     directory = tmp_path_factory.mktemp("cluster")
     nodes = [
         MailslotServer(

@@ -18,6 +18,7 @@ from tests.server.test_proxy import wait_for_log
 from tests.support.passwd import PasswdUser
 from tests.support.postgres import PostgresServer
 from tests.support.server import MailslotServer, ServerFactory
+from tests.support.together import log_in_together
 from tests.support.wire import ConnectionClosed, Pop3Wire
 
 from mailslot.auth.base import AuthenticationFailed
@@ -219,28 +220,7 @@ def test_right_passwords_at_once_over_two_nodes_are_neither_delayed_nor_refused(
     slow = {"failure_delay": 30.0, "failure_delay_max": 30.0, "users": ACCOUNTS}
     nodes = [node(mailslot_factory, dsn, name, **slow) for name in ("node-a", "node-b")]
     wires = [_wire(nodes[n % 2]) for n in range(len(ACCOUNTS))]
-    replies: list[bytes] = []
-    start = threading.Barrier(len(wires))
-
-    def login(wire: Pop3Wire, user: PasswdUser) -> None:
-        start.wait()
-        wire.send(f"USER {user.name}\r\nPASS {user.password}\r\n".encode())
-        assert wire.line().startswith(b"+OK")
-        replies.append(wire.line())
-
-    try:
-        threads = [
-            threading.Thread(target=login, args=pair) for pair in zip(wires, ACCOUNTS, strict=True)
-        ]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.monotonic() - started
-    finally:
-        for wire in wires:
-            wire.close()
+    replies, elapsed = log_in_together(wires, ACCOUNTS)
     assert [r[:3] for r in replies] == [b"+OK"] * 6, replies
     assert not any("login refused" in server.log() for server in nodes)
     assert elapsed < 30.0  # no penalty slot was waited for (a bound on the configured gap)

@@ -34,17 +34,7 @@ TAKEOVER_DEADLINE = 30.0  # polling for a lease to expire; not a threshold
 
 
 def upgraded(postgres: PostgresServer) -> str:
-    dsn = postgres.database("node")
-
-    async def upgrade() -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await schema.upgrade(connection)
-        finally:
-            await connection.close()
-
-    asyncio.run(upgrade())
-    return dsn
+    return postgres.upgraded("node")
 
 
 def node(

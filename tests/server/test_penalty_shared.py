@@ -17,6 +17,7 @@ from tests.server.procutil import children, ready_workers
 from tests.server.test_proxy import proxied_wire, v1, wait_for_log
 from tests.support.passwd import PasswdUser
 from tests.support.server import Listener, ServerFactory
+from tests.support.together import log_in_together
 from tests.support.wire import ConnectionClosed, Pop3Wire
 
 GAP = 0.5  # failure_delay = failure_delay_max: every check after the first waits this long
@@ -86,28 +87,7 @@ def test_right_passwords_at_once_from_one_address_are_neither_delayed_nor_refuse
     ready_workers(server, 2)
     host, port = server.starttls
     wires = [Pop3Wire(host, port) for _ in ACCOUNTS]
-    replies: list[bytes] = []
-    start = threading.Barrier(len(wires))
-
-    def login(wire: Pop3Wire, user: PasswdUser) -> None:
-        start.wait()
-        wire.send(f"USER {user.name}\r\nPASS {user.password}\r\n".encode())
-        assert wire.line().startswith(b"+OK")
-        replies.append(wire.line())
-
-    try:
-        threads = [
-            threading.Thread(target=login, args=pair) for pair in zip(wires, ACCOUNTS, strict=True)
-        ]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.monotonic() - started
-    finally:
-        for wire in wires:
-            wire.close()
+    replies, elapsed = log_in_together(wires, ACCOUNTS)
     assert [r[:3] for r in replies] == [b"+OK"] * 6, replies
     assert "login refused" not in server.log()
     assert elapsed < 30.0  # no penalty slot was waited for (a bound on the configured gap)

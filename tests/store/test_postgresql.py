@@ -31,17 +31,7 @@ async def _sql(dsn: str, statement: str, *args: object) -> object:
 
 @pytest.fixture
 def dsn(postgres: PostgresServer) -> Iterator[str]:
-    dsn = postgres.database("store")
-
-    async def upgrade() -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await schema.upgrade(connection)
-        finally:
-            await connection.close()
-
-    run(upgrade())
-    yield dsn
+    yield postgres.upgraded("store")
 
 
 def store_on(dsn: str, node: str = "n1", lease: float = 30.0) -> PostgresStore:

@@ -11,7 +11,6 @@ import asyncpg
 import pytest
 from tests.support.postgres import PostgresServer
 
-from mailslot.store.postgresql import schema
 from mailslot.store.postgresql.pool import LazyPool, usable
 
 from .conftest import run
@@ -19,17 +18,7 @@ from .conftest import run
 
 @pytest.fixture
 def dsn(postgres: PostgresServer) -> Iterator[str]:
-    dsn = postgres.database("pool")
-
-    async def upgrade() -> None:
-        connection = await asyncpg.connect(dsn)
-        try:
-            await schema.upgrade(connection)
-        finally:
-            await connection.close()
-
-    run(upgrade())
-    yield dsn
+    yield postgres.upgraded("pool")
 
 
 async def _backend(pool: LazyPool) -> int:

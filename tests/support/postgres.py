@@ -184,6 +184,26 @@ class PostgresServer:
         self.psql(f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
+    def upgraded(self, prefix: str = "t") -> str:
+        """A new database with mailslot's schema (``mailslot db upgrade``); return its DSN."""
+        import asyncio
+
+        import asyncpg
+
+        from mailslot.store.postgresql import schema
+
+        dsn = self.database(prefix)
+
+        async def upgrade() -> None:
+            connection = await asyncpg.connect(dsn)
+            try:
+                await schema.upgrade(connection)
+            finally:
+                await connection.close()
+
+        asyncio.run(upgrade())
+        return dsn
+
 
 @contextlib.contextmanager
 def running_postgres() -> Iterator[PostgresServer]:
