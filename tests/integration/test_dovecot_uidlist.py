@@ -257,6 +257,7 @@ def test_lost_uidlist_gets_a_new_uidvalidity(pair_factory: object) -> None:
     _fill(pair.maildir, 3)
     pair.dovecot.start()
     before = pair.assert_same()
+    pair.dovecot.settle()
     for path in pair.maildir.iterdir():
         if path.name.startswith(("dovecot-uidlist", "dovecot.index")):
             path.unlink()

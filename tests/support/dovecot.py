@@ -150,6 +150,22 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s children, their children, and so on."""
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _command(pid: int) -> str:
+    """A process's command name, or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _end_processes(pids: Sequence[int], deadline: float = 10.0) -> None:
     """SIGTERM each of ``pids`` still alive, then SIGKILL what is left after ``deadline``."""
     alive = list(pids)
@@ -303,6 +319,17 @@ class DovecotServer:
         if remove and self._owns_directory and self.directory.exists():
             self.final_log = self.log()
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def settle(self, deadline: float = 10.0) -> None:
+        """Wait until no ``pop3`` mail process is left: Dovecot answers QUIT before it has
+        finished writing its uidlist and index, so a test that changes those files must
+        wait for the process that writes them to exit."""
+        assert self.process is not None
+        end = time.monotonic() + deadline
+        while any(_command(pid) == "pop3" for pid in _descendants(self.process.pid)):
+            if time.monotonic() > end:
+                raise TimeoutError(f"a Dovecot pop3 process is still running\n{self.log()}")
+            time.sleep(0.01)
 
     final_log = ""
 
