@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 
 import pytest
 from tests.server.procutil import (
+    POLL_DEADLINE,
     children,
     holders,
     listening_inodes,
+    poll,
     ready_workers,
     serving_pids,
 )
@@ -33,14 +35,6 @@ from tests.support.wire import Pop3Wire
 
 T = TypeVar("T")
 MESSAGES = [b"Subject: one\n\nfirst\n", b"Subject: two\n\nsecond\n", b"Subject: 3\n\nthird\n"]
-POLL_DEADLINE = 15.0
-
-
-def poll(condition: Any, what: str, deadline: float = POLL_DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -324,7 +318,8 @@ def test_two_workers_both_serve_and_share_the_maildrop_lock(servers: Any) -> Non
             assert wire.command("USER alice").startswith(b"+OK")
             reply = wire.command(f"PASS {server.password('alice')}")
             assert reply.startswith(b"-ERR [IN-USE]"), reply
-        assert "maildrop in use: user=alice" in server.log()
+        # A worker writes its log line after its reply: wait for it.
+        poll(lambda: "maildrop in use: user=alice" in server.log(), "the refusal's log line")
         assert holder.command("QUIT").startswith(b"+OK")
     finally:
         for wire in wires:
