@@ -66,13 +66,6 @@ def workers(server: MailslotServer) -> list[int]:
     return dropped.children(server.process.pid)
 
 
-def wait_for_log(server: MailslotServer, text: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while text not in server.log():
-        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{server.log()}"
-        time.sleep(0.05)  # polling for the server to act
-
-
 class Source127(poplib.POP3_SSL):
     """POP3S from a chosen loopback source address (127.0.0.0/8 is all loopback on Linux)."""
 
@@ -285,7 +278,7 @@ def test_reload_starts_new_workers_and_stop_stops(server: MailslotServer) -> Non
     new = set(workers(server)) - old
     assert len(new) == 2, server.log()
     assert "reload asked on the admin socket" in server.log()
-    wait_for_log(server, "TLS certificate reloaded")  # said once the new workers are forked
+    server.wait_for_log("TLS certificate reloaded")  # said once the new workers are forked
     client = login(server, "alice")  # on the new generation
     try:
         listed = {s["user"]: s["worker"]["pid"] for s in who(server)}
@@ -476,7 +469,7 @@ def test_workers_that_dropped_root_answer_for_each_other(tls_files: TlsFiles) ->
             kicked = cli("kick", "--config", str(server.config_path), name)
             assert kicked.returncode == 0, kicked.stderr
             assert cli("reload", "--config", str(server.config_path)).returncode == 0
-            wait_for_log(server, "TLS certificate reloaded")
+            server.wait_for_log("TLS certificate reloaded")
             for client in clients:
                 client.close()
             assert cli("stop", "--config", str(server.config_path)).returncode == 0

@@ -613,13 +613,8 @@ def test_postgresql_restarted_mid_session_is_a_temporary_failure_and_loses_nothi
         # The nodes still greet, so HAProxy's health checks keep them UP (fall 2: two checks
         # each while the database is down).
         marks = [server.log().count("header=v2/LOCAL") for server in cluster.nodes]
-        deadline = time.monotonic() + TAKEOVER_DEADLINE
-        while any(
-            server.log().count("header=v2/LOCAL") < mark + 2
-            for server, mark in zip(cluster.nodes, marks, strict=True)
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.2)  # polling for the health checks
+        for server, mark in zip(cluster.nodes, marks, strict=True):
+            server.wait_for_log("header=v2/LOCAL", mark + 2, deadline=TAKEOVER_DEADLINE)
         assert {state.split(" ")[0] for state in cluster.haproxy.states().values()} == {"UP"}
     finally:
         postgres.start()

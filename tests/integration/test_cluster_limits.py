@@ -14,7 +14,6 @@ import asyncpg
 import pytest
 from tests.integration.test_postgresql import node, upgraded
 from tests.server.procutil import poll
-from tests.server.test_proxy import wait_for_log
 from tests.support.passwd import PasswdUser
 from tests.support.postgres import PostgresServer
 from tests.support.server import MailslotServer, ServerFactory
@@ -195,13 +194,13 @@ def test_failures_on_one_node_delay_that_address_on_the_other(
         wires.append(wire)
         assert wire.command("USER alice").startswith(b"+OK")
         wire.send(b"PASS wrong-password\r\n")  # its -ERR is held 30 s
-        wait_for_log(first, "login failed: user=alice")
+        first.wait_for_log("login failed: user=alice")
         for _ in range(2):
             wire = _wire(second)
             wires.append(wire)
             assert wire.command("USER alice").startswith(b"+OK")
             wire.send(b"PASS wrong-password\r\n")
-        wait_for_log(second, "login refused, too many failures from 127.0.0.1")
+        second.wait_for_log("login refused, too many failures from 127.0.0.1")
     finally:
         for wire in wires:
             wire.close()
@@ -260,7 +259,7 @@ def test_connections_count_on_every_node_until_their_node_dies(
         return False
 
     poll(refused_on_second, "node B to count node A's connections")
-    wait_for_log(second, "too many connections from your address")  # logged after the close
+    second.wait_for_log("too many connections from your address")  # logged after the close
     first.kill()
     for wire in held:
         wire.close()

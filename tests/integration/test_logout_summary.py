@@ -26,17 +26,6 @@ FIRST_SECONDS = 1_650_000_000
 ALL_VARIABLES = "top=%t/%p, retr=%r/%b, del=%d/%m, size=%s, in=%i, out=%o, uidl=%u"
 
 
-def wait_for_line(server: MailslotServer, needle: str) -> str:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        lines = [line for line in server.log().splitlines() if needle in line]
-        if lines:
-            assert len(lines) == 1, lines
-            return lines[0]
-        assert time.monotonic() < deadline, f"no line with {needle!r}:\n{server.log()}"
-        time.sleep(0.02)
-
-
 def text_fields(line: str) -> dict[str, str]:
     """key=value and key="quoted value" pairs of a text line."""
     return {
@@ -97,7 +86,7 @@ def test_text_logout_line_counts_what_the_poplib_client_did(
 ) -> None:
     server = filled("text")
     did = client_session(server)
-    line = wait_for_line(server, "user=alice retrieved=")
+    (line,) = server.wait_for_log("user=alice retrieved=")
     fields = text_fields(line.split(" disconnect: ", 1)[1])
     retr, top = did["octets"]["retr"], did["octets"]["top"]
     assert fields["reason"] == "quit"
@@ -128,8 +117,8 @@ def test_json_logout_object_has_the_same_counts(
         payload = base64.b64encode(b"\0" + hostile.encode() + b"\0wrong-guess-4417")
         assert wire.command(b"AUTH PLAIN " + payload).startswith(b"-ERR [AUTH]")
     did = client_session(server)
-    line = wait_for_line(
-        server, '"event":"disconnect","message":"disconnect: reason=quit user=alice'
+    (line,) = server.wait_for_log(
+        '"event":"disconnect","message":"disconnect: reason=quit user=alice'
     )
     event = json.loads(line)
     retr, top = did["octets"]["retr"], did["octets"]["top"]
@@ -229,7 +218,8 @@ def test_same_logout_numbers_as_dovecot(
             time.sleep(0.05)
     finally:
         dovecot.stop()
-    ours = text_fields(wait_for_line(server, "user=alice retrieved="))["summary"]
+    (line,) = server.wait_for_log("user=alice retrieved=")
+    ours = text_fields(line)["summary"]
     pattern = r"top=2/(\d+), retr=2/(\d+), del=2/9, size=(\d+), in=(\d+), out=(\d+), uidl=(.+)"
     our_numbers = re.fullmatch(pattern, ours)
     their_numbers = re.fullmatch(pattern, theirs[0].strip())
@@ -268,6 +258,7 @@ def test_pipelined_commands_after_the_login_count_as_input(
     with Pop3Wire(*server.implicit, tls_context=server.tls_files.client_context()) as wire:
         wire.send(b"USER alice\r\nPASS " + server.password("alice").encode() + b"\r\n" + after)
         assert wire.read_until_eof().count(b"+OK") == 5
-    fields = text_fields(wait_for_line(server, "user=alice retrieved="))
+    (line,) = server.wait_for_log("user=alice retrieved=")
+    fields = text_fields(line)
     assert fields["bytes_in"] == str(len(after))
     assert fields["end"] == "quit"

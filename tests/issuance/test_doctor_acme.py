@@ -5,8 +5,6 @@ the failing order with the error and the next retry (docs/doctor.md, docs/acme.m
 
 from __future__ import annotations
 
-import re
-import time
 from pathlib import Path
 
 from tests.doctor.conftest import run_doctor
@@ -60,10 +58,7 @@ def test_doctor_reports_a_failing_order_with_the_next_retry(
     )
     assert bootstrap(load(server.config_path, check_files=False))
     server.start()
-    deadline = time.monotonic() + DEADLINE
-    while not re.search(r"attempt 1 failed", server.log()):
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.1)  # polling the log
+    server.wait_for_log("attempt 1 failed", deadline=DEADLINE)
     outcome = run_doctor(
         "localhost",
         "--config",

@@ -136,8 +136,5 @@ def test_each_certificate_has_its_expiry_until_its_file_is_replaced(
             key_type=trustme.KeyType.RSA,
         ),
     )
-    deadline = time.monotonic() + DEADLINE
-    while "TLS reload failed, keeping the old certificate" not in server.log():
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.1)
+    server.wait_for_log("TLS reload failed, keeping the old certificate", deadline=DEADLINE)
     assert expiry(port) == wanted

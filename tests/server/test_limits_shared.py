@@ -16,7 +16,7 @@ import time
 
 import pytest
 from tests.server.procutil import children, poll, ready_workers, serving_pids
-from tests.server.test_proxy import proxied_wire, v1, wait_for_log
+from tests.server.test_proxy import proxied_wire, v1
 from tests.support.server import Listener, MailslotServer, ServerFactory
 from tests.support.wire import ConnectionClosed, Pop3Wire
 
@@ -135,7 +135,7 @@ def test_per_ip_limit_groups_an_ipv6_prefix(mailslot_factory: ServerFactory) -> 
         other.close()
     finally:
         first.close()
-    wait_for_log(server, "too many connections from your address")  # lines are batched
+    server.wait_for_log("too many connections from your address")  # lines are batched
 
 
 def test_a_killed_workers_connections_are_given_back(mailslot_factory: ServerFactory) -> None:
@@ -152,7 +152,7 @@ def test_a_killed_workers_connections_are_given_back(mailslot_factory: ServerFac
     victims = set(owners.values())
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
-    wait_for_log(server, "starting another", len(victims))
+    server.wait_for_log("starting another", len(victims))
     _close(kept)
     poll(lambda: len(children(server.process.pid)) == 2, "the replacements")  # type: ignore[union-attr]
     # The slots come back (a count per worker alone would pass this: both are new).
@@ -182,7 +182,7 @@ def test_per_user_sessions_are_counted_across_workers(mailslot_factory: ServerFa
     finally:
         _close([first, *others])
     # Log lines are written in batches: wait for all eight.
-    wait_for_log(server, "login refused, too many sessions: user=alice", 8)
+    server.wait_for_log("login refused, too many sessions: user=alice", 8)
     log = server.log()
     assert log.count("login refused, too many sessions: user=alice") == 8, (spread, log)
     assert "maildrop in use" not in log

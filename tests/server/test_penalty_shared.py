@@ -14,7 +14,7 @@ import time
 
 import pytest
 from tests.server.procutil import children, ready_workers
-from tests.server.test_proxy import proxied_wire, v1, wait_for_log
+from tests.server.test_proxy import proxied_wire, v1
 from tests.support.passwd import PasswdUser
 from tests.support.server import Listener, ServerFactory
 from tests.support.together import log_in_together
@@ -117,8 +117,8 @@ def test_ipv6_addresses_in_one_prefix_share_a_penalty(mailslot_factory: ServerFa
             wires.append(wire)
             assert wire.command("USER alice").startswith(b"+OK")
             wire.send(b"PASS wrong-password\r\n")  # answered only after the penalty
-        checked = wait_for_log(server, "login failed: user=alice", 3)
-        refused = wait_for_log(server, "login refused, too many failures from", 1)
+        checked = server.wait_for_log("login failed: user=alice", 3)
+        refused = server.wait_for_log("login refused, too many failures from", 1)
     finally:
         for wire in wires:
             wire.close()
@@ -152,11 +152,11 @@ def test_the_penalty_survives_the_replacement_of_every_worker(
     with Pop3Wire(host, port) as first:
         assert first.command("USER alice").startswith(b"+OK")
         first.send(b"PASS wrong-password\r\n")  # its -ERR is held 30 s
-        wait_for_log(server, "login failed: user=alice")
+        server.wait_for_log("login failed: user=alice")
     workers = _poll_children(parent, 2)
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
-    wait_for_log(server, "starting another", 2)
+    server.wait_for_log("starting another", 2)
     replaced = _poll_children(parent, 2, excluding=set(workers))
     assert not set(replaced) & set(workers)
     wires = []
@@ -166,7 +166,7 @@ def test_the_penalty_survives_the_replacement_of_every_worker(
             wires.append(wire)
             assert wire.command("USER alice").startswith(b"+OK")
             wire.send(b"PASS wrong-password\r\n")
-        wait_for_log(server, "login refused, too many failures from 127.0.0.1")
+        server.wait_for_log("login refused, too many failures from 127.0.0.1")
     finally:
         for wire in wires:
             wire.close()

@@ -224,10 +224,6 @@ def closing(socks: list[socket.socket]) -> Iterator[list[socket.socket]]:
             sock.close()
 
 
-def log_lines(server: MailslotServer, text: str) -> list[str]:
-    return [line for line in server.log().splitlines() if text in line]
-
-
 @pytest.fixture
 def counted(mailslot_factory: ServerFactory) -> MailslotServer:
     return mailslot_factory(
@@ -252,10 +248,10 @@ def test_silent_implicit_tls_connections_are_counted_before_their_handshake(
             assert w.greeting.startswith(b"+OK")
             assert w.command("QUIT").startswith(b"+OK")
     counted.stop()
-    assert log_lines(counted, "peer=127.0.0.1 refused: too many connections from your")
+    assert counted.wait_for_log("peer=127.0.0.1 refused: too many connections from your")
     # Not one line per connection: the first, then a count.
-    assert len(log_lines(counted, "peer=127.0.0.1 refused")) == 2, counted.log()
-    assert log_lines(counted, f"peer=127.0.0.1 refused {FLOOD - PER_IP - 1} more connections")
+    assert len(counted.wait_for_log("peer=127.0.0.1 refused")) == 2, counted.log()
+    assert counted.wait_for_log(f"peer=127.0.0.1 refused {FLOOD - PER_IP - 1} more connections")
 
 
 def test_silent_proxy_connections_are_counted_against_the_proxy_before_their_header(
@@ -274,8 +270,8 @@ def test_silent_proxy_connections_are_counted_against_the_proxy_before_their_hea
             assert w.line().startswith(b"+OK")
             assert w.command("QUIT").startswith(b"+OK")
     counted.stop()
-    assert len(log_lines(counted, "peer=127.0.0.1 refused")) == 2, counted.log()
-    assert log_lines(counted, f"peer=127.0.0.1 refused {FLOOD - PER_IP - 1} more connections")
+    assert len(counted.wait_for_log("peer=127.0.0.1 refused")) == 2, counted.log()
+    assert counted.wait_for_log(f"peer=127.0.0.1 refused {FLOOD - PER_IP - 1} more connections")
 
 
 def test_a_header_naming_an_address_over_its_limit_is_refused(counted: MailslotServer) -> None:
@@ -301,7 +297,7 @@ def test_a_header_naming_an_address_over_its_limit_is_refused(counted: MailslotS
     finally:
         for wire in held:
             wire.close()
-    assert log_lines(counted, "peer=198.51.100.10 refused: too many connections from your")
+    assert counted.wait_for_log("peer=198.51.100.10 refused: too many connections from your")
 
 
 # -- out of descriptors -------------------------------------------------------------------------
@@ -334,7 +330,7 @@ def test_out_of_descriptors_is_logged_and_served_again_once_freed(
     address = server.listener("none")
     flood = silent(address, 40)
     try:
-        assert wait_for_server_log(server, "cannot accept")
+        assert server.wait_for_log("cannot accept")
         cpu_before, wall_before = _cpu_seconds(pid), time.monotonic()
         # The flood waits in the queue while the server is out of descriptors.
         select.select([], [], [], 1.0)
@@ -356,14 +352,6 @@ def test_out_of_descriptors_is_logged_and_served_again_once_freed(
                 break
         except (OSError, EOFError):
             assert time.monotonic() < deadline
-    lines = log_lines(server, "cannot accept")
+    lines = server.wait_for_log("cannot accept")
     assert len(lines) == 1, lines  # once per window, however many accepts failed
     assert "Too many open files" in lines[0]
-
-
-def wait_for_server_log(server: MailslotServer, text: str) -> list[str]:
-    deadline = time.monotonic() + POLL_DEADLINE
-    while not (found := log_lines(server, text)):
-        assert time.monotonic() < deadline, f"no log line with {text!r}:\n{server.log()}"
-        select.select([], [], [], 0.05)
-    return found

@@ -250,11 +250,11 @@ def test_lone_worker_cannot_reload_a_key_only_root_reads(shared: Path) -> None:
     tls = make_tls_files(shared / "tls")  # the key is root's, 0600
     with dropped_server(shared, tls, 1) as server:
         worker_pids(server, 1)
-        poll(lambda: "a SIGHUP reload will fail" in server.log(), "the warning at start")
+        server.wait_for_log("a SIGHUP reload will fail")
         assert f"{tls.private_key} is not readable by nobody:" in server.log()
         assert server.process is not None
         server.process.send_signal(signal.SIGHUP)
-        poll(lambda: "TLS reload failed" in server.log(), "the reload failure logged")
+        server.wait_for_log("TLS reload failed")
         assert "Permission denied" in server.log()
         assert served_leaf(server) == leaf_of(tls)
 

@@ -222,7 +222,7 @@ def test_sighup_with_a_mismatched_key_keeps_the_old_certificate(
     os.replace(new.certificate, certs.certificate)  # the key stays the old one
     assert server.process is not None
     server.process.send_signal(signal.SIGHUP)
-    poll(lambda: "TLS reload failed" in server.log(), "the reload failure in the log")
+    server.wait_for_log("TLS reload failed")
     assert served_serial(server) == certs.serial
     assert stls_serial(server) == certs.serial
     assert server.running
@@ -281,7 +281,7 @@ def test_a_probe_of_the_tls_port_neither_lingers_nor_holds_shutdown(servers: Any
     server = servers()  # handshake_timeout: 10 s, twice what either step below may take
     for _ in range(20):  # whether the FIN beats start_tls() is a race: run it many times
         socket.create_connection(server.implicit).close()
-    poll(lambda: server.log().count("TLS handshake failed") == 20, "the probes' log lines", 5.0)
+    assert len(server.wait_for_log("TLS handshake failed", 20, deadline=5.0)) == 20
     assert server.process is not None
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(5.0) == 0
@@ -319,7 +319,7 @@ def test_two_workers_both_serve_and_share_the_maildrop_lock(servers: Any) -> Non
             reply = wire.command(f"PASS {server.password('alice')}")
             assert reply.startswith(b"-ERR [IN-USE]"), reply
         # A worker writes its log line after its reply: wait for it.
-        poll(lambda: "maildrop in use: user=alice" in server.log(), "the refusal's log line")
+        server.wait_for_log("maildrop in use: user=alice")
         assert holder.command("QUIT").startswith(b"+OK")
     finally:
         for wire in wires:
@@ -431,7 +431,7 @@ def test_sighup_with_a_bad_key_keeps_the_workers(servers: Any, certs: CertFiles)
     workers = ready_workers(server, 2)
     Path(certs.private_key).write_text("not a key\n")
     server.process.send_signal(signal.SIGHUP)
-    poll(lambda: "TLS reload failed" in server.log(), "the reload failure in the log")
+    server.wait_for_log("TLS reload failed")
     assert children(server.process.pid) == workers
     assert {served_serial(server) for _ in range(8)} == {certs.serial}
 
@@ -575,10 +575,7 @@ def test_a_second_sigterm_ends_the_open_sessions_at_once(servers: Any, workers: 
         server.process.send_signal(signal.SIGTERM)
         # Every worker, not just one: the worker holding the session must have taken the
         # first signal, or it would see the two as one (pending signals merge).
-        poll(
-            lambda: server.log().count("shutting down") >= workers,
-            "every worker to take the first signal",
-        )
+        server.wait_for_log("shutting down", workers)
         server.process.send_signal(signal.SIGTERM)
         rest = wire.read_until_eof()
     assert rest.startswith(b"-ERR [SYS/TEMP]"), rest

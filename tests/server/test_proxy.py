@@ -464,16 +464,6 @@ PROXIED = [
 ]
 
 
-def wait_for_log(server: MailslotServer, needle: str, count: int = 1) -> list[str]:
-    deadline = time.monotonic() + POLL_DEADLINE
-    while True:
-        lines = [line for line in server.log().splitlines() if needle in line]
-        if len(lines) >= count:
-            return lines
-        assert time.monotonic() < deadline, f"no log line with {needle!r}:\n{server.log()}"
-        time.sleep(0.02)
-
-
 def proxied_wire(
     server: MailslotServer, tls: str, header: bytes, *, together: bool = False
 ) -> Pop3Wire:
@@ -531,11 +521,11 @@ def test_header_before_the_greeting_then_stls_and_login(
         wire.start_tls(proxied.tls_files.client_context())
         wire.login("alice", proxied.password("alice"))
         assert wire.command("QUIT").startswith(b"+OK")
-    (line,) = wait_for_log(proxied, "login: user=alice")
+    (line,) = proxied.wait_for_log("login: user=alice")
     assert f"peer={peer}" in line, line
     assert " listener=starttls proxy=127.0.0.1:" in line, line
     session = line.split("session=")[1].split()[0]
-    lines = wait_for_log(proxied, f"session={session} ", 2)
+    lines = proxied.wait_for_log(f"session={session} ", 2)
     assert "disconnect:" in lines[1], lines
     assert " listener=starttls proxy=127.0.0.1:" in lines[1], lines
 
@@ -549,7 +539,7 @@ def test_header_before_the_client_hello_then_login(
         assert wire.greeting.startswith(b"+OK")
         wire.login("alice", proxied.password("alice"))
         assert wire.command("QUIT").startswith(b"+OK")
-    (line,) = wait_for_log(proxied, "login: user=alice")
+    (line,) = proxied.wait_for_log("login: user=alice")
     assert f"peer={peer}" in line, line
 
 
@@ -571,7 +561,7 @@ def test_header_and_the_first_commands_in_any_segments(
         capa = wire.multiline()
         assert b"STLS" in capa, capa
         assert wire.line().startswith(b"-ERR"), "NOOP before login is refused, and answered"
-    wait_for_log(proxied, "peer=198.51.100.40:4000 disconnect:")
+    proxied.wait_for_log("peer=198.51.100.40:4000 disconnect:")
 
 
 def _fail_login(wire: Pop3Wire) -> bytes:
@@ -608,7 +598,7 @@ def test_failure_penalty_is_per_proxied_address(mailslot_factory: ServerFactory)
             assert b.command("QUIT").startswith(b"+OK")
         assert a.line().startswith(b"-ERR [AUTH]")
         assert time.monotonic() - started >= 2 * delay  # a lower bound on a configured delay
-    failures = wait_for_log(server, "login failed: user=alice", 3)
+    failures = server.wait_for_log("login failed: user=alice", 3)
     assert sum("peer=198.51.100.10:1000 " in line for line in failures) == 2
     assert sum("peer=198.51.100.20:2000 " in line for line in failures) == 1
 
@@ -657,7 +647,7 @@ def test_connection_limit_is_per_proxied_address(mailslot_factory: ServerFactory
     finally:
         for wire in held:
             wire.close()
-    (refused,) = wait_for_log(server, "refused: too many connections from your address")
+    (refused,) = server.wait_for_log("refused: too many connections from your address")
     assert "peer=198.51.100.30 " in refused, refused
 
 
@@ -677,7 +667,7 @@ def test_garbage_header_closes_with_nothing_sent(
     with Pop3Wire(*proxied.listener(tls), read_greeting=False) as wire:
         wire.send(garbage)
         assert wire.read_until_eof() == b""
-    (line,) = wait_for_log(proxied, "PROXY header refused")
+    (line,) = proxied.wait_for_log("PROXY header refused")
     peer = line.split("peer=")[1].split()[0]
     assert peer.startswith("127.0.0.1:"), line
     # No session was made for it: no greeting, no session log lines.
@@ -691,7 +681,7 @@ def test_header_cut_short_closes_with_one_log_line(proxied: MailslotServer, tls:
         wire.send(b"PROXY TCP4 192.0.2.1 ")
         wire.sock.shutdown(socket.SHUT_WR)
         assert wire.read_until_eof() == b""
-    (line,) = wait_for_log(proxied, "PROXY header refused")
+    (line,) = proxied.wait_for_log("PROXY header refused")
     assert "closed before a complete header" in line, line
 
 
@@ -703,7 +693,7 @@ def test_header_cut_short_by_a_reset_logs_one_line_and_no_session(
     time.sleep(0.1)  # the server has read the partial header
     wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     wire.close()  # RST, no FIN
-    (line,) = wait_for_log(proxied, "PROXY header refused")
+    (line,) = proxied.wait_for_log("PROXY header refused")
     assert "connection lost" in line, line
     peer = line.split("peer=")[1].split()[0]
     assert f"peer={peer} " not in proxied.log().replace(line, "")  # no session lines
@@ -714,7 +704,7 @@ def test_no_header_closes_after_the_login_timeout_with_nothing_sent(
 ) -> None:
     with Pop3Wire(*proxied.starttls, read_greeting=False) as wire:
         assert wire.read_until_eof() == b""  # the socket timeout (30 s) is only a safety net
-    (line,) = wait_for_log(proxied, "PROXY header refused")
+    (line,) = proxied.wait_for_log("PROXY header refused")
     assert "no complete header in time" in line, line
 
 
@@ -724,7 +714,7 @@ def test_client_hello_without_a_header_fails_the_handshake(proxied: MailslotServ
         pytest.raises(ConnectionClosed),
     ):
         wire.start_tls(proxied.tls_files.client_context())
-    (line,) = wait_for_log(proxied, "PROXY header refused")
+    (line,) = proxied.wait_for_log("PROXY header refused")
     assert "not a PROXY protocol header" in line, line
 
 
@@ -755,7 +745,7 @@ def test_a_peer_outside_proxy_trusted_networks_is_closed_unread(
             while chunk := sock.recv(4096):
                 received += chunk
     assert received == b""
-    (line,) = wait_for_log(server, "refused: not a trusted proxy")
+    (line,) = server.wait_for_log("refused: not a trusted proxy")
     assert "peer=127.0.0.2" in line, line
     # The trusted proxy's header is taken as before.
     with proxied_wire(server, tls, b"PROXY TCP4 192.0.2.1 192.0.2.2 1 110\r\n") as wire:

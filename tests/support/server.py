@@ -3,7 +3,8 @@
 The config file, passwd file and mail root live in one directory per server.  :meth:`start`
 returns once every POP3 listener accepts a connection and greets (TLS first on implicit-TLS
 listeners); :meth:`stop` sends SIGTERM and falls back to SIGKILL.  stdout and stderr go to
-``server.log`` in the directory, which the fixtures print when a test fails.
+``server.log`` in the directory, which the fixtures print when a test fails;
+:meth:`MailslotServer.wait_for_log` waits for a line of it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from .tls import TlsFiles
 RUN_AS_ROOT = "the test suite runs as root"
 STARTUP_DEADLINE = 15.0  # seconds for the server to come up; polling, not a threshold
 STOP_DEADLINE = 15.0
+LOG_DEADLINE = 15.0  # seconds for a log line to appear; polling, not a threshold
+LOG_TAIL = 40  # lines of the log quoted when one does not appear
 
 
 # Ports handed out by free_port() in this process: never handed out twice.
@@ -338,6 +341,30 @@ class MailslotServer:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return "(no server log)"
+
+    def wait_for_log(self, text: str, count: int = 1, deadline: float = LOG_DEADLINE) -> list[str]:
+        """Poll until at least ``count`` lines of the log hold ``text``; return those lines.
+
+        A running server's line may reach the file after the reply the test has read: a
+        worker writes what one turn of its event loop logged at the loop's next turn
+        (:class:`mailslot.log.LoopHandler`), and a session's last line follows its last
+        reply.  A test that looks for a line of a running server waits for it here.
+        Lines are split at ``\\n`` only, as the server ends them.  After ``deadline``
+        seconds it fails with the log's tail.
+        """
+        end = time.monotonic() + deadline
+        while True:
+            log = self.log()
+            lines = [line for line in log.split("\n") if text in line]
+            if len(lines) >= count:
+                return lines
+            if time.monotonic() >= end:
+                tail = "\n".join(log.split("\n")[-LOG_TAIL:])
+                raise AssertionError(
+                    f"{len(lines)} of {count} log lines with {text!r} after {deadline} s;"
+                    f" the log ends:\n{tail}"
+                )
+            time.sleep(0.02)  # polling the log file
 
     def __enter__(self) -> MailslotServer:
         return self.start()
