@@ -2,10 +2,10 @@
 
 A right password refused ``-ERR [IN-USE]`` (RFC 2449 section 8.1.2) because another session
 holds the maildrop is ``in-use``, not ``failed``: an alert on failed logins must not fire for
-a client that polls while its other session is open.  A wrong password is ``failed``, and an
-attempt the failure penalty refuses without a password check is ``throttled``.  Both
-backends that keep the maildrop lock and the penalty: Maildir (the lock file and the node's
-shared penalty table) and PostgreSQL (the lease and the cluster's penalty rows).
+a client that polls while its other session is open, whether the per-user session limit, the
+maildrop's lock or PostgreSQL's lease refused it.  A wrong password is ``failed``, and an
+attempt the failure penalty refuses without a password check is ``throttled``, with the
+node's shared penalty table (Maildir) and the cluster's penalty rows (PostgreSQL).
 
 The failure delay is 30 s, and no test waits for a delayed reply: an outcome is counted as
 soon as it is known, before the penalty's hold.
@@ -56,9 +56,22 @@ def wait_for(server: MailslotServer, port: int, expected: dict[tuple[str, str], 
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("backend", ["maildir", "postgresql"])
+@pytest.mark.parametrize(
+    ("backend", "per_user", "refusal"),
+    [
+        # [limits] max_sessions_per_user = 1 (the default) refuses before the maildrop...
+        ("maildir", 1, "login refused, too many sessions: user=alice"),
+        # ...and above it the maildrop's lock does, or PostgreSQL's lease.
+        ("maildir", 2, "login refused, maildrop in use: user=alice"),
+        ("postgresql", 2, "login refused, maildrop in use: user=alice"),
+    ],
+)
 def test_in_use_wrong_password_and_penalty_refusal_are_told_apart(
-    mailslot_factory: ServerFactory, request: pytest.FixtureRequest, backend: str
+    mailslot_factory: ServerFactory,
+    request: pytest.FixtureRequest,
+    backend: str,
+    per_user: int,
+    refusal: str,
 ) -> None:
     port = free_port()
     store: dict[str, Any] = {}
@@ -70,6 +83,7 @@ def test_in_use_wrong_password_and_penalty_refusal_are_told_apart(
         failure_delay=DELAY,
         failure_delay_max=DELAY,
         store=store,
+        limits={"max_sessions_per_user": per_user},
         extra_sections={
             "server": {"workers": 2},
             "metrics": {"address": "127.0.0.1", "port": port},
@@ -88,6 +102,7 @@ def test_in_use_wrong_password_and_penalty_refusal_are_told_apart(
             assert second.command(f"PASS {password}").startswith(b"-ERR [IN-USE]")
             reply = second.command(f"AUTH PLAIN {plain('alice', password)}")
             assert reply.startswith(b"-ERR [IN-USE]"), reply
+        wait_for_log(server, refusal, 2)  # the log line may come after the reply
         wait_for(
             server,
             port,
