@@ -22,7 +22,8 @@ gives the same page; a worker that dies or retires leaves the others serving it,
 parent, which forks, never runs a thread (forking a process with threads is unsafe).
 
 Label values come from the configuration and the protocol (listener, TLS version, SASL
-mechanism, RETR/TOP), never from a client's user name or address.
+mechanism, RETR/TOP, a login's :data:`LoginResult`), never from a client's user name or
+address.
 """
 
 from __future__ import annotations
