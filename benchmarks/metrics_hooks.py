@@ -31,7 +31,7 @@ def main() -> None:
         ):
             calls: dict[str, Callable[[], None]] = {
                 "connected()": hooks.connected,
-                "login()": lambda hooks=hooks: hooks.login("USER", True),
+                "login()": lambda hooks=hooks: hooks.login("USER", "ok"),
                 "session_ended()": lambda hooks=hooks: hooks.session_ended(transport),
                 "retrieved()": lambda hooks=hooks: hooks.retrieved(None, 1000),
                 "commit()": lambda hooks=hooks: hooks.commit(0.001),

@@ -22,7 +22,8 @@ gives the same page; a worker that dies or retires leaves the others serving it,
 parent, which forks, never runs a thread (forking a process with threads is unsafe).
 
 Label values come from the configuration and the protocol (listener, TLS version, SASL
-mechanism, RETR/TOP), never from a client's user name or address.
+mechanism, RETR/TOP, a login's :data:`LoginResult`), never from a client's user name or
+address.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import ssl
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mailslot import certexpiry
 from mailslot.auth.base import AuthenticationFailed, Authenticator, AuthError, User
@@ -69,6 +70,15 @@ _REQUEST_LIMIT = 8192  # octets of an HTTP request head
 _REQUEST_TIMEOUT = 5.0
 
 
+# A login attempt's outcome, the ``result`` label of mailslot_logins_total (docs/metrics.md).
+# ``failed`` is every reply a wrong password would get, whatever the reason (an unknown user
+# too, and an allow_nets refusal), so that the page, which has no authentication, tells no
+# more about a password than the wire does; the others are what the reply already says:
+# ``in-use`` ([IN-USE], RFC 2449 section 8.1.2), ``disabled`` (nologin's text), ``error``
+# ([SYS/TEMP] or [SYS/PERM], RFC 3206 section 4), and ``throttled`` / ``aborted`` (no
+# password check: the failure penalty refused the attempt, or the client left first).
+LoginResult = Literal["ok", "failed", "throttled", "aborted", "in-use", "disabled", "error"]
+
 # ----------------------------------------------------------------------------- the no-ops
 
 
@@ -83,7 +93,7 @@ class ListenerMetrics:
     def session_ended(self, transport: asyncio.BaseTransport) -> None:
         """A session ended; ``transport`` tells its TLS version, if any."""
 
-    def login(self, mechanism: str, ok: bool) -> None:
+    def login(self, mechanism: str, result: LoginResult) -> None:
         """A login attempt's outcome (``mechanism``: ``USER`` or the SASL mechanism)."""
 
     def penalty(self, delay: float) -> None:
@@ -245,7 +255,8 @@ class _Families:
         )
         self.logins = pc.Counter(
             "mailslot_logins_total",
-            "Login attempts by result and mechanism.",
+            "Login attempts by result (ok, failed, throttled, aborted, in-use, disabled, error)"
+            " and mechanism.",
             ["listener", "result", "mechanism"],
             registry=None,
         )
@@ -330,7 +341,7 @@ class _PrometheusListener(ListenerMetrics):
         self._pending = pending
         self._connections = families.connections.labels(name)
         self._sessions: dict[str, Any] = {}
-        self._logins: dict[tuple[str, bool], Any] = {}
+        self._logins: dict[tuple[str, LoginResult], Any] = {}
         self._commands: dict[str, Any] = {}
         self._penalty = families.penalty
         self._retr = families.retrieved.labels("RETR")
@@ -355,11 +366,10 @@ class _PrometheusListener(ListenerMetrics):
         pending = self._pending
         pending[child] = pending.get(child, 0) + 1
 
-    def login(self, mechanism: str, ok: bool) -> None:
-        key = (mechanism, ok)
+    def login(self, mechanism: str, result: LoginResult) -> None:
+        key = (mechanism, result)
         child = self._logins.get(key)
         if child is None:
-            result = "ok" if ok else "failed"
             child = self._logins[key] = self._families.logins.labels(self._name, result, mechanism)
         pending = self._pending
         pending[child] = pending.get(child, 0) + 1

@@ -1,6 +1,7 @@
-"""The certificate alerting rule docs/metrics.md gives: ``promtool check rules`` parses it and
-``promtool test rules`` shows it firing for the certificate with under 21 days left, and only
-for it, with the labels and the text an administrator reads."""
+"""The alerting rules docs/metrics.md gives: ``promtool check rules`` parses them and
+``promtool test rules`` shows each firing when it should and only then (the certificate with
+under 21 days left; failed and throttled logins, never in-use ones), with the labels and the
+text an administrator reads."""
 
 from __future__ import annotations
 
@@ -65,6 +66,67 @@ def test_the_documented_rule_fires_for_the_certificate_about_to_expire(tmp_path:
         " expires in 20d 0h 0m 0s'\n"
         "              description: '/etc/mailslot/mail.pem on pop.example.org:9154: renew it,"
         " or see why the renewal was not loaded (mailslot acme status, the server''s log).'\n"
+    )
+    test = subprocess.run(
+        [promtool, "test", "rules", str(cases)], capture_output=True, cwd=tmp_path
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
+def logins(instance: str, result: str, per_minute: int) -> str:
+    labels = (
+        f'listener="0.0.0.0:995",result="{result}",mechanism="USER",'
+        f'instance="{instance}",job="mailslot"'
+    )
+    series = f"mailslot_logins_total{{{labels}}}"
+    return f"      - series: '{series}'\n        values: '0+{per_minute}x30'\n"
+
+
+def test_the_password_guessing_rule_fires_on_failed_and_throttled_logins_not_in_use(
+    tmp_path: Path,
+) -> None:
+    """Four servers, 20 minutes on: one answers 10 logins a second ``in-use`` (a client that
+    polls while its other session holds the maildrop) and 1 a second ``disabled``, one 2 a
+    second ``failed``, one 2 a second ``throttled``, one 0.5 a second ``failed``.  Only the
+    second and third fire.  Counted as ``failed`` before in-use had its own result, the
+    first fired too."""
+    promtool = require_program("promtool")
+    rules = tmp_path / "mailslot.rules.yml"
+    rules.write_text(documented_rules())
+    cases = tmp_path / "test.yml"
+    cases.write_text(
+        "rule_files: [mailslot.rules.yml]\n"
+        "evaluation_interval: 1m\n"
+        "tests:\n"
+        "  - interval: 1m\n"
+        "    input_series:\n"
+        + logins("polled:9154", "in-use", 600)
+        + logins("polled:9154", "disabled", 60)
+        + logins("polled:9154", "ok", 600)
+        + logins("guessed:9154", "failed", 120)
+        + logins("guessed:9154", "ok", 600)
+        + logins("throttled:9154", "throttled", 120)
+        + logins("quiet:9154", "failed", 30)
+        + "    alert_rule_test:\n"
+        "      - eval_time: 20m\n"
+        "        alertname: MailslotPasswordGuessing\n"
+        "        exp_alerts:\n"
+        + "".join(
+            "          - exp_labels:\n"
+            "              severity: warning\n"
+            f"              instance: {instance}\n"
+            "              job: mailslot\n"
+            "            exp_annotations:\n"
+            f"              summary: '2 failed logins per second on {instance}'\n"
+            "              description: 'Wrong passwords, unknown users and attempts refused"
+            " by the failure penalty: see the log''s login failed and login refused lines"
+            " for the addresses.'\n"
+            for instance in ("guessed:9154", "throttled:9154")
+        )
+        # Not yet at 9 minutes: the rate must hold for 10.
+        + "      - eval_time: 9m\n"
+        "        alertname: MailslotPasswordGuessing\n"
+        "        exp_alerts: []\n"
     )
     test = subprocess.run(
         [promtool, "test", "rules", str(cases)], capture_output=True, cwd=tmp_path

@@ -584,7 +584,6 @@ class Session(asyncio.Protocol):
         try:
             if isinstance(event, ev.Authenticate):
                 await self._login(event)
-                self._context.metrics.login(event.mechanism, self._maildrop is not None)
             elif isinstance(event, ev.RetrieveMessage):
                 await self._retrieve(event)
             elif isinstance(event, ev.Commit):
@@ -691,8 +690,12 @@ class Session(asyncio.Protocol):
         assert gate is not None
         # The penalty's turn, and who checks the password (with PostgreSQL, one statement).
         admission, users = await gate.admit(client, event.username)
+        # Each outcome is counted as soon as it is known, before any penalty's hold: a guesser
+        # that closes without waiting for its -ERR is counted all the same.
+        metrics = context.metrics
         if not admission.allowed:
             # Answered as a failure, and as late, so the client cannot tell it was not tried.
+            metrics.login(event.mechanism, "throttled")
             self.log.info(
                 "login refused, too many failures from %s: user=%s mechanism=%s",
                 client,
@@ -705,10 +708,15 @@ class Session(asyncio.Protocol):
         if admission.wait:
             try:
                 await self._hold(admission.wait)
+            except ConnectionError:
+                metrics.login(event.mechanism, "aborted")
+                await context.penalty.released(client)
+                raise
             except BaseException:
                 await context.penalty.released(client)
                 raise
             if self._lost:
+                metrics.login(event.mechanism, "aborted")
                 await context.penalty.released(client)
                 conn.login_failed(Failure.AUTH)  # nobody to tell: no password check either
                 return
@@ -726,13 +734,15 @@ class Session(asyncio.Protocol):
             else:
                 user = await check
         except AuthenticationFailed:
+            metrics.login(event.mechanism, "failed")
             hold = await context.penalty.failed(client)
-            context.metrics.penalty(hold)
+            metrics.penalty(hold)
             self.log.info("login failed: user=%s mechanism=%s", name, event.mechanism)
             await self._hold(hold)
             conn.login_failed(Failure.AUTH)
             return
         except AuthError:
+            metrics.login(event.mechanism, "error")
             await context.penalty.released(client)
             self.log.warning("login failed, user database unavailable: user=%s", name)
             conn.login_failed(Failure.SYS_TEMP)
@@ -740,7 +750,7 @@ class Session(asyncio.Protocol):
         except BaseException:
             await context.penalty.released(client)  # stopped (shutdown) or a bug: no verdict
             raise
-        if await self._refused(user, client):
+        if await self._refused(user, client, event.mechanism):
             return
         if user.legacy_scheme is not None:
             self.log.warning(
@@ -752,6 +762,7 @@ class Session(asyncio.Protocol):
         # The password was right: whatever happens to the maildrop, the address is forgiven
         # (by gate.open, in the statement that opens the maildrop with PostgreSQL).
         if not context.limits.acquire_user(user.name):
+            metrics.login(event.mechanism, "in-use")
             await context.penalty.succeeded(client)
             self.log.info("login refused, too many sessions: user=%s", escape(user.name))
             conn.login_failed(Failure.IN_USE)
@@ -760,11 +771,13 @@ class Session(asyncio.Protocol):
             maildrop = await gate.open(client, user)
         except MaildropLocked:
             context.limits.release_user(user.name)
+            metrics.login(event.mechanism, "in-use")
             self.log.info("login refused, maildrop in use: user=%s", escape(user.name))
             conn.login_failed(Failure.IN_USE)
             return
         except StoreError as exc:
             context.limits.release_user(user.name)
+            metrics.login(event.mechanism, "error")
             self.log.error("cannot open maildrop: user=%s error=%s", escape(user.name), exc)
             permanent = isinstance(exc, PermanentFailure)
             conn.login_failed(Failure.SYS_PERM if permanent else Failure.SYS_TEMP)
@@ -791,6 +804,7 @@ class Session(asyncio.Protocol):
         )
         if self._logctx is not None:
             self._logctx.set("user", escape(user.name))
+        metrics.login(event.mechanism, "ok")
         conn.login_succeeded(messages)
 
     def _login_source(self) -> LoginSource:
@@ -805,16 +819,26 @@ class Session(asyncio.Protocol):
                 local = (self.header.destination[0], self.header.destination[1])
         return LoginSource(remote=remote, local=local, secured=self._conn.tls_active)
 
-    async def _refused(self, user: User, client: str) -> bool:
+    async def _refused(self, user: User, client: str, mechanism: str) -> bool:
         """Dovecot's passdb restrictions after a right password (:mod:`mailslot.auth.policy`):
         answer and return True if ``user`` may not log in from here."""
         refusal = policy.check(user.extra, self._address, self._real)
         if refusal is None:
             return False
+        metrics = self._context.metrics
+        if refusal.kind == "sys-perm":
+            metrics.login(mechanism, "error")
+        elif refusal.text is None:
+            # The reply of a wrong password (allow_nets, a field mailslot does not support):
+            # counted as one, so the metrics page, which has no authentication, tells no
+            # more than the wire about the password.  The log line says which.
+            metrics.login(mechanism, "failed")
+        else:
+            metrics.login(mechanism, "disabled")  # nologin: the reply says it
         self.log.info("login refused, %s: user=%s", refusal.log, escape(user.name))
         if refusal.delay:
             hold = await self._context.penalty.failed(client)
-            self._context.metrics.penalty(hold)
+            metrics.penalty(hold)
             await self._hold(hold)
         else:
             # Dovecot's nodelay after a right password: no wait, and the address is forgiven
