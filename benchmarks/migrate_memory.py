@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import asyncpg
@@ -49,8 +50,10 @@ def build(maildir: Path, small: int, big_mib: int) -> None:
                 out.write(encoded)
 
 
-def peak_rss_kib(args: list[str]) -> int:
-    """Run ``mailslot migrate ARGS``; its peak RSS in KiB (Linux's ru_maxrss unit)."""
+def peak_rss_kib(args: list[str]) -> tuple[int, float]:
+    """Run ``mailslot migrate ARGS``; its peak RSS in KiB (Linux's ru_maxrss unit) and its
+    wall-clock seconds."""
+    started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "mailslot", "migrate", *args],
         stdout=subprocess.DEVNULL,
@@ -63,7 +66,7 @@ def peak_rss_kib(args: list[str]) -> int:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"mailslot migrate {' '.join(args)}: exit {process.returncode}: {err!r}")
-    return int(usage.ru_maxrss)
+    return int(usage.ru_maxrss), time.monotonic() - started
 
 
 async def upgrade(dsn: str) -> None:
@@ -74,8 +77,11 @@ async def upgrade(dsn: str) -> None:
         await connection.close()
 
 
-def measure(pg: PostgresServer, temp: Path, root: Path, runs: int) -> tuple[int, int]:
-    """Medians of the copy's and the verify's peak RSS (KiB) over ``runs`` fresh databases."""
+def measure(
+    pg: PostgresServer, temp: Path, root: Path, runs: int
+) -> tuple[tuple[int, float], tuple[int, float]]:
+    """Medians of the copy's and the verify's (peak RSS in KiB, seconds) over ``runs`` fresh
+    databases."""
     (temp / "users").write_text("alice:{PLAIN}secret\n")
     head = '[[listener]]\naddress = "127.0.0.1"\nport = 1110\ntls = "none"\n'
     old = f'{head}[auth]\npasswd_file = "users"\n[store]\nmaildir = "{root}/{{user}}/Maildir"\n'
@@ -89,7 +95,14 @@ def measure(pg: PostgresServer, temp: Path, root: Path, runs: int) -> tuple[int,
         configs = ["--from-config", f"{temp}/old.toml", "--to-config", f"{temp}/new.toml"]
         copies.append(peak_rss_kib(configs))
         verifies.append(peak_rss_kib([*configs, "--verify"]))
-    return int(statistics.median(copies)), int(statistics.median(verifies))
+    return median(copies), median(verifies)
+
+
+def median(runs: list[tuple[int, float]]) -> tuple[int, float]:
+    return (
+        int(statistics.median(rss for rss, _ in runs)),
+        statistics.median(seconds for _, seconds in runs),
+    )
 
 
 def main() -> None:
@@ -110,11 +123,12 @@ def main() -> None:
             f"median peak RSS of {options.runs} runs (MiB):"
         )
         for step, index in (("copy", 0), ("verify", 1)):
-            floor, big = results["floor"][index] / 1024, results["big"][index] / 1024
+            (floor_kib, floor_s), (big_kib, big_s) = results["floor"][index], results["big"][index]
+            floor, big = floor_kib / 1024, big_kib / 1024
             print(
                 f"{step:>7}: {big:7.1f} with the big message, {floor:7.1f} without,"
                 f" {big - floor:+7.1f} for it ({big - floor:.1f} / {options.big_mib} MiB ="
-                f" {(big - floor) / options.big_mib:.2f})"
+                f" {(big - floor) / options.big_mib:.2f}); {big_s:.2f} s, {floor_s:.2f} s without"
             )
 
 
