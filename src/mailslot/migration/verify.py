@@ -4,8 +4,7 @@ Both sides are opened through their :class:`~mailslot.store.base.Store` (as a lo
 them) and compared as RFC 1939 reports them: STAT (count and octets, section 5), LIST (each
 message's size, in order), UIDL (each unique-id, in order, section 7), and each message's
 bytes (a SHA-256 of what ``read`` yields on either side, hashed chunk by chunk: no message
-is held whole).  Every difference is a line of the
-report; none may be hidden by another.
+is held whole).  Every difference is a line of the report; none may be hidden by another.
 """
 
 from __future__ import annotations
