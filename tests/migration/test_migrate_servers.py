@@ -304,3 +304,36 @@ def test_an_account_in_use_on_the_old_server_is_skipped_and_taken_by_the_next_ru
     assert code == 0, err
     code, out, err = finished(migrate(old, new, "--verify"))
     assert code == 0, out + err
+
+
+def test_a_large_message_is_retrieved_the_same_after_migration(
+    mailslot_factory: ServerFactory, dsn: str
+) -> None:
+    """A message far over the size held whole (Batches.whole) is streamed in: RETR and TOP
+    give its bytes and header as the Maildir server did, in its place."""
+    old, new = pair(mailslot_factory, dsn)
+    builder = old.builder("alice")
+    builder.add(b"Subject: before\n\nsmall\n", folder="cur", flags="S")
+    lines = [os.urandom(38).hex().encode() for _ in range(40_000)]  # 3 MiB of 76-octet lines
+    builder.add(b"Subject: attachment\n\n" + b"\n".join(lines) + b"\n", folder="cur", flags="S")
+    builder.add(b"Subject: after\n\nsmall\n", folder="cur", flags="S")
+    old.start()
+    before = listings(old, "alice")
+    client = pop3_connect(old, "implicit")
+    client.user("alice")
+    client.pass_(old.password("alice"))
+    top_before = client.top(2, 3)[1]
+    client.quit()
+    old.stop()
+
+    code, _, err = finished(migrate(old, new, "--user", "alice"))
+    assert code == 0, err
+    code, out, err = finished(migrate(old, new, "--user", "alice", "--verify"))
+    assert code == 0, out + err
+    new.start()
+    assert listings(new, "alice") == before
+    client = pop3_connect(new, "implicit")
+    client.user("alice")
+    client.pass_(old.password("alice"))
+    assert client.top(2, 3)[1] == top_before
+    client.quit()

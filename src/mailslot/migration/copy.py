@@ -18,6 +18,12 @@ checking that the hold is still ours (a second ``mailslot migrate`` on the same 
 takes the hold and the first one stops).  Messages copied by an earlier run and removed from
 the Maildir since are removed from the account too; messages delivered into PostgreSQL (their
 UIDL is the account's own ``prefix.seq``) are never touched.
+
+No message is held whole unless it is small: one larger than ``Batches.whole`` (1 MiB) is
+read twice in chunks, once to measure it (its length and header length), then into a COPY
+of its own transaction (:mod:`mailslot.store.postgresql.bodies`), so a 100 MB attachment
+costs a chunk of memory, not 100 MB.  Its listing row and body commit together or not at
+all, as a batch's do.
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ from typing import Any
 
 from mailslot.migration.progress import Progress
 from mailslot.store.base import MaildropLocked, MessageGone, MessageInfo, Store, StoreError
-from mailslot.store.postgresql import PostgresStore, queries
-from mailslot.store.postgresql.store import header_length
+from mailslot.store.postgresql import PostgresStore, bodies, queries
+from mailslot.store.postgresql.store import DB_CHUNK, header_length
 
 # Take the hold unless a session's lease is alive; a hold of an earlier run is taken over.
 HOLD = """
@@ -55,6 +61,11 @@ INSERT INTO mailslot_users (name, password, home) VALUES ($1, $2, $3)
 ON CONFLICT (name) DO NOTHING
 """
 USER_ROW = "SELECT password, home FROM mailslot_users WHERE name = $1"
+# A streamed message's listing row, before its body (the body's foreign key needs it).
+LISTING_ROW = """
+INSERT INTO mailslot_messages (account_id, seq, uidl, wire_size, stored_size, header_size)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
 
 assert queries.MIGRATION_NODE in HOLD
 
@@ -78,14 +89,16 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Batches:
-    """A transaction commits at most ``messages`` messages or about ``octets`` octets."""
+    """A transaction commits at most ``messages`` messages or about ``octets`` octets; a
+    message whose size is over ``whole`` octets is streamed in a transaction of its own."""
 
     messages: int = 500
     octets: int = 16 * 1024 * 1024
+    whole: int = 1024 * 1024
 
 
 async def read_whole(maildrop: Any, message: MessageInfo) -> bytes:
-    """The stored bytes of ``message``, as the Maildir store serves them."""
+    """The stored bytes of ``message``, as the Maildir store serves them (a small one)."""
     return b"".join([chunk async for chunk in maildrop.read(message)])
 
 
@@ -180,6 +193,13 @@ class Migrator:
         for message in listing:
             if message.uid in present:
                 continue
+            if message.size > self._batches.whole:
+                # Committed after the batch before it: seqs keep the Maildir's order.
+                if batch:
+                    outcome.copied += await self._commit(account, token, batch)
+                    batch, octets = [], 0
+                outcome.copied += await self._stream(maildrop, account, token, message)
+                continue
             try:
                 data = await read_whole(maildrop, message)
             except MessageGone:
@@ -217,6 +237,31 @@ class Migrator:
             )
         self._progress.advance(len(batch), sum(m.size for m, _ in batch))
         return len(batch)
+
+    async def _stream(self, maildrop: Any, account: int, token: int, message: MessageInfo) -> int:
+        """Copy one large message in chunks, in its own transaction; 0 if it vanished."""
+        scan = bodies.BodyScan()
+        try:
+            async for chunk in maildrop.read(message, DB_CHUNK):
+                scan.feed(chunk)
+            async with self._database.connection() as connection, connection.transaction():
+                ours = await connection.fetchval(queries.FENCE, account, token)
+                if ours is None:
+                    raise HoldLost("another mailslot migrate took over this account")
+                seq = int(await connection.fetchval(RESERVE, account, 1))
+                await connection.execute(
+                    LISTING_ROW, account, seq, message.uid, message.size, scan.length, scan.header
+                )
+                await bodies.copy_body(
+                    connection, account, seq, scan.length, maildrop.read(message, DB_CHUNK)
+                )
+        except MessageGone:
+            self._progress.note(f"a message vanished from the Maildir: {message.uid}")
+            return 0
+        except bodies.BodyChanged as exc:
+            raise Skipped(f"message {message.uid} changed while it was copied: {exc}") from None
+        self._progress.advance(1, message.size)
+        return 1
 
 
 async def listing_totals(maildirs: Store, name: str, home: str | None) -> tuple[int, int]:

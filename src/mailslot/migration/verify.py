@@ -3,8 +3,8 @@
 Both sides are opened through their :class:`~mailslot.store.base.Store` (as a login opens
 them) and compared as RFC 1939 reports them: STAT (count and octets, section 5), LIST (each
 message's size, in order), UIDL (each unique-id, in order, section 7), and each message's
-bytes (a SHA-256 of what ``read`` yields on either side).  Every difference is a line of the
-report; none may be hidden by another.
+bytes (a SHA-256 of what ``read`` yields on either side, hashed chunk by chunk: no message
+is held whole).  Every difference is a line of the report; none may be hidden by another.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from mailslot.migration.copy import USER_ROW, read_whole
+from mailslot.migration.copy import USER_ROW
 from mailslot.store.base import MaildropLocked, Store, StoreError
 from mailslot.store.postgresql import PostgresStore, queries
+from mailslot.store.postgresql.store import DB_CHUNK
 
 DIGESTS = "SELECT seq, sha256(body) FROM mailslot_bodies WHERE account_id = $1"
 
@@ -23,7 +24,10 @@ SHOWN = 5
 
 
 async def _digest(maildrop: Any, message: Any) -> str:
-    return hashlib.sha256(await read_whole(maildrop, message)).hexdigest()
+    digest = hashlib.sha256()
+    async for chunk in maildrop.read(message, DB_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 async def compare_maildrops(
