@@ -156,7 +156,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         timeout = args.login_timeout
         print(f"trickle-capa: held {held:.1f} s before login (login_timeout {timeout:g})")
     if "trickle-proxy" in args.only:
-        listeners = (Listener("starttls", proxy_protocol=True),)
+        listeners: tuple[Listener, ...] = (Listener("starttls", proxy_protocol=True),)
         with server(tmp, tls, "proxy", listeners, limits) as srv:
             header = b"PROXY TCP4 192.0.2.1 192.0.2.2 40000 110\r\n"
             held = held_while_trickling(srv.starttls, b"", header, args.interval, args.cap)
