@@ -73,21 +73,22 @@ def held_while_trickling(
             position += 1
             readable, _, _ = select.select([sock], [], [], interval)
             if readable:
-                try:
-                    if sock.recv(65536) == b"":
-                        break
-                except OSError:
+                if _closed(sock):
                     break
                 # A reply (to CAPA) arrived; wait out the rest of the interval.
                 rest = interval - (time.monotonic() - started) % interval
                 readable, _, _ = select.select([sock], [], [], rest)
-                if readable:
-                    try:
-                        if sock.recv(65536) == b"":
-                            break
-                    except OSError:
-                        break
+                if readable and _closed(sock):
+                    break
         return time.monotonic() - started
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Reads what the server sent a readable ``sock``: has it closed the connection?"""
+    try:
+        return sock.recv(65536) == b""
+    except OSError:
+        return True
 
 
 def client_hello() -> bytes:
