@@ -73,21 +73,22 @@ def held_while_trickling(
             position += 1
             readable, _, _ = select.select([sock], [], [], interval)
             if readable:
-                try:
-                    if sock.recv(65536) == b"":
-                        break
-                except OSError:
+                if _closed(sock):
                     break
                 # A reply (to CAPA) arrived; wait out the rest of the interval.
                 rest = interval - (time.monotonic() - started) % interval
                 readable, _, _ = select.select([sock], [], [], rest)
-                if readable:
-                    try:
-                        if sock.recv(65536) == b"":
-                            break
-                    except OSError:
-                        break
+                if readable and _closed(sock):
+                    break
         return time.monotonic() - started
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Reads what the server sent a readable ``sock``: has it closed the connection?"""
+    try:
+        return sock.recv(65536) == b""
+    except OSError:
+        return True
 
 
 def client_hello() -> bytes:
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         timeout = args.login_timeout
         print(f"trickle-capa: held {held:.1f} s before login (login_timeout {timeout:g})")
     if "trickle-proxy" in args.only:
-        listeners = (Listener("starttls", proxy_protocol=True),)
+        listeners: tuple[Listener, ...] = (Listener("starttls", proxy_protocol=True),)
         with server(tmp, tls, "proxy", listeners, limits) as srv:
             header = b"PROXY TCP4 192.0.2.1 192.0.2.2 40000 110\r\n"
             held = held_while_trickling(srv.starttls, b"", header, args.interval, args.cap)

@@ -18,25 +18,14 @@ bob ({PLAIN}) in and out from 127.0.0.2, one login at a time, and prints its lat
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-
-def _line(reader: socket.SocketIO) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\r\n"):
-        chunk = reader.read(1)
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
+from benchmarks.plainserver import read_line, serving
 
 
 def _guess(port: int, until: float, drop: float | None) -> None:
@@ -45,14 +34,14 @@ def _guess(port: int, until: float, drop: float | None) -> None:
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 sock.settimeout(max(1.0, until - time.monotonic()))
                 reader = socket.SocketIO(sock, "rb")
-                _line(reader)
+                read_line(reader)
                 while time.monotonic() < until:
                     sock.sendall(b"USER alice\r\n")
-                    _line(reader)
+                    read_line(reader)
                     if drop is not None:
                         sock.settimeout(drop)
                     sock.sendall(b"PASS guess\r\n")
-                    _line(reader)
+                    read_line(reader)
         except OSError:
             continue
 
@@ -66,15 +55,15 @@ def _victim(port: int, until: float, latencies: list[float], errors: list[str]) 
                 ("127.0.0.1", port), timeout=120, source_address=("127.0.0.2", 0)
             ) as s:
                 reader = socket.SocketIO(s, "rb")
-                _line(reader)
+                read_line(reader)
                 s.sendall(b"USER bob\r\nPASS bob-secret\r\n")
-                _line(reader)
-                reply = _line(reader)
+                read_line(reader)
+                reply = read_line(reader)
                 latencies.append(time.perf_counter() - started)
                 if not reply.startswith(b"+OK"):
                     errors.append(reply.decode("latin-1").strip())
                 s.sendall(b"QUIT\r\n")
-                _line(reader)
+                read_line(reader)
         except OSError as exc:
             errors.append(f"{type(exc).__name__} after {time.perf_counter() - started:.1f} s")
         time.sleep(0.05)
@@ -99,50 +88,27 @@ def main(argv: list[str] | None = None) -> int:
             from mailslot.auth import schemes
 
             alice = schemes.hash_password("alice-secret", args.scheme)
-        (root / "users").write_text(f"alice:{alice}\nbob:{{PLAIN}}bob-secret\n")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        (root / "mailslot.toml").write_text(
-            "[server]\nworkers = 2\n"
-            # As root (CI, this machine) a server without [server] user wants a reason.
-            + ('run_as_root = "a benchmark"\n' if os.geteuid() == 0 else "")
-            + f'[[listener]]\naddress = "127.0.0.1"\nport = {port}\n'
-            f'tls = "none"\n[auth]\npasswd_file = "users"\nallow_plaintext_without_tls = true\n'
-            + ("failure_delay = 0\nfailure_delay_max = 0\n" if args.no_penalty else "")
-            + f"[limits]\nmax_connections_per_ip = 1000\nmax_bad_commands_before_login = 100000\n"
-            f'[store]\nmaildir = "{root}/mail/{{user}}/Maildir"\n'
-        )
-        log_path = root / "server.log"
-        with open(log_path, "wb") as log:
-            config = str(root / "mailslot.toml")
-            server = subprocess.Popen(
-                [sys.executable, "-m", "mailslot", "serve", "--config", config],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                time.sleep(2.0)
-                until = time.monotonic() + args.seconds
-                threads = [
-                    threading.Thread(target=_guess, args=(port, until, args.drop), daemon=True)
-                    for _ in range(args.connections)
-                ]
-                latencies: list[float] = []
-                errors: list[str] = []
-                if args.victim:
-                    victim = threading.Thread(
-                        target=_victim, args=(port, until, latencies, errors), daemon=True
-                    )
-                    threads.append(victim)
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-            finally:
-                server.terminate()
-                server.wait()
-        text = log_path.read_text(errors="replace")
+        passwd = f"alice:{alice}\nbob:{{PLAIN}}bob-secret\n"
+        limits = {"max_connections_per_ip": 1000, "max_bad_commands_before_login": 100000}
+        with serving(root, passwd, workers=2, penalty=not args.no_penalty, limits=limits) as server:
+            time.sleep(2.0)
+            until = time.monotonic() + args.seconds
+            threads = [
+                threading.Thread(target=_guess, args=(server.port, until, args.drop), daemon=True)
+                for _ in range(args.connections)
+            ]
+            latencies: list[float] = []
+            errors: list[str] = []
+            if args.victim:
+                victim = threading.Thread(
+                    target=_victim, args=(server.port, until, latencies, errors), daemon=True
+                )
+                threads.append(victim)
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        text = server.log.read_text(errors="replace")
     # A check the hash pool refused (the client had too many waiting) is logged by the pool
     # and then as a failed login: it was not checked.
     pool_refused = text.count("password check refused")

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from passlib.hash import sha512_crypt
 
+from benchmarks.plainserver import read_line, serving, wait_for_greeting
 from mailslot.auth import schemes
 
 KINDS = {
@@ -33,25 +32,9 @@ KINDS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _command(sock: socket.socket, reader: socket.SocketIO, line: bytes) -> bytes:
     sock.sendall(line + b"\r\n")
-    return _line(reader)
-
-
-def _line(reader: socket.SocketIO) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\r\n"):
-        chunk = reader.read(1)
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
+    return read_line(reader)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,46 +53,20 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"{kind}:{{SHA512-CRYPT}}{data}\n")
             elif scheme is not None:
                 lines.append(f"{kind}:{schemes.hash_password('right-' + kind, scheme)}\n")
-        (root / "users").write_text("".join(lines))
-        port = _free_port()
-        (root / "mailslot.toml").write_text(
-            f'[[listener]]\naddress = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-            f'[auth]\npasswd_file = "users"\nallow_plaintext_without_tls = true\n'
-            f"failure_delay = 0\nfailure_delay_max = 0\n"
-            f'[store]\nmaildir = "{root}/mail/{{user}}/Maildir"\n'
-        )
-        log = open(root / "server.log", "wb")  # noqa: SIM115 - closed with the server
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mailslot", "serve", "--config", str(root / "mailslot.toml")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port)).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+        with serving(root, "".join(lines), workers=1, penalty=False) as server:
+            wait_for_greeting(server.port, deadline=30)
             times: dict[str, list[float]] = {kind: [] for kind in KINDS}
             for _ in range(args.tries):
                 for kind in KINDS:
-                    with socket.create_connection(("127.0.0.1", port)) as sock:
+                    with socket.create_connection(("127.0.0.1", server.port)) as sock:
                         reader = socket.SocketIO(sock, "rb")
-                        _line(reader)  # the greeting
+                        read_line(reader)  # the greeting
                         _command(sock, reader, f"USER {kind}".encode())
                         started = time.perf_counter()
                         reply = _command(sock, reader, b"PASS wrong")
                         times[kind].append(time.perf_counter() - started)
                         assert reply.startswith(b"-ERR [AUTH]"), reply
                         sock.sendall(b"QUIT\r\n")
-        finally:
-            server.terminate()
-            server.wait()
-            log.close()
     medians = {kind: statistics.median(values) * 1000 for kind, values in times.items()}
     for kind, values in times.items():
         p90 = statistics.quantiles(values, n=10)[-1] * 1000

@@ -204,13 +204,16 @@ class Pop3Tls(poplib.POP3_SSL):
 
     def __init__(self, port: int, context: ssl.SSLContext, source: str = "127.0.0.1") -> None:
         self.source = source
+        # Our own reference: typeshed does not declare the ``context`` POP3_SSL keeps, and
+        # super().__init__ connects (calls _create_socket) before it returns.
+        self.tls_context = context
         super().__init__("127.0.0.1", port, context=context, timeout=30)
 
     def _create_socket(self, timeout: float) -> socket.socket:
         raw = socket.create_connection(
             (self.host, self.port), timeout, source_address=(self.source, 0)
         )
-        return self.context.wrap_socket(raw, server_hostname="localhost")
+        return self.tls_context.wrap_socket(raw, server_hostname="localhost")
 
 
 def read_mail(pop: poplib.POP3, rng: random.Random) -> None:

@@ -19,25 +19,14 @@ succeeded (a success forgets the address).
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-
-def _line(reader: socket.SocketIO) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\r\n"):
-        chunk = reader.read(1)
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
+from benchmarks.plainserver import read_line, serving, wait_for_greeting
 
 
 def _login(
@@ -45,29 +34,15 @@ def _login(
 ) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
         reader = socket.SocketIO(sock, "rb")
-        _line(reader)
+        read_line(reader)
         start.wait()
         started = time.perf_counter()
         sock.sendall(f"USER {user}\r\nPASS {password}\r\n".encode())
-        _line(reader)
-        reply = _line(reader)
+        read_line(reader)
+        reply = read_line(reader)
         done.append((time.perf_counter() - started, reply))
         sock.sendall(b"QUIT\r\n")
-        _line(reader)
-
-
-def _wait_for_greeting(port: int, deadline: float = 60.0) -> None:
-    """The server reads (and times) the passwd-file before it listens: wait for it."""
-    until = time.monotonic() + deadline
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                _line(socket.SocketIO(sock, "rb"))
-                return
-        except OSError:
-            if time.monotonic() > until:
-                raise
-            time.sleep(0.1)
+        read_line(reader)
 
 
 def _hash(password: str, scheme: str) -> str:
@@ -89,57 +64,33 @@ def main(argv: list[str] | None = None) -> int:
     users = [(f"user{n}", f"secret-{n}") for n in range(1, args.accounts + 1)]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "users").write_text(
-            "".join(f"{name}:{_hash(password, args.scheme)}\n" for name, password in users)
-        )
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        (root / "mailslot.toml").write_text(
-            f"[server]\nworkers = {args.workers}\n"
-            # As root (CI, this machine) a server without [server] user wants a reason.
-            + ('run_as_root = "a benchmark"\n' if os.geteuid() == 0 else "")
-            + f'[[listener]]\naddress = "127.0.0.1"\nport = {port}\n'
-            f'tls = "none"\n[auth]\npasswd_file = "users"\nallow_plaintext_without_tls = true\n'
-            f'[store]\nmaildir = "{root}/mail/{{user}}/Maildir"\n'
-        )
-        log_path = root / "server.log"
+        passwd = "".join(f"{name}:{_hash(password, args.scheme)}\n" for name, password in users)
         totals: list[float] = []
         failed: list[int] = []
-        with open(log_path, "wb") as log:
-            config = str(root / "mailslot.toml")
-            server = subprocess.Popen(
-                [sys.executable, "-m", "mailslot", "serve", "--config", config],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                _wait_for_greeting(port)
-                for round_ in range(args.rounds):
-                    start = threading.Barrier(len(users))
-                    done: list[tuple[float, bytes]] = []
-                    threads = [
-                        threading.Thread(target=_login, args=(port, name, pw, start, done))
-                        for name, pw in users
-                    ]
-                    for thread in threads:
-                        thread.start()
-                    for thread in threads:
-                        thread.join()
-                    total = max(seconds for seconds, _ in done)
-                    errors = sum(not reply.startswith(b"+OK") for _, reply in done)
-                    totals.append(total)
-                    failed.append(errors)
-                    latencies = " ".join(f"{s:.3f}" for s, _ in sorted(done))
-                    print(
-                        f"round {round_ + 1}: all answered in {total:.3f} s, {errors} -ERR"
-                        f" (each: {latencies} s)"
-                    )
-                    time.sleep(args.pause)
-            finally:
-                server.terminate()
-                server.wait()
-        text = log_path.read_text(errors="replace")
+        with serving(root, passwd, workers=args.workers) as server:
+            wait_for_greeting(server.port)
+            for round_ in range(args.rounds):
+                start = threading.Barrier(len(users))
+                done: list[tuple[float, bytes]] = []
+                threads = [
+                    threading.Thread(target=_login, args=(server.port, name, pw, start, done))
+                    for name, pw in users
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                total = max(seconds for seconds, _ in done)
+                errors = sum(not reply.startswith(b"+OK") for _, reply in done)
+                totals.append(total)
+                failed.append(errors)
+                latencies = " ".join(f"{s:.3f}" for s, _ in sorted(done))
+                print(
+                    f"round {round_ + 1}: all answered in {total:.3f} s, {errors} -ERR"
+                    f" (each: {latencies} s)"
+                )
+                time.sleep(args.pause)
+        text = server.log.read_text(errors="replace")
     refused = text.count("login refused, too many failures")
     print(
         f"{args.accounts} right-password logins at once, {args.scheme}, {args.workers} workers,"

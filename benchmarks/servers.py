@@ -129,12 +129,11 @@ class Mailslot(Server):
     passwd: Path = Path()
     workers: int = 1
 
-    def command(self) -> list[str]:
-        config = self.workdir / "mailslot.toml"
-        config.write_text(
-            f"""[server]
+    def config_text(self) -> str:
+        """Both listeners, the TLS pair and the limits, around this server's own backends."""
+        return f"""[server]
 workers = {self.workers}
-run_as_root = "a benchmark on 127.0.0.1 (ignored unless started as root)"
+{self.server_options()}run_as_root = "a benchmark on 127.0.0.1 (ignored unless started as root)"
 [[listener]]
 address = "127.0.0.1"
 port = {self.plain_port}
@@ -146,18 +145,32 @@ tls = "implicit"
 [tls]
 certificate = "{self.cert}"
 private_key = "{self.key}"
-[auth]
+{self.backends()}[limits]
+max_connections = 30000
+max_connections_per_ip = 30000
+"""
+
+    def server_options(self) -> str:
+        """More ``[server]`` lines."""
+        return ""
+
+    def backends(self) -> str:
+        """The ``[auth]`` and ``[store]`` sections: the passwd-file and Maildirs."""
+        return f"""[auth]
 passwd_file = "{self.passwd}"
 allow_plaintext_without_tls = true
 failure_delay = 0  # as mailslot-pg's, below
 [store]
 maildir = "{self.mail_root}/{{user}}/Maildir"
-[limits]
-max_connections = 30000
-max_connections_per_ip = 30000
 """
-        )
-        return [sys.executable, "-m", "mailslot", "serve", "--config", str(config)]
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "mailslot.toml"
+
+    def command(self) -> list[str]:
+        self.config_path.write_text(self.config_text())
+        return [sys.executable, "-m", "mailslot", "serve", "--config", str(self.config_path)]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -181,23 +194,12 @@ class MailslotPg(Mailslot):
     pool_size: int = 4
     cgroup: str = ""  # a cgroup v1 cpu directory the node starts in (benchmarks.pg_scaling)
 
-    def config_text(self) -> str:
-        return f"""[server]
-workers = {self.workers}
-node_id = "{self.node_id}"
-run_as_root = "a benchmark on 127.0.0.1 (ignored unless started as root)"
-[[listener]]
-address = "127.0.0.1"
-port = {self.plain_port}
-tls = "starttls"
-[[listener]]
-address = "127.0.0.1"
-port = {self.tls_port}
-tls = "implicit"
-[tls]
-certificate = "{self.cert}"
-private_key = "{self.key}"
-[auth]
+    def server_options(self) -> str:
+        return f'node_id = "{self.node_id}"\n'
+
+    def backends(self) -> str:
+        """Users and mail in the PostgreSQL database ``dsn``."""
+        return f"""[auth]
 backend = "postgresql"
 allow_plaintext_without_tls = true
 # Off: every check reserves a penalty slot for its address before the password lookup, so
@@ -208,14 +210,7 @@ failure_delay = 0
 backend = "postgresql"
 dsn = "{self.dsn}"
 pool_size = {self.pool_size}
-[limits]
-max_connections = 30000
-max_connections_per_ip = 30000
 """
-
-    @property
-    def config_path(self) -> Path:
-        return self.workdir / "mailslot.toml"
 
     def upgrade(self) -> None:
         """``mailslot db upgrade``: the schema, as an operator makes it."""
@@ -228,8 +223,7 @@ max_connections_per_ip = 30000
         )
 
     def command(self) -> list[str]:
-        self.config_path.write_text(self.config_text())
-        serve = [sys.executable, "-m", "mailslot", "serve", "--config", str(self.config_path)]
+        serve = super().command()
         if not self.cgroup:
             return serve
         # Into the cgroup before exec, so the workers it forks are born in it.
