@@ -33,6 +33,7 @@ BENCHMARKS = ("login", "tls-login", "session", "retr", "idle", "idle-tls", "bigb
 SERVERS = ("mailslot", "mailslot-pg", "dovecot", "dovecot-hp", "dovecot-sc0", "twisted")
 MAIL_UID = 64123  # an unprivileged uid of our own: Dovecot refuses to serve mail as root
 LOAD_USERS = 64
+LATEST = Path("benchmarks/results/latest.json")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,7 +41,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke test: about 5 minutes")
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmarks")
     p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated servers")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        help=f"where the JSON (and the PNG beside it) go; default {LATEST} for a full run,"
+        " a new file in the temp dir for any other (so a partial run never replaces the"
+        " full run the README's table is from)",
+    )
     p.add_argument("--reps", type=int, default=3, help="runs per figure (median taken)")
     p.add_argument("--clients", type=int, default=max(2, min(4, os.cpu_count() or 2)))
     p.add_argument("--concurrency", type=int, help="concurrent connections (one user each)")
@@ -65,7 +72,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in args.servers:
         if name not in SERVERS:
             p.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+    if args.out is None:
+        args.out = LATEST if full_run(args) else partial_out()
     return args
+
+
+def full_run(args: argparse.Namespace) -> bool:
+    """Every benchmark against every server, three runs or more, nothing profiled."""
+    return (
+        set(args.only) == set(BENCHMARKS)
+        and set(args.servers) == set(SERVERS)
+        and not args.quick
+        and args.reps >= 3
+        and args.profile is None
+    )
+
+
+def partial_out() -> Path:
+    """A fresh file in the temp dir, named after the time it was started."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(tempfile.gettempdir()) / f"mailslot-bench-{stamp}-{os.getpid()}.json"
 
 
 def machine() -> dict[str, Any]:
