@@ -290,3 +290,32 @@ def test_a_retiring_generation_writes_out_its_counts(server: MailslotServer) -> 
         time.sleep(0.01)
     found = samples(scrape(port))
     assert value(found, "mailslot_logins_total", listener=listener, result="ok", mechanism="USER")
+
+
+def test_an_empty_value_file_left_by_a_killed_worker_is_skipped(server: MailslotServer) -> None:
+    """prometheus_client creates a value file empty and sizes it just after: a worker
+    SIGKILLed in between leaves an empty file for good (prometheus/client_python#1199).
+    Every later scrape must still answer, with everything the other files hold."""
+    port = metrics_port(server)
+    listener = f"127.0.0.1:{server.implicit[1]}"
+    pop = client(server)
+    pop.user("alice")
+    pop.pass_(server.password("alice"))
+    pop.quit()
+    assert server.process is not None
+    mapped = {
+        Path(line.split()[-1]).parent
+        for child in children(server.process.pid)
+        for line in Path(f"/proc/{child}/maps").read_text().splitlines()
+        if "/mailslot-metrics-" in line
+    }
+    (directory,) = mapped
+    (directory / "counter_2147483646.db").touch()  # a pid no worker has: the killed one's
+    deadline = time.monotonic() + DEADLINE
+    while True:  # a login is written to the files within a second
+        found = samples(scrape(port))
+        labels = {"listener": listener, "result": "ok", "mechanism": "USER"}
+        if value(found, "mailslot_logins_total", **labels) == 1:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
