@@ -680,9 +680,9 @@ async def start_exporter(sock: socket.socket, metrics: Metrics) -> asyncio.Abstr
             if len(parts) >= 2 and method in (b"GET", b"HEAD") and parts[1] == b"/metrics":
                 try:
                     body = metrics.render()
-                except (OSError, ValueError, struct.error) as exc:
-                    # A value file this worker cannot read, or one that is not a value file
-                    # (prometheus_client raises these two for a damaged one).
+                except (OSError, RuntimeError, ValueError, struct.error) as exc:
+                    # A value file this worker cannot read, or a damaged one (for which
+                    # prometheus_client raises the other three).
                     logger.error("metrics: cannot read the values: %s", exc)
                     body, status, kind = b"cannot read the values\n", b"500 Error", b"text/plain"
                 else:
