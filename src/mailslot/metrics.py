@@ -35,6 +35,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -234,6 +235,35 @@ class _CertificateCollector:
     def collect(self) -> list[Any]:
         gauge = certexpiry.family(self._directory)
         return [] if gauge is None else [gauge]
+
+
+class _SizedFiles:
+    """The multiprocess collector over the value files that have their header.
+
+    prometheus_client creates a value file empty and sizes it a moment later; reading it in
+    between raises ``struct.error``, and a worker killed in that moment leaves the empty
+    file for good, so that every scrape would fail (prometheus/client_python#1199).  An
+    empty file holds no value yet: it is left out.  A sized file is never shrunk again.
+    """
+
+    _HEADER = 8  # the used-bytes integer and its padding
+
+    def __init__(self, collector: Any, directory: Path) -> None:
+        self._merge = collector.merge
+        self._directory = directory
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        files = []
+        for path in self._directory.glob("*.db"):
+            try:
+                if path.stat().st_size >= self._HEADER:
+                    files.append(str(path))
+            except FileNotFoundError:  # a dead worker's gauge file, removed meanwhile
+                continue
+        return self._merge(files, accumulate=True)
 
 
 class _Families:
@@ -476,7 +506,7 @@ class PrometheusMetrics(Metrics):
         from prometheus_client import multiprocess
 
         registry = pc.CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_SizedFiles(multiprocess.MultiProcessCollector, _directory()))
         registry.register(_CertificateCollector(_directory()))
         text: bytes = pc.generate_latest(registry)
         return text
@@ -660,7 +690,9 @@ async def start_exporter(sock: socket.socket, metrics: Metrics) -> asyncio.Abstr
             if len(parts) >= 2 and method in (b"GET", b"HEAD") and parts[1] == b"/metrics":
                 try:
                     body = metrics.render()
-                except OSError as exc:  # a value file this worker cannot read
+                except (OSError, RuntimeError, ValueError, struct.error) as exc:
+                    # A value file this worker cannot read, or a damaged one (for which
+                    # prometheus_client raises the other three).
                     logger.error("metrics: cannot read the values: %s", exc)
                     body, status, kind = b"cannot read the values\n", b"500 Error", b"text/plain"
                 else:

@@ -104,6 +104,17 @@ def metrics_port(server: MailslotServer) -> int:
     raise LookupError("no [metrics] port")
 
 
+def metrics_directory(server: MailslotServer) -> set[Path]:
+    """The directories of the value files the workers map (from /proc/PID/maps)."""
+    assert server.process is not None
+    return {
+        Path(line.split()[-1]).parent
+        for child in children(server.process.pid)
+        for line in Path(f"/proc/{child}/maps").read_text().splitlines()
+        if "/mailslot-metrics-" in line
+    }
+
+
 def client(server: MailslotServer) -> poplib.POP3_SSL:
     address, port = server.implicit
     return poplib.POP3_SSL(address, port, context=server.tls_files.client_context(), timeout=10)
@@ -257,14 +268,7 @@ def test_the_directory_is_removed_and_other_paths_are_not_found(
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
     assert refused.value.code == 404
-    assert server.process is not None
-    # The workers map their value files; /proc/PID/maps names the directory.
-    mapped = {
-        Path(line.split()[-1]).parent
-        for child in children(server.process.pid)
-        for line in Path(f"/proc/{child}/maps").read_text().splitlines()
-        if "/mailslot-metrics-" in line
-    }
+    mapped = metrics_directory(server)
     assert len(mapped) == 1
     directory = mapped.pop()
     assert directory.stat().st_uid == pwd.getpwnam(USER).pw_uid
@@ -290,3 +294,42 @@ def test_a_retiring_generation_writes_out_its_counts(server: MailslotServer) -> 
         time.sleep(0.01)
     found = samples(scrape(port))
     assert value(found, "mailslot_logins_total", listener=listener, result="ok", mechanism="USER")
+
+
+def test_an_empty_value_file_left_by_a_killed_worker_is_skipped(server: MailslotServer) -> None:
+    """prometheus_client creates a value file empty and sizes it just after: a worker
+    SIGKILLed in between leaves an empty file for good (prometheus/client_python#1199).
+    Every later scrape must still answer, with everything the other files hold."""
+    port = metrics_port(server)
+    listener = f"127.0.0.1:{server.implicit[1]}"
+    pop = client(server)
+    pop.user("alice")
+    pop.pass_(server.password("alice"))
+    pop.quit()
+    (directory,) = metrics_directory(server)
+    (directory / "counter_2147483646.db").touch()  # a pid no worker has: the killed one's
+    deadline = time.monotonic() + DEADLINE
+    while True:  # a login is written to the files within a second
+        found = samples(scrape(port))
+        labels = {"listener": listener, "result": "ok", "mechanism": "USER"}
+        if value(found, "mailslot_logins_total", **labels) == 1:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_damaged_value_file_answers_500_and_is_logged(server: MailslotServer) -> None:
+    port = metrics_port(server)
+    (directory,) = metrics_directory(server)
+    damaged = directory / "counter_2147483645.db"
+    # 64 bytes used, then a key said to be 65,535 bytes long: beyond what the file holds.
+    damaged.write_bytes((64).to_bytes(4, "little") + bytes(4) + (65535).to_bytes(4, "little"))
+    with damaged.open("ab") as f:
+        f.truncate(64)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert refused.value.code == 500
+    # An error line is written at once, before the reply.
+    assert "metrics: cannot read the values: Read beyond file size" in server.log()
+    damaged.unlink()
+    assert "mailslot_login_penalty_seconds_count" in scrape(port)
