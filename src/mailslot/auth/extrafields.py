@@ -36,7 +36,13 @@ import re
 from dataclasses import dataclass, field, replace
 
 from mailslot.auth import restrictions
-from mailslot.auth.restrictions import Network, Restrictions, field_name, parse_networks
+from mailslot.auth.restrictions import (
+    UNRESTRICTED,
+    Network,
+    Restrictions,
+    field_name,
+    parse_networks,
+)
 
 __all__ = ["ExtraFields", "Network", "parse", "parse_networks", "parse_quota_rule"]
 
@@ -51,7 +57,7 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 class ExtraFields:
     """What one passwd-file line says beyond its name and password."""
 
-    restrictions: Restrictions = Restrictions()  # the passdb fields
+    restrictions: Restrictions = UNRESTRICTED  # the passdb fields
     home: str | None = None
     mail: str | None = None  # a [store] maildir template ({user} ... ~/), None: the default
     mail_unsupported: bool = False  # userdb_mail names what mailslot cannot serve

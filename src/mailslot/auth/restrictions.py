@@ -44,6 +44,7 @@ from typing import Literal
 __all__ = [
     "NOLOGIN_TEXT",
     "SUPPORTED",
+    "UNRESTRICTED",
     "Network",
     "Reader",
     "Refusal",
@@ -87,6 +88,9 @@ class Restrictions:
         )
 
 
+UNRESTRICTED = Restrictions()
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a user with a right password is refused, and how to answer."""
@@ -103,7 +107,7 @@ class Reader:
     later field of the same name replaces an earlier one, as in Dovecot."""
 
     def __init__(self) -> None:
-        self._found = Restrictions()
+        self._found = UNRESTRICTED
         self._refused: list[str] = []
 
     def add(self, key: str, value: str | None) -> str | None:
@@ -197,9 +201,6 @@ def within(address: str | None, nets: tuple[Network | str, ...]) -> bool:
     mapped = getattr(where.network_address, "ipv4_mapped", None)
     if mapped is not None and where.prefixlen == 128:
         where = ipaddress.ip_network(mapped)
-    return any(
-        not isinstance(net, str)
-        and net.version == where.version
-        and where.subnet_of(net)  # type: ignore[arg-type]
-        for net in nets
-    )
+    if isinstance(where, ipaddress.IPv4Network):
+        return any(isinstance(net, ipaddress.IPv4Network) and where.subnet_of(net) for net in nets)
+    return any(isinstance(net, ipaddress.IPv6Network) and where.subnet_of(net) for net in nets)
