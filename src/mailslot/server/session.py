@@ -727,13 +727,14 @@ class Session(asyncio.Protocol):
                 user = await asyncio.create_task(check, context=checking)
             else:
                 user = await check
-        except AuthenticationFailed as exc:
+        except Refused as exc:  # a right password the backend refused, and logged why
             self.log.info("login failed: user=%s mechanism=%s", name, event.mechanism)
-            if isinstance(exc, Refused):  # a right password; the backend logged why
-                await self._answer_refusal(exc.refusal, client)
-                return
+            await self._answer_refusal(exc.refusal, client)
+            return
+        except AuthenticationFailed:
             hold = await context.penalty.failed(client)
             context.metrics.penalty(hold)
+            self.log.info("login failed: user=%s mechanism=%s", name, event.mechanism)
             await self._hold(hold)
             conn.login_failed(Failure.AUTH)
             return
