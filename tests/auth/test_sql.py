@@ -301,7 +301,8 @@ def test_fields_and_networks() -> None:
         {"USER": "a", "Password": "$6$x", "nologin": None, "userdb_home": "/h", "nodelay": "y"}
     )
     assert (fields.user, fields.password, fields.home) == ("a", "{CRYPT}$6$x", "/h")
-    assert not fields.nologin and fields.unused == ("nodelay",)
+    # nodelay is honoured (for a nologin refusal), as in the passwd-file and Dovecot.
+    assert not fields.nologin and fields.restrictions.nodelay and fields.unused == ()
     assert passdb_fields({"password_noscheme": "{x}"}, "PLAIN").password == "{PLAIN}{x}"
     assert passdb_fields({"password": b"{PLAIN}x", "nologin": ""}).nologin
     assert client_allowed("192.0.2.7", ("192.0.2.0/24",))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mailslot.auth.extrafields import ExtraFields
+from mailslot.auth.restrictions import Refusal
 
 
 class AuthError(Exception):
@@ -22,6 +23,16 @@ class AuthError(Exception):
 
 class AuthenticationFailed(AuthError):
     """Unknown user, wrong password or invalid user name: deliberately indistinguishable."""
+
+
+class Refused(AuthenticationFailed):
+    """A right password, refused by the account's passdb restrictions
+    (:mod:`mailslot.auth.restrictions`): the session answers as ``refusal`` says (a
+    ``nologin`` reply names the refusal; every other one is a wrong password's)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__()
+        self.refusal = refusal
 
 
 class TemporaryAuthFailure(AuthError):
@@ -48,18 +59,22 @@ class LoginSource:
     """Where a login comes from, for backends that pass it on (Dovecot's ``rip``/``lip``).
 
     ``remote`` and ``local`` are (address, port) pairs; ``secured``: the session runs over TLS.
+    ``real``: the connecting peer's address (under the PROXY protocol the proxy, not the
+    client; ``None`` for a Unix socket), for ``allow_real_nets``.
     """
 
     remote: tuple[str, int] | None = None
     local: tuple[str, int] | None = None
     secured: bool = False
+    real: str | None = None
 
 
 login_source: ContextVar[LoginSource | None] = ContextVar("mailslot_login_source", default=None)
 """Set by the session for :meth:`Authenticator.authenticate` of a backend whose
 ``uses_login_source`` attribute is true (:mod:`mailslot.auth.dovecot`, which sends it to
-Dovecot): the session then runs the check as a task in a context of its own.  A context
-variable rather than an argument keeps the Protocol unchanged for the other backends."""
+Dovecot; :mod:`mailslot.auth.sql`, which checks ``allow_nets`` against it): the session then
+runs the check as a task in a context of its own.  A context variable rather than an argument
+keeps the Protocol unchanged for the other backends."""
 
 
 class Authenticator(Protocol):

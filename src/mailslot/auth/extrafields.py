@@ -6,13 +6,11 @@ fields: space-separated ``key=value`` or bare ``key``, where a ``userdb_`` prefi
 field and anything else is a passdb field ("Passdb extra fields", "Userdb extra fields").  There
 is no quoting: a value never holds a space (``reason=Account\\ moved`` is ``Account\\``).
 
-Supported here, with Dovecot's meaning:
+Supported here, with Dovecot's meaning (the passdb fields ``nologin``, ``reason``,
+``allow_nets``, ``allow_real_nets`` and ``nodelay`` are read by :mod:`.restrictions`, as the
+SQL passdb's columns are):
 
 ==================  ============================================================================
-``nologin``         refuse after a right password; ``reason=TEXT`` is the reply's text
-``allow_nets``      comma-separated networks (CIDR, a bare address, ``local``); else refused
-``allow_real_nets`` the same for the connecting peer itself (the proxy under PROXY protocol)
-``nodelay``         no failure delay, only for a ``nologin`` refusal (see :mod:`.policy`)
 ``userdb_home``     the home directory (``{home}`` and ``~/`` of ``[store] maildir``)
 ``userdb_mail``     ``maildir:PATH`` that must name the same place as ``[store] maildir``
 ``userdb_uid/gid``  (and fields 3/4) the mail owner, names or numbers
@@ -33,34 +31,33 @@ from __future__ import annotations
 
 import functools
 import grp
-import ipaddress
 import pwd
 import re
 from dataclasses import dataclass, field, replace
 
+from mailslot.auth import restrictions
+from mailslot.auth.restrictions import (
+    UNRESTRICTED,
+    Network,
+    Restrictions,
+    field_name,
+    parse_networks,
+)
+
 __all__ = ["ExtraFields", "Network", "parse", "parse_networks", "parse_quota_rule"]
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-_PASSDB = frozenset({"nologin", "reason", "allow_nets", "allow_real_nets", "nodelay"})
 _USERDB = frozenset({"home", "mail", "uid", "gid", "quota_rule"})
 # Dovecot fields that only describe: accepted and harmless.
 _HARMLESS = frozenset({"userdb_system_groups_user", "userdb_gecos", "userdb_shell"})
-_REASON_MAX = 200
 _SIZE = re.compile(r"(\d+)([bkmgt]?)", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_LOCAL = "local"
 
 
 @dataclass(frozen=True, slots=True)
 class ExtraFields:
     """What one passwd-file line says beyond its name and password."""
 
-    nologin: bool = False
-    reason: str | None = None
-    allow_nets: tuple[Network | str, ...] | None = None  # "local": a Unix-socket client
-    allow_real_nets: tuple[Network | str, ...] | None = None
-    nodelay: bool = False
+    restrictions: Restrictions = UNRESTRICTED  # the passdb fields
     home: str | None = None
     mail: str | None = None  # a [store] maildir template ({user} ... ~/), None: the default
     mail_unsupported: bool = False  # userdb_mail names what mailslot cannot serve
@@ -68,8 +65,6 @@ class ExtraFields:
     gid: int | None = None
     quota_bytes: int | None = None
     quota_messages: int | None = None
-    # Passdb fields that refuse the user (unknown, or a supported one with a bad value).
-    refused_by: tuple[str, ...] = ()
     # Every problem, one sentence each, for the load-time log and check-config.
     problems: tuple[str, ...] = field(default=(), compare=False)
 
@@ -83,12 +78,37 @@ class ExtraFields:
     @property
     def restricted(self) -> bool:
         """Whether a right password may still be refused (so timing must hide the outcome)."""
-        return bool(
-            self.nologin
-            or self.allow_nets is not None
-            or self.allow_real_nets is not None
-            or self.refused_by
-        )
+        return self.restrictions.restricted
+
+    @property
+    def nologin(self) -> bool:
+        """``nologin``: refused after a right password."""
+        return self.restrictions.nologin
+
+    @property
+    def reason(self) -> str | None:
+        """``reason``: the text of a ``nologin`` refusal."""
+        return self.restrictions.reason
+
+    @property
+    def allow_nets(self) -> tuple[Network | str, ...] | None:
+        """``allow_nets``: where the client must be, or None (anywhere)."""
+        return self.restrictions.allow_nets
+
+    @property
+    def allow_real_nets(self) -> tuple[Network | str, ...] | None:
+        """``allow_real_nets``: where the connecting peer must be, or None (anywhere)."""
+        return self.restrictions.allow_real_nets
+
+    @property
+    def nodelay(self) -> bool:
+        """``nodelay``: no failure delay for a ``nologin`` refusal."""
+        return self.restrictions.nodelay
+
+    @property
+    def refused_by(self) -> tuple[str, ...]:
+        """Passdb fields that refuse the user (unknown, or a supported one with a bad value)."""
+        return self.restrictions.refused_by
 
 
 def parse(fields: list[str]) -> ExtraFields:
@@ -113,7 +133,7 @@ def parse_fields(uid: str, gid: str, extra: str) -> ExtraFields:
     ``userdb_home``).  Cached: most lines of a file share them (vmail:vmail, no extras)."""
     values: dict[str, object] = {}
     problems: list[str] = []
-    refused: list[str] = []
+    passdb = restrictions.Reader()
     for key, index, value in (("uid", 2, uid), ("gid", 3, gid)):
         if value:
             _set_id(values, key, value, problems, f"field {index + 1} ({key})")
@@ -121,40 +141,9 @@ def parse_fields(uid: str, gid: str, extra: str) -> ExtraFields:
         key, has_value, value = token.partition("=")
         if key.startswith("userdb_"):
             _userdb(values, key, key.removeprefix("userdb_"), value, problems)
-        elif key in _PASSDB:
-            _passdb(values, key, value if has_value else None, problems, refused)
-        else:
-            shown = _shown(key)
-            problems.append(
-                f"passdb field {shown} is not supported by mailslot: the user is refused"
-            )
-            refused.append(shown)
-    return ExtraFields(**values, refused_by=tuple(refused), problems=tuple(problems))  # type: ignore[arg-type]
-
-
-def _shown(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_./-]", "?", key[:64]) or "(empty)"
-
-
-def _passdb(
-    values: dict[str, object],
-    key: str,
-    value: str | None,
-    problems: list[str],
-    refused: list[str],
-) -> None:
-    if key in ("nologin", "nodelay"):
-        # Dovecot treats the field's presence as set, whatever its value.
-        values[key] = True
-    elif key == "reason":
-        text = "".join(c if c.isprintable() else "?" for c in (value or ""))[:_REASON_MAX]
-        values["reason"] = text or None
-    else:
-        try:
-            values[key] = parse_networks(value or "")
-        except ValueError:
-            problems.append(f"passdb field {key} is not a list of networks: the user is refused")
-            refused.append(key)
+        elif (problem := passdb.add(key, value if has_value else None)) is not None:
+            problems.append(problem)
+    return ExtraFields(**values, restrictions=passdb.result(), problems=tuple(problems))  # type: ignore[arg-type]
 
 
 def _userdb(
@@ -163,7 +152,7 @@ def _userdb(
     if key in _HARMLESS:
         return
     if name not in _USERDB:
-        problems.append(f"userdb field {_shown(key)} is not supported by mailslot: ignored")
+        problems.append(f"userdb field {field_name(key)} is not supported by mailslot: ignored")
     elif name == "home":
         values["home"] = value or None
     elif name in ("uid", "gid"):
@@ -193,23 +182,6 @@ def _set_id(
         values[key] = pwd.getpwnam(value).pw_uid if key == "uid" else grp.getgrnam(value).gr_gid
     except KeyError:
         problems.append(f"{where} names no {'user' if key == 'uid' else 'group'}: ignored")
-
-
-def parse_networks(value: str) -> tuple[Network | str, ...]:
-    """Dovecot's ``allow_nets`` list: comma-separated networks or addresses, or ``local``.
-
-    Raises ValueError for an empty list or any malformed item.
-    """
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    if not items:
-        raise ValueError("empty network list")
-    nets: list[Network | str] = []
-    for item in items:
-        if item == _LOCAL:
-            nets.append(_LOCAL)
-        else:
-            nets.append(ipaddress.ip_network(item, strict=False))
-    return tuple(nets)
 
 
 def parse_quota_rule(value: str) -> dict[str, int]:

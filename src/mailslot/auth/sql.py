@@ -6,16 +6,21 @@ PostgreSQL or MySQL/MariaDB (:mod:`mailslot.auth.sqldb`); the row's columns are 
 passdb fields (:mod:`mailslot.auth.sqlfields`).  A hash without a ``{SCHEME}`` prefix is
 read with ``default_pass_scheme``.
 
-Every failure looks alike (RFC 3206 section 5, :mod:`mailslot.auth.verification`): an
+Every failure takes as long (RFC 3206 section 5, :mod:`mailslot.auth.verification`): an
 unknown user, an invalid name, a row without a usable hash, a refused account (``nologin``,
 ``allow_nets``) and a wrong password each cost one verification (against a dummy hash of the
 costliest scheme seen so far when there is no hash to check) and are answered no earlier
-than the failure floor.  No table can be sampled here, so the dummy starts as the
-process's argon2id hash and each new scheme the query returns is measured once, when first
-seen.  A database that cannot answer is :class:`~mailslot.auth.base.TemporaryAuthFailure`
-(``[SYS/TEMP]``, RFC 3206 section 4) and one log line; the pool connects again at the next
-login.  A query that returns more than one row is a configuration error, answered the same
-way (Dovecot: "password query returned multiple matches").
+than the failure floor.  A right password refused by the row's passdb restrictions raises
+:class:`~mailslot.auth.base.Refused`, applied and answered as for the passwd-file
+(:mod:`mailslot.auth.restrictions`: only ``nologin``'s reply differs from a wrong
+password's, as Dovecot's does), with the client and the connecting peer of the session's
+:data:`~mailslot.auth.base.login_source`.  No table can be sampled here, so the dummy
+starts as the process's argon2id hash and each new scheme the query returns is measured
+once, when first seen.  A database that cannot answer is
+:class:`~mailslot.auth.base.TemporaryAuthFailure` (``[SYS/TEMP]``, RFC 3206 section 4) and
+one log line; the pool connects again at the next login.  A query that returns more than
+one row is a configuration error, answered the same way (Dovecot: "password query returned
+multiple matches").
 """
 
 from __future__ import annotations
@@ -26,16 +31,18 @@ import logging
 import time
 from collections.abc import Collection
 
-from mailslot.auth import schemes, usernames
-from mailslot.auth.base import AuthenticationFailed, TemporaryAuthFailure, User
-from mailslot.auth.pool import VerifyPool
-from mailslot.auth.sqldb import Database, DatabaseUnavailable
-from mailslot.auth.sqlfields import (
-    PassdbFields,
-    canonical_name,
-    client_allowed,
-    passdb_fields,
+from mailslot.auth import restrictions, schemes, usernames
+from mailslot.auth.base import (
+    AuthenticationFailed,
+    Refused,
+    TemporaryAuthFailure,
+    User,
+    login_source,
 )
+from mailslot.auth.pool import VerifyPool
+from mailslot.auth.restrictions import Refusal
+from mailslot.auth.sqldb import Database, DatabaseUnavailable
+from mailslot.auth.sqlfields import PassdbFields, canonical_name, passdb_fields
 from mailslot.auth.sqlquery import Query
 from mailslot.auth.verification import (
     Verifier,
@@ -55,6 +62,8 @@ log = logging.getLogger(__name__)
 
 class SqlAuthenticator:
     """An :class:`~mailslot.auth.base.Authenticator` over ``password_query``."""
+
+    uses_login_source = True  # the session sets auth.base.login_source (the client, the peer)
 
     def __init__(
         self,
@@ -161,36 +170,33 @@ class SqlAuthenticator:
         matched = await verify_or_dummy(
             self._verify, password, stored, self._dummy, pool=self._verify_pool, client=client
         )
-        user = None
+        admitted: User | Refusal | None = None
         if matched and fields is not None:
-            user = self._admit(username, fields, client)
-        if user is None:
+            admitted = self._admit(username, fields, client)
+        if not isinstance(admitted, User):
             await answer_failure(started, self._floor)
-            raise AuthenticationFailed
-        return user
+            if admitted is None:
+                raise AuthenticationFailed
+            raise Refused(admitted)
+        return admitted
 
-    def _admit(self, username: str, fields: PassdbFields, client: str | None) -> User | None:
-        """The user a right password logs in as, or ``None`` (and why, in the log)."""
+    def _admit(
+        self, username: str, fields: PassdbFields, client: str | None
+    ) -> User | Refusal | None:
+        """The user a right password logs in as, else the refusal or ``None`` (and why,
+        in the log)."""
         shown = usernames.for_log(username)
-        if fields.refused:
-            log.warning(
-                "login refused: user=%s: password_query returned %s, which mailslot does not"
-                " support",
-                shown,
-                ", ".join(fields.refused),
-            )
-            return None
-        if fields.nologin:
-            reason = f" ({escape(fields.reason)})" if fields.reason else ""
-            log.info("login refused: user=%s: nologin%s", shown, reason)
-            return None
-        if fields.allow_nets is not None and not client_allowed(client, fields.allow_nets):
-            log.info(
-                "login refused: user=%s: client %s is not in allow_nets",
-                shown,
-                usernames.for_log(client or "unknown"),
-            )
-            return None
+        source = login_source.get()
+        if source is not None:
+            client = None if source.remote is None else source.remote[0]
+            real = source.real
+        else:
+            real = "unknown"  # called outside a session: no peer matches allow_real_nets
+        found = fields.restrictions
+        refusal = restrictions.check(found, client, real)
+        if refusal is not None:
+            _log_refusal(shown, refusal, found, client, real)
+            return refusal
         name = canonical_name(username, fields)
         if not usernames.is_valid(name):
             log.error(
@@ -206,10 +212,49 @@ class SqlAuthenticator:
         if not usernames.is_valid(username):
             return None
         fields = await self._fields(username)
-        if fields is None or fields.refused:
+        if fields is None or fields.elsewhere:
             return None
         name = canonical_name(username, fields)
         return User(name=name, home=fields.home) if usernames.is_valid(name) else None
 
     async def aclose(self) -> None:
         await self._database.aclose()
+
+
+def _log_refusal(
+    shown: str,
+    refusal: Refusal,
+    found: restrictions.Restrictions,
+    client: str | None,
+    real: str | None,
+) -> None:
+    """The log line of a right password refused by the row's passdb fields."""
+    if refusal.cause == "fields":
+        unsupported = [f for f in found.refused_by if f not in restrictions.SUPPORTED]
+        invalid = [f for f in found.refused_by if f in restrictions.SUPPORTED]
+        if unsupported:
+            log.warning(
+                "login refused: user=%s: password_query returned %s, which mailslot does not"
+                " support",
+                shown,
+                ", ".join(unsupported),
+            )
+        else:
+            log.warning(
+                "login refused: user=%s: password_query returned %s, not a list of networks",
+                shown,
+                ", ".join(invalid),
+            )
+    elif refusal.cause == "nologin":
+        reason = f" ({escape(found.reason)})" if found.reason else ""
+        log.info("login refused: user=%s: nologin%s", shown, reason)
+    else:
+        who = "client" if refusal.cause == "allow_nets" else "peer"
+        address = client if refusal.cause == "allow_nets" else real
+        log.info(
+            "login refused: user=%s: %s %s is not in %s",
+            shown,
+            who,
+            usernames.for_log(address or "unknown"),
+            refusal.cause,
+        )

@@ -5,44 +5,32 @@ the row's ``password`` (or ``password_noscheme``) column, an optional ``user`` t
 the account canonically, and any other column as an extra field; a NULL column is as if
 it were absent.  Here:
 
-- honoured: ``password``, ``password_noscheme``, ``user`` (or ``username`` and
+- the account: ``password``, ``password_noscheme``, ``user`` (or ``username`` and
   ``domain``, which replace the name's parts before and after the ``@``, as in the query
-  of Dovecot's example ``dovecot-sql.conf.ext``), ``userdb_home`` (the user's
-  home, for ``[store] maildir``'s ``{home}``), ``nologin`` (the login is refused whatever
-  the password; ``reason`` is logged with it) and ``allow_nets`` (the client must be in
-  one of these comma-separated networks, else the login is refused);
-- refused, the login with them: ``proxy``, ``proxy_maybe``, ``host`` (the account lives on
-  another server, which mailslot does not proxy to) and ``nopassword`` (mailslot checks
-  every password);
-- read and not used, said once per column in the log: every other column (``userdb_mail``,
-  ``userdb_uid``, ``nodelay``, ...): mailslot takes the maildrop from ``[store] maildir``.
-
-This is the SQL passdb's own reading; the passwd-file's extra fields (parsed from text)
-may share it later, as both follow the same Dovecot list.
+  of Dovecot's example ``dovecot-sql.conf.ext``) and ``userdb_home`` (the user's home, for
+  ``[store] maildir``'s ``{home}``);
+- every other column not named ``userdb_...`` is a passdb field, read as the passwd-file's
+  are, by :mod:`mailslot.auth.restrictions` (``nologin``, ``reason``, ``allow_nets``,
+  ``allow_real_nets``, ``nodelay``; any other one refuses the login, ``proxy``,
+  ``proxy_maybe``, ``host`` and ``nopassword`` among them);
+- read and not used, said once per column in the log: the other ``userdb_`` columns
+  (``userdb_mail``, ``userdb_uid``, ...): mailslot takes the maildrop from ``[store] maildir``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mailslot.auth import restrictions
+from mailslot.auth.restrictions import UNRESTRICTED, Restrictions
+
 __all__ = ["PassdbFields", "canonical_name", "client_allowed", "passdb_fields"]
 
-_REFUSED = ("proxy", "proxy_maybe", "host", "nopassword")
-_HONOURED = frozenset(
-    {
-        "password",
-        "password_noscheme",
-        "user",
-        "username",
-        "domain",
-        "userdb_home",
-        "nologin",
-        "reason",
-        "allow_nets",
-    }
-)
+# The account's own columns; every other one but userdb_... is a passdb restriction.
+_ACCOUNT = frozenset({"password", "password_noscheme", "user", "username", "domain"})
+# An account that lives elsewhere, or needs no password: no user for delivery either.
+_ELSEWHERE = ("proxy", "proxy_maybe", "host", "nopassword")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +42,14 @@ class PassdbFields:
     domain: str | None = None  # the part after it
     password: str | None = None  # with a {SCHEME} prefix (default_pass_scheme supplied)
     home: str | None = None
-    nologin: bool = False
-    reason: str | None = None
-    allow_nets: tuple[str, ...] | None = None
-    refused: tuple[str, ...] = ()  # columns that refuse the login
+    restrictions: Restrictions = UNRESTRICTED
+    elsewhere: tuple[str, ...] = ()  # columns of an account mailslot does not serve
     unused: tuple[str, ...] = ()  # columns read and not used
+
+    @property
+    def nologin(self) -> bool:
+        """``nologin``: the login is refused whatever the password."""
+        return self.restrictions.nologin
 
 
 def _text(value: object) -> str | None:
@@ -82,18 +73,18 @@ def passdb_fields(
     if password is None and "password_noscheme" in present:
         # Dovecot: the value is never read as {SCHEME}data, only with the default scheme.
         password = f"{{{default_pass_scheme}}}{present['password_noscheme']}"
-    nets = present.get("allow_nets")
+    found, _ = restrictions.parse(
+        [(k, v) for k, v in present.items() if k not in _ACCOUNT and not k.startswith("userdb_")]
+    )
     return PassdbFields(
         user=present.get("user") or None,
         username=present.get("username") or None,
         domain=present.get("domain"),
         password=password or None,
         home=present.get("userdb_home") or None,
-        nologin="nologin" in present,
-        reason=present.get("reason"),
-        allow_nets=None if nets is None else tuple(nets.replace(",", " ").split()),
-        refused=tuple(k for k in _REFUSED if k in present),
-        unused=tuple(sorted(k for k in present if k not in _HONOURED and k not in _REFUSED)),
+        restrictions=found,
+        elsewhere=tuple(k for k in _ELSEWHERE if k in present),
+        unused=tuple(sorted(k for k in present if k.startswith("userdb_") and k != "userdb_home")),
     )
 
 
@@ -110,20 +101,11 @@ def canonical_name(login: str, fields: PassdbFields) -> str:
 
 
 def client_allowed(client: str | None, networks: tuple[str, ...]) -> bool:
-    """Whether ``client`` (an address, or an IPv6 network when the session counts clients
-    per prefix) lies within one of ``networks``; an unknown client or a network that
-    cannot be read allows nothing."""
-    if client is None:
-        return False
+    """Whether ``client`` (an address, or an IPv6 network when the caller counts clients
+    per prefix) lies within one of ``networks`` (:func:`mailslot.auth.restrictions.within`);
+    an unknown client, or a list with a network that cannot be read, allows nothing."""
     try:
-        where = ipaddress.ip_network(client, strict=False)
+        nets = restrictions.parse_networks(",".join(networks))
     except ValueError:
         return False
-    for text in networks:
-        try:
-            network = ipaddress.ip_network(text.strip(), strict=False)
-        except ValueError:
-            continue
-        if network.version == where.version and where.subnet_of(network):  # type: ignore[arg-type]
-            return True
-    return False
+    return client is not None and restrictions.within(client, nets)

@@ -32,9 +32,11 @@ from mailslot.auth.base import (
     Authenticator,
     AuthError,
     LoginSource,
+    Refused,
     User,
     login_source,
 )
+from mailslot.auth.restrictions import Refusal
 from mailslot.log import LogContext, SessionLogger, escape, session_prefix
 from mailslot.logout import (
     DEFAULT_FORMAT,
@@ -733,6 +735,10 @@ class Session(asyncio.Protocol):
                 user = await asyncio.create_task(check, context=checking)
             else:
                 user = await check
+        except Refused as exc:  # a right password the backend refused, and logged why
+            self.log.info("login failed: user=%s mechanism=%s", name, event.mechanism)
+            await self._answer_refusal(exc.refusal, client)
+            return
         except AuthenticationFailed:
             metrics.login(event.mechanism, "failed")
             hold = await context.penalty.failed(client)
@@ -817,7 +823,9 @@ class Session(asyncio.Protocol):
                 remote = (self.header.source[0], self.header.source[1])
             if self.header.destination is not None:
                 local = (self.header.destination[0], self.header.destination[1])
-        return LoginSource(remote=remote, local=local, secured=self._conn.tls_active)
+        return LoginSource(
+            remote=remote, local=local, secured=self._conn.tls_active, real=self._real
+        )
 
     async def _refused(self, user: User, client: str, mechanism: str) -> bool:
         """Dovecot's passdb restrictions after a right password (:mod:`mailslot.auth.policy`):
@@ -836,6 +844,12 @@ class Session(asyncio.Protocol):
         else:
             metrics.login(mechanism, "disabled")  # nologin: the reply says it
         self.log.info("login refused, %s: user=%s", refusal.log, escape(user.name))
+        await self._answer_refusal(refusal, client)
+        return True
+
+    async def _answer_refusal(self, refusal: Refusal, client: str) -> None:
+        """Answer a right password that Dovecot's passdb restrictions refuse
+        (:mod:`mailslot.auth.restrictions`), with the failure penalty or forgiveness."""
         if refusal.delay:
             hold = await self._context.penalty.failed(client)
             metrics.penalty(hold)
@@ -846,7 +860,6 @@ class Session(asyncio.Protocol):
             await self._context.penalty.succeeded(client)
         failure = Failure.SYS_PERM if refusal.kind == "sys-perm" else Failure.AUTH
         self._conn.login_failed(failure, refusal.text)
-        return True
 
     async def _hold(self, seconds: float) -> None:
         """Send what is queued, then wait ``seconds`` before the next reply."""
