@@ -40,7 +40,7 @@ class _Logins(ListenerMetrics):
         self.results.append(result)
 
 
-class _Recorded(Metrics):
+class Recorded(Metrics):
     """Metrics that keep the ``result`` of every login, whichever listener."""
 
     def __init__(self) -> None:
@@ -53,7 +53,7 @@ class _Recorded(Metrics):
 def test_refusals_and_the_penalty(tmp_path: Path, tls_files: TlsFiles) -> None:
     server = InProcessServer(tmp_path / "server", tls_files)
     (tmp_path / "server" / "users").write_text(LINES, encoding="utf-8")
-    recorded = server.app.metrics = _Recorded()
+    recorded = server.app.metrics = Recorded()
     server.start()
     try:
         penalty = server.app.penalty
@@ -113,7 +113,7 @@ def test_a_check_without_a_verdict_releases_the_addresss_turn(
     )
     (tmp_path / "server" / "users").write_text(LINES, encoding="utf-8")
     server.app.users = _DownOnce(server.app.users)
-    recorded = server.app.metrics = _Recorded()
+    recorded = server.app.metrics = Recorded()
     server.start()
     try:
         penalty = server.app.penalty
@@ -142,7 +142,7 @@ def test_an_attempt_whose_client_left_while_it_waited_for_the_penalty_is_aborted
             "allow_plaintext_without_tls": True,
         },
     )
-    recorded = server.app.metrics = _Recorded()
+    recorded = server.app.metrics = Recorded()
     server.start()
     try:
         penalty = server.app.penalty

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.auth.conftest import PASSWORDS, STORED, sql_authenticator
 from tests.server.inprocess import InProcessServer
-from tests.server.test_login_policy import attempt
+from tests.server.test_login_policy import Recorded, attempt
 from tests.support.tls import TlsFiles
 
 from mailslot.server.penalty import LocalPenaltyState
@@ -63,6 +63,7 @@ def password_query() -> str:
 @pytest.fixture(params=["passwd-file", "sql-postgresql", "sql-mysql"])
 def server(request: pytest.FixtureRequest, tmp_path: Path, tls_files: TlsFiles) -> InProcessServer:
     served = InProcessServer(tmp_path / "server", tls_files)
+    served.app.metrics = Recorded()
     if request.param == "passwd-file":
         (tmp_path / "server" / "users").write_text(passwd_lines(), encoding="utf-8")
     else:
@@ -100,3 +101,13 @@ def test_replies_and_the_penalty_are_the_same_for_every_backend(server: InProces
     assert strikes() == 6
     assert attempt(server, "here", PASSWORD).startswith(b"+OK")
     assert attempt(server, "open", PASSWORD).startswith(b"+OK")
+    # mailslot_logins_total's result: what the reply says, whichever backend refused.
+    metrics = server.app.metrics
+    assert isinstance(metrics, Recorded)
+    assert metrics.logins == [
+        "disabled",  # closed
+        "disabled",  # moved
+        *["failed"] * 6,  # moved's wrong password, tennet, realten, nets1st, badnets, prox
+        "ok",
+        "ok",
+    ]

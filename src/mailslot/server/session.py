@@ -737,7 +737,7 @@ class Session(asyncio.Protocol):
                 user = await check
         except Refused as exc:  # a right password the backend refused, and logged why
             self.log.info("login failed: user=%s mechanism=%s", name, event.mechanism)
-            await self._answer_refusal(exc.refusal, client)
+            await self._answer_refusal(exc.refusal, client, event.mechanism)
             return
         except AuthenticationFailed:
             metrics.login(event.mechanism, "failed")
@@ -833,6 +833,13 @@ class Session(asyncio.Protocol):
         refusal = policy.check(user.extra, self._address, self._real)
         if refusal is None:
             return False
+        self.log.info("login refused, %s: user=%s", refusal.log, escape(user.name))
+        await self._answer_refusal(refusal, client, mechanism)
+        return True
+
+    async def _answer_refusal(self, refusal: Refusal, client: str, mechanism: str) -> None:
+        """Answer a right password that Dovecot's passdb restrictions refuse
+        (:mod:`mailslot.auth.restrictions`), with the failure penalty or forgiveness."""
         metrics = self._context.metrics
         if refusal.kind == "sys-perm":
             metrics.login(mechanism, "error")
@@ -843,13 +850,6 @@ class Session(asyncio.Protocol):
             metrics.login(mechanism, "failed")
         else:
             metrics.login(mechanism, "disabled")  # nologin: the reply says it
-        self.log.info("login refused, %s: user=%s", refusal.log, escape(user.name))
-        await self._answer_refusal(refusal, client)
-        return True
-
-    async def _answer_refusal(self, refusal: Refusal, client: str) -> None:
-        """Answer a right password that Dovecot's passdb restrictions refuse
-        (:mod:`mailslot.auth.restrictions`), with the failure penalty or forgiveness."""
         if refusal.delay:
             hold = await self._context.penalty.failed(client)
             metrics.penalty(hold)
