@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from tests.metrics.test_exporter import Samples, samples, scrape, value
 from tests.server.procutil import ready_workers
-from tests.server.test_proxy import wait_for_log
 from tests.support.server import MailslotServer, ServerFactory, free_port
 from tests.support.wire import Pop3Wire
 
@@ -102,7 +101,7 @@ def test_in_use_wrong_password_and_penalty_refusal_are_told_apart(
             assert second.command(f"PASS {password}").startswith(b"-ERR [IN-USE]")
             reply = second.command(f"AUTH PLAIN {plain('alice', password)}")
             assert reply.startswith(b"-ERR [IN-USE]"), reply
-        wait_for_log(server, refusal, 2)  # the log line may come after the reply
+        server.wait_for_log(refusal, 2)  # the log line may come after the reply
         wait_for(
             server,
             port,
@@ -114,7 +113,7 @@ def test_in_use_wrong_password_and_penalty_refusal_are_told_apart(
         wires.append(guesser)
         assert guesser.command("USER alice").startswith(b"+OK")
         guesser.send(b"PASS wrong-password\r\n")
-        wait_for_log(server, "login failed: user=alice")
+        server.wait_for_log("login failed: user=alice")
         # (c) Two more attempts from the address with a failure on record: one waits for the
         # slot DELAY seconds away (not yet counted: no outcome), the other would wait longer
         # than failure_delay_max and is refused without a password check.
@@ -123,7 +122,7 @@ def test_in_use_wrong_password_and_penalty_refusal_are_told_apart(
             wires.append(more)
             assert more.command("USER alice").startswith(b"+OK")
             more.send(b"PASS wrong-password\r\n")
-        wait_for_log(server, "login refused, too many failures from 127.0.0.1")
+        server.wait_for_log("login refused, too many failures from 127.0.0.1")
         found = wait_for(
             server,
             port,
