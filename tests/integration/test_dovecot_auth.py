@@ -11,7 +11,7 @@ a stopped Dovecot (``-ERR [SYS/TEMP]`` and a log line) and one started again, an
 recipients looked up in Dovecot's userdb.
 
 The yardstick for refusals is Dovecot's own pop3 service: for users with passdb restrictions
-(``nologin``, ``reason``, ``nodelay``, ``allow_nets``, ``proxy``) the same Dovecot answers
+(``nologin``, ``reason``, ``nodelay``, ``allow_nets``, ``proxy``, ``host``) the same Dovecot answers
 a login on its pop3 port and, through its auth socket, mailslot's; the replies must match.
 """
 
@@ -214,12 +214,17 @@ RESTRICTED = [
     "badnets:{PLAIN}secret:{uid}:{gid}::::allow_nets=127.0.0.0/33",
     "prox:{PLAIN}secret:{uid}:{gid}::::proxy host=192.0.2.9",
     "proxnl:{PLAIN}secret:{uid}:{gid}::::proxy nologin reason=Moved host=192.0.2.9",
+    "refer:{PLAIN}secret:{uid}:{gid}::::host=192.0.2.9",
+    "elsewhere:{PLAIN}secret:{uid}:{gid}::::nologin host=192.0.2.9",
+    "gonethere:{PLAIN}secret:{uid}:{gid}::::nologin reason=Gone host=192.0.2.9 nodelay",
 ]
 COMPARED = [
     (name, password)
     for name in ("open", "closed", "moved", "gone", "quick", "why", "tennet", "nets1st")
     for password in ("secret", "wrong")
-] + [("realten", "secret"), ("badnets", "secret"), ("Closed", "secret"), ("nobody", "secret")]
+]
+COMPARED += [(name, "secret") for name in ("refer", "elsewhere", "gonethere", "realten")]
+COMPARED += [("badnets", "secret"), ("Closed", "secret"), ("nobody", "secret")]
 
 
 def test_refusals_are_dovecot_pop3s(mailslot_factory: object, tls_files: TlsFiles) -> None:
@@ -260,6 +265,10 @@ def test_refusals_are_dovecot_pop3s(mailslot_factory: object, tls_files: TlsFile
                 b"-ERR [AUTH] Login disabled for this user"
             )
             assert shape(login(host, port, "moved", "secret")) == b"-ERR [AUTH] Moved"
+            # nologin with host: a referral, without a response code.
+            assert shape(login(host, port, "elsewhere", "secret")) == (
+                b"-ERR Try this server instead."
+            )
             assert shape(login(host, port, "open", "secret")) == b"+OK"
             # Dovecot proxies these (here to an address where nobody answers: -ERR [SYS/TEMP]
             # after its connect timeout); mailslot does not proxy, and refuses as a wrong

@@ -23,13 +23,16 @@ tests/integration/test_dovecot_auth.py), through the session's one refusal path
 - ``OK`` with ``nologin``: the password was right (Dovecot's auth service answers ``OK`` only
   then, and removes ``nologin`` from a ``FAIL``), the user may not log in:
   ``-ERR [AUTH]`` and ``reason``'s text, else "Login disabled for this user"; ``nodelay``
-  spares the failure penalty, as for a passwd-file's ``nologin``.
+  spares the failure penalty, as for a passwd-file's ``nologin``.  With ``host`` as well it
+  is a referral: a bare ``-ERR`` and ``reason``'s text, else "Try this server instead."
 - ``OK`` with ``proxy`` or ``proxy_maybe`` (with or without ``nologin``: Dovecot proxies
   first): mailslot does not proxy, so the login is refused as a wrong password is, after
   the same time, with a log line.
-- ``FAIL``, whatever its fields: a wrong password's reply.  A ``FAIL`` never says whether
-  the password was right (Dovecot checks ``allow_nets`` and the like in the passdb lookup
-  and answers them with a bare ``FAIL``), so its ``reason`` is logged, never sent.
+- ``FAIL``, whatever its fields: a wrong password's reply.  Dovecot answers ``allow_nets``
+  and the like with a bare ``FAIL``, as a wrong password.  Its pop3-login would show a
+  ``FAIL``'s ``reason`` (PAM's "Password expired" with ``code=pass_expired``, a passdb's
+  reason on a disabled user); mailslot logs it and never sends it: a ``FAIL`` does not say
+  whether the password was right, and some passdbs refuse before checking it.
 - ``FAIL`` with ``temp`` or ``code=temp_fail``, a socket that is missing or refuses
   connections, a broken handshake or a lost connection are
   :class:`~mailslot.auth.base.TemporaryAuthFailure` (``-ERR [SYS/TEMP]``) with a log line.
@@ -59,6 +62,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -153,7 +157,9 @@ def refusal(found: dict[str, str]) -> Refusal | None:
 
     ``proxy`` / ``proxy_maybe`` first: Dovecot proxies such a user even with ``nologin``;
     mailslot does not proxy and refuses as for a wrong password.  Then ``nologin``, with its
-    ``reason`` and ``nodelay`` read as a passwd-file's (:class:`restrictions.Reader`)."""
+    ``reason`` and ``nodelay`` read as a passwd-file's (:class:`restrictions.Reader`); with
+    ``host`` too it is a referral (Dovecot's pop3-login: a bare ``-ERR``).  ``host`` without
+    ``nologin`` or ``proxy`` changes nothing (Dovecot logs such a user in)."""
     if "proxy" in found or "proxy_maybe" in found:
         return Refusal("auth", None, "proxy: mailslot does not proxy", True, "fields")
     if "nologin" not in found:
@@ -162,7 +168,12 @@ def refusal(found: dict[str, str]) -> Refusal | None:
     for key in ("nologin", "reason", "nodelay"):
         if key in found:
             reader.add(key, found[key])
-    return restrictions.check(reader.result(), None, None)
+    refused = restrictions.check(reader.result(), None, None)
+    if refused is not None and "host" in found:
+        # A referral: "-ERR <reason>", else "-ERR Try this server instead." (no code).
+        text = reader.result().reason
+        return replace(refused, kind="referral", text=text, log="nologin, referred elsewhere")
+    return refused
 
 
 class _Unavailable(Exception):
@@ -361,7 +372,7 @@ class DovecotAuthenticator:
         if refused is not None:
             text = f" ({escape(refused.text)})" if refused.text else ""
             log.info("dovecot auth: user=%s refused: %s%s", escape(name, 64), refused.log, text)
-            if refused.text is None:
+            if refused.kind == "auth" and refused.text is None:
                 # A wrong password's reply: after a wrong password's time, which this
                 # answer (Dovecot's OK is not delayed) must not shorten for later ones.
                 await answer_failure(started, self._floor())
