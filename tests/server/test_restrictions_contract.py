@@ -148,3 +148,43 @@ def test_replies_and_the_penalty_are_the_same_for_every_backend(server: InProces
         "ok",
         "ok",
     ]
+
+
+@pytest.mark.dovecot
+def test_a_dovecot_referral_is_a_bare_err_and_counted_disabled(
+    tmp_path: Path, tls_files: TlsFiles
+) -> None:
+    """``nologin`` with ``host`` from Dovecot's auth service: a referral, as Dovecot's
+    pop3-login answers it (no response code), held and counted as a ``nologin``."""
+    from tests.support.dovecot import DovecotServer
+
+    dovecot = DovecotServer(
+        tls_files,
+        [],
+        passwd_lines=[
+            f"elsewhere:{STORED['alice']}:{{uid}}:{{gid}}::::nologin host=192.0.2.9",
+            f"gone:{STORED['alice']}:{{uid}}:{{gid}}::::nologin reason=Gone host=h nodelay",
+        ],
+        blocks=DOVECOT_AUTH,
+    )
+    with dovecot:
+        served = InProcessServer(tmp_path / "server", tls_files)
+        served.app.metrics = Recorded()
+        served.app.users = DovecotAuthenticator(
+            dovecot.directory / "run" / "mailslot-client", assumed_delay=0.0
+        )
+        served.start()
+        try:
+            penalty = served.app.penalty
+            assert isinstance(penalty, LocalPenaltyState)
+            reply = attempt(served, "elsewhere", PASSWORD)
+            assert reply == b"-ERR Try this server instead.\r\n"
+            assert penalty.strikes("127.0.0.1") == 1
+            assert attempt(served, "gone", PASSWORD) == b"-ERR Gone\r\n"
+            assert penalty.strikes("127.0.0.1") == 0  # nodelay: forgiven
+            assert attempt(served, "gone", "wrong") == FAILED
+            metrics = served.app.metrics
+            assert isinstance(metrics, Recorded)
+            assert metrics.logins == ["disabled", "disabled", "failed"]
+        finally:
+            served.stop()
