@@ -2,8 +2,9 @@
 
 The real Dovecot is in the contract suite (tests/auth/conftest.py) and in
 tests/integration/test_dovecot_auth.py; here are the replies a passwd-file Dovecot does not
-give on demand: ``FAIL ... temp``, ``code=temp_fail``, ``OK ... nologin``, a handshake
-without PLAIN, a wrong major version, a missing socket, and what the AUTH line carries.
+give on demand: ``FAIL ... temp``, ``code=temp_fail``, a ``FAIL`` with a reason or a code,
+``OK ... proxy``, a handshake without PLAIN, a wrong major version, a missing socket, and what
+the AUTH line carries.
 """
 
 from __future__ import annotations
@@ -19,11 +20,20 @@ import pytest
 from mailslot.auth.base import (
     AuthenticationFailed,
     LoginSource,
+    Refused,
     TemporaryAuthFailure,
     User,
     login_source,
 )
-from mailslot.auth.dovecot import DovecotAuthenticator, parse_line, tab_escape, tab_unescape
+from mailslot.auth.dovecot import (
+    DovecotAuthenticator,
+    options,
+    parse_line,
+    refusal,
+    tab_escape,
+    tab_unescape,
+)
+from mailslot.auth.restrictions import Refusal
 
 HANDSHAKE = (
     b"VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\n"
@@ -105,12 +115,67 @@ def test_a_temporary_failure_is_sys_temp(tmp_path: Path, extra: str) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ["FAIL\t{}\tuser=alice", "FAIL\t{}", "OK\t{}\tuser=alice\tnologin\treason=gone", "CONT\t{}\t"],
+    [
+        "FAIL\t{}\tuser=alice",
+        "FAIL\t{}",
+        "CONT\t{}\t",
+        # A FAIL does not say the password was right: its reason is never the reply.
+        "FAIL\t{}\tuser=alice\treason=Account expired",
+        "FAIL\t{}\tuser=alice\tnologin\treason=gone\tnodelay",
+        "FAIL\t{}\tuser=alice\tcode=pass_expired\treason=Password expired",
+        "FAIL\t{}\tuser=alice\tcode=user_disabled",
+    ],
 )
-def test_refusals_are_one_failure(tmp_path: Path, line: str) -> None:
+def test_failures_are_a_wrong_passwords(tmp_path: Path, line: str) -> None:
     result, _ = _attempt(tmp_path, lambda f: (line.format(f[1]) + "\n").encode())
-    assert isinstance(result, AuthenticationFailed)
+    assert type(result) is AuthenticationFailed
     assert result.args == ()
+
+
+@pytest.mark.parametrize(
+    ("line", "text", "delay"),
+    [
+        ("OK\t{}\tuser=alice\tnologin", "Login disabled for this user", True),
+        ("OK\t{}\tuser=alice\tnologin\treason=Moved", "Moved", True),
+        ("OK\t{}\tuser=alice\tnologin\treason=Moved\tnodelay", "Moved", False),
+        ("OK\t{}\tuser=alice\treason=x\x01t\tnologin", "x?", True),  # a tab: not sent
+        ("OK\t{}\tuser=alice\tproxy\thost=192.0.2.9", None, True),
+        ("OK\t{}\tuser=alice\tproxy_maybe\thost=192.0.2.9\tnologin", None, True),
+    ],
+)
+def test_a_right_password_refused_is_answered_as_dovecot_does(
+    tmp_path: Path, line: str, text: str | None, delay: bool
+) -> None:
+    result, _ = _attempt(tmp_path, lambda f: (line.format(f[1]) + "\n").encode())
+    assert isinstance(result, Refused)
+    assert (result.refusal.kind, result.refusal.text, result.refusal.delay) == ("auth", text, delay)
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [(["nologin", "host=192.0.2.9"], None), (["nologin", "reason=Gone", "host=h.example"], "Gone")],
+)
+def test_nologin_with_a_host_is_a_referral(fields: list[str], text: str | None) -> None:
+    """Dovecot's pop3-login: ``-ERR <reason>`` or ``-ERR Try this server instead.``"""
+    refused = refusal(options(fields))
+    assert refused is not None
+    assert (refused.kind, refused.text, refused.delay) == ("referral", text, True)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [["user=alice"], ["user=alice", "reason=Why"], ["user=alice", "nodelay"], ["host=192.0.2.9"]],
+)
+def test_other_ok_fields_log_in(fields: list[str]) -> None:
+    """As Dovecot's pop3-login: a reason without nologin, nodelay or a host alone change
+    nothing for a right password."""
+    assert refusal(options(fields)) is None
+
+
+def test_nologin_is_the_passwd_files_refusal() -> None:
+    assert refusal(options(["nologin", "reason=Moved"])) == Refusal(
+        "auth", "Moved", "nologin", True, "nologin"
+    )
 
 
 def test_an_unusable_name_from_dovecot_is_refused(tmp_path: Path) -> None:

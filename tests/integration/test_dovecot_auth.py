@@ -9,6 +9,10 @@ password, a wrong one, an unknown user (the same reply, byte for byte), a mixed-
 Dovecot's userdb, ``allow_nets`` judged on the client address mailslot passes on (``rip``),
 a stopped Dovecot (``-ERR [SYS/TEMP]`` and a log line) and one started again, and LMTP
 recipients looked up in Dovecot's userdb.
+
+The yardstick for refusals is Dovecot's own pop3 service: for users with passdb restrictions
+(``nologin``, ``reason``, ``nodelay``, ``allow_nets``, ``proxy``, ``host``) the same Dovecot answers
+a login on its pop3 port and, through its auth socket, mailslot's; the replies must match.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.integration.test_passwd_dovecot import login, shape
 from tests.support.dovecot import DovecotServer
 from tests.support.maildir import MaildirBuilder, message_files
 from tests.support.passwd import PasswdUser
@@ -193,3 +198,88 @@ def test_lmtp_delivery_finds_users_in_dovecots_userdb(
     assert b"through LMTP" in client.retr(1)[1]
     client.quit()
     assert len(message_files(tmp_path / "homes/alice/Maildir")) == 1
+
+
+# Users with Dovecot's passdb restrictions, and the logins each server must answer alike.
+RESTRICTED = [
+    "open:{PLAIN}secret:{uid}:{gid}::::",
+    "closed:{PLAIN}secret:{uid}:{gid}::::nologin",
+    "moved:{PLAIN}secret:{uid}:{gid}::::nologin reason=Moved nodelay",
+    "gone:{PLAIN}secret:{uid}:{gid}::::nologin reason=Gone",
+    "quick:{PLAIN}secret:{uid}:{gid}::::nodelay",
+    "why:{PLAIN}secret:{uid}:{gid}::::reason=Why",
+    "tennet:{PLAIN}secret:{uid}:{gid}::::allow_nets=10.0.0.0/8 nodelay",
+    "nets1st:{PLAIN}secret:{uid}:{gid}::::nologin reason=Moved allow_nets=10.0.0.0/8",
+    "realten:{PLAIN}secret:{uid}:{gid}::::allow_real_nets=10.0.0.0/8",
+    "badnets:{PLAIN}secret:{uid}:{gid}::::allow_nets=127.0.0.0/33",
+    "prox:{PLAIN}secret:{uid}:{gid}::::proxy host=192.0.2.9",
+    "proxnl:{PLAIN}secret:{uid}:{gid}::::proxy nologin reason=Moved host=192.0.2.9",
+    "refer:{PLAIN}secret:{uid}:{gid}::::host=192.0.2.9",
+    "elsewhere:{PLAIN}secret:{uid}:{gid}::::nologin host=192.0.2.9",
+    "gonethere:{PLAIN}secret:{uid}:{gid}::::nologin reason=Gone host=192.0.2.9 nodelay",
+]
+COMPARED = [
+    (name, password)
+    for name in ("open", "closed", "moved", "gone", "quick", "why", "tennet", "nets1st")
+    for password in ("secret", "wrong")
+]
+COMPARED += [(name, "secret") for name in ("refer", "elsewhere", "gonethere", "realten")]
+COMPARED += [("badnets", "secret"), ("Closed", "secret"), ("nobody", "secret")]
+
+
+def test_refusals_are_dovecot_pop3s(mailslot_factory: object, tls_files: TlsFiles) -> None:
+    """Dovecot's auth service answers a nologin user's right password with ``OK ... nologin
+    [reason=] [nodelay]`` and everything else it refuses with a bare ``FAIL``; its pop3-login
+    turns the first into ``-ERR [AUTH] <reason>`` (or "Login disabled for this user"), the
+    second into the wrong password's reply.  mailslot over the same auth socket must too."""
+    directory = Path(tempfile.mkdtemp(prefix="mailslot-dovecot-auth-"))
+    dovecot = DovecotServer(
+        tls_files,
+        [],
+        directory=directory,
+        passwd_lines=RESTRICTED,
+        settings={"auth_failure_delay": "0"},
+        blocks=SERVICE_AUTH,
+    )
+    try:
+        with dovecot:
+            ours = _mailslot(
+                mailslot_factory,
+                dovecot,
+                str(directory / "ours/{user}/Maildir"),
+                allow_plaintext=True,
+                failure_delay=0.0,
+                failure_delay_max=0.0,
+                limits={"max_bad_commands_before_login": 1000},
+            )
+            host, port = ours.listener("starttls")
+            differences = []
+            for name, password in COMPARED:
+                theirs = shape(login("127.0.0.1", dovecot.pop3_port, name, password))
+                mine = shape(login(host, port, name, password))
+                if mine != theirs:
+                    differences.append((name, password, mine, theirs))
+            assert not differences, f"{differences}\nDovecot log:\n{dovecot.log()}"
+            # The comparison saw each kind of reply.
+            assert shape(login(host, port, "closed", "secret")) == (
+                b"-ERR [AUTH] Login disabled for this user"
+            )
+            assert shape(login(host, port, "moved", "secret")) == b"-ERR [AUTH] Moved"
+            # nologin with host: a referral, without a response code.
+            assert shape(login(host, port, "elsewhere", "secret")) == (
+                b"-ERR Try this server instead."
+            )
+            assert shape(login(host, port, "open", "secret")) == b"+OK"
+            # Dovecot proxies these (here to an address where nobody answers: -ERR [SYS/TEMP]
+            # after its connect timeout); mailslot does not proxy, and refuses as a wrong
+            # password, nologin or not.
+            failed = shape(login(host, port, "open", "wrong"))
+            assert failed == b"-ERR [AUTH] Authentication failed."
+            assert shape(login(host, port, "prox", "secret")) == failed
+            assert shape(login(host, port, "proxnl", "secret")) == failed
+            log = ours.log()
+            assert "dovecot auth: user=moved refused: nologin (Moved)" in log
+            assert "dovecot auth: user=prox refused: proxy: mailslot does not proxy" in log
+            assert "secret" not in log
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -70,6 +70,7 @@ FAILURE_LINES = {
     Failure.SYS_TEMP: b"-ERR [SYS/TEMP] Temporary server failure, try again later.\r\n",
     Failure.SYS_PERM: b"-ERR [SYS/PERM] Mailbox unavailable.\r\n",
     Failure.PARTIAL_DELETE: b"-ERR [SYS/TEMP] Some marked messages were not removed.\r\n",
+    Failure.REFERRAL: b"-ERR Try this server instead.\r\n",
 }
 
 

@@ -1,12 +1,14 @@
 """Dovecot's passdb restrictions (auth.restrictions) through a session, one contract for every
-backend that holds them: the passwd-file's extra fields and the SQL passdb's columns (on a
-real PostgreSQL and a real MariaDB) give the same replies and the same failure penalty.
+backend that holds them: the passwd-file's extra fields, the SQL passdb's columns (on a
+real PostgreSQL and a real MariaDB) and a real Dovecot's auth service holding the same
+passwd-file (``backend = "dovecot"``) give the same replies and the same failure penalty.
 
 The users and their fields are written once, below, and turned into each backend's form.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from tests.server.inprocess import InProcessServer
 from tests.server.test_login_policy import Recorded, attempt
 from tests.support.tls import TlsFiles
 
+from mailslot.auth.dovecot import DovecotAuthenticator
 from mailslot.server.penalty import LocalPenaltyState
 
 PASSWORD = PASSWORDS["alice"]
@@ -33,14 +36,14 @@ FIELDS: dict[str, dict[str, str | None]] = {
 FAILED = b"-ERR [AUTH] Authentication failed.\r\n"
 
 
-def passwd_lines() -> str:
+def passwd_lines(uid: str = "", gid: str = "") -> str:
     """The users as passwd-file lines, their fields from the eighth on."""
     lines = []
     for name, fields in FIELDS.items():
         extra = " ".join(
             key if value is None else f"{key}={value}" for key, value in fields.items()
         )
-        lines.append(f"{name}:{STORED['alice']}::::::{extra}\n")
+        lines.append(f"{name}:{STORED['alice']}:{uid}:{gid}::::{extra}\n")
     return "".join(lines)
 
 
@@ -60,12 +63,46 @@ def password_query() -> str:
     return f"SELECT username AS user, password, {selected} FROM users WHERE username = '%n'"  # noqa: S608 (the test's own values)
 
 
-@pytest.fixture(params=["passwd-file", "sql-postgresql", "sql-mysql"])
+DOVECOT_AUTH = """
+auth_failure_delay = 0
+service auth {
+  unix_listener mailslot-client {
+    mode = 0666
+  }
+}
+"""
+
+
+@pytest.fixture
+def dovecot_run(tls_files: TlsFiles) -> Iterator[Path]:
+    """A private Dovecot whose passwd-file passdb holds the users; its run directory."""
+    from tests.support.dovecot import DovecotServer
+
+    dovecot = DovecotServer(tls_files, [], blocks=DOVECOT_AUTH)
+    users = dovecot.directory / "users"
+    users.write_text(passwd_lines(str(dovecot.uid), str(dovecot.gid)), encoding="utf-8")
+    users.chmod(0o644)
+    with dovecot:
+        yield dovecot.directory / "run"
+
+
+@pytest.fixture(
+    params=[
+        "passwd-file",
+        "sql-postgresql",
+        "sql-mysql",
+        pytest.param("dovecot", marks=pytest.mark.dovecot),
+    ]
+)
 def server(request: pytest.FixtureRequest, tmp_path: Path, tls_files: TlsFiles) -> InProcessServer:
     served = InProcessServer(tmp_path / "server", tls_files)
     served.app.metrics = Recorded()
     if request.param == "passwd-file":
         (tmp_path / "server" / "users").write_text(passwd_lines(), encoding="utf-8")
+    elif request.param == "dovecot":
+        run = request.getfixturevalue("dovecot_run")
+        # Dovecot's auth_failure_delay is 0 here: no 2 s floor before its first failure.
+        served.app.users = DovecotAuthenticator(run / "mailslot-client", assumed_delay=0.0)
     else:
         rows = [(name, "", STORED["alice"], None) for name in FIELDS]
         driver = request.param.removeprefix("sql-")
@@ -111,3 +148,43 @@ def test_replies_and_the_penalty_are_the_same_for_every_backend(server: InProces
         "ok",
         "ok",
     ]
+
+
+@pytest.mark.dovecot
+def test_a_dovecot_referral_is_a_bare_err_and_counted_disabled(
+    tmp_path: Path, tls_files: TlsFiles
+) -> None:
+    """``nologin`` with ``host`` from Dovecot's auth service: a referral, as Dovecot's
+    pop3-login answers it (no response code), held and counted as a ``nologin``."""
+    from tests.support.dovecot import DovecotServer
+
+    dovecot = DovecotServer(
+        tls_files,
+        [],
+        passwd_lines=[
+            f"elsewhere:{STORED['alice']}:{{uid}}:{{gid}}::::nologin host=192.0.2.9",
+            f"gone:{STORED['alice']}:{{uid}}:{{gid}}::::nologin reason=Gone host=h nodelay",
+        ],
+        blocks=DOVECOT_AUTH,
+    )
+    with dovecot:
+        served = InProcessServer(tmp_path / "server", tls_files)
+        served.app.metrics = Recorded()
+        served.app.users = DovecotAuthenticator(
+            dovecot.directory / "run" / "mailslot-client", assumed_delay=0.0
+        )
+        served.start()
+        try:
+            penalty = served.app.penalty
+            assert isinstance(penalty, LocalPenaltyState)
+            reply = attempt(served, "elsewhere", PASSWORD)
+            assert reply == b"-ERR Try this server instead.\r\n"
+            assert penalty.strikes("127.0.0.1") == 1
+            assert attempt(served, "gone", PASSWORD) == b"-ERR Gone\r\n"
+            assert penalty.strikes("127.0.0.1") == 0  # nodelay: forgiven
+            assert attempt(served, "gone", "wrong") == FAILED
+            metrics = served.app.metrics
+            assert isinstance(metrics, Recorded)
+            assert metrics.logins == ["disabled", "disabled", "failed"]
+        finally:
+            served.stop()

@@ -15,10 +15,27 @@ Dovecot's developer documentation) over the ``auth-client`` Unix socket, as Dove
   [code=temp_fail]`` or ``CONT <id> <data>`` (a challenge PLAIN never needs; answered as a
   failure).  Parameters are TAB separated and "tab-escaped" with ``\\x01``.
 
-An ``OK`` carrying ``nologin`` or ``proxy`` is refused (Dovecot's login process would not log
-such a user in here either).  ``FAIL`` with ``temp`` or ``code=temp_fail``, a socket that is
-missing or refuses connections, a broken handshake or a lost connection are
-:class:`~mailslot.auth.base.TemporaryAuthFailure` (``-ERR [SYS/TEMP]``) with a log line.
+What the client gets is what Dovecot 2.3's own ``pop3-login`` answers for the same reply
+(``src/login-common/client-common-auth.c``; compared on the wire by
+tests/integration/test_dovecot_auth.py), through the session's one refusal path
+(:class:`~mailslot.auth.base.Refused`, :mod:`mailslot.auth.restrictions`):
+
+- ``OK`` with ``nologin``: the password was right (Dovecot's auth service answers ``OK`` only
+  then, and removes ``nologin`` from a ``FAIL``), the user may not log in:
+  ``-ERR [AUTH]`` and ``reason``'s text, else "Login disabled for this user"; ``nodelay``
+  spares the failure penalty, as for a passwd-file's ``nologin``.  With ``host`` as well it
+  is a referral: a bare ``-ERR`` and ``reason``'s text, else "Try this server instead."
+- ``OK`` with ``proxy`` or ``proxy_maybe`` (with or without ``nologin``: Dovecot proxies
+  first): mailslot does not proxy, so the login is refused as a wrong password is, after
+  the same time, with a log line.
+- ``FAIL``, whatever its fields: a wrong password's reply.  Dovecot answers ``allow_nets``
+  and the like with a bare ``FAIL``, as a wrong password.  Its pop3-login would show a
+  ``FAIL``'s ``reason`` (PAM's "Password expired" with ``code=pass_expired``, a passdb's
+  reason on a disabled user); mailslot logs it and never sends it: a ``FAIL`` does not say
+  whether the password was right, and some passdbs refuse before checking it.
+- ``FAIL`` with ``temp`` or ``code=temp_fail``, a socket that is missing or refuses
+  connections, a broken handshake or a lost connection are
+  :class:`~mailslot.auth.base.TemporaryAuthFailure` (``-ERR [SYS/TEMP]``) with a log line.
 
 Timing: Dovecot delays every failure itself (``auth_failure_delay``, 2 s by default), for an
 unknown user and a wrong password alike.  On top of that a failure is answered no earlier than
@@ -45,21 +62,24 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
-from mailslot.auth import usernames
+from mailslot.auth import restrictions, usernames
 from mailslot.auth.base import (
     AuthenticationFailed,
     LoginSource,
+    Refused,
     TemporaryAuthFailure,
     User,
     login_source,
 )
+from mailslot.auth.restrictions import Refusal
 from mailslot.auth.verification import answer_failure
 from mailslot.log import escape
 
-__all__ = ["DovecotAuthenticator", "parse_line", "tab_escape", "tab_unescape"]
+__all__ = ["DovecotAuthenticator", "parse_line", "refusal", "tab_escape", "tab_unescape"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +149,31 @@ def auth_command(
             fields.append("secured")
     fields.append("resp=" + base64.b64encode(message).decode("ascii"))
     return ("\t".join(fields) + "\n").encode("utf-8")
+
+
+def refusal(found: dict[str, str]) -> Refusal | None:
+    """The refusal of an ``OK`` reply's fields (``found``, from :func:`options`), as Dovecot's
+    login process answers them, or ``None`` to log the user in.
+
+    ``proxy`` / ``proxy_maybe`` first: Dovecot proxies such a user even with ``nologin``;
+    mailslot does not proxy and refuses as for a wrong password.  Then ``nologin``, with its
+    ``reason`` and ``nodelay`` read as a passwd-file's (:class:`restrictions.Reader`); with
+    ``host`` too it is a referral (Dovecot's pop3-login: a bare ``-ERR``).  ``host`` without
+    ``nologin`` or ``proxy`` changes nothing (Dovecot logs such a user in)."""
+    if "proxy" in found or "proxy_maybe" in found:
+        return Refusal("auth", None, "proxy: mailslot does not proxy", True, "fields")
+    if "nologin" not in found:
+        return None
+    reader = restrictions.Reader()
+    for key in ("nologin", "reason", "nodelay"):
+        if key in found:
+            reader.add(key, found[key])
+    refused = restrictions.check(reader.result(), None, None)
+    if refused is not None and "host" in found:
+        # A referral: "-ERR <reason>", else "-ERR Try this server instead." (no code).
+        text = reader.result().reason
+        return replace(refused, kind="referral", text=text, log="nologin, referred elsewhere")
+    return refused
 
 
 class _Unavailable(Exception):
@@ -307,6 +352,8 @@ class DovecotAuthenticator:
         if verdict not in ("FAIL", "CONT"):
             log.warning("dovecot auth: unexpected reply %s", escape(verdict, 40))
             raise TemporaryAuthFailure("dovecot: unexpected reply")
+        if "reason" in found:  # for the log only: a FAIL is a wrong password's reply
+            log.info("dovecot auth: failed: %s", escape(found["reason"], 200))
         await self._failed(started)
 
     def _floor(self) -> float:
@@ -321,10 +368,15 @@ class DovecotAuthenticator:
 
     async def _accepted(self, found: dict[str, str], started: float) -> User:
         name = found.get("user", "")
-        if "nologin" in found or "proxy" in found or "proxy_maybe" in found:
-            # Dovecot's login process would refuse (or proxy) this user, not log it in here.
-            log.info("dovecot auth: user=%s refused: nologin or proxy", escape(name, 64))
-            await self._failed(started)
+        refused = refusal(found)
+        if refused is not None:
+            text = f" ({escape(refused.text)})" if refused.text else ""
+            log.info("dovecot auth: user=%s refused: %s%s", escape(name, 64), refused.log, text)
+            if refused.kind == "auth" and refused.text is None:
+                # A wrong password's reply: after a wrong password's time, which this
+                # answer (Dovecot's OK is not delayed) must not shorten for later ones.
+                await answer_failure(started, self._floor())
+            raise Refused(refused)
         if not usernames.is_valid(name):
             log.warning("dovecot auth: the user name Dovecot returned is not usable here")
             await self._failed(started)

@@ -95,7 +95,7 @@ UNRESTRICTED = Restrictions()
 class Refusal:
     """Why a user with a right password is refused, and how to answer."""
 
-    kind: Literal["auth", "sys-perm"]
+    kind: Literal["auth", "sys-perm", "referral"]  # referral: Dovecot's nologin with host=
     text: str | None  # the -ERR text; None: the standard one for ``kind``
     log: str  # for the log line, no secrets
     delay: bool  # whether the failure penalty applies; else the address is forgiven

@@ -32,14 +32,18 @@ class Failure(enum.Enum):
     SYS_PERM = "sys-perm"
     # A commit that removed some of the marked messages, not all (RFC 1939 section 6).
     PARTIAL_DELETE = "partial-delete"
+    # The user lives on another server (a Dovecot passdb's nologin with host=): POP3 has no
+    # referral code (RFC 2449 section 8 lists none), so a bare -ERR, as Dovecot's pop3-login.
+    REFERRAL = "referral"
 
 
-FAILURE_REPLIES: dict[Failure, tuple[Code, str]] = {
+FAILURE_REPLIES: dict[Failure, tuple[Code | None, str]] = {
     Failure.AUTH: (Code.AUTH, "Authentication failed."),
     Failure.IN_USE: (Code.IN_USE, "Mailbox is locked by another POP3 session."),
     Failure.SYS_TEMP: (Code.SYS_TEMP, "Temporary server failure, try again later."),
     Failure.SYS_PERM: (Code.SYS_PERM, "Mailbox unavailable."),
     Failure.PARTIAL_DELETE: (Code.SYS_TEMP, "Some marked messages were not removed."),
+    Failure.REFERRAL: (None, "Try this server instead."),
 }
 
 

@@ -843,13 +843,13 @@ class Session(asyncio.Protocol):
         metrics = self._context.metrics
         if refusal.kind == "sys-perm":
             metrics.login(mechanism, "error")
-        elif refusal.text is None:
+        elif refusal.text is None and refusal.kind == "auth":
             # The reply of a wrong password (allow_nets, a field mailslot does not support):
             # counted as one, so the metrics page, which has no authentication, tells no
             # more than the wire about the password.  The log line says which.
             metrics.login(mechanism, "failed")
         else:
-            metrics.login(mechanism, "disabled")  # nologin: the reply says it
+            metrics.login(mechanism, "disabled")  # nologin (or its referral): the reply says it
         if refusal.delay:
             hold = await self._context.penalty.failed(client)
             metrics.penalty(hold)
@@ -858,7 +858,9 @@ class Session(asyncio.Protocol):
             # Dovecot's nodelay after a right password: no wait, and the address is forgiven
             # as by a successful login (it knew a password).
             await self._context.penalty.succeeded(client)
-        failure = Failure.SYS_PERM if refusal.kind == "sys-perm" else Failure.AUTH
+        failure = {"sys-perm": Failure.SYS_PERM, "referral": Failure.REFERRAL}.get(
+            refusal.kind, Failure.AUTH
+        )
         self._conn.login_failed(failure, refusal.text)
 
     async def _hold(self, seconds: float) -> None:
