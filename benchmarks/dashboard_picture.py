@@ -520,7 +520,7 @@ def legend(target: dict[str, Any], labels: dict[str, str]) -> str:
 # -- drawing -----------------------------------------------------------------------------------
 
 BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
-COLOURS = ("#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b877d9")
+COLOURS = ("#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#b877d9", "#37e2d5", "#ff99c3")
 UNITS = {"reqps": "req/s", "cps": "conn/s", "ops": "/s", "short": "", "d": "days"}
 
 
@@ -601,15 +601,18 @@ def draw_series(
 ) -> bool:
     """``span``: when the load began, the first and the last time drawn."""
     origin, start, end = span
-    colour = itertools.cycle(COLOURS)  # more series than colours: they repeat
+    # More series than colours: they repeat, dashed.
+    styles = itertools.cycle([(c, "-") for c in COLOURS] + [(c, "--") for c in COLOURS])
     for target in panel["targets"]:
         for series in query(base, target["expr"], start=start, end=end, step=SCRAPE_SECONDS):
             times = [(float(t) - origin) / 60 for t, _ in series["values"]]
             values = [float(v) for _, v in series["values"]]
+            colour, style = next(styles)
             axes.plot(
                 times,
                 values,
-                color=next(colour),
+                color=colour,
+                linestyle=style,
                 linewidth=1.6,
                 label=legend(target, series["metric"]),
             )
@@ -672,7 +675,7 @@ def revision() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "-uno", "--", ".", ":!docs/dashboard.png"],
+            ["git", "-C", str(REPO), "status", "--porcelain", "-uno", "--", ".", ":!docs/*.png"],
             capture_output=True,
             text=True,
             check=True,
