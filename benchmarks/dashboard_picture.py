@@ -10,9 +10,10 @@ Grafana is not in Debian, so this draws the dashboard itself, from the same quer
    (login, STAT, LIST, UIDL, RETR, TOP, DELE, QUIT), one in a hundred after a mistyped
    password; plain sessions that never log in; one user whose desktop client holds its
    session open for 30 s of every minute while its phone polls every 5 s (``[IN-USE]``);
-   a disabled account (``nologin``) whose phone still polls every 20 s; password guessing
-   from three loopback addresses for three of the ten minutes (the failure penalty: one
-   guesser one connection at a time, one with four connections side by side, whose attempts
+   a disabled account (``nologin nodelay``) whose phone still polls every 20 s; password
+   guessing from three loopback addresses for three of the ten minutes, a guess a second per
+   connection (the failure penalty: one guesser one connection at a time, one with three
+   connections side by side, whose attempts
    past the penalty's horizon are refused unchecked, one as the last but giving up after a
    second); LMTP deliveries with smtplib (one user over quota: 552; one whose Maildir has a
    symlinked ``tmp/``: 451); and one worker killed with SIGKILL half-way (the parent
@@ -62,7 +63,7 @@ USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 FULL = "archive"  # gets mail, never reads it: over quota after a while (552)
 BROKEN = "broken"  # tmp/ is a symlink: every delivery deferred (451)
 POLLER = "grace"  # a desktop client holds the session while a phone polls: [IN-USE]
-DISABLED = "henry"  # nologin, and a phone that still polls
+DISABLED = "henry"  # nologin nodelay (Dovecot's way to close an account), a phone still polls
 PASSWORD = "correct horse battery staple"
 TYPO_SHARE = 0.01  # sessions whose first PASS is mistyped
 # Each user from an address of its own, as from their homes: the failure penalty is per
@@ -83,8 +84,8 @@ class Guesser:
 
 GUESSERS = (
     Guesser("127.0.1.1", 1, 30.0),  # one at a time: every guess checked, the penalty grows
-    Guesser("127.0.1.2", 4, 30.0),  # side by side: guesses past the horizon refused unchecked
-    Guesser("127.0.1.3", 4, 1.0),  # as the last, but leaves while waiting its turn: aborted
+    Guesser("127.0.1.2", 3, 30.0),  # side by side: guesses past the horizon refused unchecked
+    Guesser("127.0.1.3", 3, 1.0),  # as the last, but leaves while waiting its turn: aborted
 )
 QUOTA_MESSAGES = 40
 
@@ -148,7 +149,7 @@ def prepare(directory: Path) -> Setup:
     lines = users.read_text().splitlines()
     users.write_text(
         "".join(
-            line + ("::::::nologin" if line.startswith(f"{DISABLED}:") else "") + "\n"
+            line + ("::::::nologin nodelay" if line.startswith(f"{DISABLED}:") else "") + "\n"
             for line in lines
         )
     )
@@ -362,7 +363,7 @@ def phone(setup: Setup, rng: random.Random) -> None:
 
 
 def disabled_phone(setup: Setup) -> None:
-    """A disabled account's phone, still polling: -ERR [AUTH] Login disabled."""
+    """A disabled account's phone, still polling: -ERR [AUTH] Login disabled, at once."""
     pop = Pop3Tls(setup.implicit, context_of(setup), DISABLED_PHONE)
     pop.user(DISABLED)
     try:
@@ -468,7 +469,7 @@ def drive(setup: Setup, server: subprocess.Popen[bytes], warmup: float, seconds:
         threading.Thread(target=loop, args=(phones, every(5))),
         threading.Thread(target=loop, args=(disabled_phones, every(20))),
         *(
-            threading.Thread(target=loop, args=(guessing(guesser), every(0.1)))
+            threading.Thread(target=loop, args=(guessing(guesser), every(1)))
             for guesser in GUESSERS
             for _ in range(guesser.parallel)
         ),
@@ -520,7 +521,10 @@ def legend(target: dict[str, Any], labels: dict[str, str]) -> str:
 # -- drawing -----------------------------------------------------------------------------------
 
 BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
-COLOURS = ("#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#b877d9", "#37e2d5", "#ff99c3")
+COLOURS = (
+    *("#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#b877d9", "#37e2d5"),
+    *("#ff99c3", "#ffffff", "#1f60c4", "#c4a35a", "#8f3bb8", "#a0a0a0", "#37872d"),
+)
 UNITS = {"reqps": "req/s", "cps": "conn/s", "ops": "/s", "short": "", "d": "days"}
 
 

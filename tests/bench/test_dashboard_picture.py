@@ -36,7 +36,7 @@ def test_the_server_it_runs_is_valid_with_metrics_and_two_workers(tmp_path: Path
     # The disabled account, whose phone polls: nologin in the eighth field, the others none.
     lines = config.auth.passwd_file.read_text().splitlines()
     extras = {line.split(":")[0]: line.split(":")[7:] for line in lines}
-    assert extras[picture.DISABLED] == ["nologin"]
+    assert extras[picture.DISABLED] == ["nologin nodelay"]
     assert extras[picture.POLLER] == []
     # Two certificates for the dashboard's expiry panel: [tls] and one [[tls.certificates]].
     assert config.tls.certificate is not None
