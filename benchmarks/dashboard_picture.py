@@ -295,6 +295,13 @@ def read_mail(pop: poplib.POP3, rng: random.Random) -> None:
     pop.quit()
 
 
+def reply(exc: poplib.error_proto) -> bytes:
+    """The server's -ERR line, or poplib's own text (a str: ``-ERR EOF`` when the
+    connection closed, as when its worker was killed)."""
+    text = exc.args[0] if exc.args else b""
+    return text if isinstance(text, bytes) else text.encode()
+
+
 def login(pop: poplib.POP3, user: str, password: str = PASSWORD) -> bool:
     """USER and PASS; False (and QUIT) if the maildrop is in use, as a client that polls
     again later; any other refusal raises."""
@@ -302,7 +309,7 @@ def login(pop: poplib.POP3, user: str, password: str = PASSWORD) -> bool:
     try:
         pop.pass_(password)
     except poplib.error_proto as exc:
-        if b"[IN-USE]" not in exc.args[0]:
+        if b"[IN-USE]" not in reply(exc):
             raise
         pop.quit()
         return False
@@ -369,7 +376,7 @@ def disabled_phone(setup: Setup) -> None:
     try:
         pop.pass_(PASSWORD)
     except poplib.error_proto as exc:
-        if b"disabled" not in exc.args[0]:
+        if b"disabled" not in reply(exc):
             raise
     else:
         raise poplib.error_proto(f"{DISABLED} logged in: nologin not applied")
@@ -424,7 +431,7 @@ def drive(setup: Setup, server: subprocess.Popen[bytes], warmup: float, seconds:
             elapsed = time.monotonic() - start
             try:
                 step(elapsed, rng)
-            except (OSError, poplib.error_proto, smtplib.SMTPException) as exc:
+            except Exception as exc:  # counted and shown; the load goes on
                 errors.append(exc)
             done.wait(pace(elapsed, rng))
 
