@@ -686,7 +686,7 @@ def revision() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "-uno", "--", ".", ":!docs/*.png"],
+            ["git", "-C", str(REPO), "status", "--porcelain", "-uno", "--", ".", ":!docs"],
             capture_output=True,
             text=True,
             check=True,
