@@ -11,12 +11,12 @@ Grafana is not in Debian, so this draws the dashboard itself, from the same quer
    password; plain sessions that never log in; one user whose desktop client holds its
    session open for 30 s of every minute while its phone polls every 5 s (``[IN-USE]``);
    a disabled account (``nologin nodelay``) whose phone still polls every 20 s; password
-   guessing from three loopback addresses for three of the ten minutes, a guess a second per
-   connection (the failure penalty: one guesser one connection at a time, one with three
-   connections side by side, whose attempts past the penalty's horizon are refused
-   unchecked, one as the last but giving up after a second); LMTP deliveries with smtplib
-   (one user over quota: 552; one whose Maildir has a symlinked ``tmp/``: 451); and one
-   worker killed with SIGKILL half-way (the parent replaces it). The server has two
+   guessing from three loopback addresses for three of the ten minutes, each connection
+   guessing again 1 s after its answer (the failure penalty: one guesser one connection at a
+   time, one with three connections side by side, whose attempts past the penalty's horizon
+   are refused unchecked, one as the last but giving up after a second); LMTP deliveries
+   with smtplib (one user over quota: 552; one whose Maildir has a symlinked ``tmp/``: 451);
+   and one worker killed with SIGKILL half-way (the parent replaces it). The server has two
    certificates for the same names, an ECDSA one issued 20 days ago and an RSA one issued
    45 days ago, both of 90 days, as certbot's;
 3. Debian's ``prometheus`` scraping ``/metrics`` every 5 seconds;
