@@ -426,7 +426,7 @@ def drive(setup: Setup, server: subprocess.Popen[bytes], warmup: float, seconds:
     errors: list[BaseException] = []
 
     def loop(step: Any, pace: Any) -> None:
-        rng = random.Random(hash(step.__name__))
+        rng = random.Random()  # a sequence of its own: two threads run the same step
         while not done.is_set():
             elapsed = time.monotonic() - start
             try:
@@ -462,7 +462,6 @@ def drive(setup: Setup, server: subprocess.Popen[bytes], warmup: float, seconds:
             if seconds * 0.15 < elapsed < seconds * 0.45:
                 guess(setup, guesser, rng)
 
-        step.__name__ = f"guessing from {guesser.address}"  # its own random sequence
         return step
 
     def every(interval: float) -> Any:
