@@ -5,11 +5,20 @@ Grafana is not in Debian, so this draws the dashboard itself, from the same quer
 1. a real mailslot (``python -m mailslot serve``, 2 workers, metrics on) on 127.0.0.1, with
    POP3S, POP3 with STLS and LMTP listeners, a passwd-file and Maildirs in a temp directory;
 2. real clients for ``--warmup`` plus ``--minutes`` minutes (only the last are drawn, once the
-   panels' ``[5m]`` windows hold only the run): poplib sessions over TLS 1.3, TLS 1.2 and STLS
-   (login, STAT, LIST, UIDL, RETR, TOP, DELE, QUIT), plain sessions that never log in, wrong
-   passwords from a few loopback addresses for a while (the failure penalty), LMTP deliveries
-   with smtplib (one user over quota: 552; one whose Maildir has a symlinked ``tmp/``: 451),
-   and one worker killed with SIGKILL half-way (the parent replaces it);
+   panels' ``[5m]`` windows hold only the run), each user from a loopback address of its own
+   (the failure penalty is per address): poplib sessions over TLS 1.3, TLS 1.2 and STLS
+   (login, STAT, LIST, UIDL, RETR, TOP, DELE, QUIT), one in a hundred after a mistyped
+   password; plain sessions that never log in; one user whose desktop client holds its
+   session open for 30 s of every minute while its phone polls every 5 s (``[IN-USE]``);
+   a disabled account (``nologin nodelay``) whose phone still polls every 20 s; password
+   guessing from three loopback addresses for three of the ten minutes, each connection
+   guessing again 1 s after its answer (the failure penalty: one guesser one connection at a
+   time, one with three connections side by side, whose attempts past the penalty's horizon
+   are refused unchecked, one as the last but giving up after a second); LMTP deliveries
+   with smtplib (one user over quota: 552; one whose Maildir has a symlinked ``tmp/``: 451);
+   and one worker killed with SIGKILL half-way (the parent replaces it). The server has two
+   certificates for the same names, an ECDSA one issued 20 days ago and an RSA one issued
+   45 days ago, both of 90 days, as certbot's;
 3. Debian's ``prometheus`` scraping ``/metrics`` every 5 seconds;
 4. each panel's PromQL, exactly as the dashboard has it, evaluated over the run through the
    HTTP API (``query_range``; a stat panel: an instant query at the end), drawn with
@@ -53,8 +62,31 @@ SCRAPE_SECONDS = 5
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 FULL = "archive"  # gets mail, never reads it: over quota after a while (552)
 BROKEN = "broken"  # tmp/ is a symlink: every delivery deferred (451)
+POLLER = "grace"  # a desktop client holds the session while a phone polls: [IN-USE]
+DISABLED = "henry"  # nologin nodelay (Dovecot's way to close an account), a phone still polls
 PASSWORD = "correct horse battery staple"
-ATTACKERS = tuple(f"127.0.1.{n}" for n in range(1, 5))
+TYPO_SHARE = 0.01  # sessions whose first PASS is mistyped
+# Each user from an address of its own, as from their homes: the failure penalty is per
+# address, so one user's typo does not delay the others.
+ADDRESS = {user: f"127.0.2.{n}" for n, user in enumerate(USERS, 1)}
+DESKTOP, PHONE, DISABLED_PHONE = "127.0.2.20", "127.0.2.21", "127.0.2.30"
+
+
+@dataclass(frozen=True)
+class Guesser:
+    """A guessing client address: ``parallel`` connections at once, each giving up after
+    ``patience`` seconds without an answer."""
+
+    address: str
+    parallel: int
+    patience: float
+
+
+GUESSERS = (
+    Guesser("127.0.1.1", 1, 30.0),  # one at a time: every guess checked, the penalty grows
+    Guesser("127.0.1.2", 3, 30.0),  # side by side: guesses past the horizon refused unchecked
+    Guesser("127.0.1.3", 3, 1.0),  # as the last, but leaves while waiting its turn: aborted
+)
 QUOTA_MESSAGES = 40
 
 
@@ -87,22 +119,40 @@ def prepare(directory: Path) -> Setup:
     ca = trustme.CA(organization_name="mailslot dashboard picture")
     now = datetime.datetime.now(datetime.UTC)
     # As certbot's: 90 days, renewed with 30 left; this one was issued 20 days ago.
-    leaf = ca.issue_cert(
-        "localhost",
-        "127.0.0.1",
-        not_before=now - datetime.timedelta(days=20),
-        not_after=now + datetime.timedelta(days=70),
-    )
     ca_pem = directory / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_pem))
-    chain = directory / "fullchain.pem"
-    chain.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    key = directory / "privkey.pem"
-    leaf.private_key_pem.write_to_path(str(key))
-    key.chmod(0o600)
+    # An ECDSA certificate and an RSA one for the same names, served side by side, renewed
+    # apart (the dashboard shows each one's expiry).
+    files = []
+    for name, key_type, age in (
+        ("ecdsa", trustme.KeyType.ECDSA, 20),
+        ("rsa", trustme.KeyType.RSA, 45),
+    ):
+        leaf = ca.issue_cert(
+            "localhost",
+            "127.0.0.1",
+            not_before=now - datetime.timedelta(days=age),
+            not_after=now + datetime.timedelta(days=90 - age),
+            key_type=key_type,
+        )
+        chain = directory / f"fullchain-{name}.pem"
+        chain.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        key = directory / f"privkey-{name}.pem"
+        leaf.private_key_pem.write_to_path(str(key))
+        key.chmod(0o600)
+        files.append((chain, key))
+    (chain, key), (rsa_chain, rsa_key) = files
     users = directory / "users"
-    for name in (*USERS, FULL, BROKEN):
+    for name in (*USERS, FULL, BROKEN, POLLER, DISABLED):
         admin.add_user(users, name, PASSWORD, scheme="SHA512-CRYPT")
+    # The eighth field of a passwd-file line holds the extra fields (docs/configuration.md).
+    lines = users.read_text().splitlines()
+    users.write_text(
+        "".join(
+            line + ("::::::nologin nodelay" if line.startswith(f"{DISABLED}:") else "") + "\n"
+            for line in lines
+        )
+    )
     mail = directory / "mail"
     broken = mail / BROKEN / "Maildir"
     for sub in ("cur", "new"):
@@ -121,6 +171,7 @@ def prepare(directory: Path) -> Setup:
         f'[[listener]]\naddress = "127.0.0.1"\nport = {setup.starttls}\ntls = "starttls"\n\n'
         f'[[listener]]\nprotocol = "lmtp"\naddress = "127.0.0.1"\nport = {setup.lmtp}\n\n'
         f'[tls]\ncertificate = "{chain}"\nprivate_key = "{key}"\n\n'
+        f'[[tls.certificates]]\ncertificate = "{rsa_chain}"\nprivate_key = "{rsa_key}"\n\n'
         f'[auth]\npasswd_file = "{users}"\nfailure_delay = 0.25\nfailure_delay_max = 2\n\n'
         f'[store]\nmaildir = "{mail}/{{user}}/Maildir"\n\n'
         f"[delivery]\nquota_messages = {QUOTA_MESSAGES}\n\n"
@@ -199,15 +250,30 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 # -- the clients -------------------------------------------------------------------------------
 
 
+class Pop3(poplib.POP3):
+    """POP3 (for STLS) from a chosen source address."""
+
+    def __init__(self, port: int, source: str) -> None:
+        self.source = source  # before super().__init__, which connects
+        super().__init__("127.0.0.1", port, timeout=30)
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        return socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self.source, 0)
+        )
+
+
 class Pop3Tls(poplib.POP3_SSL):
     """POP3S from a chosen source address."""
 
-    def __init__(self, port: int, context: ssl.SSLContext, source: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, context: ssl.SSLContext, source: str = "127.0.0.1", timeout: float = 30
+    ) -> None:
         self.source = source
         # Our own reference: typeshed does not declare the ``context`` POP3_SSL keeps, and
         # super().__init__ connects (calls _create_socket) before it returns.
         self.tls_context = context
-        super().__init__("127.0.0.1", port, context=context, timeout=30)
+        super().__init__("127.0.0.1", port, context=context, timeout=timeout)
 
     def _create_socket(self, timeout: float) -> socket.socket:
         raw = socket.create_connection(
@@ -229,42 +295,115 @@ def read_mail(pop: poplib.POP3, rng: random.Random) -> None:
     pop.quit()
 
 
+def reply(exc: poplib.error_proto) -> bytes:
+    """The server's -ERR line, or poplib's own text (a str: ``-ERR EOF`` when the
+    connection closed, as when its worker was killed)."""
+    text = exc.args[0] if exc.args else b""
+    return text if isinstance(text, bytes) else text.encode()
+
+
+def login(pop: poplib.POP3, user: str, password: str = PASSWORD) -> bool:
+    """USER and PASS; False (and QUIT) if the maildrop is in use, as a client that polls
+    again later; any other refusal raises."""
+    pop.user(user)
+    try:
+        pop.pass_(password)
+    except poplib.error_proto as exc:
+        if b"[IN-USE]" not in reply(exc):
+            raise
+        pop.quit()
+        return False
+    return True
+
+
 def session(setup: Setup, rng: random.Random) -> None:
     user = rng.choice(USERS)
+    source = ADDRESS[user]
     kind = rng.random()
     tls13 = ssl.create_default_context(cafile=str(setup.ca_pem))
     if kind < 0.55:
-        pop: poplib.POP3 = Pop3Tls(setup.implicit, tls13)
+        pop: poplib.POP3 = Pop3Tls(setup.implicit, tls13, source)
     elif kind < 0.75:
         tls12 = ssl.create_default_context(cafile=str(setup.ca_pem))
         tls12.maximum_version = ssl.TLSVersion.TLSv1_2
-        pop = Pop3Tls(setup.implicit, tls12)
+        pop = Pop3Tls(setup.implicit, tls12, source)
     elif kind < 0.92:
-        pop = poplib.POP3("127.0.0.1", setup.starttls, timeout=30)
+        pop = Pop3(setup.starttls, source)
         pop.stls(tls13)
     else:  # a client that looks and leaves: a session without TLS or login
-        pop = poplib.POP3("127.0.0.1", setup.starttls, timeout=30)
+        pop = Pop3(setup.starttls, source)
         pop.capa()
         pop.quit()
         return
-    pop.user(user)
-    pop.pass_(PASSWORD)
-    read_mail(pop, rng)
+    if rng.random() < TYPO_SHARE:  # mistyped, then typed again (RFC 1939: USER anew)
+        pop.user(user)
+        with contextlib.suppress(poplib.error_proto):
+            pop.pass_(PASSWORD.replace("horse", "hrose"))
+    if login(pop, user):
+        read_mail(pop, rng)
 
 
-def guess(setup: Setup, source: str) -> None:
-    context = ssl.create_default_context(cafile=str(setup.ca_pem))
-    pop = Pop3Tls(setup.implicit, context, source)
-    pop.user(random.choice(USERS))
-    with contextlib.suppress(poplib.error_proto):
-        pop.pass_("password123")
-    with contextlib.suppress(poplib.error_proto, OSError):
-        pop.quit()
+def context_of(setup: Setup) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(setup.ca_pem))
+
+
+def desktop(setup: Setup, done: threading.Event) -> None:
+    """POLLER's desktop client: logs in, then holds the session 30 s (NOOP every 10 s, as a
+    client reading slowly), QUIT; again after 30 s."""
+    pop = Pop3Tls(setup.implicit, context_of(setup), DESKTOP)
+    if not login(pop, POLLER):
+        return
+    pop.stat()
+    pop.uidl()
+    for _ in range(3):
+        if done.wait(10):
+            break
+        pop.noop()
+    pop.quit()
+
+
+def phone(setup: Setup, rng: random.Random) -> None:
+    """POLLER's phone: polls; refused [IN-USE] while the desktop holds the maildrop."""
+    pop = Pop3Tls(setup.implicit, context_of(setup), PHONE)
+    if login(pop, POLLER):
+        read_mail(pop, rng)
+
+
+def disabled_phone(setup: Setup) -> None:
+    """A disabled account's phone, still polling: -ERR [AUTH] Login disabled, at once."""
+    pop = Pop3Tls(setup.implicit, context_of(setup), DISABLED_PHONE)
+    pop.user(DISABLED)
+    try:
+        pop.pass_(PASSWORD)
+    except poplib.error_proto as exc:
+        if b"disabled" not in reply(exc):
+            raise
+    else:
+        raise poplib.error_proto(f"{DISABLED} logged in: nologin not applied")
+    pop.quit()
+
+
+def guess(setup: Setup, guesser: Guesser, rng: random.Random) -> None:
+    """One guess; a guesser that gives up closes without waiting for the answer."""
+    try:
+        pop = Pop3Tls(setup.implicit, context_of(setup), guesser.address, guesser.patience)
+    except TimeoutError:
+        return  # a loaded machine: the handshake took longer than an impatient guesser waits
+    try:
+        pop.user(rng.choice(USERS))
+        with contextlib.suppress(poplib.error_proto):
+            pop.pass_("password123")
+        with contextlib.suppress(poplib.error_proto):
+            pop.quit()
+    except TimeoutError:
+        pass  # gave up: the server counts the attempt aborted if it had not been checked
+    finally:
+        pop.close()
 
 
 def deliver(setup: Setup, rng: random.Random) -> None:
     roll = rng.random()
-    user = FULL if roll < 0.15 else BROKEN if roll < 0.2 else rng.choice(USERS)
+    user = FULL if roll < 0.15 else BROKEN if roll < 0.2 else rng.choice((*USERS, POLLER))
     size = rng.choice((600, 2_000, 12_000, 80_000))
     body = ("x" * 76 + "\r\n") * (size // 78)  # lines within RFC 5321's 1000 octets
     message = (
@@ -287,12 +426,12 @@ def drive(setup: Setup, server: subprocess.Popen[bytes], warmup: float, seconds:
     errors: list[BaseException] = []
 
     def loop(step: Any, pace: Any) -> None:
-        rng = random.Random(hash(step.__name__))
+        rng = random.Random()  # a sequence of its own: two threads run the same step
         while not done.is_set():
             elapsed = time.monotonic() - start
             try:
                 step(elapsed, rng)
-            except (OSError, poplib.error_proto, smtplib.SMTPException) as exc:
+            except Exception as exc:  # counted and shown; the load goes on
                 errors.append(exc)
             done.wait(pace(elapsed, rng))
 
@@ -309,18 +448,37 @@ def drive(setup: Setup, server: subprocess.Popen[bytes], warmup: float, seconds:
     def delivery_pace(elapsed: float, rng: random.Random) -> float:
         return rng.expovariate(2.5)
 
-    def guessing(elapsed: float, rng: random.Random) -> None:
-        if seconds * 0.15 < elapsed < seconds * 0.45:
-            guess(setup, ATTACKERS[int(elapsed) % len(ATTACKERS)])
+    def desktops(elapsed: float, rng: random.Random) -> None:
+        desktop(setup, done)
 
-    def guess_pace(elapsed: float, rng: random.Random) -> float:
-        return 0.2
+    def phones(elapsed: float, rng: random.Random) -> None:
+        phone(setup, rng)
+
+    def disabled_phones(elapsed: float, rng: random.Random) -> None:
+        disabled_phone(setup)
+
+    def guessing(guesser: Guesser) -> Any:
+        def step(elapsed: float, rng: random.Random) -> None:
+            if seconds * 0.15 < elapsed < seconds * 0.45:
+                guess(setup, guesser, rng)
+
+        return step
+
+    def every(interval: float) -> Any:
+        return lambda elapsed, rng: interval
 
     threads = [
         threading.Thread(target=loop, args=(sessions, session_pace)),
         threading.Thread(target=loop, args=(sessions, session_pace)),
         threading.Thread(target=loop, args=(deliveries, delivery_pace)),
-        threading.Thread(target=loop, args=(guessing, guess_pace)),
+        threading.Thread(target=loop, args=(desktops, every(30))),
+        threading.Thread(target=loop, args=(phones, every(5))),
+        threading.Thread(target=loop, args=(disabled_phones, every(20))),
+        *(
+            threading.Thread(target=loop, args=(guessing(guesser), every(1)))
+            for guesser in GUESSERS
+            for _ in range(guesser.parallel)
+        ),
     ]
     for thread in threads:
         thread.start()
@@ -369,7 +527,10 @@ def legend(target: dict[str, Any], labels: dict[str, str]) -> str:
 # -- drawing -----------------------------------------------------------------------------------
 
 BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
-COLOURS = ("#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b877d9")
+COLOURS = (
+    *("#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#b877d9", "#37e2d5"),
+    *("#ff99c3", "#ffffff", "#1f60c4", "#c4a35a", "#8f3bb8", "#a0a0a0", "#37872d"),
+)
 UNITS = {"reqps": "req/s", "cps": "conn/s", "ops": "/s", "short": "", "d": "days"}
 
 
@@ -410,19 +571,24 @@ def draw(
     empty: list[str] = []
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels) // 8
     figure = plt.figure(figsize=(16, 3.1 * rows + 1.0), facecolor=BACKGROUND)
-    grid = figure.add_gridspec(rows * 8, 24, hspace=14, wspace=4, top=0.93, bottom=0.03)
+    # Grafana's 24 columns and a spacer between the halves, for the right panels' tick labels.
+    grid = figure.add_gridspec(rows * 8, 25, hspace=14, wspace=4, top=0.93, bottom=0.03)
     figure.suptitle(
         f"{dashboard['title']}: the panels of dashboards/mailslot.json, each query evaluated "
         f"by Prometheus over the last {(end - start) / 60:.0f} minutes of a run of "
-        "scripts/dashboard-picture\n(real mailslot, real clients; drawn with matplotlib, "
-        "not a Grafana screenshot)",
+        f"scripts/dashboard-picture at {revision()}\n(real mailslot, real clients; drawn with "
+        "matplotlib, not a Grafana screenshot)",
         color=TEXT,
         fontsize=11,
     )
     for panel in panels:
         pos = panel["gridPos"]
+        left, right = pos["x"], pos["x"] + pos["w"]
         axes = figure.add_subplot(
-            grid[pos["y"] : pos["y"] + pos["h"] - 1, pos["x"] : pos["x"] + pos["w"]]
+            grid[
+                pos["y"] : pos["y"] + pos["h"] - 1,
+                left + (left >= 12) : right + (right > 12),
+            ]
         )
         axes.set_facecolor(PANEL)
         axes.set_title(panel["title"], color=TEXT, loc="left", fontsize=11)
@@ -445,21 +611,26 @@ def draw_series(
 ) -> bool:
     """``span``: when the load began, the first and the last time drawn."""
     origin, start, end = span
-    colour = itertools.cycle(COLOURS)  # more series than colours: they repeat
+    # More series than colours: they repeat, dashed.
+    styles = itertools.cycle([(c, "-") for c in COLOURS] + [(c, "--") for c in COLOURS])
     for target in panel["targets"]:
         for series in query(base, target["expr"], start=start, end=end, step=SCRAPE_SECONDS):
             times = [(float(t) - origin) / 60 for t, _ in series["values"]]
             values = [float(v) for _, v in series["values"]]
+            colour, style = next(styles)
             axes.plot(
                 times,
                 values,
-                color=next(colour),
+                color=colour,
+                linestyle=style,
                 linewidth=1.6,
                 label=legend(target, series["metric"]),
             )
     axes.yaxis.set_major_formatter(formatter(unit))
     axes.set_xlim((start - origin) / 60, (end - origin) / 60)
-    axes.set_ylim(bottom=0)
+    # Room above the lines for the legend, which Grafana puts under the panel.
+    top = max((v for line in axes.lines for v in line.get_ydata() if not math.isnan(v)), default=0)
+    axes.set_ylim(0, top * (1.2 + 0.12 * math.ceil(len(axes.lines) / 3)) or None)
     axes.set_xlabel("minutes into the run", color=TEXT, fontsize=8)
     axes.tick_params(colors=TEXT, labelsize=8)
     axes.grid(color=GRID, linewidth=0.6)
@@ -473,24 +644,55 @@ def draw_series(
 
 
 def draw_stat(axes: Any, panel: dict[str, Any], base: str, end: float, unit: str) -> bool:
+    """Grafana's stat panel: one value per series, side by side, each named by its legend
+    when there are several."""
     (target,) = panel["targets"]
-    result = query(base, target["expr"], time=end)
-    value = float(result[0]["value"][1]) if result else math.nan
-    text = "no data" if math.isnan(value) else formatter(unit)(value, None)
-    axes.text(
-        0.5,
-        0.5,
-        text,
-        color=COLOURS[0],
-        fontsize=40,
-        ha="center",
-        va="center",
-        transform=axes.transAxes,
-        fontweight="bold",
-    )
+    values = [
+        (legend(target, series["metric"]), float(series["value"][1]))
+        for series in query(base, target["expr"], time=end)
+    ]
+    values = [(name, value) for name, value in sorted(values) if not math.isnan(value)]
     axes.set_xticks([])
     axes.set_yticks([])
-    return not math.isnan(value)
+    if not values:
+        axes.text(0.5, 0.5, "no data", color=TEXT, ha="center", transform=axes.transAxes)
+        return False
+    for n, (name, value) in enumerate(values):
+        x = (n + 0.5) / len(values)
+        axes.text(
+            x,
+            0.5,
+            formatter(unit)(value, None),
+            color=COLOURS[0],
+            fontsize=40 if len(values) == 1 else 32,
+            ha="center",
+            va="center",
+            transform=axes.transAxes,
+            fontweight="bold",
+        )
+        if len(values) > 1:
+            axes.text(x, 0.2, name, color=TEXT, fontsize=10, ha="center", transform=axes.transAxes)
+    return True
+
+
+def revision() -> str:
+    """The commit drawn, and whether the work tree differed from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "log", "-1", "--format=%h (%cs)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "-uno", "--", ".", ":!docs"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return f"commit {commit}" + (" with uncommitted changes" if dirty else "")
 
 
 def main() -> None:

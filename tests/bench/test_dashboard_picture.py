@@ -26,7 +26,21 @@ def test_the_server_it_runs_is_valid_with_metrics_and_two_workers(tmp_path: Path
     assert [lst.protocol for lst in config.listeners] == ["pop3", "pop3", "lmtp"]
     assert config.auth.passwd_file is not None
     users = set(admin.list_users(config.auth.passwd_file))
-    assert users == {*picture.USERS, picture.FULL, picture.BROKEN}
+    assert users == {
+        *picture.USERS,
+        picture.FULL,
+        picture.BROKEN,
+        picture.POLLER,
+        picture.DISABLED,
+    }
+    # The disabled account, whose phone polls: nologin in the eighth field, the others none.
+    lines = config.auth.passwd_file.read_text().splitlines()
+    extras = {line.split(":")[0]: line.split(":")[7:] for line in lines}
+    assert extras[picture.DISABLED] == ["nologin nodelay"]
+    assert extras[picture.POLLER] == []
+    # Two certificates for the dashboard's expiry panel: [tls] and one [[tls.certificates]].
+    assert config.tls.certificate is not None
+    assert len(config.tls.certificates) == 1
     # The user whose deliveries are deferred: a symlinked tmp/, which the store refuses.
     assert (tmp_path / "mail" / picture.BROKEN / "Maildir" / "tmp").is_symlink()
     assert config.delivery.quota_messages == picture.QUOTA_MESSAGES
