@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncpg
 from tests.support.postgres import PostgresServer, running_postgres
 
-from mailslot.store.postgresql import schema
+from benchmarks.migrate_rate import upgrade
 
 FIRST = 1_700_000_000
 
@@ -67,14 +66,6 @@ def peak_rss_kib(args: list[str]) -> tuple[int, float]:
     if process.returncode != 0:
         raise SystemExit(f"mailslot migrate {' '.join(args)}: exit {process.returncode}: {err!r}")
     return int(usage.ru_maxrss), time.monotonic() - started
-
-
-async def upgrade(dsn: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await schema.upgrade(connection)
-    finally:
-        await connection.close()
 
 
 def measure(

@@ -22,6 +22,25 @@ def documented_rules() -> str:
     return str(rules)
 
 
+def promtool_test(tmp_path: Path, inputs: str, expectations: str) -> None:
+    """Write the documented rules and a ``promtool test rules`` file of ``inputs`` (input
+    series) and ``expectations`` (alert rule tests), then run it: it must pass."""
+    promtool = require_program("promtool")
+    (tmp_path / "mailslot.rules.yml").write_text(documented_rules())
+    cases = tmp_path / "test.yml"
+    cases.write_text(
+        "rule_files: [mailslot.rules.yml]\n"
+        "evaluation_interval: 1m\n"
+        "tests:\n"
+        "  - interval: 1m\n"
+        "    input_series:\n" + inputs + "    alert_rule_test:\n" + expectations
+    )
+    test = subprocess.run(
+        [promtool, "test", "rules", str(cases)], capture_output=True, cwd=tmp_path
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
+
+
 def series(path: str, names: str, key_type: str, expires: int) -> str:
     labels = (
         f'certificate="{path}",names="{names}",key_type="{key_type}",'
@@ -40,17 +59,11 @@ def test_the_documented_rule_fires_for_the_certificate_about_to_expire(tmp_path:
     # Evaluated 5 minutes after the epoch: the ECDSA certificate has 20 days left, the RSA one
     # beside it 21 days and an hour (over the line), another 40 days.
     soon = 20 * DAY + 300
-    cases = tmp_path / "test.yml"
-    cases.write_text(
-        "rule_files: [mailslot.rules.yml]\n"
-        "evaluation_interval: 1m\n"
-        "tests:\n"
-        "  - interval: 1m\n"
-        "    input_series:\n"
-        + series("/etc/mailslot/mail.pem", "mail.example.org,pop.example.org", "ecdsa", soon)
+    promtool_test(
+        tmp_path,
+        series("/etc/mailslot/mail.pem", "mail.example.org,pop.example.org", "ecdsa", soon)
         + series("/etc/mailslot/mail-rsa.pem", "mail.example.org", "rsa", 21 * DAY + 3600 + 300)
-        + series("/etc/mailslot/other.pem", "other.example.org", "ecdsa", 40 * DAY)
-        + "    alert_rule_test:\n"
+        + series("/etc/mailslot/other.pem", "other.example.org", "ecdsa", 40 * DAY),
         "      - eval_time: 5m\n"
         "        alertname: MailslotCertificateExpiresSoon\n"
         "        exp_alerts:\n"
@@ -65,12 +78,8 @@ def test_the_documented_rule_fires_for_the_certificate_about_to_expire(tmp_path:
         "              summary: 'TLS certificate for mail.example.org,pop.example.org (ecdsa)"
         " expires in 20d 0h 0m 0s'\n"
         "              description: '/etc/mailslot/mail.pem on pop.example.org:9154: renew it,"
-        " or see why the renewal was not loaded (mailslot acme status, the server''s log).'\n"
+        " or see why the renewal was not loaded (mailslot acme status, the server''s log).'\n",
     )
-    test = subprocess.run(
-        [promtool, "test", "rules", str(cases)], capture_output=True, cwd=tmp_path
-    )
-    assert test.returncode == 0, test.stdout + test.stderr
 
 
 def logins(instance: str, result: str, per_minute: int) -> str:
@@ -90,24 +99,15 @@ def test_the_password_guessing_rule_fires_on_failed_and_throttled_logins_not_in_
     second ``failed``, one 2 a second ``throttled``, one 0.5 a second ``failed``.  Only the
     second and third fire.  Counted as ``failed`` before in-use had its own result, the
     first fired too."""
-    promtool = require_program("promtool")
-    rules = tmp_path / "mailslot.rules.yml"
-    rules.write_text(documented_rules())
-    cases = tmp_path / "test.yml"
-    cases.write_text(
-        "rule_files: [mailslot.rules.yml]\n"
-        "evaluation_interval: 1m\n"
-        "tests:\n"
-        "  - interval: 1m\n"
-        "    input_series:\n"
-        + logins("polled:9154", "in-use", 600)
+    promtool_test(
+        tmp_path,
+        logins("polled:9154", "in-use", 600)
         + logins("polled:9154", "disabled", 60)
         + logins("polled:9154", "ok", 600)
         + logins("guessed:9154", "failed", 120)
         + logins("guessed:9154", "ok", 600)
         + logins("throttled:9154", "throttled", 120)
-        + logins("quiet:9154", "failed", 30)
-        + "    alert_rule_test:\n"
+        + logins("quiet:9154", "failed", 30),
         "      - eval_time: 20m\n"
         "        alertname: MailslotPasswordGuessing\n"
         "        exp_alerts:\n"
@@ -126,9 +126,5 @@ def test_the_password_guessing_rule_fires_on_failed_and_throttled_logins_not_in_
         # Not yet at 9 minutes: the rate must hold for 10.
         + "      - eval_time: 9m\n"
         "        alertname: MailslotPasswordGuessing\n"
-        "        exp_alerts: []\n"
+        "        exp_alerts: []\n",
     )
-    test = subprocess.run(
-        [promtool, "test", "rules", str(cases)], capture_output=True, cwd=tmp_path
-    )
-    assert test.returncode == 0, test.stdout + test.stderr
